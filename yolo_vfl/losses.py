@@ -138,9 +138,7 @@ def _check_inputs(logits: Any, targets: Any, labels: Any = None) -> None:
         if not isinstance(labels, Tensor):
             raise TypeError(f"labels must be a torch.Tensor or None, got {type(labels).__name__}")
         if labels.shape != logits.shape:
-            raise ValueError(
-                f"labels must have the shape of logits {tuple(logits.shape)}, got {tuple(labels.shape)}"
-            )
+            raise ValueError(f"labels must have the shape of logits {tuple(logits.shape)}, got {tuple(labels.shape)}")
         if labels.dtype != torch.bool and labels.numel() and not bool(((labels == 0) | (labels == 1)).all()):
             raise ValueError("labels must be boolean or contain only 0 and 1")
 
@@ -596,6 +594,7 @@ class ClsLoss(nn.Module):
         return self.spec.function(logits, targets, **self._kwargs)
 
     def extra_repr(self) -> str:
+        """Name and hyperparameters, shown by ``print(module)``."""
         hp = ", ".join(f"{k}={v}" for k, v in self.hyperparameters.items())
         return f"{self.name!r}" + (f", {hp}" if hp else "")
 
