@@ -1,0 +1,262 @@
+"""Put a registered classification loss into Ultralytics' YOLO criteria without copying their code.
+
+Every Ultralytics detection-family criterion (``v8DetectionLoss`` and its segment, pose, OBB and YOLO26 subclasses,
+and the two branches of the end-to-end ``E2ELoss`` / ``E2EDetectLoss``) computes, in 8.0 through 8.4::
+
+    target_labels, target_bboxes, target_scores, fg_mask, ... = self.assigner(...)
+    loss[cls] = self.bce(pred_scores, target_scores).sum() / target_scores_sum   # 8.4: times class_weights first
+
+Those two instance attributes are the stable seams. ``install_cls_loss`` wraps ``assigner`` to remember the
+assigner's ``target_labels`` and ``fg_mask`` of the current call, and replaces ``bce`` with a module that returns
+the chosen elementwise loss. Ultralytics keeps everything else: box and DFL terms, normalization by
+``target_scores_sum``, class weights, loss gains, loss names.
+
+VFL needs the positive mask of each (anchor, class) entry: the one-hot of ``target_labels`` restricted to foreground
+anchors. Background anchors carry the class of their image's GT #0 in ``target_labels`` and must not become
+positives (the bug of the recipe in ultralytics issue #3604); here they are negatives for every class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from ultralytics.utils.loss import v8DetectionLoss
+
+from .losses import ClsLoss, get_loss_spec, list_losses
+
+__all__ = ["SETTING_KEYS", "ClsLossSettings", "VFLDetectionLoss", "install_cls_loss", "find_detection_losses"]
+
+#: Trainer / CLI settings owned by yolo_vfl: ``loss`` and every registered hyperparameter (``vfl_alpha`` ...).
+SETTING_KEYS: tuple[str, ...] = ("loss", *(p.arg for spec in list_losses() for p in spec.params))
+
+
+@dataclass(frozen=True)
+class ClsLossSettings:
+    """The classification-loss settings of a training run, validated.
+
+    Attributes:
+        loss: registry name (``bce``, ``focal``, ``vfl``, ``qfl``).
+        values: every hyperparameter setting of every loss, by setting name (``vfl_alpha``), defaults filled in,
+            so that ``args.yaml`` records the complete configuration.
+    """
+
+    loss: str = "bce"
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any] | Any) -> ClsLossSettings:
+        """Validate the settings found in a mapping or namespace (keys not in ``SETTING_KEYS`` are ignored).
+
+        Raises:
+            UnknownLossError: unknown ``loss`` (the message lists the valid ones).
+            TypeError / ValueError: a bad hyperparameter value, or a hyperparameter of another loss set away from
+                its default (it would silently do nothing).
+        """
+        if not isinstance(args, Mapping):
+            args = vars(args)
+        name = args.get("loss", "bce")
+        name = "bce" if name is None else name
+        spec = get_loss_spec(name.lower() if isinstance(name, str) else name)
+        values: dict[str, Any] = {}
+        for other in list_losses():
+            for p in other.params:
+                if p.arg not in args or args[p.arg] is None:
+                    values[p.arg] = p.default
+                    continue
+                value = p.check(p.arg, args[p.arg])
+                if other is not spec and value != p.default:
+                    raise ValueError(
+                        f"{p.arg}={args[p.arg]!r} has no effect with loss={spec.name!r}; it applies to "
+                        f"loss={other.name!r}. Remove it or set loss={other.name}."
+                    )
+                values[p.arg] = value
+        return cls(spec.name, values)
+
+    def to_args(self) -> dict[str, Any]:
+        """All settings as trainer arguments: ``{"loss": "vfl", "vfl_alpha": 0.75, ...}``."""
+        return {"loss": self.loss, **self.values}
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """The chosen loss's hyperparameters by function keyword (``{"alpha": 0.75, ...}``)."""
+        spec = get_loss_spec(self.loss)
+        return {p.name: self.values.get(p.arg, p.default) for p in spec.params}
+
+    def build(self) -> ClsLoss:
+        """A fresh ``ClsLoss`` module for these settings."""
+        return ClsLoss(self.loss, **self.hyperparameters)
+
+    def describe(self) -> str:
+        """One line for logs: ``loss=vfl vfl_alpha=0.75 vfl_gamma=2.0 vfl_iou_weighted=True``."""
+        spec = get_loss_spec(self.loss)
+        return " ".join([f"loss={self.loss}", *(f"{p.arg}={self.values.get(p.arg, p.default)}" for p in spec.params)])
+
+
+class _AssignerTap:
+    """Calls the wrapped assigner and remembers ``(target_labels, fg_mask)`` of the last call.
+
+    Attribute access falls through to the wrapped assigner, so code reading ``assigner.topk`` keeps working.
+    """
+
+    def __init__(self, assigner: Any) -> None:
+        self.assigner = assigner
+        self.last: tuple[Tensor, Tensor] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.assigner(*args, **kwargs)
+        self.last = (out[0], out[3])  # target_labels (B, A), fg_mask (B, A)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "assigner":  # not yet set (e.g. during unpickling): avoid infinite recursion
+            raise AttributeError(name)
+        return getattr(self.assigner, name)
+
+
+def foreground_labels(target_labels: Tensor, fg_mask: Tensor, nc: int) -> Tensor:
+    """One-hot positive mask of the assigned class on foreground anchors only.
+
+    Args:
+        target_labels (Tensor[B, A]): class of the GT assigned to each anchor. Background anchors hold the class of
+            their image's GT #0; with no GT in the batch it is a float tensor filled with ``nc``.
+        fg_mask (Tensor[B, A]): foreground anchors (bool in 8.4, float in 8.0-8.3).
+        nc (int): number of classes.
+
+    Returns:
+        Tensor[B, A, nc] bool: True at (anchor, assigned class) for foreground anchors, False everywhere else.
+    """
+    fg = fg_mask.bool()
+    labels = torch.zeros((*fg.shape, nc), dtype=torch.bool, device=fg.device)
+    index = target_labels.long().clamp_(0, nc - 1).unsqueeze(-1)
+    return labels.scatter_(-1, index, fg.unsqueeze(-1))
+
+
+class ClsLossTap(nn.Module):
+    """Replacement for a criterion's ``bce``: ``forward(pred_scores, target_scores)`` returns the chosen loss.
+
+    Args:
+        cls_loss (ClsLoss): the elementwise loss.
+        tap (_AssignerTap): the criterion's wrapped assigner, source of the positive mask.
+        nc (int): number of classes.
+    """
+
+    def __init__(self, cls_loss: ClsLoss, tap: _AssignerTap, nc: int) -> None:
+        super().__init__()
+        self.cls_loss = cls_loss
+        self.tap = tap
+        self.nc = nc
+
+    def forward(self, pred_scores: Tensor, target_scores: Tensor) -> Tensor:
+        """Elementwise classification loss.
+
+        Args:
+            pred_scores (Tensor[B, A, nc]): logits (any float dtype; computed in float32 with autocast off).
+            target_scores (Tensor[B, A, nc]): TAL quality targets, zero off the assigned class and on background.
+
+        Returns:
+            Tensor[B, A, nc] float32; Ultralytics sums it and divides by ``target_scores_sum``.
+        """
+        if self.tap.last is None:
+            raise RuntimeError(
+                "yolo_vfl: the classification loss was called before the assigner in this criterion call; this "
+                "Ultralytics version computes its loss in an unexpected order. Please report it."
+            )
+        target_labels, fg_mask = self.tap.last
+        self.tap.last = None  # each assigner call serves exactly one loss call
+        labels = None
+        if self.cls_loss.spec.uses_labels:
+            labels = foreground_labels(target_labels, fg_mask, self.nc)
+            if labels.shape != pred_scores.shape:
+                raise RuntimeError(
+                    f"yolo_vfl: labels {tuple(labels.shape)} do not match pred_scores {tuple(pred_scores.shape)}"
+                )
+        return self.cls_loss(pred_scores, target_scores, labels)
+
+    def extra_repr(self) -> str:
+        """Number of classes."""
+        return f"nc={self.nc}"
+
+
+def find_detection_losses(criterion: Any) -> list[v8DetectionLoss]:
+    """The ``v8DetectionLoss`` instances inside a criterion: itself, or its branches (E2E, TVP).
+
+    Args:
+        criterion: a model's ``criterion`` object.
+
+    Returns:
+        list of the detection losses whose classification term computes the loss.
+    """
+    if isinstance(criterion, v8DetectionLoss):
+        return [criterion]
+    found = []
+    for value in vars(criterion).values():
+        if isinstance(value, v8DetectionLoss) and all(value is not f for f in found):
+            found.append(value)
+    return found
+
+
+def install_cls_loss(criterion: Any, settings: ClsLossSettings | ClsLoss) -> int:
+    """Make a criterion use a registered classification loss (in place, idempotent).
+
+    Args:
+        criterion: an Ultralytics detection-family criterion (``model.criterion``).
+        settings: the loss settings, or a ready ``ClsLoss``.
+
+    Returns:
+        int: the number of detection losses patched (2 for end-to-end heads).
+
+    Raises:
+        TypeError: the criterion contains no ``v8DetectionLoss`` (e.g. classification or RT-DETR models).
+    """
+    targets = find_detection_losses(criterion)
+    if not targets:
+        raise TypeError(
+            f"yolo_vfl supports detect, segment, pose and OBB YOLO models; criterion {type(criterion).__name__} has "
+            "no v8DetectionLoss to patch"
+        )
+    for det in targets:
+        cls_loss = settings if isinstance(settings, ClsLoss) else settings.build()
+        tap = det.assigner if isinstance(det.assigner, _AssignerTap) else _AssignerTap(det.assigner)
+        det.assigner = tap
+        det.bce = ClsLossTap(cls_loss, tap, det.nc)
+    return len(targets)
+
+
+def installed_loss(criterion: Any) -> str | None:
+    """Name of the loss installed in a criterion (``None`` for stock Ultralytics BCE)."""
+    names = {getattr(d.bce, "cls_loss", None) and d.bce.cls_loss.name for d in find_detection_losses(criterion)}
+    return names.pop() if len(names) == 1 else None
+
+
+class VFLDetectionLoss(v8DetectionLoss):
+    """``v8DetectionLoss`` whose classification term is a registered loss (VFL by default).
+
+    Box and DFL losses, the ``target_scores_sum`` normalization, class weights, gains and loss names are
+    Ultralytics'. ``loss="bce"`` gives exactly the stock numbers.
+
+    Args:
+        model (DetectionModel): de-paralleled model with ``args`` (gains) set, as for ``v8DetectionLoss``.
+        loss (str): registry name: ``bce``, ``focal``, ``vfl``, ``qfl``.
+        **kwargs: the loss's hyperparameters as settings (``vfl_alpha=0.75``) or function keywords
+            (``alpha=0.75``), and ``v8DetectionLoss`` keywords (``tal_topk``).
+    """
+
+    def __init__(self, model: nn.Module, loss: str = "vfl", **kwargs: Any) -> None:
+        spec = get_loss_spec(loss)
+        by_name = {p.name: p.arg for p in spec.params}
+        settings = {"loss": loss}
+        base_kwargs = {}
+        for key, value in kwargs.items():
+            if key in by_name:
+                settings[by_name[key]] = value
+            elif key in SETTING_KEYS:
+                settings[key] = value
+            else:
+                base_kwargs[key] = value
+        self.cls_loss_settings = ClsLossSettings.from_args(settings)
+        super().__init__(model, **base_kwargs)
+        install_cls_loss(self, self.cls_loss_settings)

@@ -1,0 +1,213 @@
+"""Ultralytics trainers that train with a registered classification loss (``loss=vfl``) and stay plain Ultralytics.
+
+Usage::
+
+    from ultralytics import YOLO
+    from yolo_vfl import VFLDetectionTrainer
+
+    YOLO("yolov8n.yaml").train(trainer=VFLDetectionTrainer, data="my.yaml", loss="vfl", vfl_gamma=2.0)
+
+``VFLDetectionTrainer`` picks the segment, pose or OBB variant from the model's task. The settings (``loss``,
+``vfl_alpha``, ``vfl_gamma``, ``vfl_iou_weighted``, ``qfl_beta``, ``fl_alpha``, ``fl_gamma``) are validated before any
+work, live in ``trainer.args`` (so ``args.yaml``, checkpoints, resume and the rebuilt DDP workers carry them) and are
+hidden from Ultralytics' key check, which rejects keys it does not know.
+
+The model stays a plain Ultralytics model: the loss is installed into ``model.criterion`` of the training model and of
+the EMA model (which the validator uses for val losses) after ``_setup_train``, and taken off around every checkpoint
+save, so ``last.pt`` and ``best.pt`` load where ``yolo_vfl`` is not installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.models.yolo.pose import PoseTrainer
+from ultralytics.models.yolo.segment import SegmentationTrainer
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML
+
+from .criterion import SETTING_KEYS, ClsLossSettings, install_cls_loss
+
+__all__ = [
+    "VFLDetectionTrainer",
+    "VFLSegmentationTrainer",
+    "VFLPoseTrainer",
+    "VFLOBBTrainer",
+    "TASK_TRAINERS",
+    "trainer_for_task",
+]
+
+
+def _unwrap(model: Any) -> Any:
+    return model.module if hasattr(model, "module") else model
+
+
+def _save_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write a YAML file through a temporary file in the same directory and an atomic rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        YAML.save(Path(tmp), data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class VFLDetectionTrainer(DetectionTrainer):
+    """``DetectionTrainer`` with a choice of classification loss; dispatches to the model's task.
+
+    Args:
+        cfg: Ultralytics default configuration (as for every trainer).
+        overrides (dict): Ultralytics train arguments plus ``loss`` and the loss hyperparameters.
+        _callbacks: Ultralytics callbacks.
+
+    Raises:
+        UnknownLossError: unknown ``loss`` (the message lists the valid losses).
+        TypeError / ValueError: an invalid hyperparameter, a hyperparameter of another loss, an unsupported task, or
+            a resume that asks for different loss settings than the checkpoint was trained with.
+    """
+
+    task_name = "detect"
+
+    def __new__(cls, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: Any = None):
+        """Pick the trainer class of the model's task (``overrides["task"]``) when called as VFLDetectionTrainer."""
+        if cls is VFLDetectionTrainer:
+            task = (overrides or {}).get("task") or getattr(cfg, "task", None) or "detect"
+            cls = trainer_for_task(task)
+        return super().__new__(cls)
+
+    def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: Any = None):
+        overrides = dict(overrides or {})
+        given = {k: overrides.pop(k) for k in list(overrides) if k in SETTING_KEYS}
+        settings = ClsLossSettings.from_args(given)  # raises before any Ultralytics work
+        task = overrides.get("task")
+        if task is not None and task != self.task_name:
+            raise ValueError(
+                f"{type(self).__name__} trains task {self.task_name!r} but the model's task is {task!r}; use "
+                f"yolo_vfl.trainer_for_task({task!r}) or VFLDetectionTrainer, which picks it from the model"
+            )
+        super().__init__(cfg, overrides, _callbacks)
+        if self.resume:
+            settings = self._resume_settings(given)
+        self.cls_loss_settings = settings
+        for key, value in settings.to_args().items():
+            setattr(self.args, key, value)
+        if RANK in {-1, 0}:
+            LOGGER.info(f"yolo_vfl: classification loss {settings.describe()}")
+            if (self.save_dir / "args.yaml").exists():
+                _save_yaml_atomic(self.save_dir / "args.yaml", vars(self.args))  # record our settings too
+
+    def _resume_settings(self, given: dict[str, Any]) -> ClsLossSettings:
+        """The checkpoint's settings; settings passed with ``resume=True`` must agree with them."""
+        saved = {k: getattr(self.args, k) for k in SETTING_KEYS if hasattr(self.args, k)}
+        settings = ClsLossSettings.from_args(saved)  # a plain Ultralytics checkpoint has none: BCE
+        current, requested = settings.to_args(), ClsLossSettings.from_args({**saved, **given}).to_args()
+        conflicts = [k for k in given if requested[k] != current[k]]
+        if conflicts:
+            diff = ", ".join(f"{k}={given[k]!r} (checkpoint: {current[k]!r})" for k in conflicts)
+            raise ValueError(
+                f"Cannot change the classification loss on resume: {diff}. Resume without these settings to continue "
+                "with the checkpoint's, or start a new training run."
+            )
+        for key in SETTING_KEYS:  # get_cfg(ckpt_args) kept them; they are re-set from the validated settings
+            if hasattr(self.args, key):
+                delattr(self.args, key)
+        return settings
+
+    @contextlib.contextmanager
+    def _plain_args(self) -> Iterator[None]:
+        """Hide our settings from ``self.args`` (Ultralytics' validator re-checks args against its defaults)."""
+        stash = {k: getattr(self.args, k) for k in SETTING_KEYS if hasattr(self.args, k)}
+        for key in stash:
+            delattr(self.args, key)
+        try:
+            yield
+        finally:
+            for key, value in stash.items():
+                setattr(self.args, key, value)
+
+    def _models(self) -> list[Any]:
+        models = [_unwrap(self.model)]
+        ema = getattr(getattr(self, "ema", None), "ema", None)
+        if ema is not None:
+            models.append(ema)
+        return models
+
+    @contextlib.contextmanager
+    def _criteria_detached(self) -> Iterator[None]:
+        """Take the criterion off the training and EMA models, so that checkpoints pickle plain Ultralytics."""
+        models = [m for m in self._models() if hasattr(m, "criterion")]
+        stash = [m.criterion for m in models]
+        for m in models:
+            m.criterion = None
+        try:
+            yield
+        finally:
+            for m, criterion in zip(models, stash):
+                m.criterion = criterion
+
+    def install_cls_loss(self) -> None:
+        """Install the configured loss into the criterion of the training model and of the EMA model."""
+        for model in self._models():
+            if getattr(model, "criterion", None) is None:
+                model.criterion = model.init_criterion()
+            install_cls_loss(model.criterion, self.cls_loss_settings)
+
+    def get_validator(self):
+        """Ultralytics' validator, built from args without our settings."""
+        with self._plain_args():
+            return super().get_validator()
+
+    def _setup_train(self, *args: Any, **kwargs: Any) -> None:
+        """Ultralytics' set-up (model, EMA, optimizer, resume), then install the loss."""
+        super()._setup_train(*args, **kwargs)
+        self.install_cls_loss()
+
+    def save_model(self, *args: Any, **kwargs: Any) -> Any:
+        """Save checkpoints with the criteria detached (plain Ultralytics pickles)."""
+        with self._criteria_detached():
+            return super().save_model(*args, **kwargs)
+
+
+class VFLSegmentationTrainer(VFLDetectionTrainer, SegmentationTrainer):
+    """``SegmentationTrainer`` with a choice of classification loss."""
+
+    task_name = "segment"
+
+
+class VFLPoseTrainer(VFLDetectionTrainer, PoseTrainer):
+    """``PoseTrainer`` with a choice of classification loss."""
+
+    task_name = "pose"
+
+
+class VFLOBBTrainer(VFLDetectionTrainer, OBBTrainer):
+    """``OBBTrainer`` with a choice of classification loss."""
+
+    task_name = "obb"
+
+
+TASK_TRAINERS: dict[str, type[VFLDetectionTrainer]] = {
+    "detect": VFLDetectionTrainer,
+    "segment": VFLSegmentationTrainer,
+    "pose": VFLPoseTrainer,
+    "obb": VFLOBBTrainer,
+}
+
+
+def trainer_for_task(task: str) -> type[VFLDetectionTrainer]:
+    """The trainer class for an Ultralytics task.
+
+    Raises:
+        ValueError: a task without a detection-style classification loss (e.g. ``classify``).
+    """
+    if task not in TASK_TRAINERS:
+        raise ValueError(f"yolo_vfl trains tasks {', '.join(TASK_TRAINERS)}; got task {task!r}")
+    return TASK_TRAINERS[task]
