@@ -1,0 +1,287 @@
+"""The criterion seams: fg-masked one-hot labels, formula values on assigner targets, BCE parity, all heads."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ultralytics.cfg import get_cfg
+from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
+from ultralytics.utils.loss import v8DetectionLoss
+
+from yolo_vfl.criterion import (
+    ClsLossSettings,
+    VFLDetectionLoss,
+    find_detection_losses,
+    foreground_labels,
+    install_cls_loss,
+    installed_loss,
+)
+from yolo_vfl.losses import UnknownLossError
+
+IMGSZ = 64
+NC = 3
+
+
+def make_model(cfg: str = "yolov8n.yaml", cls=DetectionModel) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = cls(cfg, nc=NC, verbose=False)
+    model.args = get_cfg()  # gains box 7.5, cls 0.5, dfl 1.5
+    model.train()
+    return model
+
+
+def make_batch(empty: bool = False) -> dict[str, torch.Tensor]:
+    """Three images; image 1 has no objects (all images empty with ``empty=True``)."""
+    torch.manual_seed(1)
+    if empty:
+        return {
+            "img": torch.rand(3, 3, IMGSZ, IMGSZ),
+            "batch_idx": torch.zeros(0),
+            "cls": torch.zeros(0, 1),
+            "bboxes": torch.zeros(0, 4),
+        }
+    return {
+        "img": torch.rand(3, 3, IMGSZ, IMGSZ),
+        "batch_idx": torch.tensor([0.0, 0.0, 2.0, 2.0, 2.0]),
+        "cls": torch.tensor([[2.0], [0.0], [1.0], [1.0], [2.0]]),  # image 0's GT #0 is class 2
+        "bboxes": torch.tensor(
+            [
+                [0.30, 0.30, 0.40, 0.40],
+                [0.70, 0.65, 0.30, 0.45],
+                [0.25, 0.70, 0.35, 0.30],
+                [0.60, 0.30, 0.50, 0.40],
+                [0.80, 0.80, 0.25, 0.25],
+            ]
+        ),
+    }
+
+
+def cls_item(out) -> float:
+    """The cls_loss item of a criterion output (a dict in 8.4, a tensor (box, cls, dfl) in 8.3)."""
+    items = out[1]
+    return float(items["cls_loss"] if isinstance(items, dict) else items[1])
+
+
+class Recorder:
+    """Wraps a callable and keeps its last inputs and output."""
+
+    def __init__(self, fn):
+        self.fn, self.args, self.out = fn, None, None
+
+    def __call__(self, *args, **kwargs):
+        self.args = args
+        self.out = self.fn(*args, **kwargs)
+        return self.out
+
+
+class LossSpy(torch.nn.Module):
+    """Stands in for a ClsLoss and records (logits, targets, labels)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.spec, self.name, self.seen = inner, inner.spec, inner.name, None
+
+    def forward(self, logits, targets, labels=None):
+        self.seen = (logits.detach().clone(), targets.detach().clone(), None if labels is None else labels.clone())
+        return self.inner(logits, targets, labels)
+
+
+def spied_criterion(model, **settings):
+    crit = VFLDetectionLoss(model, **settings)
+    assigner = Recorder(crit.assigner.assigner)
+    crit.assigner.assigner = assigner
+    spy = LossSpy(crit.bce.cls_loss)
+    crit.bce.cls_loss = spy
+    return crit, assigner, spy
+
+
+def test_foreground_labels_ignore_background_anchors():
+    """Background anchors (which carry GT #0's class) get no positive label; fg anchors get their class."""
+    target_labels = torch.tensor([[2, 2, 0, 2], [1, 1, 1, 1]])  # background anchors hold GT #0's class
+    fg_mask = torch.tensor([[False, True, True, False], [False, False, False, False]])
+    labels = foreground_labels(target_labels, fg_mask, nc=3)
+    expected = torch.zeros(2, 4, 3, dtype=torch.bool)
+    expected[0, 1, 2] = True
+    expected[0, 2, 0] = True
+    assert torch.equal(labels, expected)
+
+
+def test_foreground_labels_no_gt_in_batch():
+    """With no GT in the batch (float labels filled with nc, float fg_mask) every entry is negative."""
+    labels = foreground_labels(torch.full((2, 5), 3.0), torch.zeros(2, 5), nc=3)
+    assert labels.shape == (2, 5, 3) and not labels.any()
+
+
+@pytest.mark.parametrize("loss", ["vfl", "qfl", "focal", "bce"])
+def test_cls_loss_equals_formula_on_assigner_targets(loss):
+    """cls_loss item == gain * sum(formula(x, q)) / max(sum q, 1) on TAL's targets, with an image without objects."""
+    model = make_model()
+    crit, assigner, spy = spied_criterion(model, loss=loss)
+    out = crit(model(make_batch()["img"]), make_batch())
+    x, q, labels = spy.seen
+    target_labels, fg_mask = assigner.out[0], assigner.out[3].bool()
+    assert fg_mask[1].sum() == 0 and fg_mask[0].any() and fg_mask[2].any()
+
+    x, q = x.double(), q.double()
+    p = x.sigmoid()
+    bce = -(q * F.logsigmoid(x) + (1 - q) * F.logsigmoid(-x))
+    if loss == "vfl":
+        pos = torch.zeros_like(q, dtype=torch.bool)
+        b, a = fg_mask.nonzero(as_tuple=True)
+        pos[b, a, target_labels[b, a].long()] = True
+        assert torch.equal(labels, pos)
+        elementwise = torch.where(pos, q * bce, 0.75 * p.pow(2.0) * bce)
+    elif loss == "qfl":
+        elementwise = (q - p).abs().pow(2.0) * bce
+    elif loss == "focal":
+        p_t = p * q + (1 - p) * (1 - q)
+        elementwise = (0.25 * q + 0.75 * (1 - q)) * (1 - p_t).pow(2.0) * bce
+    else:
+        elementwise = bce
+    expected = elementwise.sum() / q.sum().clamp(min=1) * model.args.cls
+    assert math.isclose(cls_item(out), float(expected), rel_tol=1e-5)
+
+
+def test_background_anchors_are_not_positives_of_gt0_class():
+    """The seed-002 recipe would make every background anchor of an image a positive of its GT #0 class; not here."""
+    model = make_model()
+    crit, assigner, spy = spied_criterion(model, loss="vfl")
+    crit(model(make_batch()["img"]), make_batch())
+    labels = spy.seen[2]
+    target_labels, fg_mask = assigner.out[0], assigner.out[3].bool()
+    background = ~fg_mask[0]
+    assert background.any()
+    assert (target_labels[0][background] == 2).all()  # image 0's GT #0 is class 2 ...
+    assert not labels[0][background].any()  # ... yet its background anchors are negatives for every class
+    assert int(labels.sum()) == int(fg_mask.sum())  # exactly one positive class per foreground anchor
+    recipe = F.one_hot(target_labels.long(), NC)  # the recipe's labels: one positive per anchor, fg or not
+    assert int(recipe.sum()) == target_labels.numel() > int(labels.sum())
+
+
+def test_vfl_negative_weight_reaches_background_entries():
+    """Background entries get the negative weight alpha p^gamma (not 0 as in the recipe): the loss grows with p."""
+    model = make_model()
+    crit, _, spy = spied_criterion(model, loss="vfl")
+    crit(model(make_batch()["img"]), make_batch())
+    x, q, labels = spy.seen
+    element = crit.bce.cls_loss.inner(x, q, labels)
+    negatives = ~labels
+    p = x.sigmoid()
+    bce0 = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")  # q = 0 on negatives
+    expected = 0.75 * p[negatives] ** 2 * bce0[negatives]
+    assert torch.allclose(element[negatives], expected, rtol=1e-5, atol=0)
+    assert element[negatives].sum() > 0
+
+
+def test_whole_batch_without_objects():
+    """A batch with no GT at all gives finite losses and no positive (8.0-8.3 return float target_labels)."""
+    model = make_model()
+    crit, _, spy = spied_criterion(model, loss="vfl")
+    out = crit(model(make_batch(empty=True)["img"]), make_batch(empty=True))
+    assert torch.isfinite(out[0]).all()
+    assert not spy.seen[2].any()
+
+
+def test_bce_parity_with_stock_ultralytics():
+    """loss='bce' reproduces stock v8DetectionLoss exactly: total loss, items and gradients."""
+    batch = make_batch()
+    results = []
+    for make in (lambda m: v8DetectionLoss(m), lambda m: VFLDetectionLoss(m, loss="bce")):
+        model = make_model()
+        out = make(model)(model(batch["img"]), batch)
+        out[0].sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        items = out[1]
+        items = torch.stack(list(items.values())) if isinstance(items, dict) else items
+        results.append((out[0].detach(), items, grads))
+    (l0, i0, g0), (l1, i1, g1) = results
+    assert torch.equal(l0, l1) and torch.equal(i0, i1)
+    assert torch.allclose(g0, g1, rtol=0, atol=1e-7)
+
+
+def test_bce_parity_with_class_weights():
+    """With Ultralytics 8.4 class weights (cls_pw) the weights still multiply our elementwise loss."""
+    batch = make_batch()
+    items = []
+    for make in (lambda m: v8DetectionLoss(m), lambda m: VFLDetectionLoss(m, loss="bce")):
+        model = make_model()
+        model.class_weights = torch.tensor([0.5, 2.0, 1.0])
+        crit = make(model)
+        if getattr(crit, "class_weights", None) is None:
+            pytest.skip("this Ultralytics version has no class weights in v8DetectionLoss")
+        items.append(cls_item(crit(model(batch["img"]), batch)))
+    assert items[0] == items[1]
+
+
+def test_install_is_idempotent_and_replaceable():
+    """Installing twice does not stack wrappers; a second install switches the loss."""
+    model = make_model()
+    crit = v8DetectionLoss(model)
+    assert installed_loss(crit) is None
+    install_cls_loss(crit, ClsLossSettings.from_args({"loss": "vfl"}))
+    tap = crit.assigner
+    install_cls_loss(crit, ClsLossSettings.from_args({"loss": "qfl"}))
+    assert crit.assigner is tap and installed_loss(crit) == "qfl"
+    assert crit.assigner.topk == tap.assigner.topk  # attributes fall through to the wrapped assigner
+
+
+def test_cls_loss_before_assigner_raises():
+    """Calling the patched bce without an assigner call raises instead of using stale labels."""
+    crit = VFLDetectionLoss(make_model(), loss="vfl")
+    with pytest.raises(RuntimeError, match="before the assigner"):
+        crit.bce(torch.zeros(1, 2, NC), torch.zeros(1, 2, NC))
+
+
+@pytest.mark.parametrize(
+    "cfg, cls",
+    [
+        ("yolov8n-seg.yaml", SegmentationModel),
+        ("yolov8n-pose.yaml", PoseModel),
+        ("yolov8n-obb.yaml", OBBModel),
+        ("yolo26n.yaml", DetectionModel),
+        ("yolo26n-seg.yaml", SegmentationModel),
+        ("yolo26n-pose.yaml", PoseModel),
+        ("yolov10n.yaml", DetectionModel),
+    ],
+)
+def test_every_detection_family_criterion_is_patched(cfg, cls):
+    """Seg, pose, OBB and end-to-end criteria (both branches) get the chosen loss via the same seams."""
+    try:
+        model = make_model(cfg, cls)
+    except (FileNotFoundError, KeyError, AttributeError) as e:  # YOLO26 configs exist in 8.4 only
+        pytest.skip(f"{cfg} not available in this Ultralytics version: {e}")
+    crit = model.init_criterion()
+    n = install_cls_loss(crit, ClsLossSettings.from_args({"loss": "vfl"}))
+    end_to_end = getattr(model.model[-1], "one2one_cv2", None) is not None or getattr(model.model[-1], "end2end", False)
+    assert n == (2 if end_to_end else 1)
+    assert installed_loss(crit) == "vfl"
+    assert all(isinstance(d.assigner.assigner, torch.nn.Module) for d in find_detection_losses(crit))
+
+
+def test_unsupported_criterion_raises():
+    """A criterion without v8DetectionLoss (e.g. classification) is refused with a clear TypeError."""
+
+    class Other:
+        pass
+
+    with pytest.raises(TypeError, match="supports detect, segment, pose and OBB"):
+        install_cls_loss(Other(), ClsLossSettings())
+
+
+def test_settings_validation_messages():
+    """Settings errors name the bad value and the valid choices."""
+    with pytest.raises(UnknownLossError, match=r"Unknown loss 'vlf'.*bce, focal, vfl, qfl.*'vfl'"):
+        ClsLossSettings.from_args({"loss": "vlf"})
+    with pytest.raises(ValueError, match="vfl_alpha=1.5"):
+        ClsLossSettings.from_args({"loss": "vfl", "vfl_alpha": 1.5})
+    with pytest.raises(ValueError, match="qfl_beta=-1"):
+        ClsLossSettings.from_args({"loss": "qfl", "qfl_beta": -1})
+    with pytest.raises(ValueError, match="vfl_gamma=3.0 has no effect with loss='qfl'"):
+        ClsLossSettings.from_args({"loss": "qfl", "vfl_gamma": 3.0})
+    with pytest.raises(TypeError, match="vfl_iou_weighted"):
+        ClsLossSettings.from_args({"loss": "vfl", "vfl_iou_weighted": "yes"})
+    s = ClsLossSettings.from_args({"loss": "VFL", "vfl_gamma": 1})
+    assert s.loss == "vfl" and s.hyperparameters == {"alpha": 0.75, "gamma": 1.0, "iou_weighted": True}
