@@ -1,0 +1,100 @@
+"""Shared fixtures: offline Ultralytics settings, tiny generated datasets for every task, a tiny-training helper."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports ultralytics: no network, and a settings directory of our own (CI sets its own per env).
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo_vfl_cfg_"))
+os.environ.setdefault("YOLO_VFL_CACHE", tempfile.mkdtemp(prefix="yolo_vfl_cache_"))
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from yolo_vfl.data import generate_dataset  # noqa: E402
+
+IMGSZ = 64
+KPT = 5  # keypoints per object in the generated pose data
+
+
+def _convert_labels(src: Path, dst: Path, task: str) -> None:
+    """Rewrite YOLO detection labels (cls cx cy w h) as segment polygons, pose keypoints or OBB corners."""
+    for split in ("train", "val"):
+        (dst / "labels" / split).mkdir(parents=True, exist_ok=True)
+        (dst / "images" / split).mkdir(parents=True, exist_ok=True)
+        for img in sorted((src / "images" / split).iterdir()):
+            (dst / "images" / split / img.name).symlink_to(img)
+        for lab in sorted((src / "labels" / split).glob("*.txt")):
+            out = []
+            for line in lab.read_text().split("\n"):
+                if not line.strip():
+                    continue
+                c, cx, cy, w, h = (float(v) for v in line.split())
+                x0, y0, x1, y1 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+                corners = [x0, y0, x1, y0, x1, y1, x0, y1]
+                if task == "segment" or task == "obb":
+                    out.append(" ".join([str(int(c))] + [f"{v:.6f}" for v in corners]))
+                else:  # pose: box then KPT keypoints (x, y, visible) on a diagonal inside the box
+                    kpts = []
+                    for k in range(KPT):
+                        t = (k + 1) / (KPT + 1)
+                        kpts += [x0 + t * w, y0 + t * h, 2.0]
+                    out.append(" ".join([str(int(c))] + [f"{v:.6f}" for v in (cx, cy, w, h, *kpts)]))
+            (dst / "labels" / split / lab.name).write_text("\n".join(out))
+
+
+@pytest.fixture(scope="session")
+def det_data(tmp_path_factory) -> Path:
+    """A tiny embedded-generator detection dataset (16 images at 64 px): path of its data.yaml."""
+    return generate_dataset(tmp_path_factory.mktemp("data") / "shapes", n=16, seed=0, imgsz=IMGSZ)
+
+
+@pytest.fixture(scope="session")
+def task_data(det_data, tmp_path_factory):
+    """``task_data(task)``: data.yaml of the tiny dataset converted for detect, segment, pose or obb."""
+    made: dict[str, Path] = {"detect": det_data}
+
+    def get(task: str) -> Path:
+        if task not in made:
+            src = det_data.parent
+            dst = tmp_path_factory.mktemp(f"data-{task}")
+            _convert_labels(src, dst, task)
+            cfg = yaml.safe_load(det_data.read_text())
+            cfg["path"] = str(dst)
+            if task == "pose":
+                cfg["kpt_shape"] = [KPT, 3]
+                cfg["flip_idx"] = list(range(KPT))
+            (dst / "data.yaml").write_text(yaml.safe_dump(cfg))
+            made[task] = dst / "data.yaml"
+        return made[task]
+
+    return get
+
+
+def train_tiny(model_cfg, data, project: Path, name: str = "run", **kwargs):
+    """Train a tiny model with VFLDetectionTrainer (1 epoch at 64 px on CPU unless overridden); returns the YOLO."""
+    from ultralytics import YOLO
+
+    from yolo_vfl import VFLDetectionTrainer
+
+    args = dict(
+        data=str(data),
+        epochs=1,
+        imgsz=IMGSZ,
+        batch=4,
+        workers=0,
+        device="cpu",
+        project=str(project),
+        name=name,
+        exist_ok=True,
+        plots=False,
+        verbose=False,
+        seed=0,
+    )
+    args.update(kwargs)
+    model = YOLO(model_cfg)
+    model.train(trainer=VFLDetectionTrainer, **args)
+    return model
