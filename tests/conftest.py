@@ -11,10 +11,14 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo_vfl_cfg_"))
 os.environ.setdefault("YOLO_VFL_CACHE", tempfile.mkdtemp(prefix="yolo_vfl_cache_"))
 
+import logging  # noqa: E402
+
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from yolo_vfl.data import generate_dataset  # noqa: E402
+# Ultralytics' log handler keeps the sys.stdout of import time, which pytest's capture closes between tests; without
+# this, logging prints "--- Logging error ---" tracebacks into the captured stderr of later tests.
+logging.raiseExceptions = False
 
 IMGSZ = 64
 KPT = 5  # keypoints per object in the generated pose data
@@ -49,6 +53,8 @@ def _convert_labels(src: Path, dst: Path, task: str) -> None:
 @pytest.fixture(scope="session")
 def det_data(tmp_path_factory) -> Path:
     """A tiny embedded-generator detection dataset (16 images at 64 px): path of its data.yaml."""
+    from yolo_vfl.data import generate_dataset
+
     return generate_dataset(tmp_path_factory.mktemp("data") / "shapes", n=16, seed=0, imgsz=IMGSZ)
 
 

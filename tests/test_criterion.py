@@ -18,6 +18,7 @@ from yolo_vfl.criterion import (
     foreground_labels,
     install_cls_loss,
     installed_loss,
+    predicted_iou,
 )
 from yolo_vfl.losses import UnknownLossError
 
@@ -285,3 +286,40 @@ def test_settings_validation_messages():
         ClsLossSettings.from_args({"loss": "vfl", "vfl_iou_weighted": "yes"})
     s = ClsLossSettings.from_args({"loss": "VFL", "vfl_gamma": 1})
     assert s.loss == "vfl" and s.hyperparameters == {"alpha": 0.75, "gamma": 1.0, "iou_weighted": True}
+
+
+def test_predicted_iou_hand_made_boxes():
+    """IoU target: [0,0,10,10] vs [5,0,15,10] is 50/150; identical boxes 1; disjoint 0; background anchors 0."""
+    pred = torch.tensor([[[0.0, 0, 10, 10], [2, 2, 6, 6], [0, 0, 4, 4], [0, 0, 10, 10]]])
+    gt = torch.tensor([[[5.0, 0, 15, 10], [2, 2, 6, 6], [10, 10, 14, 14], [0, 0, 10, 10]]])
+    fg = torch.tensor([[True, True, True, False]])
+    iou = predicted_iou(pred, gt, fg)
+    assert torch.allclose(iou, torch.tensor([[1 / 3, 1.0, 0.0, 0.0]]), atol=1e-6)
+
+
+def test_iou_target_reaches_the_loss():
+    """cls_target=iou: the loss sees q = one-hot(fg label) * IoU(predicted box, assigned GT box), detached."""
+    from ultralytics.utils.metrics import bbox_iou
+
+    model = make_model()
+    crit, assigner, spy = spied_criterion(model, loss="qfl", cls_target="iou")
+    crit(model(make_batch()["img"]), make_batch())
+    _, q, labels = spy.seen
+    pd, (target_labels, target_bboxes, _, fg_mask, _) = assigner.args[1], assigner.out
+    fg = fg_mask.bool()
+    expected = torch.zeros_like(q)
+    b, a = fg.nonzero(as_tuple=True)
+    iou = bbox_iou(pd[fg], target_bboxes[fg], xywh=False).view(-1).clamp(0, 1)
+    expected[b, a, target_labels[b, a].long()] = iou
+    assert torch.allclose(q, expected, atol=1e-6)
+    assert (q > 0).sum() > 0 and not q.requires_grad
+
+
+def test_cls_target_and_warmup_validation():
+    """cls_target and cls_warmup errors name the value and the valid choices."""
+    with pytest.raises(ValueError, match=r"Invalid cls_target='giou': valid values are 'tal', 'iou'"):
+        ClsLossSettings.from_args({"loss": "vfl", "cls_target": "giou"})
+    with pytest.raises(ValueError, match=r"Invalid cls_warmup=-1"):
+        ClsLossSettings.from_args({"loss": "vfl", "cls_warmup": -1})
+    with pytest.raises(TypeError, match="cls_warmup is a trainer setting"):
+        VFLDetectionLoss(make_model(), loss="vfl", cls_warmup=2)

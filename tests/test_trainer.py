@@ -108,14 +108,15 @@ def test_bad_settings_fail_before_training(settings, error, message, det_data, t
 
 def test_import_does_not_teach_plain_ultralytics_our_keys(det_data, tmp_path):
     """After importing yolo_vfl, plain Ultralytics still rejects loss=vfl instead of silently training BCE."""
-    import yolo_vfl.trainer  # noqa: F401
     from ultralytics import YOLO
+
+    import yolo_vfl.trainer  # noqa: F401
 
     with pytest.raises(SyntaxError, match="loss"):
         YOLO("yolov8n.yaml").train(data=str(det_data), project=str(tmp_path), loss="vfl", epochs=1)
 
 
-VANILLA = """
+VANILLA = f"""
 import importlib.abc, sys
 
 class Block(importlib.abc.MetaPathFinder):
@@ -129,17 +130,17 @@ from ultralytics import YOLO
 data, project, image = sys.argv[1], sys.argv[2], sys.argv[3]
 for w in sys.argv[4:]:
     model = YOLO(w)
-    model.predict(image, imgsz={imgsz}, verbose=False)
-    metrics = model.val(data=data, imgsz={imgsz}, batch=4, workers=0, plots=False, verbose=False, project=project)
+    model.predict(image, imgsz={IMGSZ}, verbose=False)
+    metrics = model.val(data=data, imgsz={IMGSZ}, batch=4, workers=0, plots=False, verbose=False, project=project)
     print("VAL", w, metrics.box.map)
 model = YOLO(sys.argv[4])
-model.train(data=data, epochs=1, imgsz={imgsz}, batch=4, workers=0, device="cpu", project=project, name="finetune",
+model.train(data=data, epochs=1, imgsz={IMGSZ}, batch=4, workers=0, device="cpu", project=project, name="finetune",
             plots=False, verbose=False)
 try:
     import yolo_vfl  # noqa: F401
 except ModuleNotFoundError:
     print("VANILLA OK")
-""".format(imgsz=IMGSZ)
+"""
 
 
 def run_vanilla(det_data: Path, project: Path, weights: list[Path]) -> str:
@@ -245,3 +246,22 @@ def test_ddp_worker_rebuild_keeps_settings(det_data, tmp_path):
     assert got["cls"] == "VFLDetectionTrainer" and got["module"] == "yolo_vfl.trainer"
     assert got["settings"] == trainer.cls_loss_settings.to_args()
     assert got["settings"]["vfl_alpha"] == 0.6 and got["settings"]["vfl_iou_weighted"] is False
+
+
+def test_bce_warmup_then_switch(det_data, tmp_path):
+    """cls_warmup=1: epoch 1 trains with stock BCE, epoch 2 with VFL, on the training and the EMA model."""
+    from ultralytics import YOLO
+
+    seen = []
+    model = YOLO("yolov8n.yaml")
+    model.add_callback(
+        "on_train_batch_end",
+        lambda t: seen.append((t.epoch, installed_loss(t.model.criterion), installed_loss(t.ema.ema.criterion))),
+    )
+    model.train(
+        trainer=VFLDetectionTrainer, data=str(det_data), epochs=2, imgsz=IMGSZ, batch=8, workers=0, device="cpu",
+        project=str(tmp_path), name="warm", plots=False, loss="vfl", cls_warmup=1, val=False,
+    )
+    assert {(e, m, ema) for e, m, ema in seen} == {(0, "bce", "bce"), (1, "vfl", "vfl")}
+    args = yaml.safe_load((tmp_path / "warm" / "args.yaml").read_text())
+    assert args["cls_warmup"] == 1 and args["cls_target"] == "tal"

@@ -179,8 +179,9 @@ def _check_data(data: str) -> None:
         check_det_dataset(data, autodownload=not offline)
     except Exception as e:  # Ultralytics raises FileNotFoundError, or ConnectionError and others while downloading
         if offline:
+            reason = _first_line(e).rstrip(".")
             raise CLIError(
-                f"Dataset '{data}' is not on this machine and cannot be downloaded (offline): {_first_line(e)} "
+                f"Dataset '{data}' is not on this machine and cannot be downloaded (offline): {reason}. "
                 "Run 'yolo-vfl train' without data= to use the embedded dataset, or point data= to a local YAML."
             ) from e
         raise CLIError(f"Dataset '{data}' could not be prepared: {_first_line(e)}") from e

@@ -30,8 +30,17 @@ from .losses import ClsLoss, get_loss_spec, list_losses
 
 __all__ = ["SETTING_KEYS", "ClsLossSettings", "VFLDetectionLoss", "install_cls_loss", "find_detection_losses"]
 
-#: Trainer / CLI settings owned by yolo_vfl: ``loss`` and every registered hyperparameter (``vfl_alpha`` ...).
-SETTING_KEYS: tuple[str, ...] = ("loss", *(p.arg for spec in list_losses() for p in spec.params))
+#: Quality targets: TAL's normalized alignment metric (Ultralytics' ``target_scores``) or the IoU of the predicted box.
+CLS_TARGETS = ("tal", "iou")
+
+#: Trainer / CLI settings owned by yolo_vfl: ``loss``, every registered hyperparameter (``vfl_alpha`` ...), the
+#: quality target and the BCE warm-up.
+SETTING_KEYS: tuple[str, ...] = (
+    "loss",
+    *(p.arg for spec in list_losses() for p in spec.params),
+    "cls_target",
+    "cls_warmup",
+)
 
 
 @dataclass(frozen=True)
@@ -42,10 +51,16 @@ class ClsLossSettings:
         loss: registry name (``bce``, ``focal``, ``vfl``, ``qfl``).
         values: every hyperparameter setting of every loss, by setting name (``vfl_alpha``), defaults filled in,
             so that ``args.yaml`` records the complete configuration.
+        target: quality target ``q`` of the positives: ``"tal"`` (Ultralytics' ``target_scores``: TAL's alignment
+            metric normalized so each GT's best anchor gets that GT's max IoU) or ``"iou"`` (IoU of the decoded
+            predicted box with its assigned GT box, detached, as in VarifocalNet and GFL).
+        warmup: number of first epochs trained with BCE before switching to ``loss`` (YOLOv6-style warm-up).
     """
 
     loss: str = "bce"
     values: dict[str, Any] = field(default_factory=dict)
+    target: str = "tal"
+    warmup: int = 0
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any] | Any) -> ClsLossSettings:
@@ -74,11 +89,17 @@ class ClsLossSettings:
                         f"loss={other.name!r}. Remove it or set loss={other.name}."
                     )
                 values[p.arg] = value
-        return cls(spec.name, values)
+        target = args.get("cls_target") or "tal"
+        if target not in CLS_TARGETS:
+            raise ValueError(f"Invalid cls_target={target!r}: valid values are {', '.join(map(repr, CLS_TARGETS))}")
+        warmup = args.get("cls_warmup") or 0
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"Invalid cls_warmup={warmup!r}: valid values are integers >= 0 (epochs of BCE first)")
+        return cls(spec.name, values, target, warmup)
 
     def to_args(self) -> dict[str, Any]:
-        """All settings as trainer arguments: ``{"loss": "vfl", "vfl_alpha": 0.75, ...}``."""
-        return {"loss": self.loss, **self.values}
+        """All settings as trainer arguments: ``{"loss": "vfl", "vfl_alpha": 0.75, ..., "cls_target": "tal"}``."""
+        return {"loss": self.loss, **self.values, "cls_target": self.target, "cls_warmup": self.warmup}
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -93,28 +114,57 @@ class ClsLossSettings:
     def describe(self) -> str:
         """One line for logs: ``loss=vfl vfl_alpha=0.75 vfl_gamma=2.0 vfl_iou_weighted=True``."""
         spec = get_loss_spec(self.loss)
-        return " ".join([f"loss={self.loss}", *(f"{p.arg}={self.values.get(p.arg, p.default)}" for p in spec.params)])
+        parts = [f"loss={self.loss}", *(f"{p.arg}={self.values.get(p.arg, p.default)}" for p in spec.params)]
+        parts += [f"cls_target={self.target}"] + ([f"cls_warmup={self.warmup}"] if self.warmup else [])
+        return " ".join(parts)
 
 
 class _AssignerTap:
-    """Calls the wrapped assigner and remembers ``(target_labels, fg_mask)`` of the last call.
+    """Calls the wrapped assigner and remembers what the classification term needs from the last call.
+
+    ``last`` holds ``(target_labels, fg_mask, pred_bboxes, target_bboxes)``: references to tensors the criterion
+    computes anyway, nothing is copied.
 
     Attribute access falls through to the wrapped assigner, so code reading ``assigner.topk`` keeps working.
     """
 
     def __init__(self, assigner: Any) -> None:
         self.assigner = assigner
-        self.last: tuple[Tensor, Tensor] | None = None
+        self.last: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         out = self.assigner(*args, **kwargs)
-        self.last = (out[0], out[3])  # target_labels (B, A), fg_mask (B, A)
+        pred_bboxes = args[1] if len(args) > 1 else kwargs.get("pd_bboxes")
+        # target_labels (B, A), fg_mask (B, A), pred_bboxes (B, A, 4|5) in pixels, target_bboxes (B, A, 4|5)
+        self.last = (out[0], out[3], pred_bboxes, out[1])
         return out
 
     def __getattr__(self, name: str) -> Any:
         if name == "assigner":  # not yet set (e.g. during unpickling): avoid infinite recursion
             raise AttributeError(name)
         return getattr(self.assigner, name)
+
+
+def predicted_iou(pred_bboxes: Tensor, target_bboxes: Tensor, fg_mask: Tensor) -> Tensor:
+    """IoU of each foreground anchor's predicted box with its assigned GT box (0 on background), detached.
+
+    Args:
+        pred_bboxes (Tensor[B, A, 4 | 5]): decoded predicted boxes, xyxy pixels (or xywhr for OBB).
+        target_bboxes (Tensor[B, A, 4 | 5]): assigned GT boxes in the same format.
+        fg_mask (Tensor[B, A]): foreground anchors.
+
+    Returns:
+        Tensor[B, A] float32 in [0, 1].
+    """
+    from ultralytics.utils.metrics import bbox_iou, probiou
+
+    fg = fg_mask.bool()
+    iou = torch.zeros(fg.shape, dtype=torch.float32, device=fg.device)
+    if fg.any():
+        pd, gt = pred_bboxes[fg].detach().float(), target_bboxes[fg].detach().float()
+        value = probiou(pd, gt) if pd.shape[-1] == 5 else bbox_iou(pd, gt, xywh=False)
+        iou[fg] = value.view(-1).clamp_(0.0, 1.0)
+    return iou
 
 
 def foreground_labels(target_labels: Tensor, fg_mask: Tensor, nc: int) -> Tensor:
@@ -142,13 +192,15 @@ class ClsLossTap(nn.Module):
         cls_loss (ClsLoss): the elementwise loss.
         tap (_AssignerTap): the criterion's wrapped assigner, source of the positive mask.
         nc (int): number of classes.
+        target (str): ``"tal"`` (use Ultralytics' target_scores) or ``"iou"`` (IoU of the predicted box).
     """
 
-    def __init__(self, cls_loss: ClsLoss, tap: _AssignerTap, nc: int) -> None:
+    def __init__(self, cls_loss: ClsLoss, tap: _AssignerTap, nc: int, target: str = "tal") -> None:
         super().__init__()
         self.cls_loss = cls_loss
         self.tap = tap
         self.nc = nc
+        self.target = target
 
     def forward(self, pred_scores: Tensor, target_scores: Tensor) -> Tensor:
         """Elementwise classification loss.
@@ -165,20 +217,22 @@ class ClsLossTap(nn.Module):
                 "yolo_vfl: the classification loss was called before the assigner in this criterion call; this "
                 "Ultralytics version computes its loss in an unexpected order. Please report it."
             )
-        target_labels, fg_mask = self.tap.last
+        target_labels, fg_mask, pred_bboxes, target_bboxes = self.tap.last
         self.tap.last = None  # each assigner call serves exactly one loss call
         labels = None
-        if self.cls_loss.spec.uses_labels:
+        if self.cls_loss.spec.uses_labels or self.target == "iou":
             labels = foreground_labels(target_labels, fg_mask, self.nc)
             if labels.shape != pred_scores.shape:
                 raise RuntimeError(
                     f"yolo_vfl: labels {tuple(labels.shape)} do not match pred_scores {tuple(pred_scores.shape)}"
                 )
+        if self.target == "iou":
+            target_scores = labels * predicted_iou(pred_bboxes, target_bboxes, fg_mask).unsqueeze(-1)
         return self.cls_loss(pred_scores, target_scores, labels)
 
     def extra_repr(self) -> str:
-        """Number of classes."""
-        return f"nc={self.nc}"
+        """Number of classes and quality target."""
+        return f"nc={self.nc}, target={self.target!r}"
 
 
 def find_detection_losses(criterion: Any) -> list[v8DetectionLoss]:
@@ -220,9 +274,10 @@ def install_cls_loss(criterion: Any, settings: ClsLossSettings | ClsLoss) -> int
         )
     for det in targets:
         cls_loss = settings if isinstance(settings, ClsLoss) else settings.build()
+        target = "tal" if isinstance(settings, ClsLoss) else settings.target
         tap = det.assigner if isinstance(det.assigner, _AssignerTap) else _AssignerTap(det.assigner)
         det.assigner = tap
-        det.bce = ClsLossTap(cls_loss, tap, det.nc)
+        det.bce = ClsLossTap(cls_loss, tap, det.nc, target)
     return len(targets)
 
 
@@ -257,6 +312,8 @@ class VFLDetectionLoss(v8DetectionLoss):
                 settings[key] = value
             else:
                 base_kwargs[key] = value
+        if "cls_warmup" in settings:
+            raise TypeError("cls_warmup is a trainer setting (epochs of BCE first); a loss object has no epochs")
         self.cls_loss_settings = ClsLossSettings.from_args(settings)
         super().__init__(model, **base_kwargs)
         install_cls_loss(self, self.cls_loss_settings)

@@ -48,6 +48,11 @@ def _unwrap(model: Any) -> Any:
     return model.module if hasattr(model, "module") else model
 
 
+def _cls_warmup_callback(trainer: Any) -> None:
+    """``on_train_epoch_start``: BCE during the first ``cls_warmup`` epochs, then the configured loss."""
+    trainer.install_cls_loss(trainer.epoch)
+
+
 def _save_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write a YAML file through a temporary file in the same directory and an atomic rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -99,6 +104,8 @@ class VFLDetectionTrainer(DetectionTrainer):
         self.cls_loss_settings = settings
         for key, value in settings.to_args().items():
             setattr(self.args, key, value)
+        if settings.warmup:
+            self.add_callback("on_train_epoch_start", _cls_warmup_callback)
         if RANK in {-1, 0}:
             LOGGER.info(f"yolo_vfl: classification loss {settings.describe()}")
             if (self.save_dir / "args.yaml").exists():
@@ -153,12 +160,21 @@ class VFLDetectionTrainer(DetectionTrainer):
             for m, criterion in zip(models, stash):
                 m.criterion = criterion
 
-    def install_cls_loss(self) -> None:
-        """Install the configured loss into the criterion of the training model and of the EMA model."""
+    def settings_for_epoch(self, epoch: int) -> ClsLossSettings:
+        """The loss settings in force at a (0-based) epoch: stock BCE during the ``cls_warmup`` epochs."""
+        settings = self.cls_loss_settings
+        if epoch < settings.warmup:
+            return ClsLossSettings("bce", dict(settings.values), "tal", settings.warmup)
+        return settings
+
+    def install_cls_loss(self, epoch: int | None = None) -> None:
+        """Install the loss of ``epoch`` (default: the start epoch) into the training and EMA models' criteria."""
+        epoch = getattr(self, "start_epoch", 0) if epoch is None else epoch
+        settings = self.settings_for_epoch(epoch)
         for model in self._models():
             if getattr(model, "criterion", None) is None:
                 model.criterion = model.init_criterion()
-            install_cls_loss(model.criterion, self.cls_loss_settings)
+            install_cls_loss(model.criterion, settings)
 
     def get_validator(self):
         """Ultralytics' validator, built from args without our settings."""
