@@ -119,6 +119,24 @@ class ClsLossSettings:
         return " ".join(parts)
 
 
+def normalize_setting(key: str, value: Any) -> Any:
+    """Validate one setting on its own and return its canonical value (``"VFL"`` -> ``"vfl"``, ``1`` -> ``1.0``).
+
+    Raises:
+        KeyError: ``key`` is not one of ``SETTING_KEYS``.
+        UnknownLossError / TypeError / ValueError: as ``ClsLossSettings.from_args``.
+    """
+    if key == "loss":
+        return ClsLossSettings.from_args({"loss": value}).loss
+    if key in ("cls_target", "cls_warmup"):
+        return ClsLossSettings.from_args({key: value}).to_args()[key]
+    for spec in list_losses():
+        for p in spec.params:
+            if p.arg == key:
+                return p.check(p.arg, value)
+    raise KeyError(key)
+
+
 class _AssignerTap:
     """Calls the wrapped assigner and remembers what the classification term needs from the last call.
 

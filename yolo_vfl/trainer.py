@@ -32,7 +32,7 @@ from ultralytics.models.yolo.pose import PoseTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML
 
-from .criterion import SETTING_KEYS, ClsLossSettings, install_cls_loss
+from .criterion import SETTING_KEYS, ClsLossSettings, install_cls_loss, normalize_setting
 
 __all__ = [
     "VFLDetectionTrainer",
@@ -115,8 +115,8 @@ class VFLDetectionTrainer(DetectionTrainer):
         """The checkpoint's settings; settings passed with ``resume=True`` must agree with them."""
         saved = {k: getattr(self.args, k) for k in SETTING_KEYS if hasattr(self.args, k)}
         settings = ClsLossSettings.from_args(saved)  # a plain Ultralytics checkpoint has none: BCE
-        current, requested = settings.to_args(), ClsLossSettings.from_args({**saved, **given}).to_args()
-        conflicts = [k for k in given if requested[k] != current[k]]
+        current = settings.to_args()
+        conflicts = [k for k, v in given.items() if normalize_setting(k, v) != current[k]]
         if conflicts:
             diff = ", ".join(f"{k}={given[k]!r} (checkpoint: {current[k]!r})" for k in conflicts)
             raise ValueError(
