@@ -173,7 +173,7 @@ def test_vfl_negative_weight_reaches_background_entries():
     p = x.sigmoid()
     bce0 = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")  # q = 0 on negatives
     expected = 0.75 * p[negatives] ** 2 * bce0[negatives]
-    assert torch.allclose(element[negatives], expected, rtol=1e-3, atol=0)  # float32 rounding of tiny values
+    assert torch.allclose(element[negatives], expected, rtol=1e-2, atol=0)  # float32 BCE of tiny values
     assert element[negatives].sum() > 0
 
 
