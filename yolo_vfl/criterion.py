@@ -140,21 +140,23 @@ def normalize_setting(key: str, value: Any) -> Any:
 class _AssignerTap:
     """Calls the wrapped assigner and remembers what the classification term needs from the last call.
 
-    ``last`` holds ``(target_labels, fg_mask, pred_bboxes, target_bboxes)``: references to tensors the criterion
-    computes anyway, nothing is copied.
+    ``last`` holds ``(target_labels, fg_mask, pred_bboxes, target_bboxes, target_scores)``: references to tensors the
+    criterion computes anyway, nothing is copied. ``target_scores`` is kept in the assigner's float32: under AMP the
+    criterion hands ``bce`` a copy cast to the logits' half precision.
 
     Attribute access falls through to the wrapped assigner, so code reading ``assigner.topk`` keeps working.
     """
 
     def __init__(self, assigner: Any) -> None:
         self.assigner = assigner
-        self.last: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self.last: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         out = self.assigner(*args, **kwargs)
         pred_bboxes = args[1] if len(args) > 1 else kwargs.get("pd_bboxes")
-        # target_labels (B, A), fg_mask (B, A), pred_bboxes (B, A, 4|5) in pixels, target_bboxes (B, A, 4|5)
-        self.last = (out[0], out[3], pred_bboxes, out[1])
+        # target_labels (B, A), fg_mask (B, A), pred_bboxes (B, A, 4|5) in pixels, target_bboxes (B, A, 4|5),
+        # target_scores (B, A, nc)
+        self.last = (out[0], out[3], pred_bboxes, out[1], out[2])
         return out
 
     def __getattr__(self, name: str) -> Any:
@@ -235,8 +237,10 @@ class ClsLossTap(nn.Module):
                 "yolo_vfl: the classification loss was called before the assigner in this criterion call; this "
                 "Ultralytics version computes its loss in an unexpected order. Please report it."
             )
-        target_labels, fg_mask, pred_bboxes, target_bboxes = self.tap.last
+        target_labels, fg_mask, pred_bboxes, target_bboxes, tal_scores = self.tap.last
         self.tap.last = None  # each assigner call serves exactly one loss call
+        if tal_scores.shape == target_scores.shape:
+            target_scores = tal_scores  # full precision under AMP (same values otherwise)
         labels = None
         if self.cls_loss.spec.uses_labels or self.target == "iou":
             labels = foreground_labels(target_labels, fg_mask, self.nc)
