@@ -323,3 +323,15 @@ def test_cls_target_and_warmup_validation():
         ClsLossSettings.from_args({"loss": "vfl", "cls_warmup": -1})
     with pytest.raises(TypeError, match="cls_warmup is a trainer setting"):
         VFLDetectionLoss(make_model(), loss="vfl", cls_warmup=2)
+
+
+def test_targets_stay_float32_under_autocast():
+    """Under AMP the loss gets the assigner's float32 target_scores, not the half-precision copy, and returns fp32."""
+    model = make_model()
+    crit, assigner, spy = spied_criterion(model, loss="vfl")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = crit(model(make_batch()["img"]), make_batch())
+    x, q, _ = spy.seen
+    assert x.dtype == torch.bfloat16  # the logits come in half precision ...
+    assert q.dtype == torch.float32 and torch.equal(q, assigner.out[2])  # ... the targets do not
+    assert torch.isfinite(out[0]).all()
