@@ -23,7 +23,7 @@ from typing import Any
 
 from .losses import list_losses
 
-MODES = ("train", "val", "predict", "export", "data", "losses", "version", "help")
+MODES = ("train", "ab", "val", "predict", "export", "data", "losses", "version", "help")
 ULTRALYTICS_MODES = ("val", "predict", "export")
 DEFAULT_MODEL_WITH_DATA = "yolov8n.pt"
 DEFAULT_MODEL_OFFLINE = "yolov8n.yaml"
@@ -38,6 +38,8 @@ Usage:
       vfl_alpha vfl_gamma vfl_iou_weighted qfl_beta fl_alpha fl_gamma   loss hyperparameters
       without data=: trains yolov8n.yaml on the embedded synthetic dataset (works offline)
       with data= and no model=: model=yolov8n.pt, as in Ultralytics
+  yolo-vfl ab [spec.yaml] [key=value ...]   A/B experiment: arms x seeds, report with paired 95% intervals
+  yolo-vfl ab report out=DIR        rewrite the report of an experiment directory
   yolo-vfl val|predict|export ...   hand over to Ultralytics (checkpoints are plain Ultralytics)
   yolo-vfl data out=DIR [n=600 seed=0 imgsz=192]   write the embedded dataset to DIR
   yolo-vfl losses                   list the losses: formula, defaults, paper
@@ -150,10 +152,10 @@ def _check_model(model: str) -> None:
     if path.exists():
         return
     if path.suffix in (".yaml", ".yml"):
-        from ultralytics.utils.checks import check_yaml
+        from ultralytics.nn.tasks import yaml_model_load  # resolves scaled names: yolov8n.yaml -> yolov8.yaml
 
         try:
-            check_yaml(model, hard=True)
+            yaml_model_load(model)
         except (FileNotFoundError, AssertionError) as e:
             raise CLIError(
                 f"Model file '{model}' not found (neither a local file nor an Ultralytics model YAML)."
@@ -268,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if mode not in MODES:
             raise CLIError(f"Unknown mode '{mode}'.{_suggest(mode, MODES)} Valid modes: {', '.join(MODES)}.")
-        args = parse_args(tokens)
+        if mode != "ab":  # ab takes an optional spec path and a 'report' sub-form before its key=value pairs
+            args = parse_args(tokens)
         if mode in ("losses", "version") and args:
             raise CLIError(f"'yolo-vfl {mode}' takes no arguments.")
         if mode == "losses":
@@ -279,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_data(args)
         if mode == "train":
             return _cmd_train(args)
+        if mode == "ab":
+            from .experiment import cli_ab
+
+            return cli_ab(tokens)
         return _cmd_ultralytics(mode, args, tokens)
     except KeyboardInterrupt:
         print("yolo-vfl: interrupted", file=sys.stderr)
