@@ -335,3 +335,33 @@ def test_targets_stay_float32_under_autocast():
     assert x.dtype == torch.bfloat16  # the logits come in half precision ...
     assert q.dtype == torch.float32 and torch.equal(q, assigner.out[2])  # ... the targets do not
     assert torch.isfinite(out[0]).all()
+
+
+def test_fg_negatives_bce_variant_weights():
+    """cls_fg_negatives=bce: non-target classes of fg anchors get BCE(x, 0); target q*BCE; background a p^g BCE."""
+    from yolo_vfl.criterion import ClsLossTap, _AssignerTap
+
+    settings = ClsLossSettings.from_args({"loss": "vfl", "cls_fg_negatives": "bce"})
+    tap = _AssignerTap(assigner=None)
+    crit = ClsLossTap(settings.build(), tap, nc=3, fg_negatives=settings.fg_negatives)
+    x = torch.tensor([[[1.0, -1.0, 2.0], [0.5, 0.0, -2.0]]], requires_grad=True)  # anchor 0 fg (class 2), 1 bg
+    q = torch.tensor([[[0.0, 0.0, 0.8], [0.0, 0.0, 0.0]]])
+    tap.last = (torch.tensor([[2, 2]]), torch.tensor([[True, False]]), None, None, q)
+    loss = crit(x, q)
+    xd, p = x.detach().double(), x.detach().double().sigmoid()
+    bce0 = F.softplus(xd)  # BCE(x, 0)
+    bce_q = F.softplus(xd) - q.double() * xd  # BCE(x, q)
+    expected = torch.stack(
+        [
+            torch.stack([bce0[0, 0, 0], bce0[0, 0, 1], 0.8 * bce_q[0, 0, 2]]),  # fg anchor: full BCE for classes 0, 1
+            0.75 * p[0, 1] ** 2 * bce0[0, 1],  # background anchor: VFL's alpha p^gamma
+        ]
+    ).unsqueeze(0)
+    assert torch.allclose(loss.double(), expected, rtol=1e-5)
+    loss.sum().backward()  # the variant keeps the graph
+    assert torch.isfinite(x.grad).all()
+    plain = ClsLossTap(settings.build(), tap, nc=3)  # default: VFL's weight on every negative
+    tap.last = (torch.tensor([[2, 2]]), torch.tensor([[True, False]]), None, None, q)
+    assert plain(x, q)[0, 0, 0] < loss[0, 0, 0]
+    with pytest.raises(ValueError, match=r"Invalid cls_fg_negatives='full'"):
+        ClsLossSettings.from_args({"loss": "vfl", "cls_fg_negatives": "full"})

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from ultralytics.utils.loss import v8DetectionLoss
 
@@ -33,12 +34,17 @@ __all__ = ["SETTING_KEYS", "ClsLossSettings", "VFLDetectionLoss", "install_cls_l
 #: Quality targets: TAL's normalized alignment metric (Ultralytics' ``target_scores``) or the IoU of the predicted box.
 CLS_TARGETS = ("tal", "iou")
 
+#: Weight of the non-target classes of foreground anchors: the loss's own negative weight (VFL: alpha p^gamma) or
+#: BCE's full weight, as BCE pushes them down.
+FG_NEGATIVES = ("loss", "bce")
+
 #: Trainer / CLI settings owned by yolo_vfl: ``loss``, every registered hyperparameter (``vfl_alpha`` ...), the
-#: quality target and the BCE warm-up.
+#: quality target, the weight of foreground negatives and the BCE warm-up.
 SETTING_KEYS: tuple[str, ...] = (
     "loss",
     *(p.arg for spec in list_losses() for p in spec.params),
     "cls_target",
+    "cls_fg_negatives",
     "cls_warmup",
 )
 
@@ -55,12 +61,16 @@ class ClsLossSettings:
             metric normalized so each GT's best anchor gets that GT's max IoU) or ``"iou"`` (IoU of the decoded
             predicted box with its assigned GT box, detached, as in VarifocalNet and GFL).
         warmup: number of first epochs trained with BCE before switching to ``loss`` (YOLOv6-style warm-up).
+        fg_negatives: ``"loss"`` (the loss's own weight for every negative entry) or ``"bce"`` (the other classes of
+            a foreground anchor keep BCE's full weight, so a confident wrong class there is pushed down as hard as
+            BCE does; background anchors keep the loss's weight).
     """
 
     loss: str = "bce"
     values: dict[str, Any] = field(default_factory=dict)
     target: str = "tal"
     warmup: int = 0
+    fg_negatives: str = "loss"
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any] | Any) -> ClsLossSettings:
@@ -95,11 +105,22 @@ class ClsLossSettings:
         warmup = args.get("cls_warmup") or 0
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise ValueError(f"Invalid cls_warmup={warmup!r}: valid values are integers >= 0 (epochs of BCE first)")
-        return cls(spec.name, values, target, warmup)
+        fg_negatives = args.get("cls_fg_negatives") or "loss"
+        if fg_negatives not in FG_NEGATIVES:
+            raise ValueError(
+                f"Invalid cls_fg_negatives={fg_negatives!r}: valid values are {', '.join(map(repr, FG_NEGATIVES))}"
+            )
+        return cls(spec.name, values, target, warmup, fg_negatives)
 
     def to_args(self) -> dict[str, Any]:
         """All settings as trainer arguments: ``{"loss": "vfl", "vfl_alpha": 0.75, ..., "cls_target": "tal"}``."""
-        return {"loss": self.loss, **self.values, "cls_target": self.target, "cls_warmup": self.warmup}
+        return {
+            "loss": self.loss,
+            **self.values,
+            "cls_target": self.target,
+            "cls_fg_negatives": self.fg_negatives,
+            "cls_warmup": self.warmup,
+        }
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -115,7 +136,8 @@ class ClsLossSettings:
         """One line for logs: ``loss=vfl vfl_alpha=0.75 vfl_gamma=2.0 vfl_iou_weighted=True``."""
         spec = get_loss_spec(self.loss)
         parts = [f"loss={self.loss}", *(f"{p.arg}={self.values.get(p.arg, p.default)}" for p in spec.params)]
-        parts += [f"cls_target={self.target}"] + ([f"cls_warmup={self.warmup}"] if self.warmup else [])
+        parts += [f"cls_target={self.target}", f"cls_fg_negatives={self.fg_negatives}"]
+        parts += [f"cls_warmup={self.warmup}"] if self.warmup else []
         return " ".join(parts)
 
 
@@ -128,7 +150,7 @@ def normalize_setting(key: str, value: Any) -> Any:
     """
     if key == "loss":
         return ClsLossSettings.from_args({"loss": value}).loss
-    if key in ("cls_target", "cls_warmup"):
+    if key in ("cls_target", "cls_fg_negatives", "cls_warmup"):
         return ClsLossSettings.from_args({key: value}).to_args()[key]
     for spec in list_losses():
         for p in spec.params:
@@ -213,14 +235,18 @@ class ClsLossTap(nn.Module):
         tap (_AssignerTap): the criterion's wrapped assigner, source of the positive mask.
         nc (int): number of classes.
         target (str): ``"tal"`` (use Ultralytics' target_scores) or ``"iou"`` (IoU of the predicted box).
+        fg_negatives (str): ``"loss"`` or ``"bce"`` (BCE for the non-target classes of foreground anchors).
     """
 
-    def __init__(self, cls_loss: ClsLoss, tap: _AssignerTap, nc: int, target: str = "tal") -> None:
+    def __init__(
+        self, cls_loss: ClsLoss, tap: _AssignerTap, nc: int, target: str = "tal", fg_negatives: str = "loss"
+    ) -> None:
         super().__init__()
         self.cls_loss = cls_loss
         self.tap = tap
         self.nc = nc
         self.target = target
+        self.fg_negatives = fg_negatives
 
     def forward(self, pred_scores: Tensor, target_scores: Tensor) -> Tensor:
         """Elementwise classification loss.
@@ -250,11 +276,21 @@ class ClsLossTap(nn.Module):
                 )
         if self.target == "iou":
             target_scores = labels * predicted_iou(pred_bboxes, target_bboxes, fg_mask).unsqueeze(-1)
-        return self.cls_loss(pred_scores, target_scores, labels)
+        loss = self.cls_loss(pred_scores, target_scores, labels)
+        if self.fg_negatives == "bce" and self.cls_loss.name != "bce":
+            fg = fg_mask.bool()
+            if labels is None:
+                labels = foreground_labels(target_labels, fg_mask, self.nc)
+            with torch.autocast(pred_scores.device.type, enabled=False):
+                bce = F.binary_cross_entropy_with_logits(  # only the (few) foreground anchors: (N_fg, nc)
+                    pred_scores[fg].float(), target_scores[fg].float(), reduction="none"
+                )
+            loss = loss.index_put((fg,), torch.where(labels[fg], loss[fg], bce))  # out of place
+        return loss
 
     def extra_repr(self) -> str:
-        """Number of classes and quality target."""
-        return f"nc={self.nc}, target={self.target!r}"
+        """Number of classes, quality target and foreground-negative weighting."""
+        return f"nc={self.nc}, target={self.target!r}, fg_negatives={self.fg_negatives!r}"
 
 
 def find_detection_losses(criterion: Any) -> list[v8DetectionLoss]:
@@ -297,9 +333,10 @@ def install_cls_loss(criterion: Any, settings: ClsLossSettings | ClsLoss) -> int
     for det in targets:
         cls_loss = settings if isinstance(settings, ClsLoss) else settings.build()
         target = "tal" if isinstance(settings, ClsLoss) else settings.target
+        fg_negatives = "loss" if isinstance(settings, ClsLoss) else settings.fg_negatives
         tap = det.assigner if isinstance(det.assigner, _AssignerTap) else _AssignerTap(det.assigner)
         det.assigner = tap
-        det.bce = ClsLossTap(cls_loss, tap, det.nc, target)
+        det.bce = ClsLossTap(cls_loss, tap, det.nc, target, fg_negatives)
     return len(targets)
 
 

@@ -164,7 +164,7 @@ class VFLDetectionTrainer(DetectionTrainer):
         """The loss settings in force at a (0-based) epoch: stock BCE during the ``cls_warmup`` epochs."""
         settings = self.cls_loss_settings
         if epoch < settings.warmup:
-            return ClsLossSettings("bce", dict(settings.values), "tal", settings.warmup)
+            return ClsLossSettings("bce", dict(settings.values), "tal", settings.warmup, "loss")
         return settings
 
     def install_cls_loss(self, epoch: int | None = None) -> None:
