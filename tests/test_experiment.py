@@ -487,3 +487,15 @@ def test_ray_backend_local_instance(det_data, tmp_path):
     res = json.loads((out / "runs" / "bce-s0" / "result.json").read_text())
     assert res["device"] == "cpu" and res["epochs_done"] == 1
     assert (out / "summary.md").exists()
+
+
+def test_fingerprint_ignores_settings_added_later_at_their_default():
+    """A run recorded before a setting existed equals a job stating that setting's default, not another value."""
+    from yolo_vfl.experiment import _same_fingerprint
+
+    old = {"loss": "vfl", "vfl_alpha": 0.75, "epochs": 12, "model": "yolov8n.yaml", "data": "embedded"}
+    new = {**old, "cls_fg_negatives": "loss", "cls_target": "tal", "cls_warmup": 0, "qfl_beta": 2.0}
+    assert _same_fingerprint(old, new)
+    assert not _same_fingerprint(old, {**new, "cls_fg_negatives": "bce"})
+    assert not _same_fingerprint({**old, "epochs": 10}, new)
+    assert not _same_fingerprint(None, new)

@@ -649,7 +649,28 @@ def _read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
 
 
+def _normalized(fp: Mapping[str, Any]) -> dict[str, Any]:
+    """A fingerprint with its loss settings completed by their defaults.
+
+    A run recorded before a setting existed (e.g. ``cls_fg_negatives``) trained with that setting's default, so it
+    must compare equal to a job that states the default explicitly.
+    """
+    from .criterion import SETTING_KEYS, ClsLossSettings
+
+    out = dict(fp)
+    try:
+        out.update(ClsLossSettings.from_args({k: v for k, v in fp.items() if k in SETTING_KEYS}).to_args())
+    except (KeyError, TypeError, ValueError):
+        pass  # invalid recorded settings: compare as recorded (they will differ)
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
+
+
+def _same_fingerprint(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
+    return a is not None and _normalized(a) == _normalized(b)
+
+
 def _fingerprint_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    a, b = _normalized(a), _normalized(b)
     keys = sorted(set(a) | set(b))
     diffs = [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys if a.get(k) != b.get(k)]
     return ", ".join(diffs[:6]) + (" ..." if len(diffs) > 6 else "")
@@ -746,8 +767,6 @@ def _saved_fingerprint(run_dir: Path, job: Mapping[str, Any]) -> dict[str, Any] 
     from .criterion import SETTING_KEYS
 
     settings = {k: args[k] for k in SETTING_KEYS if k in args}
-    if set(settings) != set(job["settings"]):
-        return None
     train = {k: args.get(k) for k in job["train"]}
     return _fingerprint(train, settings, job["model"], job["fingerprint"]["data"])
 
@@ -769,7 +788,7 @@ def inspect_run(job: Mapping[str, Any]) -> tuple[str, str]:
     saved = _saved_fingerprint(run_dir, job)
     if saved is None:
         return "restart", "args.yaml is missing or unreadable"
-    if saved != job["fingerprint"]:
+    if not _same_fingerprint(saved, job["fingerprint"]):
         return "restart", f"it was started with other settings ({_fingerprint_diff(saved, job['fingerprint'])})"
     ckpt = _load_checkpoint(last)
     if ckpt is None:
@@ -1379,7 +1398,7 @@ def run_ab(
             if existing is None:
                 todo.append(job)
                 continue
-            if existing.get("fingerprint") != job["fingerprint"]:
+            if not _same_fingerprint(existing.get("fingerprint"), job["fingerprint"]):
                 raise _user_error(
                     f"Run {job['run']} in {out} finished with other settings "
                     f"({_fingerprint_diff(existing.get('fingerprint') or {}, job['fingerprint'])}). Use another out= "
