@@ -1476,6 +1476,8 @@ yolo-vfl ab: A/B experiment: does VFL or QFL beat BCE on this data, and with whi
 Usage:
   yolo-vfl ab [spec.yaml] [key=value ...]   run every arm x seed (finished runs are kept and skipped), then report
   yolo-vfl ab report out=DIR                rewrite summary.csv/.md, curves.png, ranking.png from DIR's results
+  yolo-vfl ab diagnose out=DIR [dest=DIR] [arms=a,b]   false positives by kind (background, wrong class, duplicate,
+                                            localization) per arm: diagnosis.md/.csv, fp_scores.png, pr_curves.png
 
 Keys:
   name=  out=DIR  seeds=[0,1,2]  arms=bce,vfl  baseline=bce  device=0,1  backend=local|ray  keep_going=true
@@ -1484,17 +1486,66 @@ Keys:
   <arm>.<key>=value   per-arm override, e.g. vfl.cls=1.0 vfl.vfl_gamma=1.5
   any Ultralytics train argument (epochs=, imgsz=, batch=, data=, model= ...) is shared by all arms
   without a spec: arms bce, vfl, qfl; seeds 0,1,2; yolov8n.yaml on the embedded dataset
+  diagnose: baseline=  conf=0.001  iou=0.7  max_det=300  device=  batch=16  workers=0  force=true (recompute)
+            cache_dir=DIR (per-run diagnosis.json there instead of in each run directory)
 
 Examples:
   yolo-vfl ab experiments/ab_embedded.yaml
   yolo-vfl ab experiments/ab_embedded.yaml seeds=[0] epochs=2 out=runs/ab/smoke
   yolo-vfl ab experiments/ab_coco128_gpu.yaml device=0,1
   yolo-vfl ab report out=runs/ab/ab_embedded
+  yolo-vfl ab diagnose out=runs/ab/ab_embedded arms=bce,vfl,qfl
 """
 
 
+DIAGNOSE_KEYS = (
+    "out",
+    "dest",
+    "arms",
+    "baseline",
+    "conf",
+    "iou",
+    "max_det",
+    "device",
+    "batch",
+    "workers",
+    "cache_dir",
+    "force",
+)
+
+
+def _cli_diagnose(tokens: Sequence[str]) -> int:
+    """``yolo-vfl ab diagnose out=DIR [dest=DIR] [arms=a,b] ...`` (``yolo_vfl.diagnose.diagnose_experiment``)."""
+    from .cli import parse_args
+    from .diagnose import diagnose_experiment
+
+    args = parse_args(tokens)
+    unknown = [k for k in args if k not in DIAGNOSE_KEYS]
+    if unknown:
+        raise _user_error(
+            f"Unknown argument '{unknown[0]}' for 'yolo-vfl ab diagnose'."
+            f"{_suggest(unknown[0], DIAGNOSE_KEYS)} Valid: {', '.join(DIAGNOSE_KEYS)}."
+        )
+    if args.get("out") in (None, ""):
+        raise _user_error("'yolo-vfl ab diagnose' needs out=DIR (the experiment directory).")
+    arms = [str(a).strip("[]'\" ") for a in _as_list(args.get("arms"), "arms")]
+    kwargs = {k: args[k] for k in DIAGNOSE_KEYS[4:] if k in args}
+    if "device" in kwargs and kwargs["device"] is not None:
+        kwargs["device"] = str(kwargs["device"])
+    paths = diagnose_experiment(
+        str(args["out"]),
+        dest=None if args.get("dest") in (None, "") else str(args["dest"]),
+        arms=[a for a in arms if a] or None,
+        baseline=args.get("baseline"),
+        log=lambda msg: print(f"yolo-vfl ab diagnose: {msg}", flush=True),
+        **kwargs,
+    )
+    print(f"yolo-vfl ab: diagnosis written: {paths['diagnosis.md']}")
+    return 0
+
+
 def cli_ab(tokens: Sequence[str]) -> int:
-    """``yolo-vfl ab [spec.yaml] [key=value ...]`` and ``yolo-vfl ab report out=DIR``.
+    """``yolo-vfl ab [spec.yaml] [key=value ...]``, ``yolo-vfl ab report out=DIR`` and ``yolo-vfl ab diagnose out=DIR``.
 
     Returns:
         0 on success, 1 when some runs failed (the report is written for the others).
@@ -1527,6 +1578,8 @@ def cli_ab(tokens: Sequence[str]) -> int:
         paths = regenerate_report(out, args.get("baseline"))
         print(f"yolo-vfl ab: report written: {paths['summary.md']}")
         return 0
+    if tokens and tokens[0] == "diagnose":
+        return _cli_diagnose(tokens[1:])
     spec_path = None
     if tokens and "=" not in tokens[0]:
         spec_path, tokens = tokens[0], tokens[1:]
