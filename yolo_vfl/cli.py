@@ -40,6 +40,7 @@ Usage:
       with data= and no model=: model=yolov8n.pt, as in Ultralytics
   yolo-vfl ab [spec.yaml] [key=value ...]   A/B experiment: arms x seeds, report with paired 95% intervals
   yolo-vfl ab report out=DIR        rewrite the report of an experiment directory
+  yolo-vfl ab diagnose out=DIR      false positives by kind and score distributions per arm
   yolo-vfl val|predict|export ...   hand over to Ultralytics (checkpoints are plain Ultralytics)
   yolo-vfl data out=DIR [n=600 seed=0 imgsz=192]   write the embedded dataset to DIR
   yolo-vfl losses                   list the losses: formula, defaults, paper
