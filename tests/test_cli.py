@@ -74,6 +74,8 @@ def test_version_and_losses(capfd):
         (["data"], "needs out=DIR"),
         (["data", "out=x", "seeds=1"], "Unknown argument 'seeds' for 'yolo-vfl data'. Did you mean 'seed'?"),
         (["version", "x=1"], "takes no arguments"),
+        (["train", "resume=True"], "resume=True needs model=path/to/last.pt"),
+        (["train", "resume=missing/last.pt"], "Model file 'missing/last.pt' not found"),
     ],
 )
 def test_user_errors_are_one_clear_line(argv, message, capfd, tmp_path, monkeypatch):

@@ -209,7 +209,13 @@ def _cmd_train(args: dict[str, Any]) -> int:
     ClsLossSettings.from_args(ours)  # loss name and hyperparameters, before any work
     get_cfg(overrides={k: v for k, v in theirs.items() if k != "model"})  # Ultralytics' own type and range checks
 
-    if theirs.get("data") in (None, ""):
+    resume = theirs.get("resume")
+    if resume:  # the checkpoint knows its data, model and loss settings
+        if isinstance(resume, str) and "model" not in theirs:
+            theirs["model"] = resume
+        if "model" not in theirs:
+            raise CLIError("resume=True needs model=path/to/last.pt (or resume=path/to/last.pt).")
+    elif theirs.get("data") in (None, ""):
         from .data import embedded_dataset
 
         theirs.setdefault("model", DEFAULT_MODEL_OFFLINE)
@@ -219,6 +225,8 @@ def _cmd_train(args: dict[str, Any]) -> int:
     else:
         theirs.setdefault("model", DEFAULT_MODEL_WITH_DATA)
         _check_data(str(theirs["data"]))
+    if resume:
+        theirs["resume"] = True
     model_name = str(theirs.pop("model"))
     _check_model(model_name)
 
