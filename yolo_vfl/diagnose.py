@@ -56,6 +56,7 @@ from .report import (
     box_iou,
     load_results,
     mean_std,
+    plot_epoch_band,
 )
 
 __all__ = [
@@ -889,33 +890,6 @@ def plot_fp_scores(
     return _save_figure(fig, path)
 
 
-def _plot_metric(ax: Any, curves: Mapping[str, Sequence[Mapping[str, Any]]], metric: str) -> None:
-    for arm, runs in curves.items():
-        per_epoch: dict[int, list[float]] = {}
-        for r in runs:
-            curve = r.get("curve") or {}
-            for e, v in zip(curve.get("epoch", []), curve.get(metric, [])):
-                if v is not None and math.isfinite(v):
-                    per_epoch.setdefault(int(e), []).append(float(v))
-        if not per_epoch:
-            continue
-        epochs = sorted(per_epoch)
-        mean = np.array([np.mean(per_epoch[e]) for e in epochs])
-        std = np.array([np.std(per_epoch[e], ddof=1) if len(per_epoch[e]) > 1 else 0.0 for e in epochs])
-        (line,) = ax.plot(
-            epochs,
-            mean,
-            marker="o" if len(epochs) < 15 else None,
-            ms=3,
-            label=f"{arm} ({len(runs)} seed{'s' if len(runs) != 1 else ''})",
-        )
-        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per epoch (mean ± 1 std over seeds)", fontsize=10)
-    ax.grid(alpha=0.3)
-
-
 def plot_pr_curves(
     curves: Sequence[Mapping[str, Any]],
     path: str | os.PathLike[str],
@@ -930,7 +904,7 @@ def plot_pr_curves(
     fig = _figure(13.0, 4.8)
     for i, metric in enumerate(("precision", "recall")):
         ax = fig.add_subplot(1, 2, i + 1)
-        _plot_metric(ax, groups, metric)
+        plot_epoch_band(ax, groups, metric, title_size=10)
         if i == 0 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()

@@ -767,25 +767,23 @@ def _save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_curves(
-    results: Sequence[Mapping[str, Any]],
-    path: str | os.PathLike[str],
-    metric: str = "mAP50-95",
-    order: Sequence[str] | None = None,
-    baseline: str = "bce",
-) -> Path:
-    """``curves.png``: ``metric`` per epoch for each arm, mean over seeds with a ± 1 std band.
+def plot_epoch_band(
+    ax: Any, groups: Mapping[str, Sequence[Mapping[str, Any]]], metric: str, title_size: float | None = None
+) -> None:
+    """Draw ``metric`` per epoch for each arm on ``ax``: the mean over seeds with a ± 1 std band.
 
-    Each result needs ``curve``: ``{"epoch": [...], metric: [...]}``.
+    Args:
+        ax: a matplotlib Axes.
+        groups: arm name -> its runs, each with ``curve``: ``{"epoch": [...], metric: [...]}``.
+        metric: the curve key to plot.
+        title_size: font size of the title (matplotlib's default when None).
     """
-    fig = _figure(7.5, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    for arm, runs in _group(results, order, baseline).items():
+    for arm, runs in groups.items():
         per_epoch: dict[int, list[float]] = {}
         for r in runs:
             curve = r.get("curve") or {}
             for e, v in zip(curve.get("epoch", []), curve.get(metric, [])):
-                if v is not None:
+                if v is not None and math.isfinite(v):
                     per_epoch.setdefault(int(e), []).append(float(v))
         if not per_epoch:
             continue
@@ -802,8 +800,24 @@ def plot_curves(
         ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per epoch (mean ± 1 std over seeds)")
+    ax.set_title(f"{metric} per epoch (mean ± 1 std over seeds)", fontsize=title_size)
     ax.grid(alpha=0.3)
+
+
+def plot_curves(
+    results: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    metric: str = "mAP50-95",
+    order: Sequence[str] | None = None,
+    baseline: str = "bce",
+) -> Path:
+    """``curves.png``: ``metric`` per epoch for each arm, mean over seeds with a ± 1 std band.
+
+    Each result needs ``curve``: ``{"epoch": [...], metric: [...]}``.
+    """
+    fig = _figure(7.5, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    plot_epoch_band(ax, _group(results, order, baseline), metric)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()
