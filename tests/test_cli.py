@@ -6,8 +6,10 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from yolo_vfl.cli import main, parse_args, parse_value
 
@@ -20,8 +22,18 @@ def run(capfd, *argv: str) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize(
     "text, value",
-    [("10", 10), ("0.5", 0.5), ("True", True), ("false", False), ("none", None), ("[0, 1]", [0, 1]),
-     ("yolov8n.yaml", "yolov8n.yaml"), ("0,1", (0, 1)), ("__import__('os')", "__import__('os')"), ("cpu", "cpu")],
+    [
+        ("10", 10),
+        ("0.5", 0.5),
+        ("True", True),
+        ("false", False),
+        ("none", None),
+        ("[0, 1]", [0, 1]),
+        ("yolov8n.yaml", "yolov8n.yaml"),
+        ("0,1", (0, 1)),
+        ("__import__('os')", "__import__('os')"),
+        ("cpu", "cpu"),
+    ],
 )
 def test_parse_value_is_safe_and_typed(text, value):
     """Values become None/bool/int/float/literals; code is never evaluated and stays a string."""
@@ -73,6 +85,7 @@ def test_version_and_losses(capfd):
         (["val", "loss=vfl"], "'loss' only applies to 'yolo-vfl train'"),
         (["data"], "needs out=DIR"),
         (["data", "out=x", "seeds=1"], "Unknown argument 'seeds' for 'yolo-vfl data'. Did you mean 'seed'?"),
+        (["data", "out=x", "variant=glyph"], "variant must be one of shapes, glyphs, got 'glyph'"),
         (["version", "x=1"], "takes no arguments"),
         (["train", "resume=True"], "resume=True needs model=path/to/last.pt"),
         (["train", "resume=missing/last.pt"], "Model file 'missing/last.pt' not found"),
@@ -99,15 +112,54 @@ def test_data_mode_writes_dataset(tmp_path, capfd):
     assert code == 0 and (tmp_path / "ds" / "data.yaml").exists() and "data.yaml" in out
 
 
+def test_data_mode_glyphs_variant(tmp_path, capfd):
+    """yolo-vfl data variant=glyphs writes the second, differently made dataset (its own class names)."""
+    code, _, _ = run(capfd, "data", f"out={tmp_path / 'g'}", "n=6", "imgsz=64", "variant=glyphs")
+    assert code == 0
+    names = yaml.safe_load((tmp_path / "g" / "data.yaml").read_text())["names"]
+    assert list(names.values()) == ["cross", "tee", "ell", "arrow", "diamond", "crescent"]
+
+
+def test_train_data_embedded_glyphs_is_resolved(tmp_path, capfd, monkeypatch):
+    """data=embedded-glyphs trains on the generated glyphs dataset (offline), not on a file called so."""
+    import ultralytics
+
+    seen = {}
+
+    def fake_train(self, **kwargs):
+        seen.update(kwargs)
+
+    monkeypatch.setattr(ultralytics.YOLO, "train", fake_train)
+    code, out, err = run(capfd, "train", "data=embedded-glyphs", "epochs=1")
+    assert code == 0, err
+    data = Path(seen["data"])
+    assert data.parent.name.startswith("glyphs-n600-s1-") and data.exists()
+    assert seen["imgsz"] == 192 and "data=embedded-glyphs" in out
+
+
 @pytest.mark.slow
 def test_console_script_trains_on_embedded_dataset(tmp_path):
     """The installed console script trains on the embedded dataset end to end (tiny size) and exits 0."""
     exe = shutil.which("yolo-vfl", path=os.path.dirname(sys.executable)) or shutil.which("yolo-vfl")
     assert exe, "console script yolo-vfl is not installed"
     out = subprocess.run(
-        [exe, "train", "loss=vfl", "epochs=1", "imgsz=64", "batch=8", "workers=0", "fraction=0.05", "plots=False",
-         f"project={tmp_path}", "name=cli"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "YOLO_VFL_CACHE": str(tmp_path / "cache")},
+        [
+            exe,
+            "train",
+            "loss=vfl",
+            "epochs=1",
+            "imgsz=64",
+            "batch=8",
+            "workers=0",
+            "fraction=0.05",
+            "plots=False",
+            f"project={tmp_path}",
+            "name=cli",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "YOLO_VFL_CACHE": str(tmp_path / "cache")},
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp_path / "cli" / "weights" / "last.pt").exists()

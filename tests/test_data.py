@@ -373,3 +373,84 @@ def test_ultralytics_loads_dataset(tmp_path):
     assert len(ds.labels) == 2
     n_lines = sum(len(p.read_text().splitlines()) for p in (y.parent / "labels" / "val").glob("*.txt"))
     assert sum(len(lab["cls"]) for lab in ds.labels) == n_lines
+
+
+# ----------------------------------------------------------------------------------------- the glyphs variant
+def _objects(root: Path) -> list[list[float]]:
+    return [[float(x) for x in line.split()] for v in read_labels(root).values() for line in v.decode().splitlines()]
+
+
+def test_shapes_output_unchanged_by_variants(tmp_path):
+    """The default variant is byte-for-byte generator v1: adding variants must not move the embedded dataset.
+
+    Golden fingerprint (labels and pixel hashes) of ``n=40, seed=0, imgsz=64`` recorded before variants existed; if
+    the generator's output changes on purpose, GENERATOR_VERSION must be bumped (cached datasets are then remade).
+    """
+    root = generate_dataset(tmp_path / "d", n=40, seed=0, imgsz=64).parent
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["variant"] == "shapes" and meta["names"] == list(CLASS_NAMES)
+    assert meta["fingerprint"] == "sha256:b8ee234e7caf7a8cadbdaef360c9276903d2391d7828794410e4dbeaae34fc08"
+
+
+def test_glyphs_variant_is_differently_made(tmp_path):
+    """glyphs: its own six class names, every class occurs, more and smaller objects per image than shapes."""
+    g = generate_dataset(tmp_path / "g", n=60, seed=1, imgsz=96, variant="glyphs").parent
+    s = generate_dataset(tmp_path / "s", n=60, seed=1, imgsz=96).parent
+    cfg = yaml.safe_load((g / "data.yaml").read_text())
+    assert cfg["names"] == dict(enumerate(D.GLYPH_NAMES)) == dict(enumerate(D.class_names("glyphs")))
+    assert not set(D.GLYPH_NAMES) & set(CLASS_NAMES)
+    go, so = _objects(g), _objects(s)
+    assert {int(o[0]) for o in go} == set(range(len(D.GLYPH_NAMES)))
+    assert all(0 < o[3] <= 1 and 0 < o[4] <= 1 for o in go)
+    assert len(go) > 1.2 * len(so)  # up to 9 objects per image instead of 6
+    assert np.median([o[3] * o[4] for o in go]) < np.median([o[3] * o[4] for o in so])  # smaller objects
+    meta = json.loads((g / "dataset.json").read_text())
+    assert meta["variant"] == "glyphs" and sum(meta["instances"].values()) == len(go)
+    assert read_labels(g) != read_labels(s)
+    again = generate_dataset(tmp_path / "g2", n=60, seed=1, imgsz=96, variant="glyphs").parent
+    assert read_labels(again) == read_labels(g)  # deterministic too
+
+
+@pytest.mark.parametrize("name", D.GLYPH_NAMES)
+def test_glyph_polygons(name):
+    """Each glyph is a simple polygon centred on its box, extent ~[-1, 1], with a sizeable area."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        pts = D._unit_shape(name, rng)
+        lo, hi = pts.min(0), pts.max(0)
+        assert np.allclose((lo + hi) / 2, 0, atol=0.06) and np.all(hi - lo > 0.5) and np.all(hi - lo < 2.2)
+        x, y = pts[:, 0], pts[:, 1]
+        area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+        assert 0.3 < area < 3.2
+
+
+def test_dataset_without_variant_is_shapes(tmp_path, monkeypatch):
+    """A dataset.json written before variants existed is a shapes dataset: reused, and not taken for glyphs."""
+    y = generate_dataset(tmp_path / "d", **SMALL)
+    meta = json.loads((y.parent / "dataset.json").read_text())
+    del meta["variant"]
+    (y.parent / "dataset.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(D, "_write_image", fail_after(0))
+    assert generate_dataset(tmp_path / "d", **SMALL) == y
+    with pytest.raises(FileExistsError, match="different parameters"):
+        generate_dataset(tmp_path / "d", **SMALL, variant="glyphs")
+
+
+@pytest.mark.parametrize("variant", ["glyph", "", None, 1])
+def test_bad_variant(tmp_path, variant):
+    """An unknown variant names the bad value and the valid ones, before anything is written."""
+    with pytest.raises(ValueError, match=r"variant must be one of shapes, glyphs, got"):
+        generate_dataset(tmp_path / "d", **SMALL, variant=variant)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        embedded_dataset(n=12, variant=variant)
+    assert not (tmp_path / "d").exists()
+
+
+def test_resolve_embedded(tmp_path):
+    """data=embedded / embedded-glyphs name the two generated datasets; anything else is not resolved."""
+    assert D.EMBEDDED_NAMES == {"embedded": ("shapes", 0), "embedded-glyphs": ("glyphs", 1)}
+    for value in (None, "", "coco128.yaml", "embedded.yaml", str(tmp_path), 3):
+        assert D.resolve_embedded(value) is None
+    y = D.resolve_embedded("embedded-glyphs")
+    assert y == tmp_path / "cache" / f"glyphs-n600-s1-i192-v{GENERATOR_VERSION}" / "data.yaml"
+    assert json.loads((y.parent / "dataset.json").read_text())["variant"] == "glyphs"

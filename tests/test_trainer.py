@@ -259,8 +259,19 @@ def test_bce_warmup_then_switch(det_data, tmp_path):
         lambda t: seen.append((t.epoch, installed_loss(t.model.criterion), installed_loss(t.ema.ema.criterion))),
     )
     model.train(
-        trainer=VFLDetectionTrainer, data=str(det_data), epochs=2, imgsz=IMGSZ, batch=8, workers=0, device="cpu",
-        project=str(tmp_path), name="warm", plots=False, loss="vfl", cls_warmup=1, val=False,
+        trainer=VFLDetectionTrainer,
+        data=str(det_data),
+        epochs=2,
+        imgsz=IMGSZ,
+        batch=8,
+        workers=0,
+        device="cpu",
+        project=str(tmp_path),
+        name="warm",
+        plots=False,
+        loss="vfl",
+        cls_warmup=1,
+        val=False,
     )
     assert {(e, m, ema) for e, m, ema in seen} == {(0, "bce", "bce"), (1, "vfl", "vfl")}
     args = yaml.safe_load((tmp_path / "warm" / "args.yaml").read_text())

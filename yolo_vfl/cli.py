@@ -27,7 +27,7 @@ MODES = ("train", "ab", "val", "predict", "export", "data", "losses", "version",
 ULTRALYTICS_MODES = ("val", "predict", "export")
 DEFAULT_MODEL_WITH_DATA = "yolov8n.pt"
 DEFAULT_MODEL_OFFLINE = "yolov8n.yaml"
-DATA_KEYS = {"out": None, "n": 600, "seed": 0, "imgsz": 192, "overwrite": False}
+DATA_KEYS = {"out": None, "n": 600, "seed": 0, "imgsz": 192, "variant": "shapes", "overwrite": False}
 
 HELP = """\
 yolo-vfl: train Ultralytics YOLO with Varifocal / Quality Focal classification losses.
@@ -36,13 +36,14 @@ Usage:
   yolo-vfl train [key=value ...]    train; every Ultralytics train argument passes through
       loss=bce|focal|vfl|qfl        classification loss (default bce)
       vfl_alpha vfl_gamma vfl_iou_weighted qfl_beta fl_alpha fl_gamma   loss hyperparameters
-      without data=: trains yolov8n.yaml on the embedded synthetic dataset (works offline)
+      without data=: trains yolov8n.yaml on the embedded synthetic dataset (works offline);
+      data=embedded-glyphs: the second, differently made generated dataset
       with data= and no model=: model=yolov8n.pt, as in Ultralytics
   yolo-vfl ab [spec.yaml] [key=value ...]   A/B experiment: arms x seeds, report with paired 95% intervals
   yolo-vfl ab report out=DIR        rewrite the report of an experiment directory
   yolo-vfl ab diagnose out=DIR      false positives by kind and score distributions per arm
   yolo-vfl val|predict|export ...   hand over to Ultralytics (checkpoints are plain Ultralytics)
-  yolo-vfl data out=DIR [n=600 seed=0 imgsz=192]   write the embedded dataset to DIR
+  yolo-vfl data out=DIR [n=600 seed=0 imgsz=192 variant=shapes|glyphs]   write a generated dataset to DIR
   yolo-vfl losses                   list the losses: formula, defaults, paper
   yolo-vfl version                  versions of yolo-vfl, ultralytics and torch
   yolo-vfl help                     this text (also -h, --help)
@@ -199,6 +200,7 @@ def _cmd_train(args: dict[str, Any]) -> int:
     from ultralytics.cfg import DEFAULT_CFG_DICT, get_cfg
 
     from .criterion import SETTING_KEYS, ClsLossSettings
+    from .data import EMBEDDED_NAMES
 
     ours = {k: v for k, v in args.items() if k in SETTING_KEYS}
     theirs = {k: v for k, v in args.items() if k not in SETTING_KEYS}
@@ -222,6 +224,13 @@ def _cmd_train(args: dict[str, Any]) -> int:
         theirs.setdefault("imgsz", 192)  # the embedded dataset's image size
         theirs["data"] = str(embedded_dataset())
         print(f"yolo-vfl: no data= given: training on the embedded synthetic dataset {theirs['data']}")
+    elif theirs["data"] in EMBEDDED_NAMES:
+        from .data import resolve_embedded
+
+        theirs.setdefault("model", DEFAULT_MODEL_OFFLINE)
+        theirs.setdefault("imgsz", 192)
+        name, theirs["data"] = theirs["data"], str(resolve_embedded(theirs["data"]))
+        print(f"yolo-vfl: data={name}: training on the generated dataset {theirs['data']}")
     else:
         theirs.setdefault("model", DEFAULT_MODEL_WITH_DATA)
         _check_data(str(theirs["data"]))

@@ -38,13 +38,24 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import cv2
 import numpy as np
 import yaml
 
-__all__ = ["CLASS_NAMES", "GENERATOR_VERSION", "cache_dir", "embedded_dataset", "generate_dataset"]
+__all__ = [
+    "CLASS_NAMES",
+    "EMBEDDED_NAMES",
+    "GENERATOR_VERSION",
+    "GLYPH_NAMES",
+    "VARIANTS",
+    "cache_dir",
+    "class_names",
+    "embedded_dataset",
+    "generate_dataset",
+    "resolve_embedded",
+]
 
 CLASS_NAMES: tuple[str, ...] = (
     "circle",
@@ -56,7 +67,10 @@ CLASS_NAMES: tuple[str, ...] = (
     "triangle",
     "star",
 )
-"""Class names, index = class id."""
+"""Class names of the default ``shapes`` variant, index = class id."""
+
+GLYPH_NAMES: tuple[str, ...] = ("cross", "tee", "ell", "arrow", "diamond", "crescent")
+"""Class names of the ``glyphs`` variant, index = class id."""
 
 GENERATOR_VERSION = 1
 """Bumped whenever the generated content changes (part of the cache directory name and of ``dataset.json``)."""
@@ -66,8 +80,6 @@ META_FILE = "dataset.json"
 
 _GENERATOR = "yolo_vfl.data"
 _STALE_S = 3600.0  # leftover temporary directories older than this are removed
-_EMPTY_P = 0.1  # probability that an image has no objects
-_MAX_OBJECTS = 6
 _MIN_VISIBLE = 0.65  # an occluded object keeps at least this fraction of its pixels ...
 _MIN_EXTENT = 0.8  # ... and at least this fraction of its box width and height
 _MAX_IOU = 0.5  # boxes of two objects never overlap more than this
@@ -78,6 +90,31 @@ if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     _PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT
+
+
+class _Variant(NamedTuple):
+    """How one dataset variant is made: its classes and its object statistics."""
+
+    names: tuple[str, ...]
+    empty_p: float  # probability that an image has no objects
+    max_objects: int  # objects per image: 1..max_objects (when not empty)
+    min_diameter: float  # smallest object diameter (circumscribed circle), fraction of the image side ...
+    max_diameter: float  # ... and the largest
+
+
+_VARIANTS: dict[str, _Variant] = {
+    # eight closed outlines in look-alike pairs, 0-6 objects of 8-40% of the image side, 10% empty images
+    "shapes": _Variant(CLASS_NAMES, empty_p=0.1, max_objects=6, min_diameter=0.08, max_diameter=0.4),
+    # six glyphs built from bars (cross / tee / ell differ in their number of arms, an arrow's head resembles a
+    # tee's bar end-on, a diamond a squashed arrow head, a crescent a bent bar); more and smaller objects
+    # (0-9 of 6-30% of the side), 5% empty images
+    "glyphs": _Variant(GLYPH_NAMES, empty_p=0.05, max_objects=9, min_diameter=0.06, max_diameter=0.3),
+}
+VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
+"""Dataset variants: ``shapes`` (the default, the embedded dataset) and ``glyphs`` (a differently made second one)."""
+
+EMBEDDED_NAMES: dict[str, tuple[str, int]] = {"embedded": ("shapes", 0), "embedded-glyphs": ("glyphs", 1)}
+"""``data=`` names of the generated datasets: name -> (variant, generator seed)."""
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -98,10 +135,10 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "yolo_vfl"
 
 
-def embedded_dataset(*, n: int = 600, seed: int = 0, imgsz: int = 192) -> Path:
+def embedded_dataset(*, n: int = 600, seed: int = 0, imgsz: int = 192, variant: str = "shapes") -> Path:
     """The embedded dataset, generated into :func:`cache_dir` on first use and reused afterwards.
 
-    The directory is ``cache_dir()/shapes-n{n}-s{seed}-i{imgsz}-v{GENERATOR_VERSION}``. Concurrent first uses by
+    The directory is ``cache_dir()/{variant}-n{n}-s{seed}-i{imgsz}-v{GENERATOR_VERSION}``. Concurrent first uses by
     several processes are safe: each generates into its own temporary directory, the first rename wins and the
     others use the winner's dataset.
 
@@ -109,6 +146,7 @@ def embedded_dataset(*, n: int = 600, seed: int = 0, imgsz: int = 192) -> Path:
         n: Number of images (train + val).
         seed: Seed of the generator.
         imgsz: Image side in pixels.
+        variant: One of :data:`VARIANTS`.
 
     Returns:
         Path of the dataset's ``data.yaml``.
@@ -116,8 +154,35 @@ def embedded_dataset(*, n: int = 600, seed: int = 0, imgsz: int = 192) -> Path:
     _check_int("n", n, 1)
     _check_int("seed", seed, 0)
     _check_int("imgsz", imgsz, 32, 4096)
-    out = cache_dir() / f"shapes-n{int(n)}-s{int(seed)}-i{int(imgsz)}-v{GENERATOR_VERSION}"
-    return generate_dataset(out, n=n, seed=seed, imgsz=imgsz)
+    _check_variant(variant)
+    out = cache_dir() / f"{variant}-n{int(n)}-s{int(seed)}-i{int(imgsz)}-v{GENERATOR_VERSION}"
+    return generate_dataset(out, n=n, seed=seed, imgsz=imgsz, variant=variant)
+
+
+def resolve_embedded(data: Any) -> Path | None:
+    """The data.yaml of a generated dataset named in :data:`EMBEDDED_NAMES` (generated on first use), else None.
+
+    Args:
+        data: A ``data=`` value: ``"embedded"`` (the default dataset), ``"embedded-glyphs"`` (the second one), or
+            anything else (a path, None), for which None is returned.
+
+    Returns:
+        Path of the dataset's ``data.yaml``, or None when ``data`` is not one of the names.
+    """
+    if not isinstance(data, str) or data not in EMBEDDED_NAMES:
+        return None
+    variant, seed = EMBEDDED_NAMES[data]
+    return embedded_dataset(seed=seed, variant=variant)
+
+
+def class_names(variant: str = "shapes") -> tuple[str, ...]:
+    """The class names of a dataset variant, index = class id.
+
+    Raises:
+        ValueError: ``variant`` is not one of :data:`VARIANTS`.
+    """
+    _check_variant(variant)
+    return _VARIANTS[variant].names
 
 
 # ---------------------------------------------------------------------------------------------- argument checks
@@ -130,8 +195,15 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
         raise ValueError(f"{name} must be {valid}, got {value!r}")
 
 
-def _check_args(n: Any, seed: Any, imgsz: Any, val_fraction: Any, overwrite: Any) -> None:
+def _check_variant(variant: Any) -> None:
+    """Raise ValueError naming the valid variants unless ``variant`` is one of them."""
+    if not isinstance(variant, str) or variant not in _VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+
+
+def _check_args(n: Any, seed: Any, imgsz: Any, val_fraction: Any, overwrite: Any, variant: Any = "shapes") -> None:
     """Validate the parameters of :func:`generate_dataset`; raise naming the bad value and what is valid."""
+    _check_variant(variant)
     _check_int("n", n, 1)
     _check_int("seed", seed, 0)
     _check_int("imgsz", imgsz, 32, 4096)
@@ -154,9 +226,10 @@ def _regular(k: int, rng: np.random.Generator, jitter: float = 0.04) -> np.ndarr
     return np.stack([r * np.cos(t), r * np.sin(t)], 1)
 
 
-def _unit_shape(cls: int, rng: np.random.Generator) -> np.ndarray:
-    """Polygon (N, 2) of class ``cls``, centred at 0 with extent ~[-1, 1]."""
-    name = CLASS_NAMES[cls]
+def _unit_shape(name: str, rng: np.random.Generator) -> np.ndarray:
+    """Polygon (N, 2) of the class called ``name``, centred at 0 with extent ~[-1, 1]."""
+    if name in GLYPH_NAMES:
+        return _glyph(name, rng)
     if name == "circle":
         t = np.linspace(0, 2 * np.pi, 72, endpoint=False)
         return np.stack([np.cos(t), np.sin(t)], 1)
@@ -185,6 +258,38 @@ def _unit_shape(cls: int, rng: np.random.Generator) -> np.ndarray:
     t = np.arange(10) * (np.pi / 5)
     r = np.where(np.arange(10) % 2 == 0, 1.0, rng.uniform(0.45, 0.62))
     return np.stack([r * np.cos(t), r * np.sin(t)], 1)
+
+
+def _glyph(name: str, rng: np.random.Generator) -> np.ndarray:
+    """Polygon (N, 2) of a ``glyphs`` class, centred on its box, extent ~[-1, 1]; bar half-width ``a``."""
+    a = rng.uniform(0.2, 0.3)
+    if name == "cross":  # four arms
+        pts = [(-a, 1), (a, 1), (a, a), (1, a), (1, -a), (a, -a), (a, -1), (-a, -1), (-a, -a), (-1, -a), (-1, a)]
+        pts.append((-a, a))
+    elif name == "tee":  # three arms: a full-width bar on a stem
+        b = 1 - 2 * a
+        pts = [(-1, 1), (1, 1), (1, b), (a, b), (a, -1), (-a, -1), (-a, b), (-1, b)]
+    elif name == "ell":  # two arms
+        b = -1 + 2 * a
+        pts = [(-1, 1), (-1 + 2 * a, 1), (-1 + 2 * a, b), (1, b), (1, -1), (-1, -1)]
+    elif name == "arrow":  # a thinner shaft and a triangular head
+        w, h, x = 0.6 * a, rng.uniform(0.5, 0.7), rng.uniform(0.0, 0.3)
+        pts = [(-1, -w), (x, -w), (x, -h), (1, 0), (x, h), (x, w), (-1, w)]
+    elif name == "diamond":  # a rhombus, narrower than it is tall
+        r = rng.uniform(0.45, 0.65)
+        pts = [(0, 1), (r, 0), (0, -1), (-r, 0)]
+    else:  # crescent: a disc minus an offset disc
+        d, r2 = rng.uniform(0.35, 0.5), rng.uniform(0.75, 0.85)
+        x = (1 + d * d - r2 * r2) / (2 * d)  # where the two circles cross: (x, +-y)
+        y = math.sqrt(1 - x * x)
+        t_out = np.linspace(math.atan2(y, x), 2 * np.pi - math.atan2(y, x), 40)
+        t_in = math.atan2(y, x - d)
+        t_in = np.linspace(2 * np.pi - t_in, t_in, 30)
+        outer = np.stack([np.cos(t_out), np.sin(t_out)], 1)
+        inner = np.stack([d + r2 * np.cos(t_in), r2 * np.sin(t_in)], 1)
+        poly = np.concatenate([outer, inner])
+        return poly - (poly.min(0) + poly.max(0)) / 2
+    return np.asarray(pts, np.float64) * rng.uniform(0.97, 1.03, (len(pts), 2))
 
 
 def _transform(pts: np.ndarray, rng: np.random.Generator, radius: float) -> np.ndarray:
@@ -262,8 +367,10 @@ def _blob(rng: np.random.Generator, radius: float) -> np.ndarray:
     return np.stack([r * np.cos(t), r * np.sin(t)], 1) * radius
 
 
-def _distractors(img: np.ndarray, rng: np.random.Generator, s: int, rmin: float, rmax: float) -> None:
-    """Draw unlabelled clutter in place: lines, arcs, blobs, partial shape outlines and specks."""
+def _distractors(
+    img: np.ndarray, rng: np.random.Generator, s: int, rmin: float, rmax: float, names: tuple[str, ...]
+) -> None:
+    """Draw unlabelled clutter in place: lines, arcs, blobs, partial outlines of the classes ``names`` and specks."""
     scale = s / 192
     count = int(rng.integers(2, 4 + round(6 * scale)))
     thick_max = max(2, round(3 * scale))
@@ -301,7 +408,7 @@ def _distractors(img: np.ndarray, rng: np.random.Generator, s: int, rmin: float,
                 cv2.addWeighted(layer, alpha, img, 1 - alpha, 0, dst=img)
         elif kind == 3:  # partial outline of a shape class (an open polyline over at most ~55% of the perimeter)
             poly = _transform(
-                _unit_shape(int(rng.integers(len(CLASS_NAMES))), rng),
+                _unit_shape(names[int(rng.integers(len(names)))], rng),
                 rng,
                 math.exp(rng.uniform(math.log(rmin), math.log(rmax))),
             )
@@ -316,30 +423,34 @@ def _distractors(img: np.ndarray, rng: np.random.Generator, s: int, rmin: float,
                 cv2.circle(img, (int(c[0]), int(c[1])), r, colour, -1, cv2.LINE_AA)
 
 
-def _render(rng: np.random.Generator, s: int) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
+def _render(
+    rng: np.random.Generator, s: int, variant: _Variant = _VARIANTS["shapes"]
+) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
     """Draw one image and its objects.
 
     Args:
         rng: The image's own random generator.
         s: Image side in pixels.
+        variant: The dataset variant (classes and object statistics).
 
     Returns:
         The uint8 BGR image (s, s, 3) and a list of ``(cls, x0, y0, x1, y1)`` pixel boxes.
     """
-    dmin, dmax = max(6.0, 0.08 * s), 0.4 * s  # object diameter range (circumscribed circle)
+    names = variant.names
+    dmin, dmax = max(6.0, variant.min_diameter * s), variant.max_diameter * s  # diameter of the circumscribed circle
     rmin, rmax = dmin / 2, dmax / 2
     img = _background(rng, s)
-    _distractors(img, rng, s, rmin, rmax)
+    _distractors(img, rng, s, rmin, rmax, names)
 
-    n_obj = 0 if rng.random() < _EMPTY_P else int(rng.integers(1, _MAX_OBJECTS + 1))
+    n_obj = 0 if rng.random() < variant.empty_p else int(rng.integers(1, variant.max_objects + 1))
     owner = np.full((s, s), -1, np.int16)  # which object owns each pixel (the last one drawn there)
     boxes: list[tuple[int, float, float, float, float]] = []
     areas: list[int] = []
     for _ in range(n_obj):
-        cls = int(rng.integers(len(CLASS_NAMES)))
+        cls = int(rng.integers(len(names)))
         for _attempt in range(20):
             radius = math.exp(rng.uniform(math.log(rmin), math.log(rmax)))
-            poly = _transform(_unit_shape(cls, rng), rng, radius)
+            poly = _transform(_unit_shape(names[cls], rng), rng, radius)
             lo, hi = poly.min(0), poly.max(0)
             if np.any(hi - lo > s - 2):
                 continue
@@ -447,11 +558,12 @@ def _split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
     return n - n_val, n_val
 
 
-def _params(n: int, seed: int, imgsz: int, val_fraction: float) -> dict[str, Any]:
+def _params(n: int, seed: int, imgsz: int, val_fraction: float, variant: str = "shapes") -> dict[str, Any]:
     """The parameters recorded in ``dataset.json`` that identify a dataset."""
     return {
         "generator": _GENERATOR,
         "generator_version": GENERATOR_VERSION,
+        "variant": variant,
         "n": int(n),
         "seed": int(seed),
         "imgsz": int(imgsz),
@@ -471,8 +583,8 @@ def _read_meta(d: Path) -> dict[str, Any] | None:
 
 
 def _same_params(meta: dict[str, Any], params: dict[str, Any]) -> bool:
-    """Whether a dataset's meta records exactly these parameters."""
-    return all(meta.get(k) == v for k, v in params.items())
+    """Whether a dataset's meta records exactly these parameters (datasets without ``variant`` are ``shapes``)."""
+    return all(meta.get(k, "shapes" if k == "variant" else None) == v for k, v in params.items())
 
 
 def _yaml_text(path: Path, val_dir: str, params: dict[str, Any]) -> str:
@@ -481,10 +593,10 @@ def _yaml_text(path: Path, val_dir: str, params: dict[str, Any]) -> str:
         "path": str(path),
         "train": "images/train",
         "val": val_dir,
-        "names": dict(enumerate(CLASS_NAMES)),
+        "names": dict(enumerate(class_names(params["variant"]))),
     }
     head = (
-        f"# Synthetic shapes detection dataset written by {_GENERATOR} (generator v{GENERATOR_VERSION}, "
+        f"# Synthetic {params['variant']} detection dataset written by {_GENERATOR} (generator v{GENERATOR_VERSION}, "
         f"n={params['n']}, seed={params['seed']}, imgsz={params['imgsz']}); see {META_FILE}.\n"
     )
     return head + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
@@ -506,13 +618,13 @@ def _fix_yaml_path(out: Path) -> None:
         pass
 
 
-def _make_image(root: Path, split: str, i: int, seed: int, s: int) -> tuple[bytes, list[int]]:
-    """Render image ``i``, write its PNG and label file under ``root``.
+def _make_image(root: Path, split: str, i: int, seed: int, s: int, variant: str) -> tuple[bytes, list[int]]:
+    """Render image ``i`` of ``variant``, write its PNG and label file under ``root``.
 
     Returns:
         The image's fingerprint record (name, label text and pixel hash) and its class ids.
     """
-    img, boxes = _render(np.random.default_rng([seed, i]), s)
+    img, boxes = _render(np.random.default_rng([seed, i]), s, _VARIANTS[variant])
     text = _label_text(boxes, s)
     name = f"{i:06d}"
     _write_image(root / "images" / split / f"{name}.png", img)
@@ -538,7 +650,8 @@ def _write_dataset(root: Path, final: Path, params: dict[str, Any]) -> None:
         (root / "images" / split).mkdir(parents=True)
         (root / "labels" / split).mkdir(parents=True)
     digest = hashlib.sha256()
-    counts = [0] * len(CLASS_NAMES)
+    names = class_names(params["variant"])
+    counts = [0] * len(names)
     empty = 0
     workers = max(1, min(4, os.cpu_count() or 1, n))
     pending: collections.deque[concurrent.futures.Future] = collections.deque()
@@ -547,7 +660,7 @@ def _write_dataset(root: Path, final: Path, params: dict[str, Any]) -> None:
             for i in range(n + 2 * workers):
                 if i < n:  # keep at most ~2 images per thread in flight, so an error stops the run quickly
                     split = "train" if i < n_train else "val"
-                    pending.append(pool.submit(_make_image, root, split, i, seed, s))
+                    pending.append(pool.submit(_make_image, root, split, i, seed, s, params["variant"]))
                 if len(pending) > 2 * workers or (i >= n and pending):
                     record, classes = pending.popleft().result()
                     digest.update(record)
@@ -563,8 +676,8 @@ def _write_dataset(root: Path, final: Path, params: dict[str, Any]) -> None:
         **params,
         "n_train": n_train,
         "n_val": n_val,
-        "names": list(CLASS_NAMES),
-        "instances": dict(zip(CLASS_NAMES, counts)),
+        "names": list(names),
+        "instances": dict(zip(names, counts)),
         "empty_images": empty,
         "fingerprint": "sha256:" + digest.hexdigest(),
     }
@@ -679,6 +792,7 @@ def generate_dataset(
     imgsz: int = 192,
     val_fraction: float = 0.2,
     overwrite: bool = False,
+    variant: str = "shapes",
 ) -> Path:
     """Write the synthetic shapes detection dataset to ``out_dir`` (atomically) and return its data.yaml.
 
@@ -693,6 +807,8 @@ def generate_dataset(
         imgsz: Image side in pixels, in [32, 4096].
         val_fraction: Fraction of the images in the val split, 0 <= val_fraction < 1.
         overwrite: Replace whatever is at ``out_dir`` (another dataset, or anything else) instead of raising.
+        variant: ``shapes`` (eight look-alike outlines, the embedded dataset) or ``glyphs`` (six bar glyphs, more
+            and smaller objects per image): see :data:`VARIANTS`.
 
     Returns:
         Path of ``out_dir/data.yaml``.
@@ -705,9 +821,9 @@ def generate_dataset(
     """
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"out_dir must be a str or path, got {out_dir!r} ({type(out_dir).__name__})")
-    _check_args(n, seed, imgsz, val_fraction, overwrite)
+    _check_args(n, seed, imgsz, val_fraction, overwrite, variant)
     out = Path(os.path.abspath(os.path.expanduser(os.fspath(out_dir))))
-    params = _params(n, seed, imgsz, val_fraction)
+    params = _params(n, seed, imgsz, val_fraction, variant)
     found = _check_existing(out, params, bool(overwrite))
     if found is not None:
         return found

@@ -587,7 +587,10 @@ def _resolve_data(spec: ABSpec) -> str:
         from .data import embedded_dataset
 
         return str(embedded_dataset())
-    return str(data)
+    from .data import resolve_embedded
+
+    generated = resolve_embedded(data)  # data: embedded-glyphs, the second generated dataset
+    return str(generated if generated is not None else data)
 
 
 def _fingerprint(train: Mapping[str, Any], settings: Mapping[str, Any], model: str, data: str) -> dict[str, Any]:
