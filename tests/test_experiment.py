@@ -16,6 +16,8 @@ from conftest import IMGSZ
 from yolo_vfl.cli import CLIError
 from yolo_vfl.experiment import (
     ABSpec,
+    _data_token,
+    _resolve_data,
     cli_ab,
     inspect_run,
     load_spec,
@@ -89,7 +91,7 @@ def result(arm: str, seed: int, map5095: float, map50: float = 0.5, p: float = 0
 
 
 # ----------------------------------------------------------------------------------------------- spec and validation
-@pytest.mark.parametrize("name", ["ab_embedded", "ab_coco128_gpu", "ab_cls_gain_sweep"])
+@pytest.mark.parametrize("name", ["ab_embedded", "ab_coco128_gpu", "ab_cls_gain_sweep", "ab_vfl_study", "ab_glyphs"])
 def test_ready_specs_load(name):
     """The specs in experiments/ validate; every arm's loss is a registered one and bce is the baseline."""
     spec = load_spec(EXPERIMENTS / f"{name}.yaml")
@@ -107,6 +109,17 @@ def test_embedded_spec_uses_embedded_data_and_coco_spec_gpu():
     sweep = load_spec(EXPERIMENTS / "ab_cls_gain_sweep.yaml")
     gains = {(a.loss, a.overrides.get("cls")) for a in sweep.arms}
     assert {("vfl", 0.5), ("vfl", 4.0), ("qfl", 1.0), ("bce", 0.5)} <= gains
+
+
+def test_glyphs_spec_trains_on_the_second_generated_dataset():
+    """ab_glyphs names data: embedded-glyphs; the runs train on the generated glyphs dataset, not on a file so named."""
+    spec = load_spec(EXPERIMENTS / "ab_glyphs.yaml")
+    assert spec.train["data"] == "embedded-glyphs"
+    data = Path(_resolve_data(spec))
+    assert data.name == "data.yaml" and data.parent.name.startswith("glyphs-n600-s1-") and data.exists()
+    assert _data_token(spec) == "embedded-glyphs"
+    emb = load_spec(EXPERIMENTS / "ab_embedded.yaml")
+    assert Path(_resolve_data(emb)).parent.name.startswith("shapes-n600-s0-")
 
 
 def test_overrides_seeds_arms_devices_and_per_arm_keys():
