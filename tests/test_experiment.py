@@ -91,7 +91,9 @@ def result(arm: str, seed: int, map5095: float, map50: float = 0.5, p: float = 0
 
 
 # ----------------------------------------------------------------------------------------------- spec and validation
-@pytest.mark.parametrize("name", ["ab_embedded", "ab_coco128_gpu", "ab_cls_gain_sweep", "ab_vfl_study", "ab_glyphs"])
+@pytest.mark.parametrize(
+    "name", ["ab_embedded", "ab_coco128_gpu", "ab_cls_gain_sweep", "ab_vfl_study", "ab_glyphs", "ab_long"]
+)
 def test_ready_specs_load(name):
     """The specs in experiments/ validate; every arm's loss is a registered one and bce is the baseline."""
     spec = load_spec(EXPERIMENTS / f"{name}.yaml")
