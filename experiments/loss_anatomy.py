@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -68,7 +69,7 @@ def record_batches(weights: str, data: str, imgsz: int, batch: int, batches: int
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
-    from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
+    from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER, IterableSimpleNamespace
     from ultralytics.utils.loss import v8DetectionLoss
 
     from yolo_vfl.criterion import ClsLossSettings, foreground_labels, install_cls_loss
@@ -98,6 +99,7 @@ def record_batches(weights: str, data: str, imgsz: int, batch: int, batches: int
 
     cls_tap.forward = recorder  # the instance attribute is what nn.Module.__call__ runs
 
+    LOGGER.setLevel(logging.WARNING)  # keep the report on stdout clean of dataset-scan lines
     info = check_det_dataset(data)
     cfg = get_cfg(overrides={"imgsz": imgsz, "data": data, "fraction": 1.0})
     dataset = build_yolo_dataset(cfg, info[split], batch, info, mode="val", rect=False, stride=int(model.stride.max()))
