@@ -904,9 +904,7 @@ def plot_pr_curves(
     fig = _figure(13.0, 4.8)
     for i, metric in enumerate(("precision", "recall")):
         ax = fig.add_subplot(1, 2, i + 1)
-        plot_epoch_band(ax, groups, metric, title_size=10)
-        if i == 0 and ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        plot_epoch_band(ax, groups, metric, title_size=10, legend=i == 1)  # legend right of the second panel
     fig.tight_layout()
     return _save_figure(fig, path)
 

@@ -763,22 +763,35 @@ def _figure(width: float, height: float) -> Any:
 
 def _save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")  # keeps a legend placed outside the axes
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_epoch_band(
-    ax: Any, groups: Mapping[str, Sequence[Mapping[str, Any]]], metric: str, title_size: float | None = None
+    ax: Any,
+    groups: Mapping[str, Sequence[Mapping[str, Any]]],
+    metric: str,
+    title_size: float | None = None,
+    legend: bool = False,
 ) -> None:
     """Draw ``metric`` per epoch for each arm on ``ax``: the mean over seeds with a ± 1 std band.
+
+    The first arm (the baseline, see ``_group``) is drawn in thick black. Up to 10 arms use the tab10 colours, more
+    use tab20 with alternating dashes, and the bands fade as arms are added so that a 16-arm study stays readable.
 
     Args:
         ax: a matplotlib Axes.
         groups: arm name -> its runs, each with ``curve``: ``{"epoch": [...], metric: [...]}``.
         metric: the curve key to plot.
         title_size: font size of the title (matplotlib's default when None).
+        legend: draw the legend: inside the axes for up to 6 arms, outside on the right for more.
     """
-    for arm, runs in groups.items():
+    from matplotlib import colormaps
+
+    n = len(groups)
+    palette = colormaps["tab10" if n <= 11 else "tab20"].colors
+    band_alpha = 0.2 if n <= 4 else 0.08
+    for i, (arm, runs) in enumerate(groups.items()):
         per_epoch: dict[int, list[float]] = {}
         for r in runs:
             curve = r.get("curve") or {}
@@ -790,18 +803,28 @@ def plot_epoch_band(
         epochs = sorted(per_epoch)
         mean = np.array([np.mean(per_epoch[e]) for e in epochs])
         std = np.array([np.std(per_epoch[e], ddof=1) if len(per_epoch[e]) > 1 else 0.0 for e in epochs])
+        base = i == 0
         (line,) = ax.plot(
             epochs,
             mean,
             marker="o" if len(epochs) < 15 else None,
             ms=3,
+            color="black" if base else palette[(i - 1) % len(palette)],
+            lw=2.2 if base else 1.3,
+            ls="-" if base or n <= 11 or i % 2 else "--",
+            zorder=3 if base else 2,
             label=f"{arm} ({len(runs)} seed{'s' if len(runs) != 1 else ''})",
         )
-        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=band_alpha, lw=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per epoch (mean ± 1 std over seeds)", fontsize=title_size)
     ax.grid(alpha=0.3)
+    if legend and ax.get_legend_handles_labels()[0]:
+        if n <= 6:
+            ax.legend(fontsize=8)
+        else:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def plot_curves(
@@ -817,9 +840,7 @@ def plot_curves(
     """
     fig = _figure(7.5, 4.5)
     ax = fig.add_subplot(1, 1, 1)
-    plot_epoch_band(ax, _group(results, order, baseline), metric)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+    plot_epoch_band(ax, _group(results, order, baseline), metric, legend=True)
     fig.tight_layout()
     return _save_figure(fig, path)
 
