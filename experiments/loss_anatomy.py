@@ -159,8 +159,16 @@ def anatomy(records: list[tuple], settings: list[dict[str, Any]], nc: int) -> li
 
 
 def target_stats(records: list[tuple]) -> dict[str, float]:
-    """Distribution of the TAL quality targets q on the positives, and the background score levels."""
+    """Distribution of the quality targets on the positives, and the background score levels.
+
+    The targets: TAL's q (what Ultralytics trains against) and the IoU of the predicted box with its GT box (what
+    VarifocalNet and GFL train against, ``cls_target=iou``).
+    """
+    from yolo_vfl.criterion import predicted_iou
+
     q = torch.cat([scores[labels] for _, scores, labels, _, _ in records])
+    iou = torch.cat([predicted_iou(last[2], last[3], fg)[fg] for _, _, _, fg, last in records])
+    ious = torch.quantile(iou, torch.tensor([0.1, 0.5, 0.9])).tolist() if iou.numel() else [math.nan] * 3
     p_bg = torch.cat([logits.sigmoid()[~fg].flatten() for logits, _, _, fg, _ in records])
     qs = torch.quantile(q, torch.tensor([0.1, 0.5, 0.9])).tolist() if q.numel() else [math.nan] * 3
     return {
@@ -168,6 +176,9 @@ def target_stats(records: list[tuple]) -> dict[str, float]:
         "q_p10": qs[0],
         "q_median": qs[1],
         "q_p90": qs[2],
+        "iou_p10": ious[0],
+        "iou_median": ious[1],
+        "iou_p90": ious[2],
         "background_entries": int(p_bg.numel()),
         "background_score_mean": float(p_bg.mean()) if p_bg.numel() else math.nan,
         "background_above_0.05": float((p_bg > 0.05).float().mean()) if p_bg.numel() else math.nan,
@@ -179,8 +190,9 @@ def markdown(rows: list[dict[str, Any]], stats: dict[str, float]) -> str:
     base = rows[0]
     lines = [
         f"Positives: {stats['positives']}, TAL target q: p10 {stats['q_p10']:.3f}, median {stats['q_median']:.3f}, "
-        f"p90 {stats['q_p90']:.3f}. Background entries: {stats['background_entries']}, mean score "
-        f"{stats['background_score_mean']:.4f}, share above 0.05: {stats['background_above_0.05']:.4f}.",
+        f"p90 {stats['q_p90']:.3f}; IoU of their predicted boxes: p10 {stats['iou_p10']:.3f}, median "
+        f"{stats['iou_median']:.3f}, p90 {stats['iou_p90']:.3f}. Background entries: {stats['background_entries']}, "
+        f"mean score {stats['background_score_mean']:.4f}, share above 0.05: {stats['background_above_0.05']:.4f}.",
         "",
         f"|gradient| summed per kind, relative to `{base['setting']}` on the same predictions; share = the kind's part "
         "of the setting's own total; hot background = mean |gradient| on background entries scoring > 0.05.",

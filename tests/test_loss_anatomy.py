@@ -29,7 +29,7 @@ def hand_record():
     fg = torch.tensor([[True, False, False]])
     target_labels = torch.tensor([[1, 0, 0]])
     boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0]] * 3])
-    last = (target_labels, fg.float(), boxes, boxes, scores)
+    last = (target_labels, fg, boxes, boxes, scores)
     return logits, scores, labels, fg, last
 
 
@@ -75,6 +75,7 @@ def test_gradient_split_matches_hand_derivation(la):
     assert rows[0]["hot_background_mean"] == pytest.approx(float(p[1].sum()) / norm / 2, rel=1e-5)
     stats = la.target_stats([rec])
     assert stats["positives"] == 1 and stats["q_median"] == pytest.approx(0.5)
+    assert stats["iou_median"] == pytest.approx(1.0)  # the predicted box equals its GT box
     assert stats["background_entries"] == 4 and stats["background_above_0.05"] == pytest.approx(0.5)
     table = la.markdown(rows, stats)
     assert "| `loss=bce` | 1.000 | 1.000 | 1.0000 |" in table
