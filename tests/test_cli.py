@@ -78,6 +78,7 @@ def test_version_and_losses(capfd):
         (["train", "epochs"], "'epochs' is not of the form key=value"),
         (["train", "data=missing/nowhere.yaml", "model=yolov8n.yaml"], "Dataset 'missing/nowhere.yaml'"),
         (["train", "data=coco128.yaml", "model=yolov8n.yaml"], "cannot be downloaded (offline)"),
+        (["train", "data=[1,2]", "model=yolov8n.yaml"], "Dataset '[1, 2]' is not on this machine"),
         (["train", "model=missing/model.pt"], "Model file 'missing/model.pt' not found"),
         (["train", "model=nosuchmodel.yaml"], "Model file 'nosuchmodel.yaml' not found"),
         (["train", "model=yolov8n.pt"], "Pretrained weights 'yolov8n.pt' are not on this machine"),

@@ -224,7 +224,7 @@ def _cmd_train(args: dict[str, Any]) -> int:
         theirs.setdefault("imgsz", 192)  # the embedded dataset's image size
         theirs["data"] = str(embedded_dataset())
         print(f"yolo-vfl: no data= given: training on the embedded synthetic dataset {theirs['data']}")
-    elif theirs["data"] in EMBEDDED_NAMES:
+    elif isinstance(theirs["data"], str) and theirs["data"] in EMBEDDED_NAMES:
         from .data import resolve_embedded
 
         theirs.setdefault("model", DEFAULT_MODEL_OFFLINE)
