@@ -196,10 +196,9 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def _at(scores: np.ndarray, kinds: np.ndarray, n_gt: int, t: float) -> dict[str, Any]:
-    sel = scores >= t
-    counts = {k: int((kinds[sel] == i).sum()) for i, k in enumerate(KINDS)}
-    n = int(sel.sum())
+def _tally(counts: dict[str, int], n_gt: int) -> dict[str, Any]:
+    """Counts per kind plus FP, missed GT, precision and recall (None where undefined)."""
+    n = sum(counts.values())
     return {
         "counts": counts,
         "fp": n - counts["tp"],
@@ -207,6 +206,11 @@ def _at(scores: np.ndarray, kinds: np.ndarray, n_gt: int, t: float) -> dict[str,
         "precision": counts["tp"] / n if n else None,
         "recall": counts["tp"] / n_gt if n_gt else None,
     }
+
+
+def _at(scores: np.ndarray, kinds: np.ndarray, n_gt: int, t: float) -> dict[str, Any]:
+    sel = scores >= t
+    return _tally({k: int((kinds[sel] == i).sum()) for i, k in enumerate(KINDS)}, n_gt)
 
 
 def _f1_threshold(scores: np.ndarray, kinds: np.ndarray, n_gt: int) -> float | None:
@@ -488,16 +492,7 @@ def _at_recall(d: Mapping[str, Any], recall: float | None) -> dict[str, Any] | N
     if abs(levels[i] - recall) > 1e-6 or grid["threshold"][i] is None:
         return None
     counts = {k: grid["counts"][k][i] for k in KINDS}
-    n = sum(counts.values())
-    n_gt = d.get("n_gt") or 0
-    return {
-        "counts": counts,
-        "fp": n - counts["tp"],
-        "missed_gt": n_gt - counts["tp"],
-        "precision": counts["tp"] / n if n else None,
-        "recall": counts["tp"] / n_gt if n_gt else None,
-        "threshold": grid["threshold"][i],
-    }
+    return {**_tally(counts, d.get("n_gt") or 0), "threshold": grid["threshold"][i]}
 
 
 def aggregate(
