@@ -22,6 +22,7 @@ from yolo_vfl.experiment import (
     inspect_run,
     load_spec,
     make_jobs,
+    planned_state,
     read_results_csv,
     run_ab,
     run_one,
@@ -451,16 +452,12 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.slow
-def test_interrupted_run_resumes(det_data, tmp_path):
-    """A run killed after its first of two epochs resumes from last.pt (two training segments, epochs 1 and 2)."""
+def _train_interrupted(job) -> None:
+    """Train a job's run as the runner does, killed after its first epoch (last.pt of epoch 1 saved)."""
     from ultralytics import YOLO
 
     from yolo_vfl import VFLDetectionTrainer
 
-    out = tmp_path / "exp"
-    spec = tiny_spec(det_data, out, arms=("bce",), epochs=2, ranking={"enabled": False})
-    job = make_jobs(spec, out, str(det_data))[0]
     model = YOLO(job["model"])
 
     def stop(trainer):
@@ -479,12 +476,56 @@ def test_interrupted_run_resumes(det_data, tmp_path):
             **job["train"],
             **job["settings"],
         )
-    assert inspect_run(job)[0] == "resume"
+
+
+@pytest.mark.slow
+def test_interrupted_run_restarts_and_matches_an_uninterrupted_run(det_data, tmp_path):
+    """By default an interrupted run restarts from zero: its result equals the uninterrupted run's, bit for bit."""
+    ref_out, out = tmp_path / "ref", tmp_path / "exp"
+    ref_job = make_jobs(
+        tiny_spec(det_data, ref_out, arms=("vfl",), epochs=2, ranking={"enabled": False}, baseline="vfl"), ref_out
+    )[0]
+    job = make_jobs(tiny_spec(det_data, out, arms=("vfl",), epochs=2, ranking={"enabled": False}, baseline="vfl"), out)[
+        0
+    ]
+    ref = run_one(ref_job, log=lambda msg: None)
+    _train_interrupted(job)
+    assert inspect_run(job)[0] == "resume" and planned_state(job)[0] == "restart"
+    res = run_one(job, log=lambda msg: None)
+    assert res["resumed"] is False and res["segments"] == 1 and res["restarts"] == 1
+    assert res["final_losses"] == ref["final_losses"] and res["metrics"] == ref["metrics"]
+    assert res["curve"] == ref["curve"]
+    assert len(list((out / "aside").glob("vfl-s0.*"))) == 1
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_when_allowed(det_data, tmp_path):
+    """resume_interrupted=true continues from last.pt: two training segments, epochs 1 and 2, both timed."""
+    out = tmp_path / "exp"
+    spec = tiny_spec(det_data, out, arms=("bce",), epochs=2, ranking={"enabled": False}, resume_interrupted=True)
+    job = make_jobs(spec, out, str(det_data))[0]
+    _train_interrupted(job)
+    assert planned_state(job)[0] == "resume"
     run_one(job, log=lambda msg: None)  # what the run's subprocess does (in-process here: faster)
+    run_dir = Path(job["run_dir"])
     res = json.loads((run_dir / "result.json").read_text())
     assert res["resumed"] is True and res["segments"] == 2 and res["curve"]["epoch"] == [1, 2]
-    assert res["ranking"] is None and res["metrics_source"] == "ultralytics final validation"
+    assert res["restarts"] == 0 and res["ranking"] is None and res["metrics_source"] == "ultralytics final validation"
+    times = [float(r["time"]) for r in csv.DictReader(open(run_dir / "results.csv"))]
+    assert res["train_time_s"] == pytest.approx(sum(times))  # each segment's clock restarts at 0
     assert not (out / "aside").exists()
+
+
+def test_train_time_counts_a_resumed_epoch_slower_than_the_ones_before(tmp_path):
+    """Segments come from the runner's record, not from the time column going down (a slow resumed epoch counts)."""
+    from yolo_vfl.experiment import _train_time
+
+    (tmp_path / "results.csv").write_text("epoch,time\n1,5.0\n2,9.0\n3,30.0\n")
+    segments = [{"how": "fresh", "csv_rows_before": 0}, {"how": "resume", "csv_rows_before": 2}]
+    (tmp_path / "segments.json").write_text(json.dumps({"segments": segments}))
+    assert _train_time(tmp_path) == (pytest.approx(39.0), 2)
+    (tmp_path / "segments.json").unlink()  # an older runner's run: one segment
+    assert _train_time(tmp_path) == (pytest.approx(30.0), 1)
 
 
 @pytest.mark.slow

@@ -67,6 +67,7 @@ __all__ = [
     "spec_from_dict",
     "make_jobs",
     "inspect_run",
+    "planned_state",
     "read_results_csv",
     "run_ab",
     "execute_job",
@@ -77,14 +78,38 @@ __all__ = [
 ]
 
 #: Top-level keys of a spec file.
-SPEC_KEYS = ("name", "out", "baseline", "seeds", "device", "backend", "ray", "ranking", "keep_going", "train", "arms")
+SPEC_KEYS = (
+    "name",
+    "out",
+    "baseline",
+    "seeds",
+    "device",
+    "backend",
+    "ray",
+    "ranking",
+    "keep_going",
+    "resume_interrupted",
+    "train",
+    "arms",
+)
 #: Keys of the ``ray:`` section.
 RAY_KEYS = ("address", "num_cpus", "num_gpus", "runtime_env")
 #: Keys of the ``ranking:`` section.
 RANKING_KEYS = ("enabled", "conf", "iou", "max_det", "max_points")
 RANKING_DEFAULTS = {"enabled": True, "conf": 0.001, "iou": 0.7, "max_det": 300, "max_points": 2000}
 #: Runner keys accepted as ``key=value`` on the command line (besides shared train args and ``<section>.<key>``).
-CLI_RUNNER_KEYS = ("name", "out", "baseline", "seeds", "arms", "device", "backend", "keep_going", "dry_run")
+CLI_RUNNER_KEYS = (
+    "name",
+    "out",
+    "baseline",
+    "seeds",
+    "arms",
+    "device",
+    "backend",
+    "keep_going",
+    "resume_interrupted",
+    "dry_run",
+)
 #: Sections addressable as ``<section>.<key>=value`` on the command line; they cannot be arm names.
 SECTIONS = ("train", "ray", "ranking")
 #: Ultralytics arguments the runner sets itself.
@@ -191,6 +216,10 @@ class ABSpec:
         ranking: ranking-quality settings (``enabled``, ``conf``, ``iou``, ``max_det``, ``max_points``).
         out: output directory (None: ``runs/ab/<name>``).
         keep_going: after a failed run, keep starting the remaining runs (default: stop starting new ones).
+        resume_interrupted: continue an interrupted run from its ``last.pt`` (faster, but the run's numbers then
+            differ from an uninterrupted run's: Ultralytics' resume does not restore the data order and augmentation
+            state). Default False: an interrupted run restarts from zero, so every run of a comparison is
+            reproducible.
         source: the spec file, if any.
     """
 
@@ -208,6 +237,7 @@ class ABSpec:
     ranking: dict[str, Any] = field(default_factory=lambda: dict(RANKING_DEFAULTS))
     out: str | None = None
     keep_going: bool = False
+    resume_interrupted: bool = False
     source: str | None = None
 
     @property
@@ -234,6 +264,7 @@ class ABSpec:
                 d["ray"]["runtime_env"] = self.ray_runtime_env
         d["ranking"] = dict(self.ranking)
         d["keep_going"] = self.keep_going
+        d["resume_interrupted"] = self.resume_interrupted
         if self.out:
             d["out"] = self.out
         d["train"] = dict(self.train)
@@ -402,7 +433,10 @@ def spec_from_dict(
             raise _user_error(
                 f"Unknown ranking key '{key}'.{_suggest(key, RANKING_KEYS)} Valid: {', '.join(RANKING_KEYS)}."
             )
-    top = {k: raw.get(k) for k in ("name", "out", "baseline", "seeds", "device", "backend", "keep_going")}
+    top = {
+        k: raw.get(k)
+        for k in ("name", "out", "baseline", "seeds", "device", "backend", "keep_going", "resume_interrupted")
+    }
     if "device" in train:  # accepted there too, as in an Ultralytics command
         if top["device"] is not None:
             raise _user_error("device is given both at the top level and under train:; keep one.")
@@ -493,11 +527,11 @@ def spec_from_dict(
         raise _user_error(
             "backend=ray places runs itself: request GPUs per run with ray.num_gpus= instead of several devices."
         )
-    keep_going = top["keep_going"]
-    if keep_going is None:
-        keep_going = False
-    if not isinstance(keep_going, bool):
-        raise _user_error(f"Invalid keep_going={keep_going!r}: true or false.")
+    flags = {}
+    for key in ("keep_going", "resume_interrupted"):
+        flags[key] = False if top[key] is None else top[key]
+        if not isinstance(flags[key], bool):
+            raise _user_error(f"Invalid {key}={top[key]!r}: true or false.")
 
     # shared train arguments
     _check_train_keys(train, "train")
@@ -549,7 +583,8 @@ def spec_from_dict(
         ray_runtime_env=ray_cfg.get("runtime_env"),
         ranking=ranking,
         out=str(top["out"]) if top["out"] else None,
-        keep_going=keep_going,
+        keep_going=flags["keep_going"],
+        resume_interrupted=flags["resume_interrupted"],
         source=source,
     )
 
@@ -640,6 +675,7 @@ def make_jobs(spec: ABSpec, out_dir: str | os.PathLike[str], data: str | None = 
                     "log": str(out / "logs" / f"{run}.log"),
                     "ranking": dict(spec.ranking),
                     "device": spec.device[0],
+                    "resume_interrupted": spec.resume_interrupted,
                 }
             )
     return jobs
@@ -696,51 +732,81 @@ def _versions() -> dict[str, str]:
 
 def read_results_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
     """Rows of an Ultralytics ``results.csv`` (stripped keys, floats), one per epoch; a re-run epoch keeps its last."""
-    import csv
-
     rows: dict[int, dict[str, float]] = {}
     order: list[dict[str, float]] = []
-    p = Path(path)
-    if not p.is_file():
-        return []
-    with open(p, newline="") as f:
-        for raw in csv.DictReader(f):
-            row = {}
-            for k, v in raw.items():
-                if k is None:
-                    continue
-                try:
-                    row[k.strip()] = float(v)
-                except (TypeError, ValueError):
-                    row[k.strip()] = math.nan
-            order.append(row)
-            if "epoch" in row and math.isfinite(row["epoch"]):
-                rows[int(row["epoch"])] = row
+    for raw in _csv_rows(Path(path)):
+        row = {}
+        for k, v in raw.items():
+            try:
+                row[k] = float(v)
+            except (TypeError, ValueError):
+                row[k] = math.nan
+        order.append(row)
+        if "epoch" in row and math.isfinite(row["epoch"]):
+            rows[int(row["epoch"])] = row
     return [rows[e] for e in sorted(rows)] if rows else order
 
 
-def _train_time(path: str | os.PathLike[str]) -> tuple[float | None, int]:
-    """Training time summed over segments of ``results.csv``'s ``time`` column (it restarts at 0 on resume)."""
+SEGMENTS_FILE = "segments.json"
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    """The raw rows of a ``results.csv`` in file order (stripped keys), re-run epochs included."""
     import csv
 
-    p = Path(path)
-    if not p.is_file():
-        return None, 0
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k.strip(): v for k, v in raw.items() if k is not None} for raw in csv.DictReader(f)]
+
+
+def _record_segment(run_dir: Path, how: str, first_epoch: int) -> None:
+    """Append one training segment (``fresh`` or ``resume``) to the run's ``segments.json`` before it trains.
+
+    The record holds how many rows ``results.csv`` had when the segment started, so the rows (and the training
+    time) of each segment are known without guessing from the ``time`` column.
+    """
+    path = run_dir / SEGMENTS_FILE
+    segments = []
+    if how == "resume":  # a run trained before this record existed had one segment so far
+        first = {"how": "fresh", "first_epoch": 1, "csv_rows_before": 0}
+        segments = (_read_json(path) or {}).get("segments") or [first]
+    segments.append(
+        {
+            "how": how,
+            "first_epoch": first_epoch,
+            "csv_rows_before": len(_csv_rows(run_dir / "results.csv")) if how == "resume" else 0,
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"segments": segments})
+
+
+def _train_time(run_dir: str | os.PathLike[str]) -> tuple[float | None, int]:
+    """Training time in seconds and the number of training segments (1 + resumes) of a run directory.
+
+    Ultralytics' ``time`` column restarts at 0 on resume; the segments come from the runner's ``segments.json``
+    (rows of ``results.csv`` before each resume), so a resumed epoch slower than the ones before it still counts.
+    A run without that record (trained by an older runner) is one segment.
+    """
+    run_dir = Path(run_dir)
+    rows = _csv_rows(run_dir / "results.csv")
     times = []
-    with open(p, newline="") as f:
-        for raw in csv.DictReader(f):
-            row = {k.strip(): v for k, v in raw.items() if k is not None}
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                times.append(float(row["time"]))
-    if not times:
+    for row in rows:
+        try:
+            times.append(float(row["time"]))
+        except (KeyError, TypeError, ValueError):
+            times.append(math.nan)
+    if not any(math.isfinite(t) for t in times):
         return None, 0
-    total, segments, prev = 0.0, 1, None
-    for t in times:
-        if prev is not None and t < prev:
-            total += prev
-            segments += 1
-        prev = t
-    return total + prev, segments
+    segments = (_read_json(run_dir / SEGMENTS_FILE) or {}).get("segments") or [{"csv_rows_before": 0}]
+    starts = sorted({min(max(int(s.get("csv_rows_before", 0)), 0), len(times)) for s in segments} | {0})
+    total = 0.0
+    for a, b in zip(starts, [*starts[1:], len(times)]):
+        seg = [t for t in times[a:b] if math.isfinite(t)]
+        total += seg[-1] if seg else 0.0
+    return total, len(segments)
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -803,6 +869,18 @@ def inspect_run(job: Mapping[str, Any]) -> tuple[str, str]:
     return "resume", f"interrupted after epoch {epoch + 1} of {epochs}"
 
 
+def planned_state(job: Mapping[str, Any]) -> tuple[str, str]:
+    """What the runner will do with a run: ``inspect_run``'s state, except that an interrupted run restarts.
+
+    An interrupted run restarts from zero unless the job allows resuming (``resume_interrupted``): Ultralytics'
+    resume does not restore the data order, so a resumed run's numbers differ from an uninterrupted run's.
+    """
+    state, reason = inspect_run(job)
+    if state == "resume" and not job.get("resume_interrupted", False):
+        return "restart", f"{reason}; restarts from zero to stay reproducible (resume_interrupted=true resumes)"
+    return state, reason
+
+
 def _move_aside(run_dir: Path, out_dir: Path) -> Path:
     aside = out_dir / "aside"
     aside.mkdir(parents=True, exist_ok=True)
@@ -863,11 +941,13 @@ def _train(job: Mapping[str, Any], state: str, log: Callable[[str], None]) -> tu
 
         model = YOLO(str(run_dir / "weights" / "last.pt"))
         model.add_callback("on_train_start", mark)
+        ckpt_epoch = int((_load_checkpoint(run_dir / "weights" / "last.pt") or {}).get("epoch", -1))
         extra = {"device": device} if device is not None else {}
         if "workers" in job["train"]:
             extra["workers"] = job["train"]["workers"]
         try:
             log(f"resuming {run_dir / 'weights' / 'last.pt'}")
+            _record_segment(run_dir, "resume", ckpt_epoch + 2)
             model.train(trainer=VFLDetectionTrainer, resume=True, **extra)
             return "resume", dict(getattr(model.trainer, "metrics", None) or {})
         except KeyboardInterrupt:
@@ -884,6 +964,7 @@ def _train(job: Mapping[str, Any], state: str, log: Callable[[str], None]) -> tu
     if device is not None:
         args["device"] = device
     model = YOLO(job["model"])
+    _record_segment(run_dir, "fresh", 1)
     model.train(
         trainer=VFLDetectionTrainer,
         data=job["data"],
@@ -982,15 +1063,15 @@ def run_one(job: Mapping[str, Any], log: Callable[[str], None] | None = None) ->
     if existing is not None:
         return existing
     t0 = time.time()
-    state, reason = inspect_run(job)
+    state, reason = planned_state(job)
     log(f"{job['run']}: {state} ({reason})")
-    resumed, final = False, None
+    final = None
     if state != "trained":
-        ended, final = _train(job, state, log)
-        resumed = ended == "resume"
+        _, final = _train(job, state, log)
     run_dir = Path(job["run_dir"])
     rows = read_results_csv(run_dir / "results.csv")
-    train_time, segments = _train_time(run_dir / "results.csv")
+    train_time, segments = _train_time(run_dir)
+    resumed = segments > 1
     evaluation = _evaluate(job, log, final)
     last = rows[-1] if rows else {}
     result = {
@@ -1015,6 +1096,7 @@ def run_one(job: Mapping[str, Any], log: Callable[[str], None] | None = None) ->
         "train_time_s": train_time,
         "segments": segments,
         "resumed": resumed,
+        "restarts": len(list((Path(job["out_dir"]) / "aside").glob(f"{job['run']}.*"))),
         "wall_time_s": time.time() - t0,
         "device": job.get("device"),
         "host": platform.node(),
@@ -1412,7 +1494,7 @@ def run_ab(
         if done:
             log(f"  finished, kept: {', '.join(j['run'] for j in done)}")
         for job in todo:
-            state, reason = inspect_run(job)
+            state, reason = planned_state(job)
             if state != "fresh":
                 log(f"  {job['run']}: {state} ({reason})")
         if dry_run:
