@@ -233,7 +233,32 @@ def test_dry_run_plans_without_training(det_data, tmp_path, capsys):
     run_ab(spec, dry_run=True)
     out = capsys.readouterr().out
     assert "2 runs" in out and "to run: bce-s0, vfl-s0" in out
-    assert not (tmp_path / "ab" / "runs").exists()
+    assert not (tmp_path / "ab").exists()  # no spec.yaml, experiment.json or lock either
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"device": "cuda:0"}, r"Invalid device='cuda:0': CUDA is not available"),
+        ({"device": [[0, 7]]}, r"Invalid device=.0,7.: CUDA is not available"),
+        ({"device": "tpu"}, r"unknown device 'tpu'"),
+        ({"train": {"data": "missing.yaml"}}, "missing.yaml"),
+        ({"train": {"model": "missing_weights.pt"}}, "missing_weights.pt"),
+    ],
+)
+def test_refused_run_creates_nothing(det_data, tmp_path, change, match):
+    """A device this machine lacks, missing data or missing weights: refused before anything is written."""
+    import torch
+
+    if "device" in change and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    spec = tiny_spec(det_data, tmp_path / "ab")
+    raw = spec.to_dict()
+    raw["train"].update(change.pop("train", {}))
+    raw.update(change)
+    with pytest.raises(CLIError, match=match):
+        run_ab(spec_from_dict(raw), command="refused")
+    assert not (tmp_path / "ab").exists()
 
 
 # ----------------------------------------------------------------------------------------------- statistics

@@ -1425,8 +1425,62 @@ def _record_experiment(spec: ABSpec, out: Path, command: str) -> dict[str, Any]:
     return meta
 
 
+def _split_finished(jobs: list[dict[str, Any]], out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(done, todo)``: runs with a ``result.json`` of the same settings, and the rest.
+
+    Raises:
+        CLIError: a finished run was trained with other settings (results would be mixed).
+    """
+    done, todo = [], []
+    for job in jobs:
+        existing = _read_json(job["result"])
+        if existing is None:
+            todo.append(job)
+            continue
+        if not _same_fingerprint(existing.get("fingerprint"), job["fingerprint"]):
+            raise _user_error(
+                f"Run {job['run']} in {out} finished with other settings "
+                f"({_fingerprint_diff(existing.get('fingerprint') or {}, job['fingerprint'])}). Use another out= "
+                f"directory, or remove {Path(job['run_dir'])} to retrain it."
+            )
+        done.append(job)
+    return done, todo
+
+
+def check_devices(slots: Sequence[str | None]) -> None:
+    """Every device of every slot exists on this machine (``cpu``, ``mps``, ``0``, ``cuda:1``, ``0,1``).
+
+    Raises:
+        CLIError: a CUDA or MPS device this machine does not have (names the device and what is available).
+    """
+    import torch
+
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = ["cpu", *(str(i) for i in range(n_cuda))]
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if mps:
+        have.append("mps")
+    for slot in slots:
+        for dev in ("" if slot is None else str(slot)).lower().split(","):
+            name = dev.strip().removeprefix("cuda:") if dev.strip() != "cuda" else "0"
+            if name in ("", "cpu") or name in have:
+                continue
+            if name == "mps" or name.isdigit():
+                what = (
+                    "MPS is not available"
+                    if name == "mps"
+                    else (
+                        f"CUDA is not available (torch {torch.__version__})"
+                        if not n_cuda
+                        else f"only {n_cuda} CUDA GPU(s)"
+                    )
+                )
+                raise _user_error(f"Invalid device={slot!r}: {what} on this machine. Valid here: {', '.join(have)}.")
+            raise _user_error(f"Invalid device={slot!r}: unknown device '{dev}'. Valid here: {', '.join(have)}.")
+
+
 def _preflight(spec: ABSpec, data: str) -> None:
-    """Model and dataset available (or downloadable), before any training."""
+    """Model, dataset and devices available (or the model/data downloadable), before anything is written."""
     from .cli import _check_data, _check_model
 
     model = str(spec.train.get("model", DEFAULT_MODEL))
@@ -1441,6 +1495,7 @@ def _preflight(spec: ABSpec, data: str) -> None:
         _check_model(model)
     if spec.train.get("data") is not None:
         _check_data(data)
+    check_devices(spec.device)
 
 
 def run_ab(
@@ -1470,40 +1525,30 @@ def run_ab(
     """
     log = log or (lambda msg: print(msg, flush=True))
     out = Path(out_dir or spec.out_dir()).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
     command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    data = _resolve_data(spec)
+    jobs = make_jobs(spec, out, data)
+    done, todo = _split_finished(jobs, out)  # checked before anything is written: a refused run creates nothing
+    if todo:
+        _preflight(spec, data)
+    log(f"yolo-vfl ab: {spec.name}: {len(spec.arms)} arms x {len(spec.seeds)} seeds = {len(jobs)} runs in {out}")
+    if done:
+        log(f"  finished, kept: {', '.join(j['run'] for j in done)}")
+    for job in todo:
+        state, reason = planned_state(job)
+        if state != "fresh":
+            log(f"  {job['run']}: {state} ({reason})")
+    if dry_run:
+        log(f"  to run: {', '.join(j['run'] for j in todo) or 'nothing'}")
+        return out
+    out.mkdir(parents=True, exist_ok=True)
     with _file_lock(out / ".ab.lock") as locked:
         if not locked:
             raise _user_error(f"Another 'yolo-vfl ab' is running on {out} (lock {out / '.ab.lock'}).")
-        data = _resolve_data(spec)
-        jobs = make_jobs(spec, out, data)
-        done, todo = [], []
-        for job in jobs:
-            existing = _read_json(job["result"])
-            if existing is None:
-                todo.append(job)
-                continue
-            if not _same_fingerprint(existing.get("fingerprint"), job["fingerprint"]):
-                raise _user_error(
-                    f"Run {job['run']} in {out} finished with other settings "
-                    f"({_fingerprint_diff(existing.get('fingerprint') or {}, job['fingerprint'])}). Use another out= "
-                    f"directory, or remove {Path(job['run_dir'])} to retrain it."
-                )
-            done.append(job)
-        log(f"yolo-vfl ab: {spec.name}: {len(spec.arms)} arms x {len(spec.seeds)} seeds = {len(jobs)} runs in {out}")
-        if done:
-            log(f"  finished, kept: {', '.join(j['run'] for j in done)}")
-        for job in todo:
-            state, reason = planned_state(job)
-            if state != "fresh":
-                log(f"  {job['run']}: {state} ({reason})")
-        if dry_run:
-            log(f"  to run: {', '.join(j['run'] for j in todo) or 'nothing'}")
-            return out
+        done, todo = _split_finished(jobs, out)  # again under the lock: another runner may have finished some
         meta = _record_experiment(spec, out, command)
         failed: list[tuple[str, str, str]] = []
         if todo:
-            _preflight(spec, data)
             progress = _Progress(len(jobs), len(done), len(spec.device), log)
             try:
                 failed = (_run_ray if spec.backend == "ray" else _run_local)(todo, spec, progress)
