@@ -11,6 +11,9 @@ Statistics:
   (``mean +- t(0.975, n - 1) * sd / sqrt(n)``). The verdict is ``better`` or ``worse`` only when that interval
   excludes zero, otherwise ``no clear difference``; with one paired seed the interval is undefined and the verdict is
   ``no clear difference (1 seed)``. The primary metric for the headline verdict is mAP50-95.
+* a warning (``summarize``'s ``warning`` column, at the top of ``summary.md``) when every arm's mean mAP50-95 is
+  below ``NOTHING_LEARNED`` (nothing was learned, the comparison says nothing) or the baseline's is (a difference then
+  says that the other arm learned something, not that its loss is better).
 * ranking quality (GFL paper, arXiv 2006.04388): every detection of the final model on the val images is matched to
   the ground-truth box of the same class with the highest IoU (IoU 0 when there is none); the Pearson and Spearman
   correlations between confidence and that IoU say how well the score ranks localization quality.
@@ -26,7 +29,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ __all__ = [
     "METRICS",
     "PRIMARY_METRIC",
     "LOSS_KEYS",
+    "NOTHING_LEARNED",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -44,6 +48,7 @@ __all__ = [
     "mean_std",
     "paired_difference",
     "verdict",
+    "experiment_warnings",
     "rankdata",
     "pearson",
     "spearman",
@@ -66,6 +71,10 @@ METRICS: tuple[str, ...] = ("mAP50", "mAP50-95", "precision", "recall")
 PRIMARY_METRIC = "mAP50-95"
 #: Final-epoch losses shown in the report (``results.csv`` columns).
 LOSS_KEYS: tuple[str, ...] = ("train/box_loss", "train/cls_loss", "train/dfl_loss")
+#: Correlations of the ranking measurement (``correlations``).
+_RANK_KEYS: tuple[str, ...] = ("pearson_matched", "spearman_matched", "pearson", "spearman")
+#: Mean mAP50-95 below which an arm counts as having learned (nearly) nothing.
+NOTHING_LEARNED = 0.01
 
 
 # ------------------------------------------------------------------------------------------------ atomic file writes
@@ -257,6 +266,36 @@ def verdict(diff: Mapping[str, Any]) -> str:
     if diff["hi"] < 0:
         return "worse"
     return "no clear difference"
+
+
+def experiment_warnings(rows: Sequence[Mapping[str, Any]], baseline: str = "bce") -> list[str]:
+    """What makes the comparison of ``summarize`` rows say little: nothing learned, or a baseline near zero.
+
+    Args:
+        rows: ``summarize`` rows (``arm`` and ``<PRIMARY_METRIC>_mean``).
+        baseline: the baseline arm.
+
+    Returns:
+        plain-text warnings (empty when the arms learned something): ``nothing learned: ...`` when every arm's mean
+        mAP50-95 is below ``NOTHING_LEARNED``, else ``baseline ... near 0: ...`` when the baseline's is.
+    """
+    key = f"{PRIMARY_METRIC}_mean"
+    means = {r["arm"]: r.get(key) for r in rows if r.get(key) is not None}
+    if not means:
+        return []
+    if all(v < NOTHING_LEARNED for v in means.values()):
+        top = max(means, key=lambda a: means[a])
+        return [
+            f"nothing learned: every arm's {PRIMARY_METRIC} is below {NOTHING_LEARNED:g} (highest: {top} "
+            f"{means[top]:.4f}); the comparison says nothing (train longer, or check the data and labels)"
+        ]
+    base = means.get(baseline)
+    if base is not None and base < NOTHING_LEARNED:
+        return [
+            f"baseline `{baseline}` near 0: its mean {PRIMARY_METRIC} {base:.4f} is below {NOTHING_LEARNED:g}, so a "
+            "difference says that the other arm learned something, not that its loss is better"
+        ]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------------- ranking
@@ -531,7 +570,8 @@ def summarize(
 
     Returns:
         list of flat dicts. Keys per metric ``m``: ``m_mean``, ``m_std``, ``m_diff``, ``m_diff_lo``, ``m_diff_hi``,
-        ``m_n_pairs``, ``m_verdict``; ``verdict`` is the primary metric's.
+        ``m_n_pairs``, ``m_verdict``; ``verdict`` is the primary metric's; ``warning``: the
+        ``experiment_warnings`` joined with ``"; "`` (the same in every row, empty when there is none).
     """
     groups = _group(results, order, baseline)
     base_runs = groups.get(baseline, [])
@@ -566,6 +606,9 @@ def summarize(
         for key in ("pearson", "spearman", "pearson_matched", "spearman_matched"):
             row[f"rank_{key}_mean"], row[f"rank_{key}_std"] = mean_std(_get(r, "ranking", key) for r in runs)
         rows.append(row)
+    warning = "; ".join(experiment_warnings(rows, baseline))
+    for row in rows:
+        row["warning"] = warning
     return rows
 
 
@@ -607,9 +650,16 @@ def summary_csv_text(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] 
 
 
 def _pm(mean: Any, std: Any, digits: int = 4) -> str:
-    if mean is None:
+    """``mean ± std``; one value (std undefined) is shown as itself with ``(n=1)``; ``-`` when there is none."""
+    if mean is None or not math.isfinite(mean):
         return "-"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+    if std is None or not math.isfinite(std):
+        return f"{mean:.{digits}f} (n=1)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+#: What a cell of ``_diff_text`` with one paired seed means.
+_NO_INTERVAL = "n=1, no interval"
 
 
 def _diff_text(row: Mapping[str, Any], m: str) -> str:
@@ -619,8 +669,9 @@ def _diff_text(row: Mapping[str, Any], m: str) -> str:
     if d is None:
         return "-"
     lo, hi = row.get(f"{m}_diff_lo"), row.get(f"{m}_diff_hi")
-    ci = f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None else " [n/a]"
-    return f"{d:+.4f}{ci}"
+    if lo is None or hi is None:
+        return f"{d:+.4f} ({_NO_INTERVAL})"
+    return f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
 
 
 def _duration(seconds: Any) -> str:
@@ -630,16 +681,54 @@ def _duration(seconds: Any) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _cells(lines: Sequence[str]) -> list[str]:
+    """The stripped cells of the table body ``lines`` (rows starting with ``|``)."""
+    return [c.strip() for line in lines if line.startswith("|") for c in line.strip().strip("|").split("|")]
+
+
+def _legend(lines: Sequence[str], notes: Sequence[tuple[Callable[[str], bool], str]]) -> list[str]:
+    """Legend lines under a table: each ``(test, text)`` whose test matches one of the body's cells."""
+    cells = _cells(lines)
+    out = []
+    for test, text in notes:
+        if any(test(c) for c in cells):
+            out += ["", text]  # a paragraph each
+    return out
+
+
+def _dash(c: str) -> bool:
+    return c == "-"
+
+
+def _n1(c: str) -> bool:
+    return c.endswith("(n=1)")
+
+
+def _table(head: str, body: Sequence[str], notes: Sequence[tuple[Callable[[str], bool], str]]) -> list[str]:
+    """A markdown table (header, separator, body) followed by the legend of the markers its cells use."""
+    return [head, "|" + " --- |" * head.count(" | ") + " --- |", *body, *_legend(body, notes)]
+
+
+_N1_NOTE = (_n1, "`(n=1)`: one seed: that seed's value, not a mean; no standard deviation.")
+
+
 def summary_markdown(
     rows: Sequence[Mapping[str, Any]],
     results: Sequence[Mapping[str, Any]],
     meta: Mapping[str, Any] | None = None,
 ) -> str:
-    """``summary.md``: settings, accuracy, paired differences with verdicts, ranking quality, time, losses, runs."""
+    """``summary.md``: settings, accuracy, paired differences with verdicts, ranking quality, time, losses, runs.
+
+    Warnings (``experiment_warnings``) come first; every ``-``, ``n/a`` and ``(n=1)`` in a table is explained in a
+    legend line under it.
+    """
     meta = meta or {}
     baseline = meta.get("baseline", "bce")
     level = int(round(100 * meta.get("level", 0.95)))
     out: list[str] = [f"# A/B experiment: {meta.get('name', 'ab')}", ""]
+    warnings = experiment_warnings(rows, baseline)
+    for w in warnings:
+        out += [f"> **Warning: {w}.**", ""]
     for cmd in meta.get("commands") or []:
         out.append(f"- Command: `{cmd}`")
     if meta.get("versions"):
@@ -659,93 +748,122 @@ def summary_markdown(
         out.append(
             f"- **Missing runs (not finished)**: {', '.join(missing)}; the statistics below use the finished ones."
         )
+    not_measured = (_dash, "`-`: not measured: no value in any run of this arm.")
     out += [
         "",
         "## Accuracy",
         "",
-        "Final validation of each run's `best.pt` on the val split; mean ± sample std over seeds.",
+        "Final validation of each run's `best.pt` on the val split; mean ± sample std over seeds (one seed: its value, "
+        "marked `(n=1)`).",
         "",
-        "| arm | loss | overrides | seeds | mAP50 | mAP50-95 | precision | recall |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        out.append(
-            f"| {r['arm']} | {r['loss']} | {r['overrides'] or '-'} | {r['n_seeds']} | "
-            + " | ".join(_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS)
-            + " |"
-        )
-    out += [
+        *_table(
+            "| arm | loss | overrides | seeds | mAP50 | mAP50-95 | precision | recall |",
+            [
+                f"| {r['arm']} | {r['loss'] or '-'} | {r['overrides'] or '(none)'} | {r['n_seeds']} | "
+                + " | ".join(_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS)
+                + " |"
+                for r in rows
+            ],
+            [not_measured, _N1_NOTE],
+        ),
         "",
         f"## Difference to `{baseline}`",
         "",
+    ]
+    out += [f"> **Warning: {w}.**\n" for w in warnings]
+    out += [
         f"Paired by seed (arm − {baseline}, same seed), mean and {level}% Student-t interval over the seeds. "
         f"The verdict says better or worse only when the interval excludes zero; it is decided on {PRIMARY_METRIC}.",
         "",
-        f"| arm | pairs | Δ{PRIMARY_METRIC} [{level}% CI] | verdict | ΔmAP50 [{level}% CI] | verdict (mAP50) "
-        "| Δprecision | Δrecall |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        out.append(
-            f"| {r['arm']} | {r[f'{PRIMARY_METRIC}_n_pairs'] if r['verdict'] != 'baseline' else '-'} | "
-            f"{_diff_text(r, PRIMARY_METRIC)} | **{r['verdict']}** | {_diff_text(r, 'mAP50')} | "
-            f"{r['mAP50_verdict']} | {_diff_text(r, 'precision')} | {_diff_text(r, 'recall')} |"
-        )
-    out += [
+        *_table(
+            f"| arm | pairs | Δ{PRIMARY_METRIC} [{level}% CI] | verdict | ΔmAP50 [{level}% CI] | verdict (mAP50) "
+            "| Δprecision [CI] | Δrecall [CI] |",
+            [
+                f"| {r['arm']} | {r[f'{PRIMARY_METRIC}_n_pairs'] if r['verdict'] != 'baseline' else '(baseline)'} | "
+                f"{_diff_text(r, PRIMARY_METRIC)} | **{r['verdict']}** | {_diff_text(r, 'mAP50')} | "
+                f"{r['mAP50_verdict']} | {_diff_text(r, 'precision')} | {_diff_text(r, 'recall')} |"
+                for r in rows
+            ],
+            [
+                (
+                    lambda c: _NO_INTERVAL in c,
+                    f"`{_NO_INTERVAL}`: one paired seed; the paired interval needs ≥ 2 paired seeds (a t-interval "
+                    "from one difference is undefined), so the verdict cannot be better or worse.",
+                ),
+                (_dash, f"`-`: no paired value: no seed with this metric in both this arm and `{baseline}`."),
+                (
+                    lambda c: c.startswith("n/a ("),
+                    f"n/a: the reason is in the cell (no seed that both this arm and `{baseline}` finished).",
+                ),
+            ],
+        ),
         "",
         "## Ranking quality (confidence vs IoU)",
         "",
         "Each detection of the final model on the val images (confidence ≥ the threshold used by validation) is "
         "matched to the ground-truth box of the same class with the highest IoU (0 if none). Higher correlation = "
         "scores rank localization quality better (GFL, arXiv 2006.04388). Mean ± std over seeds; "
-        '"IoU>0" uses only detections that overlap a same-class ground truth. Scatter plots: `ranking.png`.',
+        '"IoU>0" uses only detections that overlap a same-class ground truth (the ranking of localization quality '
+        "among real detections; the all-detections columns mix in the background ones at IoU 0). Scatter plots: "
+        "`ranking.png` (titles: IoU>0 first, all detections below).",
         "",
-        "| arm | Pearson | Spearman | Pearson (IoU>0) | Spearman (IoU>0) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        out.append(
-            f"| {r['arm']} | "
-            + " | ".join(
-                _pm(r[f"rank_{k}_mean"], r[f"rank_{k}_std"], 3)
-                for k in ("pearson", "spearman", "pearson_matched", "spearman_matched")
-            )
-            + " |"
-        )
-    out += [
+        *_table(
+            "| arm | Pearson | Spearman | Pearson (IoU>0) | Spearman (IoU>0) |",
+            [
+                f"| {r['arm']} | "
+                + " | ".join(
+                    _pm(r[f"rank_{k}_mean"], r[f"rank_{k}_std"], 3)
+                    for k in ("pearson", "spearman", "pearson_matched", "spearman_matched")
+                )
+                + " |"
+                for r in rows
+            ],
+            [
+                (
+                    _dash,
+                    "`-`: not measured: no ranking in the runs' result.json, or the correlation is undefined (fewer "
+                    "than 2 detections, or a constant confidence or IoU).",
+                ),
+                _N1_NOTE,
+            ],
+        ),
         "",
         "## Training time and final losses",
         "",
         "Training time is Ultralytics' epoch time summed over the run's training segments (resumed runs included); "
-        "wall time is the last attempt's time including final validation and the ranking measurement. "
-        "`cls_loss` is each arm's own classification loss (BCE, VFL, QFL ...): its values are not comparable across "
-        "losses.",
+        "wall time is the last attempt's time including final validation and the ranking measurement; both are "
+        "means over seeds. `cls_loss` is each arm's own classification loss (BCE, VFL, QFL ...): its values are not "
+        "comparable across losses.",
         "",
-        "| arm | epochs | train time | wall time | box_loss | cls_loss | dfl_loss |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        out.append(
-            f"| {r['arm']} | {_fmt(r['epochs_done_mean'], 1)} | {_duration(r['train_time_s_mean'])} | "
-            f"{_duration(r['wall_time_s_mean'])} | "
-            + " | ".join(_pm(r[f"{k}_mean"], r[f"{k}_std"], 4) for k in LOSS_KEYS)
-            + " |"
-        )
-    out += [
+        *_table(
+            "| arm | epochs | train time | wall time | box_loss | cls_loss | dfl_loss |",
+            [
+                f"| {r['arm']} | {_fmt(r['epochs_done_mean'], 1) or '-'} | {_duration(r['train_time_s_mean'])} | "
+                f"{_duration(r['wall_time_s_mean'])} | "
+                + " | ".join(_pm(r[f"{k}_mean"], r[f"{k}_std"], 4) for k in LOSS_KEYS)
+                + " |"
+                for r in rows
+            ],
+            [(_dash, "`-`: not recorded in any run of this arm (result.json or results.csv)."), _N1_NOTE],
+        ),
         "",
         "## Runs",
         "",
-        "| run | arm | seed | mAP50 | mAP50-95 | precision | recall | train time | segments | Pearson | Spearman |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {r["arm"]: i for i, r in enumerate(rows)}
+    body = []
     for res in sorted(results, key=lambda x: (order.get(x["arm"], 1e9), x["seed"])):
-        out.append(
-            f"| {res.get('run', '')} | {res['arm']} | {res['seed']} | "
-            + " | ".join(_fmt(_get(res, "metrics", m)) for m in METRICS)
+        body.append(
+            f"| {res.get('run') or '-'} | {res['arm']} | {res['seed']} | "
+            + " | ".join(_fmt(_get(res, "metrics", m)) or "-" for m in METRICS)
             + f" | {_duration(res.get('train_time_s'))} | {res.get('segments', 1)} | "
-            f"{_fmt(_get(res, 'ranking', 'pearson'), 3)} | {_fmt(_get(res, 'ranking', 'spearman'), 3)} |"
+            f"{_fmt(_get(res, 'ranking', 'pearson'), 3) or '-'} | {_fmt(_get(res, 'ranking', 'spearman'), 3) or '-'} |"
         )
+    out += _table(
+        "| run | arm | seed | mAP50 | mAP50-95 | precision | recall | train time | segments | Pearson | Spearman |",
+        body,
+        [(_dash, "`-`: not measured in that run (or the correlation is undefined).")],
+    )
     out += ["", "## Curves", "", "![mAP50-95 per epoch](curves.png)", "", "![confidence vs IoU](ranking.png)", ""]
     return "\n".join(out)
 
@@ -816,6 +934,9 @@ def plot_epoch_band(
             label=f"{arm} ({len(runs)} seed{'s' if len(runs) != 1 else ''})",
         )
         ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=band_alpha, lw=0)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per epoch (mean ± 1 std over seeds)", fontsize=title_size)
@@ -851,12 +972,18 @@ def plot_ranking(
     order: Sequence[str] | None = None,
     baseline: str = "bce",
 ) -> Path:
-    """``ranking.png``: one confidence-vs-IoU scatter per arm (all seeds), titled with the mean correlations."""
+    """``ranking.png``: one confidence-vs-IoU scatter per arm (all seeds), titled with the mean correlations.
+
+    Each title leads with the Pearson and Spearman correlations over the detections with IoU > 0 (those that overlap
+    a same-class ground truth: the ranking of localization quality that the README's claim is about), and gives
+    the all-detections ones (IoU 0 included) on its second line. The IoU 0 points are drawn in grey.
+    """
     groups = _group(results, order, baseline)
     n = max(1, len(groups))
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
     fig = _figure(4.2 * cols, 3.8 * rows)
+    undefined = False
     for i, (arm, runs) in enumerate(groups.items()):
         ax = fig.add_subplot(rows, cols, i + 1)
         xs, ys = [], []
@@ -864,16 +991,33 @@ def plot_ranking(
             pts = _get(r, "ranking", "points") or {}
             xs += pts.get("iou", [])
             ys += pts.get("conf", [])
-        ax.scatter(xs, ys, s=3, alpha=0.25, lw=0)
-        p, _ = mean_std(_get(r, "ranking", "pearson") for r in runs)
-        s, _ = mean_std(_get(r, "ranking", "spearman") for r in runs)
-        ax.set_title(f"{arm}: Pearson {_fmt(p, 3) or 'n/a'}, Spearman {_fmt(s, 3) or 'n/a'}", fontsize=9)
+        x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+        hit = x > 0
+        ax.scatter(x[~hit], y[~hit], s=3, alpha=0.25, lw=0, color="gray", label="IoU 0")
+        ax.scatter(x[hit], y[hit], s=3, alpha=0.25, lw=0, color="tab:blue", label="IoU>0")
+        corr = {k: _fmt(mean_std(_get(r, "ranking", k) for r in runs)[0], 3) or "n/a" for k in _RANK_KEYS}
+        undefined = undefined or "n/a" in corr.values()
+        ax.set_title(
+            f"{arm}: IoU>0 Pearson {corr['pearson_matched']}, Spearman {corr['spearman_matched']}\n"
+            f"all detections: Pearson {corr['pearson']}, Spearman {corr['spearman']}",
+            fontsize=9,
+        )
         ax.set_xlabel("IoU with best same-class GT")
         ax.set_ylabel("confidence")
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
+        if i == 0 and x.size:
+            ax.legend(fontsize=7, loc="upper left", markerscale=3)
     fig.tight_layout()
+    if undefined:
+        fig.text(
+            0.01,
+            -0.01,
+            "n/a: not measured, or undefined (fewer than 2 detections, or a constant confidence or IoU)",
+            fontsize=8,
+            va="top",
+        )
     return _save_figure(fig, path)
 
 
