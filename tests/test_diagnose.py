@@ -194,6 +194,42 @@ def test_report_files_from_hand_made_runs(tmp_path):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_markdown_without_true_positives_has_no_blank_values():
+    """A model that found nothing (no TP: e.g. one epoch from scratch) gave 'Mean TP score per arm: bce , vfl .'."""
+    runs = []
+    for arm in ("bce", "vfl"):
+        scores = np.array([0.2, 0.1, 0.05])
+        d = summarize_detections(scores, np.full(3, 4), np.zeros(3, int), np.zeros(3), {0: 5})
+        d.update(arm=arm, seed=0, run=f"{arm}-s0", n_images=2, params={"imgsz": 64, "conf": 0.001})
+        runs.append(d)
+    legacy = {"arm": "qfl", "seed": 0, "run": "qfl-s0"}  # a diagnosis without counts (an old or broken cache)
+    rows = aggregate([*runs, legacy], baseline="bce")
+    md = diagnosis_markdown(rows, [*runs, legacy], {"name": "t", "baseline": "bce"})
+    line = next(s for s in md.splitlines() if s.startswith("Mean TP score per arm"))
+    head = line.split(" Losses")[0]
+    assert "bce n/a (no true positives)" in head and " ," not in head and not head.endswith(" .")
+    for text in md.splitlines():
+        if text.startswith("|"):
+            assert "" not in [c.strip() for c in text.strip("|").split("|")], text  # no blank table cell
+    assert "None" not in md and "nan" not in md
+
+
+def test_pr_curves_have_integer_epoch_ticks(tmp_path, monkeypatch):
+    """pr_curves.png: whole-number epoch ticks (3 epochs gave 1.00, 1.25, ...)."""
+    import yolo_vfl.diagnose as diagnose
+
+    figures = []
+    save = diagnose._save_figure
+    monkeypatch.setattr(diagnose, "_save_figure", lambda fig, path: figures.append(fig) or save(fig, path))
+    curve = {"epoch": [1, 2, 3], "precision": [0.1, 0.2, 0.3], "recall": [0.1] * 3}
+    curves = [{"arm": "bce", "seed": 0, "curve": curve}]
+    plot_pr_curves(curves, tmp_path / "pr.png")
+    for ax in figures[0].axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+
+
 def test_cli_errors(tmp_path):
     """Missing directory, no finished runs, unknown argument, missing out=, unknown arm: clear CLIErrors."""
     with pytest.raises(CLIError, match="not found"):

@@ -51,6 +51,7 @@ from .report import (
     _group,
     _pm,
     _save_figure,
+    _table,
     atomic_write_json,
     atomic_write_text,
     box_iou,
@@ -511,8 +512,9 @@ def aggregate(
 
     Returns:
         list of dicts with ``arm``, ``n_seeds``, ``seeds``, ``eq_recall`` (the level) and ``<key>_mean`` /
-        ``<key>_std`` for: ``n_gt``, ``n_images``, ``n_det``, ``ap50``, ``ap50_tp_only``; per operating point ``T``
-        (``0.25``, ``0.5``, ``f1``, ``eq``: the equal recall) ``<kind>@T``, ``fp@T``, ``missed@T``,
+        ``<key>_std`` for: ``n_gt``, ``n_images``, ``n_det``, ``tp`` (all detections), ``ap50``, ``ap50_tp_only``;
+        per operating point ``T`` (``0.25``, ``0.5``, ``f1``, ``eq``: the equal recall) ``<kind>@T``, ``fp@T``,
+        ``missed@T``,
         ``precision@T``, ``recall@T``; ``tp_iou@T`` (not for ``eq``); ``threshold@f1``, ``threshold@eq``; per kind
         ``score_<kind>``; per FP kind ``ap50_cost_<kind>`` and ``ap50_without_<kind>``.
     """
@@ -528,6 +530,7 @@ def aggregate(
         }
         for key in ("n_gt", "n_images", "n_det", "ap50", "ap50_tp_only"):
             _stat(row, key, [r.get(key) for r in runs])
+        _stat(row, "tp", [_get(r, "counts", "tp") for r in runs])
         ats = {t: [_get(r, "at", t) for r in runs] for t in [k for k in (runs[0].get("at") or {}) if k != "f1"]}
         ats["f1"] = [_get(r, "at", "f1") for r in runs]
         ats["eq"] = [_at_recall(r, recall) for r in runs]
@@ -623,6 +626,8 @@ def findings(rows: Sequence[Mapping[str, Any]], baseline: str = "bce") -> list[s
                     )
                 )
             parts.append(text)
+        if not parts:
+            parts.append("n/a: no value to compare (the arm's or the baseline's diagnosis lacks the counts and AP50)")
         out.append(f"`{row['arm']}` vs `{baseline}`:\n" + "\n".join(f"  - {p}" for p in parts))
     return out
 
@@ -652,17 +657,47 @@ def _count(row: Mapping[str, Any], key: str, digits: int = 1) -> str:
 _HEAD = "| arm | seeds | {extra}TP | duplicate | wrong_class | localization | background | FP | missed GT | precision |"
 
 
+#: Legend lines for the markers of the diagnosis tables.
+_NOTES = (
+    (
+        lambda c: c == "-",
+        "`-`: not measured: no run of the arm has this value (the operating point was not reached, e.g. no detection "
+        "at that threshold for precision, or no ground truth for AP50, or the run's diagnosis lacks it).",
+    ),
+    (lambda c: c.endswith("(n=1)"), "`(n=1)`: one seed: that seed's value, not a mean; no standard deviation."),
+)
+
+
 def _kind_table(rows: Sequence[Mapping[str, Any]], t: str, threshold: bool) -> list[str]:
     head = _HEAD.format(extra="threshold | " if threshold else "")
-    lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
+    body = []
     for r in rows:
-        lines.append(
+        body.append(
             f"| {r['arm']} | {r['n_seeds']} | "
             + (f"{_count(r, f'threshold@{t}', 3)} | " if threshold else "")
             + " | ".join(_count(r, f"{k}@{t}") for k in KINDS)
             + f" | {_count(r, f'fp@{t}')} | {_count(r, f'missed@{t}')} | {_count(r, f'precision@{t}', 3)} |"
         )
-    return lines
+    return _table(head, body, _NOTES)
+
+
+def _value(v: Any, digits: int | None = None, reason: str = "not recorded") -> str:
+    """``v`` formatted (``digits`` decimals for a float), or ``n/a (reason)`` when it is None or not finite."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return f"n/a ({reason})"
+    return _fmt(v, digits) if digits is not None else str(v)
+
+
+def _cell(v: Any, digits: int = 4) -> str:
+    """A runs-table cell: ``v`` (floats with ``digits`` decimals), ``-`` when None or not finite."""
+    return _fmt(v, digits) or "-"
+
+
+def _tp_score(row: Mapping[str, Any]) -> str:
+    """The arm's mean TP score, or why there is none."""
+    if row.get("score_tp_mean") is not None:
+        return _fmt(row["score_tp_mean"], 3)
+    return "n/a (no true positives)" if row.get("tp_mean") == 0 else "n/a (not measured)"
 
 
 def diagnosis_markdown(
@@ -682,9 +717,9 @@ def diagnosis_markdown(
         out.append(f"- Command: `{meta['command']}`")
     out += [
         f"- Detections of each run's `best.pt` as Ultralytics validation scores them (val split, "
-        f"{_fmt(rows[0].get('n_images_mean'), 0) if rows else '?'} images, {_fmt(n_gt, 0)} ground-truth boxes; "
-        f"imgsz {p.get('imgsz')}, conf ≥ {p.get('conf')}, NMS IoU {p.get('iou')}, max_det {p.get('max_det')}, "
-        "multi-label NMS: a box can carry several classes).",
+        f"{_value(rows[0].get('n_images_mean') if rows else None, 0)} images, {_value(n_gt, 0)} ground-truth boxes; "
+        f"imgsz {_value(p.get('imgsz'))}, conf ≥ {_value(p.get('conf'))}, NMS IoU {_value(p.get('iou'))}, "
+        f"max_det {_value(p.get('max_det'))}, multi-label NMS: a box can carry several classes).",
         "- Each image's detections, in descending confidence: **tp** (IoU ≥ 0.5 with an unmatched same-class ground "
         "truth), **duplicate** (IoU ≥ 0.5 with a same-class ground truth already matched), **wrong_class** (IoU ≥ 0.5 "
         "with a ground truth of another class), **localization** (best IoU with any ground truth in [0.1, 0.5)), "
@@ -694,7 +729,7 @@ def diagnosis_markdown(
     ]
     if meta.get("missing"):
         out.append(f"- Not diagnosed (no finished run): {', '.join(meta['missing'])}.")
-    scale = ", ".join(f"{r['arm']} {_fmt(r.get('score_tp_mean'), 3)}" for r in rows)
+    scale = ", ".join(f"{r['arm']} {_tp_score(r)}" for r in rows)
     out += ["", "## Findings", ""]
     out += [f"- {s}" for s in findings(rows, baseline)] if len(rows) > 1 else ["- Only one arm: no comparison."]
     out += [
@@ -734,37 +769,57 @@ def diagnosis_markdown(
         "Ultralytics' mAP50). Cost of a FP kind: the AP50 gained if its detections were removed (TIDE-style). "
         "TP only: AP50 with every FP removed, the ceiling that missed objects leave.",
         "",
-        "| arm | score TP | score duplicate | score wrong_class | score localization | score background "
-        "| TP IoU@0.25 | TP IoU@F1 | AP50 | cost duplicate | cost wrong_class | cost localization | cost background "
-        "| AP50 TP only |",
-        "|" + " --- |" * 14,
+        *_table(
+            "| arm | score TP | score duplicate | score wrong_class | score localization | score background "
+            "| TP IoU@0.25 | TP IoU@F1 | AP50 | cost duplicate | cost wrong_class | cost localization "
+            "| cost background | AP50 TP only |",
+            [
+                f"| {r['arm']} | "
+                + " | ".join(_count(r, f"score_{k}", 3) for k in KINDS)
+                + f" | {_count(r, 'tp_iou@0.25', 3)} | {_count(r, 'tp_iou@f1', 3)} | {_count(r, 'ap50', 4)} | "
+                + " | ".join(_count(r, f"ap50_cost_{k}", 4) for k in FP_KINDS)
+                + f" | {_count(r, 'ap50_tp_only', 4)} |"
+                for r in rows
+            ],
+            (
+                (
+                    lambda c: c == "-",
+                    "`-`: not measured: no detection of that kind (score, TP IoU), no ground truth (AP50 and costs), "
+                    "or the run's diagnosis lacks the value.",
+                ),
+                _NOTES[1],
+            ),
+        ),
     ]
-    for r in rows:
-        out.append(
-            f"| {r['arm']} | "
-            + " | ".join(_count(r, f"score_{k}", 3) for k in KINDS)
-            + f" | {_count(r, 'tp_iou@0.25', 3)} | {_count(r, 'tp_iou@f1', 3)} | {_count(r, 'ap50', 4)} | "
-            + " | ".join(_count(r, f"ap50_cost_{k}", 4) for k in FP_KINDS)
-            + f" | {_count(r, 'ap50_tp_only', 4)} |"
-        )
     out += [
         "",
         "## Runs",
         "",
-        "| run | arm | seed | TP@0.25 | FP@0.25 | duplicate | wrong_class | localization | background | missed@0.25 "
-        "| F1 threshold | AP50 | Ultralytics mAP50 |",
-        "|" + " --- |" * 13,
     ]
     arm_order = {r["arm"]: i for i, r in enumerate(rows)}
+    body = []
     for d in sorted(diagnoses, key=lambda x: (arm_order.get(x["arm"], 1e9), x["seed"])):
         at = _get(d, "at", "0.25") or {}
         counts = at.get("counts") or {}
-        out.append(
-            f"| {d.get('run', '')} | {d['arm']} | {d['seed']} | {counts.get('tp', '')} | {at.get('fp', '')} | "
-            + " | ".join(str(counts.get(k, "")) for k in FP_KINDS)
-            + f" | {at.get('missed_gt', '')} | {_fmt(_get(d, 'at', 'f1', 'threshold'), 3)} | {_fmt(d.get('ap50'))} "
-            f"| {_fmt(_get(d, 'ultralytics', 'mAP50'))} |"
+        body.append(
+            f"| {d.get('run') or '-'} | {d['arm']} | {d['seed']} | {_cell(counts.get('tp'))} | {_cell(at.get('fp'))} | "
+            + " | ".join(_cell(counts.get(k)) for k in FP_KINDS)
+            + f" | {_cell(at.get('missed_gt'))} | {_cell(_get(d, 'at', 'f1', 'threshold'), 3)} "
+            f"| {_cell(d.get('ap50'))} "
+            f"| {_cell(_get(d, 'ultralytics', 'mAP50'))} |"
         )
+    out += _table(
+        "| run | arm | seed | TP@0.25 | FP@0.25 | duplicate | wrong_class | localization | background | missed@0.25 "
+        "| F1 threshold | AP50 | Ultralytics mAP50 |",
+        body,
+        (
+            (
+                lambda c: c == "-",
+                "`-`: not measured in that run (no F1 threshold without detections or ground truth, no AP50 without "
+                "ground truth, or the run's diagnosis lacks the value).",
+            ),
+        ),
+    )
     out += [
         "",
         "## Plots",
