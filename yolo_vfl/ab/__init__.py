@@ -1,0 +1,20 @@
+"""The A/B experiment stack: train every arm x seed with identical settings, record, compare, report.
+
+Modules import one way, bottom to top (``tests/test_layers.py`` checks it):
+
+1. ``protocol``: the evaluation protocol (validation thresholds, matching IoUs, metric names), written once.
+2. ``spec``: the spec schema (one table), ``Arm``, ``ABSpec``, ``spec_from_dict``, ``load_spec``.
+3. ``jobs``: every arm x seed as a job; the fingerprint that decides whether a finished run can be kept.
+4. ``records``: the one inference pass per finished run: Ultralytics' validator on ``best.pt`` records every
+   detection and ground-truth box into ``detections.npz`` next to the run's result, with the metrics of that pass.
+5. ``results``: the typed result of one run (``RunResult``), read from and written to ``result.json``.
+6. ``run``: running one job (fresh, restarted, resumed or only evaluated), in its own process.
+7. ``backends``: the local process pool and Ray.
+8. ``evaluation``: pure functions of the records: ranking quality, false positives by kind, recall grids.
+9. ``stats``: means, paired differences and their t-intervals, correlations.
+10. ``report``: ``summary.md`` / ``summary.csv`` / ``diagnosis.md`` / ``diagnosis.csv`` text (no torch, no Ultralytics).
+11. ``plots``: the figures.
+12. ``orchestrate``: ``run_ab``, ``regenerate_report``, ``diagnose_experiment``.
+
+Below all of them: ``yolo_vfl.errors`` and ``yolo_vfl.fileio``; the CLI (``yolo_vfl.cli``) sits on top.
+"""

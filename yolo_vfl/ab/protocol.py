@@ -1,0 +1,29 @@
+"""The evaluation protocol of the A/B runner, written once: every layer takes its thresholds and names from here."""
+
+from __future__ import annotations
+
+#: Validation confidence threshold (Ultralytics' validation default: mAP integrates over all scores).
+CONF = 0.001
+#: NMS IoU threshold of the validation (Ultralytics' default).
+NMS_IOU = 0.7
+#: Detections kept per image (Ultralytics' default).
+MAX_DET = 300
+#: IoU at which a detection matches a ground-truth box (true positive, duplicate, wrong class).
+IOU_MATCH = 0.5
+#: Best IoU with any ground truth below which a false positive is background.
+IOU_BACKGROUND = 0.1
+#: Correlation points kept per run for the ranking plot (a deterministic subsample).
+MAX_POINTS = 2000
+
+#: Accuracy metrics of the final validation, in report order.
+METRICS: tuple[str, ...] = ("mAP50", "mAP50-95", "precision", "recall")
+#: The metric whose paired difference gives the headline verdict.
+PRIMARY_METRIC = "mAP50-95"
+#: Final-epoch losses shown in the report (``results.csv`` columns).
+LOSS_KEYS: tuple[str, ...] = ("train/box_loss", "train/cls_loss", "train/dfl_loss")
+#: Ultralytics' names of the box metrics in ``results_dict`` / ``results.csv``.
+ULTRALYTICS_KEYS = {m: f"metrics/{m}(B)" for m in METRICS}
+#: Names of the files a run directory holds, besides Ultralytics' own.
+RESULT_FILE = "result.json"
+RECORDS_FILE = "detections.npz"
+SEGMENTS_FILE = "segments.json"

@@ -1,0 +1,555 @@
+"""An A/B experiment spec: the schema (one table), its arms, and the validated ``ABSpec``.
+
+A spec (YAML, see ``experiments/ab_*.yaml``) names the arms (a loss plus optional per-arm overrides such as the
+``cls`` gain or ``vfl_gamma``), the seeds and the shared Ultralytics training arguments::
+
+    name: embedded
+    seeds: [0, 1, 2]
+    baseline: bce                  # the arm every other arm is compared with (default bce)
+    device: cpu                    # one slot; [0, 1] runs two arms side by side, one per GPU; ["0,1", "2,3"]: DDP runs
+    backend: local                 # or ray (pip install yolo-vfl[ray]); ray: {address: auto, num_cpus: 4, num_gpus: 1}
+    train:                         # shared Ultralytics train arguments; no data: -> the embedded synthetic dataset
+      model: yolov8n.yaml
+      imgsz: 128
+      epochs: 12
+    arms:
+      bce: {}                      # loss defaults to the arm name when that is a loss
+      vfl: {loss: vfl}
+      qfl_cls1: {loss: qfl, cls: 1.0}
+
+Every key the runner itself reads is a row of ``RUNNER_KEYS`` or of a section in ``SECTION_KEYS``: its default, its
+check and its help line live there and nowhere else (``to_dict``, the CLI's key list and ``yolo-vfl ab help`` are
+built from the table).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from . import protocol
+
+__all__ = [
+    "Arm",
+    "ABSpec",
+    "Key",
+    "RUNNER_KEYS",
+    "SECTION_KEYS",
+    "spec_from_dict",
+    "load_spec",
+    "keys_help",
+    "DEFAULT_MODEL",
+    "EMBEDDED",
+]
+
+DEFAULT_MODEL = "yolov8n.yaml"
+EMBEDDED = "embedded"
+#: Ultralytics arguments the runner sets itself.
+RUNNER_OWNED = ("project", "name", "exist_ok", "resume", "mode", "seed", "task")
+#: Arguments that must be identical for every arm (set them under ``train:``).
+SHARED_ONLY = ("data", "model", "epochs", "imgsz", "deterministic", "device", "time", "fraction", "split", "val")
+#: The spec used without a spec file.
+DEFAULT_SPEC: dict[str, Any] = {
+    "name": "ab",
+    "seeds": [0, 1, 2],
+    "baseline": "bce",
+    "train": {"model": DEFAULT_MODEL, "imgsz": 128, "epochs": 12, "batch": 16},
+    "arms": {"bce": {}, "vfl": {}, "qfl": {}},
+}
+
+
+def suggest(word: str, choices: Sequence[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+# ----------------------------------------------------------------------------------------------------- value checks
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        return [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+    return [value]
+
+
+def _bool(value: Any, label: str) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"Invalid {label}={value!r}: true or false.")
+    return value
+
+
+def _number(low: float, high: float | None = None, *, open_high: bool = False) -> Callable[[Any, str], float]:
+    def check(value: Any, label: str) -> float:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value >= low
+        if ok and high is not None:
+            ok = value < high if open_high else value <= high
+        if not ok:
+            rng = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}{')' if open_high else ']'}"
+            raise UserError(f"Invalid {label}={value!r}: a number {rng}.")
+        return float(value)
+
+    return check
+
+
+def _positive_int(value: Any, label: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"Invalid {label}={value!r}: an integer >= 1.")
+    return value
+
+
+def _optional_str(value: Any, label: str) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+def _optional_mapping(value: Any, label: str) -> dict[str, Any] | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, Mapping):
+        raise UserError(f"Invalid {label}={value!r}: a mapping.")
+    return dict(value)
+
+
+def _name(value: Any, label: str, allowed: str = "_.-") -> str:
+    if not isinstance(value, str) or not value or any(not (c.isalnum() or c in allowed) for c in value):
+        chars = ", ".join(f"'{c}'" for c in allowed)
+        raise UserError(f"Invalid {label} {value!r}: use letters, digits and {chars} (it names directories).")
+    return value
+
+
+def _seeds(value: Any, label: str) -> list[int]:
+    out = []
+    for s in _as_list(value):
+        if isinstance(s, str) and s.lstrip("-").isdigit():
+            s = int(s)
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise UserError(f"Invalid {label}={value!r}: give non-negative integers, e.g. seeds=[0,1,2].")
+        out.append(s)
+    if not out:
+        raise UserError(f"{label} is empty: give at least one seed, e.g. seeds=[0,1,2].")
+    if len(set(out)) != len(out):
+        raise UserError(f"{label}={value!r} repeats a seed.")
+    return out
+
+
+def _devices(value: Any, label: str) -> list[str | None]:
+    """Device slots: ``0,1`` / ``[0, 1]`` -> ``["0", "1"]``; ``["0,1", "2,3"]`` -> two 2-GPU (DDP) slots."""
+    if value is None or value == "":
+        return [None]
+    if isinstance(value, (list, tuple)):
+        slots = [
+            ",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v).replace(" ", "") for v in value
+        ]
+    else:
+        slots = [s for s in str(value).replace(" ", "").strip("'\"").split(",") if s]
+    if any(not s for s in slots):
+        raise UserError(f"Invalid {label}={value!r}: empty device slot.")
+    return slots or [None]
+
+
+def _choice(*choices: str) -> Callable[[Any, str], str]:
+    def check(value: Any, label: str) -> str:
+        v = str(value).lower()
+        if v not in choices:
+            raise UserError(f"Invalid {label}={value!r}: {' or '.join(repr(c) for c in choices)}.{suggest(v, choices)}")
+        return v
+
+    return check
+
+
+# ----------------------------------------------------------------------------------------------------- the schema
+@dataclass(frozen=True)
+class Key:
+    """One key the runner reads: its default, its check (``check(value, label) -> value``) and its help."""
+
+    name: str
+    default: Any
+    check: Callable[[Any, str], Any]
+    help: str
+
+
+#: Top-level runner keys (also ``key=value`` on the command line).
+RUNNER_KEYS: tuple[Key, ...] = (
+    Key("name", None, lambda v, label: None if v in (None, "") else _name(str(v), label), "experiment name"),
+    Key("out", None, _optional_str, "experiment directory (default runs/ab/<name>)"),
+    Key("baseline", "bce", lambda v, label: str(v), "arm every other arm is compared with"),
+    Key("seeds", [0, 1, 2], _seeds, "seeds; every arm trains once per seed"),
+    Key("device", None, _devices, 'device slots: 0,1 runs two at a time; ["0,1"] one DDP run on two GPUs'),
+    Key("backend", "local", _choice("local", "ray"), "local process pool or ray"),
+    Key("keep_going", False, _bool, "after a failed run, keep starting the others"),
+    Key(
+        "resume_interrupted",
+        False,
+        _bool,
+        "continue an interrupted run from last.pt (not bit-identical; default: restart it from zero)",
+    ),
+)
+#: Sections addressed as ``<section>.<key>=value``; ``train`` (Ultralytics arguments) and the arms are the others.
+SECTION_KEYS: dict[str, tuple[Key, ...]] = {
+    "ray": (
+        Key("address", None, _optional_str, "Ray cluster address (default: a local Ray instance)"),
+        Key("num_cpus", 1.0, _number(0), "CPUs per run"),
+        Key("num_gpus", 0.0, _number(0), "GPUs per run"),
+        Key("runtime_env", None, _optional_mapping, "Ray runtime environment"),
+    ),
+    "ranking": (
+        Key("enabled", True, _bool, "record the final model's detections and measure ranking quality"),
+        Key("conf", protocol.CONF, _number(0, 1, open_high=True), "confidence threshold of the recording pass"),
+        Key("iou", protocol.NMS_IOU, _number(0, 1), "NMS IoU of the recording pass"),
+        Key("max_det", protocol.MAX_DET, _positive_int, "detections kept per image"),
+        Key("max_points", protocol.MAX_POINTS, _positive_int, "points kept for the ranking plot"),
+    ),
+}
+_RUNNER = {k.name: k for k in RUNNER_KEYS}
+SPEC_KEYS = (*_RUNNER, *SECTION_KEYS, "train", "arms")
+
+
+def keys_help() -> str:
+    """One line per runner and section key (``yolo-vfl ab help``)."""
+    lines = [f"  {k.name}=  {k.help} (default {k.default!r})" for k in RUNNER_KEYS]
+    for section, keys in SECTION_KEYS.items():
+        lines += [f"  {section}.{k.name}=  {k.help} (default {k.default!r})" for k in keys]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------- arms and spec
+@dataclass
+class Arm:
+    """One arm of the experiment.
+
+    Attributes:
+        name: arm name (directory-safe; runs are ``<name>-s<seed>``).
+        loss: classification loss (``bce``, ``focal``, ``vfl``, ``qfl``).
+        overrides: per-arm settings: loss hyperparameters (``vfl_gamma``) and Ultralytics train arguments (``cls``,
+            ``lr0`` ...), applied on top of the shared ``train`` arguments.
+    """
+
+    name: str
+    loss: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def loss_settings(self) -> Any:
+        """The validated ``ClsLossSettings`` of this arm."""
+        from ..criterion import SETTING_KEYS, ClsLossSettings
+
+        return ClsLossSettings.from_args(
+            {"loss": self.loss, **{k: v for k, v in self.overrides.items() if k in SETTING_KEYS}}
+        )
+
+    def ultralytics_overrides(self) -> dict[str, Any]:
+        """The per-arm Ultralytics train arguments."""
+        from ..criterion import SETTING_KEYS
+
+        return {k: v for k, v in self.overrides.items() if k not in SETTING_KEYS}
+
+
+@dataclass
+class ABSpec:
+    """A validated A/B experiment (see the module docstring for the YAML form).
+
+    Attributes:
+        name: experiment name (default output directory ``runs/ab/<name>``).
+        arms: the arms, in report order.
+        seeds: the seeds; every arm trains once per seed.
+        train: shared Ultralytics train arguments, incl. ``model`` and ``data`` (None: the embedded dataset).
+        baseline: arm every other arm is compared with.
+        device: device slots: one run per slot at a time (``[None]``: Ultralytics' default device).
+        backend: ``local`` or ``ray``.
+        keep_going: after a failed run, keep starting the remaining runs (default: stop starting new ones).
+        resume_interrupted: continue an interrupted run from its ``last.pt`` (faster, but the run's numbers then
+            differ from an uninterrupted run's: Ultralytics' resume does not restore the data order and augmentation
+            state). Default False: an interrupted run restarts from zero, so every run of a comparison is
+            reproducible.
+        ray: the ``ray`` section (``address``, ``num_cpus``, ``num_gpus``, ``runtime_env``).
+        ranking: the ``ranking`` section (``enabled``, ``conf``, ``iou``, ``max_det``, ``max_points``).
+        out: output directory (None: ``runs/ab/<name>``).
+        source: the spec file, if any.
+    """
+
+    name: str
+    arms: list[Arm]
+    seeds: list[int]
+    train: dict[str, Any]
+    baseline: str = "bce"
+    device: list[str | None] = field(default_factory=lambda: [None])
+    backend: str = "local"
+    keep_going: bool = False
+    resume_interrupted: bool = False
+    ray: dict[str, Any] = field(default_factory=lambda: {k.name: k.default for k in SECTION_KEYS["ray"]})
+    ranking: dict[str, Any] = field(default_factory=lambda: {k.name: k.default for k in SECTION_KEYS["ranking"]})
+    out: str | None = None
+    source: str | None = None
+
+    @property
+    def arm_names(self) -> list[str]:
+        """Arm names in order."""
+        return [a.name for a in self.arms]
+
+    @property
+    def data_token(self) -> str:
+        """The dataset as the spec names it (``embedded`` for the generated one)."""
+        data = self.train.get("data")
+        return EMBEDDED if data is None else str(data)
+
+    def out_dir(self) -> Path:
+        """The experiment directory."""
+        return Path(self.out or Path("runs") / "ab" / self.name).expanduser()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as a YAML-ready dict (the same form ``spec_from_dict`` reads)."""
+        d: dict[str, Any] = {k.name: getattr(self, k.name) for k in RUNNER_KEYS if k.name != "out"}
+        d["seeds"], d["device"] = list(self.seeds), list(self.device)
+        if self.backend == "ray":
+            d["ray"] = {k: v for k, v in self.ray.items() if v is not None}
+        d["ranking"] = dict(self.ranking)
+        if self.out:
+            d["out"] = self.out
+        d["train"] = dict(self.train)
+        d["arms"] = {a.name: {"loss": a.loss, **a.overrides} for a in self.arms}
+        return d
+
+
+def _parse_arms(value: Any) -> list[Arm]:
+    from ..losses import list_losses
+
+    losses = [s.name for s in list_losses()]
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple, str)):
+        items = []
+        for entry in _as_list(value):
+            if isinstance(entry, str):
+                items.append((entry, {}))
+            elif isinstance(entry, Mapping) and "name" in entry:
+                items.append((entry["name"], {k: v for k, v in entry.items() if k != "name"}))
+            else:
+                raise UserError(f"Invalid arm {entry!r}: give a name, or a mapping with name: and loss:.")
+    else:
+        raise UserError(f"Invalid arms={value!r}: give a mapping name -> {{loss: ..., overrides}}.")
+    arms = []
+    for name, body in items:
+        name = _name(str(name), "arm name", "_-")  # no '.': <arm>.<key>=value addresses it
+        if name in (*SECTION_KEYS, "train"):
+            raise UserError(f"Arm name {name!r} is reserved (sections: train, {', '.join(SECTION_KEYS)}).")
+        body = dict(body or {})
+        loss = body.pop("loss", None)
+        if loss is None:
+            if name.lower() not in losses:
+                raise UserError(
+                    f"Arm {name!r} needs loss=: one of {', '.join(losses)} (only arms named after a loss default "
+                    "to it)."
+                )
+            loss = name.lower()
+        arms.append(Arm(name, str(loss).lower(), body))
+    if not arms:
+        raise UserError("No arms: give at least two, e.g. arms: {bce: {}, vfl: {}}.")
+    if len({a.name for a in arms}) != len(arms):
+        raise UserError("Arm names must be unique.")
+    return arms
+
+
+def _check_train_keys(train: Mapping[str, Any], where: str) -> None:
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from ..criterion import SETTING_KEYS
+
+    for key in train:
+        if key in SETTING_KEYS:
+            raise UserError(
+                f"'{key}' in {where} is a loss setting: set it per arm (arms: {{vfl: {{loss: vfl, {key}: ...}}}}, "
+                f"or <arm>.{key}=... on the command line)."
+            )
+        if key in RUNNER_OWNED:
+            hint = " (the seeds: key sets it)" if key == "seed" else ""
+            raise UserError(f"'{key}' in {where} is set by the A/B runner{hint}; remove it.")
+        if key not in DEFAULT_CFG_DICT:
+            valid = [*(k for k in DEFAULT_CFG_DICT if k not in RUNNER_OWNED), *SETTING_KEYS, *SPEC_KEYS]
+            raise UserError(f"Unknown argument '{key}' in {where}.{suggest(key, valid)}")
+    if train.get("deterministic") is False:
+        raise UserError("deterministic=False: the A/B runner trains every run in deterministic mode; remove it.")
+    if train.get("time") not in (None, 0):
+        raise UserError(
+            "time= stops training after a wall-clock budget, so arms would train different numbers of epochs; "
+            "use epochs= instead."
+        )
+
+
+def _section(name: str, given: Any) -> dict[str, Any]:
+    """A section's values: defaults from the table, then ``given``, unknown keys refused."""
+    if given is not None and not isinstance(given, Mapping):
+        raise UserError(f"Invalid {name}: {given!r}: a mapping of {', '.join(k.name for k in SECTION_KEYS[name])}.")
+    keys = {k.name: k for k in SECTION_KEYS[name]}
+    for key in given or {}:
+        if key not in keys:
+            raise UserError(f"Unknown {name} key '{key}'.{suggest(key, list(keys))} Valid: {', '.join(keys)}.")
+    return {**{k: v.default for k, v in keys.items()}, **dict(given or {})}
+
+
+def _apply_overrides(
+    overrides: Mapping[str, Any],
+    top: dict[str, Any],
+    sections: dict[str, dict[str, Any]],
+    train: dict[str, Any],
+    arms: list[Arm],
+) -> list[str] | None:
+    """Apply ``key=value`` overrides in place; returns the ``arms=`` selection (None: all the spec's arms)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from ..criterion import SETTING_KEYS
+
+    arm_by_name = {a.name: a for a in arms}
+    selected = None
+    for key, value in overrides.items():
+        section, dot, sub = key.partition(".")
+        if dot:
+            if section == "train":
+                train[sub] = value
+            elif section in SECTION_KEYS:
+                valid = [k.name for k in SECTION_KEYS[section]]
+                if sub not in valid:
+                    raise UserError(
+                        f"Unknown key '{key}'.{suggest(sub, valid)} Valid: {section}.{f', {section}.'.join(valid)}."
+                    )
+                sections[section][sub] = value
+            elif section in arm_by_name:
+                if sub == "loss":
+                    arm_by_name[section].loss = str(value).lower()
+                else:
+                    arm_by_name[section].overrides[sub] = value
+            else:
+                names = ["train", *SECTION_KEYS, *arm_by_name]
+                raise UserError(
+                    f"Unknown section '{section}' in '{key}'.{suggest(section, names)} "
+                    f"Sections: train, {', '.join(SECTION_KEYS)} and the arms ({', '.join(arm_by_name)})."
+                )
+        elif key == "arms":
+            selected = [str(a) for a in _as_list(value)]
+        elif key == "dry_run":
+            continue  # the caller's
+        elif key in _RUNNER:
+            if key == "device":
+                train.pop("device", None)
+            top[key] = value
+        elif key in ("ray_address", "ray_num_cpus", "ray_num_gpus"):  # the first runner's spelling
+            sections["ray"][key[4:]] = value
+        elif key in SETTING_KEYS:
+            raise UserError(f"'{key}' is a loss setting of an arm: write <arm>.{key}={value} (e.g. vfl.{key}={value}).")
+        elif key in DEFAULT_CFG_DICT and key not in RUNNER_OWNED:
+            train[key] = value
+        else:
+            valid = [*_RUNNER, "arms", "dry_run", *(k for k in DEFAULT_CFG_DICT if k not in RUNNER_OWNED)]
+            valid += [f"{s}.{k.name}" for s, keys in SECTION_KEYS.items() for k in keys]
+            hint = " (the seeds= key sets it)" if key == "seed" else ""
+            raise UserError(f"Unknown argument '{key}'{hint}.{suggest(key, valid)} See 'yolo-vfl ab help'.")
+    return selected
+
+
+def spec_from_dict(
+    raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, source: str | None = None
+) -> ABSpec:
+    """Build and validate an ``ABSpec`` from a spec mapping and CLI-style overrides.
+
+    Args:
+        raw: the spec (YAML) mapping.
+        overrides: ``key=value`` overrides: runner keys (``RUNNER_KEYS``), ``<section>.<key>`` (``ray.num_gpus``,
+            ``ranking.conf``, ``train.epochs``, ``<arm>.cls``), ``arms=`` (a subset, or plain losses) and any
+            Ultralytics train argument (shared by all arms).
+        source: the spec file (for the record).
+
+    Returns:
+        the validated spec.
+
+    Raises:
+        UserError: unknown keys (with a close-match suggestion), bad values, arms or losses that do not validate.
+    """
+    from ultralytics.cfg import get_cfg
+
+    if not isinstance(raw, Mapping):
+        raise UserError(f"A spec must be a mapping of {', '.join(SPEC_KEYS)}; got {type(raw).__name__}.")
+    raw = copy.deepcopy(dict(raw))
+    for key in raw:
+        if key not in SPEC_KEYS:
+            raise UserError(f"Unknown spec key '{key}'.{suggest(key, SPEC_KEYS)} Valid: {', '.join(SPEC_KEYS)}.")
+    train = dict(raw.get("train") or {})
+    arms = _parse_arms(raw.get("arms") or DEFAULT_SPEC["arms"])
+    sections = {name: _section(name, raw.get(name)) for name in SECTION_KEYS}
+    top = {k.name: raw.get(k.name) for k in RUNNER_KEYS}
+    if "device" in train:  # accepted there too, as in an Ultralytics command
+        if top["device"] is not None:
+            raise UserError("device is given both at the top level and under train:; keep one.")
+        top["device"] = train.pop("device")
+    selected = _apply_overrides(overrides or {}, top, sections, train, arms)
+    if selected is not None:  # a subset of the spec's arms, or plain losses
+        by_name = {a.name: a for a in arms}
+        arms = [a for name in selected for a in ([by_name[name]] if name in by_name else _parse_arms([name]))]
+
+    values = {k.name: k.check(k.default if top[k.name] is None else top[k.name], k.name) for k in RUNNER_KEYS}
+    values["name"] = values["name"] or _name(Path(source).stem if source else "ab", "name")
+    for name, keys in SECTION_KEYS.items():
+        for k in keys:
+            sections[name][k.name] = k.check(sections[name][k.name], f"{name}.{k.name}")
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise UserError(f"arms={names}: an arm is named twice.")
+    if values["baseline"] not in names:
+        raise UserError(
+            f"The baseline arm '{values['baseline']}' is not among the arms ({', '.join(names)}): add it, or set "
+            "baseline= to one of them."
+        )
+    if values["backend"] == "ray" and len(values["device"]) > 1:
+        raise UserError(
+            "backend=ray places runs itself: request GPUs per run with ray.num_gpus= instead of several devices."
+        )
+
+    _check_train_keys(train, "train")
+    train.setdefault("model", DEFAULT_MODEL)
+    train.setdefault("data", None)
+    if train.get("data") in ("", EMBEDDED):
+        train["data"] = None
+    if train.get("data") is None:
+        train.setdefault("imgsz", DEFAULT_SPEC["train"]["imgsz"])
+    for arm in arms:  # loss settings validated by ClsLossSettings, Ultralytics arguments by get_cfg
+        for key in arm.overrides:
+            if key in SHARED_ONLY:
+                raise UserError(
+                    f"Arm '{arm.name}' sets '{key}': every arm trains with the same {key}; set it under train:."
+                )
+        _check_train_keys(arm.ultralytics_overrides(), f"arm '{arm.name}'")
+        try:
+            arm.loss_settings()
+        except (ValueError, TypeError, KeyError) as e:
+            raise UserError(f"Arm '{arm.name}': {e}") from e
+        merged = {**train, **arm.ultralytics_overrides()}
+        try:
+            get_cfg(overrides={k: v for k, v in merged.items() if k not in ("model", "data")})
+        except (TypeError, ValueError, SyntaxError) as e:
+            raise UserError(f"Arm '{arm.name}': {str(e).strip().splitlines()[0]}") from e
+    return ABSpec(arms=arms, train=train, source=source, **values, **sections)
+
+
+def load_spec(path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None) -> ABSpec:
+    """Read a spec YAML (None: the default spec, the embedded dataset) and apply ``key=value`` overrides.
+
+    Raises:
+        UserError: a missing or unreadable file, or a spec that does not validate (before any training).
+    """
+    import yaml
+
+    if path is None:
+        return spec_from_dict(DEFAULT_SPEC, overrides)
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"Spec file '{path}' not found.")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"Spec file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from e
+    return spec_from_dict(raw, overrides, source=str(p))
