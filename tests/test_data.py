@@ -454,3 +454,56 @@ def test_resolve_embedded(tmp_path):
     y = D.resolve_embedded("embedded-glyphs")
     assert y == tmp_path / "cache" / f"glyphs-n600-s1-i192-v{GENERATOR_VERSION}" / "data.yaml"
     assert json.loads((y.parent / "dataset.json").read_text())["variant"] == "glyphs"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda root: (root / "images" / "train" / "000003.png").unlink(),
+        lambda root: (root / "labels" / "val" / "000011.txt").unlink(),
+        lambda root: (root / "images" / "val" / "000010.png").write_bytes(b""),
+        lambda root: shutil.rmtree(root / "images" / "val"),
+    ],
+    ids=["train-image-deleted", "val-label-deleted", "image-emptied", "split-deleted"],
+)
+def test_incomplete_dataset_is_regenerated(tmp_path, damage):
+    """A dataset with its marker but missing/emptied files is not trusted: it is regenerated in place, atomically."""
+    out = tmp_path / "shapes"
+    generate_dataset(out, **SMALL)
+    labels, pixels = read_labels(out), read_pixels(out)
+    damage(out)
+    assert generate_dataset(out, **SMALL) == out / "data.yaml"
+    assert read_labels(out) == labels
+    assert read_pixels(out).keys() == pixels.keys()
+    assert all(np.array_equal(read_pixels(out)[k], v) for k, v in pixels.items())
+    assert not leftovers(tmp_path, "shapes")
+
+
+def test_cached_embedded_dataset_with_deleted_images_is_regenerated(tmp_path):
+    """The cache reuse checks the files, not only dataset.json: deleted images come back."""
+    y = embedded_dataset(n=12, seed=3, imgsz=64)
+    for p in list((y.parent / "images" / "train").glob("*.png"))[:4]:
+        p.unlink()
+    assert embedded_dataset(n=12, seed=3, imgsz=64) == y
+    meta = json.loads((y.parent / "dataset.json").read_text())
+    assert len(list((y.parent / "images" / "train").glob("*.png"))) == meta["n_train"] == 10
+    assert len(list((y.parent / "labels" / "train").glob("*.txt"))) == 10
+
+
+def test_regeneration_of_incomplete_dataset_is_atomic(tmp_path, monkeypatch):
+    """An interrupted regeneration leaves the incomplete dataset as it was (no half-written mix, no temp dirs)."""
+    out = tmp_path / "shapes"
+    generate_dataset(out, **SMALL)
+    (out / "images" / "train" / "000000.png").unlink()
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    monkeypatch.setattr(D, "_write_image", fail_after(3))
+    with pytest.raises(RuntimeError, match="simulated"):
+        generate_dataset(out, **SMALL)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert not leftovers(tmp_path, "shapes")
+
+
+def test_bad_variant_suggests_the_close_one(tmp_path):
+    """variant=glyph suggests glyphs."""
+    with pytest.raises(ValueError, match="Did you mean 'glyphs'"):
+        generate_dataset(tmp_path / "d", **SMALL, variant="glyph")

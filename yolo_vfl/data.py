@@ -22,16 +22,20 @@ Layout (the Ultralytics standard)::
 
 Image ``i`` is drawn from ``numpy.random.default_rng([seed, i])`` and written as PNG, so the same parameters always
 give byte-identical labels and identical pixels. A dataset is written into a temporary sibling directory and renamed
-into place once complete (``dataset.json`` is written last), so an interrupted run never leaves a half dataset.
+into place once complete (``dataset.json`` is written last), so an interrupted run never leaves a half dataset. A
+dataset is reused only when ``dataset.json`` records the same parameters and every image and label file it lists is
+there (images non-empty); otherwise it is generated again and swapped in atomically.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import difflib
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -117,6 +121,7 @@ EMBEDDED_NAMES: dict[str, tuple[str, int]] = {"embedded": ("shapes", 0), "embedd
 """``data=`` names of the generated datasets: name -> (variant, generator seed)."""
 
 PathLike = Union[str, "os.PathLike[str]"]
+LOGGER = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------------- paths
@@ -198,7 +203,9 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
 def _check_variant(variant: Any) -> None:
     """Raise ValueError naming the valid variants unless ``variant`` is one of them."""
     if not isinstance(variant, str) or variant not in _VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        close = difflib.get_close_matches(variant, VARIANTS, n=1, cutoff=0.6) if isinstance(variant, str) else []
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.{hint}")
 
 
 def _check_args(n: Any, seed: Any, imgsz: Any, val_fraction: Any, overwrite: Any, variant: Any = "shapes") -> None:
@@ -582,6 +589,29 @@ def _read_meta(d: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) and meta.get("generator") == _GENERATOR else None
 
 
+def _missing_files(d: Path, meta: dict[str, Any]) -> str | None:
+    """What is missing from the dataset at ``d`` that ``meta`` describes, or None when every file is there.
+
+    Every image ``NNNNNN.png`` must exist and be non-empty and every label file ``NNNNNN.txt`` must exist (it is
+    empty for an image without objects), for the ``n_train`` / ``n_val`` images ``dataset.json`` records.
+    """
+    try:
+        n_train, n_val = int(meta["n_train"]), int(meta["n_val"])
+    except (KeyError, TypeError, ValueError):
+        return f"{META_FILE} records no split sizes"
+    for split, first, count in (("train", 0, n_train), ("val", n_train, n_val)):
+        bad_images = bad_labels = 0
+        for i in range(first, first + count):
+            try:
+                bad_images += (d / "images" / split / f"{i:06d}.png").stat().st_size == 0
+            except OSError:
+                bad_images += 1
+            bad_labels += not (d / "labels" / split / f"{i:06d}.txt").is_file()
+        if bad_images or bad_labels:
+            return f"{bad_images} of {count} {split} images and {bad_labels} of {count} {split} labels missing or empty"
+    return None
+
+
 def _same_params(meta: dict[str, Any], params: dict[str, Any]) -> bool:
     """Whether a dataset's meta records exactly these parameters (datasets without ``variant`` are ``shapes``)."""
     return all(meta.get(k, "shapes" if k == "variant" else None) == v for k, v in params.items())
@@ -712,26 +742,33 @@ def _guard_overwrite(out: Path) -> None:
         raise ValueError(f"Refusing to overwrite {out}: it is the root, the home directory or contains the cwd.")
 
 
-def _check_existing(out: Path, params: dict[str, Any], overwrite: bool) -> Path | None:
+def _check_existing(out: Path, params: dict[str, Any], overwrite: bool) -> tuple[Path | None, bool]:
     """Handle whatever is at ``out`` already.
 
     Returns:
-        data.yaml of a complete dataset with the same parameters, or None when a new one is to be generated.
+        ``(data.yaml, False)`` for a complete dataset with the same parameters (reuse it); ``(None, replace)`` when a
+        new one is to be generated, with ``replace`` True when what is at ``out`` may be replaced: ``overwrite``, or
+        a dataset with the same parameters whose files are incomplete (images or labels deleted).
 
     Raises:
         FileExistsError: ``out`` holds something else and ``overwrite`` is False.
     """
     if not (out.exists() or out.is_symlink()):
-        return None
+        return None, overwrite
     meta = _read_meta(out) if out.is_dir() else None
     if meta is not None and _same_params(meta, params):
-        _fix_yaml_path(out)
-        return out / "data.yaml"
+        missing = _missing_files(out, meta)
+        if missing is None:
+            _fix_yaml_path(out)
+            return out / "data.yaml", False
+        LOGGER.warning(f"yolo_vfl: the dataset in {out} is incomplete ({missing}); generating it again")
+        _guard_overwrite(out)
+        return None, True
     if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
-        return None  # an empty directory: fill it
+        return None, overwrite  # an empty directory: fill it
     if overwrite:
         _guard_overwrite(out)
-        return None
+        return None, True
     if meta is not None:
         theirs = ", ".join(f"{k}={meta.get(k)!r}" for k in params if k != "generator")
         raise FileExistsError(
@@ -744,8 +781,18 @@ def _check_existing(out: Path, params: dict[str, Any], overwrite: bool) -> Path 
     )
 
 
+def _complete_same(out: Path, params: dict[str, Any]) -> bool:
+    """Whether ``out`` holds a complete dataset with these parameters."""
+    meta = _read_meta(out) if out.is_dir() else None
+    return meta is not None and _same_params(meta, params) and _missing_files(out, meta) is None
+
+
 def _publish(tmp: Path, out: Path, params: dict[str, Any], overwrite: bool) -> Path:
-    """Rename the finished ``tmp`` to ``out``; if another process got there first, use its dataset."""
+    """Rename the finished ``tmp`` to ``out``; if another process got there first, use its dataset.
+
+    With ``overwrite`` (also used to replace an incomplete dataset) whatever is at ``out`` is moved aside, ``tmp``
+    renamed into place and the old one removed, so ``out`` is always either the old or the new dataset.
+    """
     for _ in range(5):
         if out.is_dir() and not out.is_symlink():
             try:
@@ -758,9 +805,8 @@ def _publish(tmp: Path, out: Path, params: dict[str, Any], overwrite: bool) -> P
         except OSError:
             if not (out.exists() or out.is_symlink()):
                 raise
-        # something appeared at out meanwhile
-        meta = _read_meta(out) if out.is_dir() else None
-        if meta is not None and _same_params(meta, params):
+        # something is at out: another process's dataset, or what we are replacing
+        if _complete_same(out, params):
             _remove(tmp)
             _fix_yaml_path(out)
             return out / "data.yaml"
@@ -801,7 +847,8 @@ def generate_dataset(
 
     Args:
         out_dir: Dataset directory. It must not exist, be empty, or hold a dataset from this function: with the
-            same parameters that dataset is returned as is (nothing is regenerated).
+            same parameters that dataset is returned as is (nothing is regenerated), unless some of its image or
+            label files are missing or empty: then it is generated again and replaced atomically.
         n: Number of images, >= 1.
         seed: Seed, an int >= 0. Same parameters give identical files; another seed gives other images.
         imgsz: Image side in pixels, in [32, 4096].
@@ -824,7 +871,7 @@ def generate_dataset(
     _check_args(n, seed, imgsz, val_fraction, overwrite, variant)
     out = Path(os.path.abspath(os.path.expanduser(os.fspath(out_dir))))
     params = _params(n, seed, imgsz, val_fraction, variant)
-    found = _check_existing(out, params, bool(overwrite))
+    found, replace = _check_existing(out, params, bool(overwrite))
     if found is not None:
         return found
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -833,7 +880,7 @@ def generate_dataset(
     tmp.mkdir()
     try:
         _write_dataset(tmp, out, params)
-        return _publish(tmp, out, params, bool(overwrite))
+        return _publish(tmp, out, params, replace)
     finally:
         if tmp.exists():
             _remove(tmp)
