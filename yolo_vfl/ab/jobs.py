@@ -12,7 +12,16 @@ from typing import Any
 from . import protocol
 from .spec import DEFAULT_MODEL, ABSpec
 
-__all__ = ["Job", "make_jobs", "resolve_data", "fingerprint", "same_fingerprint", "fingerprint_diff", "NON_SEMANTIC"]
+__all__ = [
+    "Job",
+    "make_jobs",
+    "start_model",
+    "resolve_data",
+    "fingerprint",
+    "same_fingerprint",
+    "fingerprint_diff",
+    "NON_SEMANTIC",
+]
 
 #: Arguments that do not change what is trained: ignored when checking a finished or partial run's settings.
 NON_SEMANTIC = (
@@ -148,6 +157,19 @@ def fingerprint_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     return ", ".join(diffs[:6]) + (" ..." if len(diffs) > 6 else "")
 
 
+def start_model(spec: ABSpec) -> str:
+    """The model every arm starts from: ``train.model``, or the pretrained checkpoint ``pretrain:`` names.
+
+    The checkpoint's path is known before it is built (``<cache>/pretrained/<fingerprint>/best.pt``); the
+    orchestrator builds it before the first run.
+    """
+    if spec.pretrain is None:
+        return str(spec.train.get("model", DEFAULT_MODEL))
+    from ..pretrain import CHECKPOINT, pretrain_dir
+
+    return str(pretrain_dir() / spec.pretrain.fingerprint() / CHECKPOINT)
+
+
 def make_jobs(spec: ABSpec, out_dir: str | os.PathLike[str], data: str | None = None) -> list[Job]:
     """Every arm x seed as a ``Job`` (seed-major order, so that early results pair up across arms).
 
@@ -158,7 +180,7 @@ def make_jobs(spec: ABSpec, out_dir: str | os.PathLike[str], data: str | None = 
     """
     out = Path(out_dir).resolve()
     data = data if data is not None else resolve_data(spec)
-    model = str(spec.train.get("model", DEFAULT_MODEL))
+    model = start_model(spec)
     jobs = []
     for seed in spec.seeds:
         for arm in spec.arms:

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..fileio import atomic_write_json, atomic_write_text, file_lock, read_json
 from . import protocol
 from .backends import Failure, Progress, run_jobs
-from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, same_fingerprint
+from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, same_fingerprint, start_model
 from .results import RunResult
 from .spec import DEFAULT_MODEL, ABSpec
 
@@ -103,10 +103,31 @@ def _preflight(spec: ABSpec, data: str) -> None:
     """Model, dataset and devices available (or the model/data downloadable), before anything is written."""
     from ..checks import check_data, check_model
 
-    check_model(str(spec.train.get("model", DEFAULT_MODEL)))
+    check_model(str(spec.pretrain.model if spec.pretrain is not None else spec.train.get("model", DEFAULT_MODEL)))
     if spec.train.get("data") is not None:
         check_data(data)
     check_devices(spec.device)
+
+
+def _pretrained(spec: ABSpec, log: Log) -> dict[str, Any] | None:
+    """Build (or find) the pretrained checkpoint of ``pretrain:``; its record for the report (None: no pretrain)."""
+    if spec.pretrain is None:
+        return None
+    from ..pretrain import pretrained_checkpoint
+
+    device = next((d for d in spec.device if d is not None), None)
+    res = pretrained_checkpoint(spec.pretrain, device=device, log=lambda msg: log(f"yolo-vfl ab: pretrain: {msg}"))
+    if str(res.path) != start_model(spec):
+        raise RuntimeError(f"pretrained checkpoint at {res.path}, expected {start_model(spec)}")
+    return {
+        "fingerprint": res.fingerprint,
+        "path": str(res.path),
+        "metrics": dict(res.metrics),
+        "train_time_s": res.train_time_s,
+        "built_now": res.built_now,
+        "spec": res.spec.to_dict(),
+        "versions": dict(res.versions),
+    }
 
 
 def _record_experiment(spec: ABSpec, out: Path, command: str) -> dict[str, Any]:
@@ -197,6 +218,9 @@ def run_ab(
         done, todo = plan(jobs, out)  # again under the lock: another runner may have finished some
         meta = _record_experiment(spec, out, command)
         failed: list[Failure] = []
+        if spec.pretrain is not None:
+            meta["pretrain"] = _pretrained(spec, log)
+            atomic_write_json(out / "pretrain.json", meta["pretrain"])
         if todo:
             progress = Progress(len(jobs), len(done), len(spec.device), log)
             try:
@@ -240,6 +264,8 @@ def regenerate_report(out_dir: str | os.PathLike[str], baseline: str | None = No
     if not out.is_dir():
         raise UserError(f"Experiment directory '{out_dir}' not found.")
     meta = {k: v for k, v in (read_json(out / "experiment.json") or {}).items() if k not in ("spec", "history")}
+    if (out / "pretrain.json").is_file():
+        meta["pretrain"] = read_json(out / "pretrain.json")
     if baseline:
         meta["baseline"] = baseline
     results = load_results(out)

@@ -209,14 +209,21 @@ SECTION_KEYS: dict[str, tuple[Key, ...]] = {
     ),
 }
 _RUNNER = {k.name: k for k in RUNNER_KEYS}
-SPEC_KEYS = (*_RUNNER, *SECTION_KEYS, "train", "arms")
+SPEC_KEYS = (*_RUNNER, *SECTION_KEYS, "pretrain", "train", "arms")
 
 
 def keys_help() -> str:
     """One line per runner and section key (``yolo-vfl ab help``)."""
+    from ..pretrain import PretrainSpec
+
     lines = [f"  {k.name}=  {k.help} (default {k.default!r})" for k in RUNNER_KEYS]
     for section, keys in SECTION_KEYS.items():
         lines += [f"  {section}.{k.name}=  {k.help} (default {k.default!r})" for k in keys]
+    defaults = PretrainSpec().to_dict()
+    lines.append(
+        "  pretrain.<key>=  fine-tune every arm from the project-made pretrained checkpoint: "
+        + ", ".join(f"{k} ({v!r})" for k, v in defaults.items() if k != "train_args")
+    )
     return "\n".join(lines)
 
 
@@ -270,6 +277,8 @@ class ABSpec:
             reproducible.
         ray: the ``ray`` section (``address``, ``num_cpus``, ``num_gpus``, ``runtime_env``).
         ranking: the ``ranking`` section (``enabled``, ``conf``, ``iou``, ``max_det``, ``max_points``).
+        pretrain: the ``pretrain`` section (a ``yolo_vfl.pretrain.PretrainSpec``): every arm fine-tunes from the
+            project-made pretrained checkpoint it names (built once on first use, cached). None: ``train.model``.
         out: output directory (None: ``runs/ab/<name>``).
         source: the spec file, if any.
     """
@@ -285,6 +294,7 @@ class ABSpec:
     resume_interrupted: bool = False
     ray: dict[str, Any] = field(default_factory=lambda: {k.name: k.default for k in SECTION_KEYS["ray"]})
     ranking: dict[str, Any] = field(default_factory=lambda: {k.name: k.default for k in SECTION_KEYS["ranking"]})
+    pretrain: Any = None
     out: str | None = None
     source: str | None = None
 
@@ -310,6 +320,8 @@ class ABSpec:
         if self.backend == "ray":
             d["ray"] = {k: v for k, v in self.ray.items() if v is not None}
         d["ranking"] = dict(self.ranking)
+        if self.pretrain is not None:
+            d["pretrain"] = self.pretrain.to_dict()
         if self.out:
             d["out"] = self.out
         d["train"] = dict(self.train)
@@ -399,6 +411,7 @@ def _apply_overrides(
     sections: dict[str, dict[str, Any]],
     train: dict[str, Any],
     arms: list[Arm],
+    pretrain: dict[str, Any],
 ) -> list[str] | None:
     """Apply ``key=value`` overrides in place; returns the ``arms=`` selection (None: all the spec's arms)."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
@@ -412,6 +425,8 @@ def _apply_overrides(
         if dot:
             if section == "train":
                 train[sub] = value
+            elif section == "pretrain":
+                pretrain[sub] = value
             elif section in SECTION_KEYS:
                 valid = [k.name for k in SECTION_KEYS[section]]
                 if sub not in valid:
@@ -425,10 +440,10 @@ def _apply_overrides(
                 else:
                     arm_by_name[section].overrides[sub] = value
             else:
-                names = ["train", *SECTION_KEYS, *arm_by_name]
+                names = ["train", "pretrain", *SECTION_KEYS, *arm_by_name]
                 raise UserError(
                     f"Unknown section '{section}' in '{key}'.{suggest(section, names)} "
-                    f"Sections: train, {', '.join(SECTION_KEYS)} and the arms ({', '.join(arm_by_name)})."
+                    f"Sections: train, pretrain, {', '.join(SECTION_KEYS)} and the arms ({', '.join(arm_by_name)})."
                 )
         elif key == "arms":
             selected = [str(a) for a in _as_list(value)]
@@ -486,7 +501,24 @@ def spec_from_dict(
         if top["device"] is not None:
             raise UserError("device is given both at the top level and under train:; keep one.")
         top["device"] = train.pop("device")
-    selected = _apply_overrides(overrides or {}, top, sections, train, arms)
+    given_pretrain = raw.get("pretrain")
+    if given_pretrain is not None and not isinstance(given_pretrain, Mapping):
+        raise UserError(f"Invalid pretrain: {given_pretrain!r}: a mapping of pretrain keys ({{}} for the defaults).")
+    pretrain_raw = dict(given_pretrain or {})
+    selected = _apply_overrides(overrides or {}, top, sections, train, arms, pretrain_raw)
+    pretrain = None
+    if given_pretrain is not None or pretrain_raw:
+        from ..pretrain import PretrainSpec
+
+        if "model" in train:
+            raise UserError(
+                f"train.model={train['model']!r} and pretrain: both name the starting model: pretrain: fine-tunes "
+                "every arm from its own checkpoint (set its architecture with pretrain.model=); keep one."
+            )
+        try:
+            pretrain = PretrainSpec.from_dict(pretrain_raw)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"pretrain: {e}") from e
     if selected is not None:  # a subset of the spec's arms, or plain losses
         by_name = {a.name: a for a in arms}
         arms = [a for name in selected for a in ([by_name[name]] if name in by_name else _parse_arms([name]))]
@@ -532,7 +564,7 @@ def spec_from_dict(
             get_cfg(overrides={k: v for k, v in merged.items() if k not in ("model", "data")})
         except (TypeError, ValueError, SyntaxError) as e:
             raise UserError(f"Arm '{arm.name}': {str(e).strip().splitlines()[0]}") from e
-    return ABSpec(arms=arms, train=train, source=source, **values, **sections)
+    return ABSpec(arms=arms, train=train, source=source, pretrain=pretrain, **values, **sections)
 
 
 def load_spec(path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None) -> ABSpec:

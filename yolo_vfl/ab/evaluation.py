@@ -1,0 +1,408 @@
+"""Pure functions of a run's records (``yolo_vfl.ab.records``): false positives by kind, AP50 costs, ranking quality.
+
+Everything here is numpy on ``Records``; no model runs and no IoU is recomputed (``det_gt_iou`` holds Ultralytics'
+IoUs of the validation pass). Only the AP calls Ultralytics (``ultralytics.utils.metrics.compute_ap``, imported
+when an AP is computed), so the rest of the module imports without torch.
+
+Classification (``classify``): each image's detections are processed COCO-style, in descending confidence order
+(ties: record order):
+
+* ``tp``: IoU >= 0.5 (``protocol.IOU_MATCH``) with a ground-truth box of the same class that no higher-scored
+  detection has matched yet (the one with the highest IoU among those);
+* ``duplicate``: IoU >= 0.5 with a same-class ground truth, but all of those are already matched;
+* ``wrong_class``: not the above, and IoU >= 0.5 with a ground truth of another class;
+* ``localization``: not the above, and 0.1 (``protocol.IOU_BACKGROUND``) <= best IoU with any ground truth < 0.5;
+* ``background``: best IoU with any ground truth < 0.1.
+
+Because the matching is greedy in confidence order, the detections above any threshold are classified exactly as if
+the lower-scored ones did not exist: the counts at ``conf >= t`` and the ground truths missed at ``t`` all follow
+from one classification at the validation threshold.
+
+``diagnose`` summarizes the classification (counts per kind overall, at fixed thresholds, at the F1-optimal one and
+on a recall grid; scores per kind; AP50 and the AP50 each false-positive kind costs, TIDE-style, arXiv 2008.08115).
+``ranking_quality`` correlates each detection's confidence with its best IoU with a same-class ground truth of its
+image (GFL paper, arXiv 2006.04388).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..report import pearson, spearman  # the correlations (to move to yolo_vfl.ab.stats)
+from . import protocol
+from .records import Records
+
+__all__ = [
+    "KINDS",
+    "FP_KINDS",
+    "THRESHOLDS",
+    "HIST_BINS",
+    "RECALL_LEVELS",
+    "DIAG_VERSION",
+    "classify",
+    "best_same_class_iou",
+    "correlations",
+    "ranking_quality",
+    "average_precision",
+    "map50",
+    "summarize_detections",
+    "diagnose",
+]
+
+#: Detection kinds, true positives first.
+KINDS: tuple[str, ...] = ("tp", "duplicate", "wrong_class", "localization", "background")
+#: The false-positive kinds.
+FP_KINDS: tuple[str, ...] = KINDS[1:]
+#: Fixed confidence thresholds at which counts are reported (plus each run's F1-optimal one, key ``f1``).
+THRESHOLDS: tuple[float, ...] = (0.25, 0.5)
+#: Bins of the score histograms (equal width on [0, 1]).
+HIST_BINS = 50
+#: Recall levels at which counts are reported (``recall_grid``).
+RECALL_LEVELS: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(1, 101))
+#: Version of the ``diagnose`` output (3: computed from the records, AP by Ultralytics' ``compute_ap``).
+DIAG_VERSION = 3
+_TP = 0
+_DUPLICATE, _WRONG_CLASS, _LOCALIZATION, _BACKGROUND = 1, 2, 3, 4
+
+
+# ------------------------------------------------------------------------------------------------ classification
+def classify(
+    records: Records,
+    iou_match: float = protocol.IOU_MATCH,
+    iou_background: float = protocol.IOU_BACKGROUND,
+) -> dict[str, np.ndarray]:
+    """Classify every detection as ``tp`` or a false-positive kind (see the module docstring).
+
+    Per image, detections are processed in descending confidence (ties: record order); a true positive takes the
+    unmatched same-class ground truth with the highest IoU (>= ``iou_match``; ties: the first in ``gt`` order).
+
+    Args:
+        records: the run's records.
+        iou_match: IoU for a match (TP, duplicate, wrong class).
+        iou_background: best IoU below which a false positive is background.
+
+    Returns:
+        dict, in record order: ``kind`` (N,) int64 indices into ``KINDS``; ``iou`` (N,) float64, the IoU with the
+        matched ground truth for a TP and the best IoU with any ground truth of the image otherwise (0 without
+        one); ``gt`` (N,) int64, the matched ground truth's index into ``records.gt_*`` (-1 when not a TP).
+    """
+    n = records.n_det
+    kind = np.full(n, _BACKGROUND, dtype=np.int64)
+    best = np.zeros(n)
+    gt_index = np.full(n, -1, dtype=np.int64)
+    if n == 0 or records.n_gt == 0:
+        return {"kind": kind, "iou": best, "gt": gt_index}
+    cols = records.gt_columns()  # (N, K) global GT index per column, -1 = padding
+    iou_all = records.det_gt_iou.astype(np.float64)
+    conf = records.det_conf.astype(np.float64)
+    gt_cls = records.gt_cls
+    det_order = np.argsort(records.det_image, kind="stable")
+    bounds = np.flatnonzero(np.diff(records.det_image[det_order])) + 1
+    for dets in np.split(det_order, bounds):
+        valid = cols[dets[0]] >= 0
+        m = int(valid.sum())
+        if m == 0:
+            continue
+        gts = cols[dets[0], :m]
+        iou = iou_all[dets, :m]
+        same = records.det_cls[dets][:, None] == gt_cls[gts][None, :]
+        matched = np.zeros(m, dtype=bool)
+        for r in np.argsort(-conf[dets], kind="stable"):
+            i, row = dets[r], iou[r]
+            on_same = same[r] & (row >= iou_match)
+            free = on_same & ~matched
+            if free.any():
+                j = int(np.argmax(np.where(free, row, -1.0)))
+                matched[j] = True
+                kind[i], best[i], gt_index[i] = _TP, row[j], gts[j]
+                continue
+            best[i] = max(float(row.max()), 0.0)
+            if on_same.any():
+                kind[i] = _DUPLICATE
+            elif (~same[r] & (row >= iou_match)).any():
+                kind[i] = _WRONG_CLASS
+            elif best[i] >= iou_background:
+                kind[i] = _LOCALIZATION
+    return {"kind": kind, "iou": best, "gt": gt_index}
+
+
+# ------------------------------------------------------------------------------------------------ ranking quality
+def best_same_class_iou(records: Records) -> np.ndarray:
+    """(N,) float64: each detection's highest IoU with a same-class ground truth of its image (0 when none).
+
+    Several detections may take the same ground truth: this measures how well each score ranks its own localization
+    quality, not detection accuracy.
+    """
+    if records.n_det == 0 or records.n_gt == 0:
+        return np.zeros(records.n_det)
+    cols = records.gt_columns()
+    safe = np.where(cols >= 0, cols, 0)
+    same = (cols >= 0) & (records.det_cls[:, None] == records.gt_cls[safe])
+    return np.where(same, records.det_gt_iou.astype(np.float64), 0.0).max(axis=1).clip(min=0.0)
+
+
+def correlations(conf: Sequence[float] | np.ndarray, iou: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """Pearson and Spearman between confidence (N,) and IoU (N,), over all points and over those with IoU > 0.
+
+    Returns:
+        dict with ``n``, ``pearson``, ``spearman``, ``n_matched``, ``pearson_matched``, ``spearman_matched`` and
+        ``mean_iou`` (None where undefined).
+    """
+    conf = np.asarray(conf, dtype=np.float64).ravel()
+    iou = np.asarray(iou, dtype=np.float64).ravel()
+    m = iou > 0
+    return {
+        "n": int(conf.size),
+        "pearson": pearson(conf, iou),
+        "spearman": spearman(conf, iou),
+        "n_matched": int(m.sum()),
+        "pearson_matched": pearson(conf[m], iou[m]),
+        "spearman_matched": spearman(conf[m], iou[m]),
+        "mean_iou": float(iou.mean()) if iou.size else None,
+    }
+
+
+def ranking_quality(records: Records, max_points: int = protocol.MAX_POINTS, seed: int = 0) -> dict[str, Any]:
+    """Score-vs-IoU ranking quality of the recorded detections (IoU: ``best_same_class_iou``).
+
+    Args:
+        records: the run's records.
+        max_points: at most this many (confidence, IoU) points are returned for the scatter plot (a random subset
+            drawn with ``seed``, in record order); the correlations use all detections.
+        seed: seed of that subset.
+
+    Returns:
+        ``correlations(...)`` plus ``n_images``, ``n_gt``, ``conf_threshold`` (the validation's ``conf``) and
+        ``points``: ``{"conf": [...], "iou": [...]}`` (rounded to 5 digits).
+    """
+    conf = records.det_conf.astype(np.float64)
+    iou = best_same_class_iou(records)
+    out = correlations(conf, iou)
+    idx = np.arange(conf.size)
+    if idx.size > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_points, replace=False))
+    out.update(
+        n_images=records.n_images,
+        n_gt=records.n_gt,
+        conf_threshold=records.params.get("conf"),
+        points={"conf": [round(float(v), 5) for v in conf[idx]], "iou": [round(float(v), 5) for v in iou[idx]]},
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ AP
+def average_precision(tp: np.ndarray, n_gt: int) -> float:
+    """AP of detections sorted by descending score, by Ultralytics' ``compute_ap`` (101-point interpolation).
+
+    Args:
+        tp: (N,) true-positive flags of the detections in descending score order.
+        n_gt: ground-truth boxes (of the class).
+
+    Returns:
+        the AP; 0 without detections (as Ultralytics' ``ap_per_class``), NaN without ground truth.
+    """
+    if n_gt <= 0:
+        return math.nan
+    tp = np.asarray(tp, dtype=np.float64).reshape(-1)
+    if tp.size == 0:
+        return 0.0
+    from ultralytics.utils.metrics import compute_ap
+
+    ctp = np.cumsum(tp)
+    recall = ctp / n_gt
+    precision = ctp / np.arange(1, tp.size + 1)
+    return float(compute_ap(recall, precision)[0])
+
+
+def map50(scores: np.ndarray, kinds: np.ndarray, cls: np.ndarray, gt_counts: Mapping[int, int]) -> float:
+    """AP50 averaged over the classes that have ground truth (as Ultralytics), TPs from ``classify``.
+
+    Args:
+        scores: (N,) confidences.
+        kinds: (N,) indices into ``KINDS``.
+        cls: (N,) predicted classes.
+        gt_counts: ground-truth boxes per class.
+
+    Returns:
+        the mean AP50; NaN without ground truth.
+    """
+    aps = []
+    for c, n in gt_counts.items():
+        if n <= 0:
+            continue
+        sel = cls == c
+        order = np.argsort(-scores[sel], kind="stable")
+        aps.append(average_precision((kinds[sel][order] == _TP).astype(np.float64), n))
+    return float(np.mean(aps)) if aps else math.nan
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def _mean(values: np.ndarray) -> float | None:
+    return float(values.mean()) if values.size else None
+
+
+def _tally(counts: dict[str, int], n_gt: int) -> dict[str, Any]:
+    """Counts per kind plus FP, missed GT, precision and recall (None where undefined)."""
+    n = sum(counts.values())
+    return {
+        "counts": counts,
+        "fp": n - counts["tp"],
+        "missed_gt": n_gt - counts["tp"],
+        "precision": counts["tp"] / n if n else None,
+        "recall": counts["tp"] / n_gt if n_gt else None,
+    }
+
+
+def _at(scores: np.ndarray, kinds: np.ndarray, n_gt: int, t: float) -> dict[str, Any]:
+    sel = scores >= t
+    return _tally({k: int((kinds[sel] == i).sum()) for i, k in enumerate(KINDS)}, n_gt)
+
+
+def _f1_threshold(scores: np.ndarray, kinds: np.ndarray, n_gt: int) -> float | None:
+    """Confidence threshold with the highest F1, detections and ground truths pooled over classes."""
+    if scores.size == 0 or n_gt == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    s = scores[order]
+    ctp = np.cumsum(kinds[order] == _TP)
+    k = np.arange(1, s.size + 1)
+    f1 = 2 * ctp / (k + n_gt)  # 2PR / (P + R) with P = ctp / k, R = ctp / n_gt
+    last_of_tie = np.r_[s[1:] != s[:-1], True]  # a threshold keeps all detections with equal score
+    f1 = np.where(last_of_tie, f1, -1.0)
+    return float(s[int(np.argmax(f1))])
+
+
+def _recall_grid(scores: np.ndarray, kinds: np.ndarray, n_gt: int) -> dict[str, Any]:
+    """Counts per kind at the highest threshold that reaches each recall level (None where it is not reached)."""
+    grid: dict[str, Any] = {"recall": list(RECALL_LEVELS), "threshold": [], "counts": {k: [] for k in KINDS}}
+    order = np.argsort(-scores, kind="stable")
+    s = scores[order]
+    onehot = kinds[order][:, None] == np.arange(len(KINDS))[None, :]
+    cum = np.cumsum(onehot, axis=0)
+    ctp = cum[:, _TP] if s.size else np.zeros(0, dtype=np.int64)
+    for r in RECALL_LEVELS:
+        need = math.ceil(r * n_gt - 1e-9)
+        if n_gt == 0 or s.size == 0 or need > ctp[-1]:
+            grid["threshold"].append(None)
+            for k in KINDS:
+                grid["counts"][k].append(None)
+            continue
+        i = int(np.searchsorted(ctp, need))  # the detection that brings the need-th TP
+        last = int(np.searchsorted(-s, -s[i], side="right")) - 1  # keep all detections with the same score
+        grid["threshold"].append(float(s[i]))
+        for j, k in enumerate(KINDS):
+            grid["counts"][k].append(int(cum[last, j]))
+    return grid
+
+
+def summarize_detections(
+    scores: np.ndarray,
+    kinds: np.ndarray,
+    cls: np.ndarray,
+    ious: np.ndarray,
+    gt_counts: Mapping[int, int],
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> dict[str, Any]:
+    """Counts, scores, missed ground truths and AP50 costs of classified detections (all images of a run pooled).
+
+    Args:
+        scores: (N,) confidences.
+        kinds: (N,) indices into ``KINDS`` (``classify``).
+        cls: (N,) predicted classes.
+        ious: (N,) the ``iou`` of ``classify``.
+        gt_counts: ground-truth boxes per class.
+        thresholds: confidence thresholds for the ``at`` counts (the F1-optimal one is added as ``f1``).
+
+    Returns:
+        dict with ``n_det``, ``n_gt``, ``counts`` (per kind, all detections), ``at`` (per threshold ``"0.25"`` ...
+        and ``"f1"``: ``counts``, ``fp``, ``missed_gt``, ``precision``, ``recall``; ``f1`` also ``threshold`` and
+        ``f1``), ``mean_score`` and ``median_score`` per kind, ``tp_mean_iou`` (all, and per threshold), ``hist``
+        (``edges`` and counts per kind), ``recall_grid`` (``recall`` levels 0.01 ... 1, and per level the
+        ``threshold`` and ``counts`` per kind at the highest threshold reaching it, None where unreached), ``ap50``,
+        ``ap50_without`` and ``ap50_cost`` per FP kind, and ``ap50_tp_only`` (all false positives removed: the
+        recall ceiling).
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    kinds = np.asarray(kinds, dtype=np.int64).reshape(-1)
+    cls = np.asarray(cls, dtype=np.int64).reshape(-1)
+    ious = np.asarray(ious, dtype=np.float64).reshape(-1)
+    gt_counts = {int(c): int(n) for c, n in gt_counts.items()}
+    n_gt = sum(gt_counts.values())
+    out: dict[str, Any] = {
+        "n_det": int(scores.size),
+        "n_gt": n_gt,
+        "counts": {k: int((kinds == i).sum()) for i, k in enumerate(KINDS)},
+        "at": {},
+    }
+    for t in thresholds:
+        out["at"][f"{t:g}"] = _at(scores, kinds, n_gt, t)
+    t_f1 = _f1_threshold(scores, kinds, n_gt)
+    f1 = _at(scores, kinds, n_gt, t_f1) if t_f1 is not None else _at(scores, kinds, n_gt, math.inf)
+    p, r = f1["precision"] or 0.0, f1["recall"] or 0.0
+    f1.update(threshold=t_f1, f1=2 * p * r / (p + r) if p + r > 0 else 0.0)
+    out["at"]["f1"] = f1
+    out["mean_score"] = {k: _mean(scores[kinds == i]) for i, k in enumerate(KINDS)}
+    out["median_score"] = {
+        k: float(np.median(scores[kinds == i])) if (kinds == i).any() else None for i, k in enumerate(KINDS)
+    }
+    tp = kinds == _TP
+    out["tp_mean_iou"] = {"all": _mean(ious[tp])}
+    for key, t in [*((f"{t:g}", t) for t in thresholds), ("f1", t_f1)]:
+        out["tp_mean_iou"][key] = _mean(ious[tp & (scores >= t)]) if t is not None else None
+    edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
+    out["hist"] = {"edges": [round(float(e), 6) for e in edges]}
+    for i, k in enumerate(KINDS):
+        out["hist"][k] = np.histogram(np.clip(scores[kinds == i], 0.0, 1.0), bins=edges)[0].tolist()
+    out["recall_grid"] = _recall_grid(scores, kinds, n_gt)
+    ap = map50(scores, kinds, cls, gt_counts)
+    out["ap50"] = ap
+    out["ap50_without"], out["ap50_cost"] = {}, {}
+    for k in FP_KINDS:
+        keep = kinds != KINDS.index(k)
+        without = map50(scores[keep], kinds[keep], cls[keep], gt_counts)
+        out["ap50_without"][k] = without
+        out["ap50_cost"][k] = without - ap
+    out["ap50_tp_only"] = map50(scores[tp], kinds[tp], cls[tp], gt_counts)
+    return out
+
+
+def diagnose(
+    records: Records,
+    iou_match: float = protocol.IOU_MATCH,
+    iou_background: float = protocol.IOU_BACKGROUND,
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> dict[str, Any]:
+    """The false-positive diagnosis of one run: ``classify`` then ``summarize_detections``, all images pooled.
+
+    Args:
+        records: the run's records.
+        iou_match: IoU for a match (TP, duplicate, wrong class).
+        iou_background: best IoU below which a false positive is background.
+        thresholds: confidence thresholds for the ``at`` counts.
+
+    Returns:
+        ``summarize_detections(...)`` plus ``version`` (``DIAG_VERSION``), ``n_images``, ``params`` (the records'
+        params plus ``iou_match``, ``iou_background``, ``thresholds``) and ``ultralytics`` (the validation's own
+        ``precision``, ``recall``, ``mAP50``, ``mAP50-95`` of the same pass): the structure of
+        ``yolo_vfl.diagnose.diagnose_run``.
+    """
+    c = classify(records, iou_match=iou_match, iou_background=iou_background)
+    out = summarize_detections(
+        records.det_conf, c["kind"], records.det_cls, c["iou"], records.gt_counts(), thresholds=thresholds
+    )
+    out.update(
+        version=DIAG_VERSION,
+        n_images=records.n_images,
+        params={
+            **records.params,
+            "iou_match": iou_match,
+            "iou_background": iou_background,
+            "thresholds": list(thresholds),
+        },
+        ultralytics=dict(records.metrics),
+    )
+    return out

@@ -1,0 +1,450 @@
+"""The one inference pass per finished run: every detection and ground-truth box of Ultralytics' validation.
+
+``record_detections`` runs Ultralytics' own validator for the model's task (its dataloader, letterboxing and
+multi-label NMS), with a subclass that records, image by image, the detections and ground-truth boxes the validator
+scores and the IoU matrix between them (Ultralytics' ``box_iou``), together with the metrics of that same pass.
+Everything downstream (ranking quality, false positives by kind, AP) is a numpy function of these records
+(``yolo_vfl.ab.evaluation``), so all numbers of a run describe the same detections.
+
+``Records.save`` writes them as ``detections.npz`` (``protocol.RECORDS_FILE``); ``load_records`` reads them back
+without torch or Ultralytics.
+
+File format (``RECORDS_VERSION`` 1): a compressed ``.npz`` (``np.savez_compressed``) holding the arrays
+
+* ``det_boxes`` (N, 4) float32 xyxy, ``det_conf`` (N,) float32, ``det_cls`` (N,) int64, ``det_image`` (N,) int64;
+* ``gt_boxes`` (M, 4) float32 xyxy, ``gt_cls`` (M,) int64, ``gt_image`` (M,) int64;
+* ``det_gt_iou`` (N, K) float32, K = max(1, most ground truths in one image);
+* ``orig_shapes`` (I, 2) and ``input_shapes`` (I, 2) int64: (height, width) of each image on disk and as validated;
+
+and ``meta``, a 1-element string array with a JSON object: ``version``, ``names``, ``n_images``, ``params``,
+``metrics``, ``versions``, ``image_files``. Boxes are in the pixels of the validator's (letterboxed) input image of
+each image, detections and ground truths alike; the IoUs do not depend on that scale.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..fileio import atomic_write_bytes, json_safe
+from . import protocol
+
+__all__ = ["RECORDS_VERSION", "Records", "RecordsFormatError", "record_detections", "load_records"]
+
+#: Format version of ``detections.npz``; a file of another version is refused by ``load_records``.
+RECORDS_VERSION = 1
+#: Tasks whose validators score axis-aligned boxes (segment and pose: their box part).
+BOX_TASKS: tuple[str, ...] = ("detect", "segment", "pose")
+
+_FLOAT_ARRAYS = ("det_boxes", "det_conf", "gt_boxes")
+_INT_ARRAYS = ("det_cls", "det_image", "gt_cls", "gt_image", "orig_shapes", "input_shapes")
+_ARRAYS = ("det_boxes", "det_conf", "det_cls", "det_image", "gt_boxes", "gt_cls", "gt_image", "det_gt_iou")
+_ARRAYS += ("orig_shapes", "input_shapes")
+
+
+class RecordsFormatError(ValueError):
+    """A ``detections.npz`` that cannot be read: unknown version, missing or inconsistent arrays."""
+
+
+def _float_array(a: Any, shape: tuple[int, ...]) -> np.ndarray:
+    a = np.asarray(a)
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
+    return a.reshape(shape)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class Records:
+    """Every detection and ground-truth box of one validation pass (numpy only; arrays are read-only).
+
+    Attributes:
+        det_boxes: (N, 4) float xyxy detections, in the validator's input-image pixels.
+        det_conf: (N,) their confidences.
+        det_cls: (N,) int their classes.
+        det_image: (N,) int index of their image (0 ... n_images - 1, validation order).
+        gt_boxes: (M, 4) float xyxy ground-truth boxes, same pixels as the detections.
+        gt_cls: (M,) int their classes.
+        gt_image: (M,) int index of their image.
+        det_gt_iou: (N, K) float32 IoU of each detection with each ground truth of its own image: column j is the
+            j-th ground truth of that image in ``gt`` order; -1 where the image has fewer than j + 1; K >= 1.
+        names: class names by class index.
+        n_images: images validated (also those without detections or ground truth).
+        params: how the detections were made (``weights``, ``data``, ``imgsz``, ``conf``, ``iou``, ``max_det``,
+            ``task``, the other validation arguments), JSON values.
+        metrics: the same validation pass's ``precision``, ``recall``, ``mAP50``, ``mAP50-95`` (box metrics).
+        versions: package versions of the pass (``yolo_vfl``, ``ultralytics``, ``torch``, ``numpy``, ``python``).
+        image_files: (n_images,) the image paths, or empty when unknown.
+        orig_shapes: (n_images, 2) int (height, width) of each image on disk (zeros when unknown).
+        input_shapes: (n_images, 2) int (height, width) of each image as validated (zeros when unknown).
+    """
+
+    det_boxes: np.ndarray
+    det_conf: np.ndarray
+    det_cls: np.ndarray
+    det_image: np.ndarray
+    gt_boxes: np.ndarray
+    gt_cls: np.ndarray
+    gt_image: np.ndarray
+    det_gt_iou: np.ndarray
+    names: Mapping[int, str]
+    n_images: int
+    params: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    versions: Mapping[str, str] = field(default_factory=dict)
+    image_files: tuple[str, ...] = ()
+    orig_shapes: np.ndarray | None = None
+    input_shapes: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n_images = int(self.n_images)
+        det_conf = _float_array(self.det_conf, (-1,))
+        gt_cls = np.asarray(self.gt_cls).reshape(-1).astype(np.int64)
+        n, m = det_conf.size, gt_cls.size
+        values: dict[str, Any] = {
+            "det_boxes": _float_array(self.det_boxes, (n, 4)),
+            "det_conf": det_conf,
+            "det_cls": np.asarray(self.det_cls).reshape(n).astype(np.int64),
+            "det_image": np.asarray(self.det_image).reshape(n).astype(np.int64),
+            "gt_boxes": _float_array(self.gt_boxes, (m, 4)),
+            "gt_cls": gt_cls,
+            "gt_image": np.asarray(self.gt_image).reshape(m).astype(np.int64),
+        }
+        iou = np.asarray(self.det_gt_iou, dtype=np.float32)
+        if iou.ndim != 2 or iou.shape[0] != n or iou.shape[1] < 1:
+            raise ValueError(f"det_gt_iou must be (N={n}, K>=1), got {iou.shape}")
+        values["det_gt_iou"] = iou
+        for key in ("orig_shapes", "input_shapes"):
+            shapes = getattr(self, key)
+            shapes = np.zeros((n_images, 2), dtype=np.int64) if shapes is None else np.asarray(shapes)
+            values[key] = shapes.reshape(n_images, 2).astype(np.int64)
+        for key in ("det_image", "gt_image"):
+            idx = values[key]
+            if idx.size and (idx.min() < 0 or idx.max() >= n_images):
+                raise ValueError(f"{key} must lie in [0, n_images={n_images}), got {idx.min()} ... {idx.max()}")
+        per_image = np.bincount(values["gt_image"], minlength=n_images)
+        if per_image.size and per_image.max() > iou.shape[1]:
+            raise ValueError(f"det_gt_iou has K={iou.shape[1]} columns but an image has {per_image.max()} GT boxes")
+        image_files = tuple(str(f) for f in self.image_files)
+        if image_files and len(image_files) != n_images:
+            raise ValueError(f"image_files has {len(image_files)} entries for n_images={n_images}")
+        for key, value in values.items():
+            object.__setattr__(self, key, _readonly(value))
+        object.__setattr__(self, "n_images", n_images)
+        object.__setattr__(self, "image_files", image_files)
+        object.__setattr__(self, "names", {int(k): str(v) for k, v in dict(self.names).items()})
+        object.__setattr__(self, "params", dict(self.params))
+        object.__setattr__(self, "metrics", {str(k): float(v) for k, v in dict(self.metrics).items()})
+        object.__setattr__(self, "versions", {str(k): str(v) for k, v in dict(self.versions).items()})
+
+    # ---------------------------------------------------------------------------------------------- views
+    @property
+    def n_det(self) -> int:
+        """Number of detections N."""
+        return int(self.det_conf.size)
+
+    @property
+    def n_gt(self) -> int:
+        """Number of ground-truth boxes M."""
+        return int(self.gt_cls.size)
+
+    def gt_counts(self) -> dict[int, int]:
+        """Ground-truth boxes per class (classes without ground truth absent)."""
+        cls, counts = np.unique(self.gt_cls, return_counts=True)
+        return {int(c): int(k) for c, k in zip(cls, counts)}
+
+    def gt_columns(self) -> np.ndarray:
+        """(N, K) int64: the index into ``gt_*`` of each column of ``det_gt_iou`` (-1 for the padding)."""
+        n, k = self.det_gt_iou.shape
+        if self.n_gt == 0:
+            return np.full((n, k), -1, dtype=np.int64)
+        counts = np.bincount(self.gt_image, minlength=self.n_images)
+        starts = np.cumsum(counts) - counts
+        order = np.argsort(self.gt_image, kind="stable")
+        col = np.arange(k)[None, :]
+        valid = col < counts[self.det_image][:, None]
+        pos = np.where(valid, starts[self.det_image][:, None] + col, 0)
+        return np.where(valid, order[pos], -1).astype(np.int64)
+
+    # ---------------------------------------------------------------------------------------------- file
+    def _meta(self) -> dict[str, Any]:
+        return json_safe(
+            {
+                "version": RECORDS_VERSION,
+                "names": {str(k): v for k, v in self.names.items()},
+                "n_images": self.n_images,
+                "params": self.params,
+                "metrics": self.metrics,
+                "versions": self.versions,
+                "image_files": list(self.image_files),
+            }
+        )
+
+    def to_bytes(self) -> bytes:
+        """The ``detections.npz`` content (compressed npz; metadata as a JSON string array ``meta``)."""
+        buf = io.BytesIO()
+        arrays = {k: getattr(self, k) for k in _ARRAYS}
+        np.savez_compressed(buf, meta=np.array([json.dumps(self._meta(), sort_keys=True)]), **arrays)
+        return buf.getvalue()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the records to ``path`` (``detections.npz``) atomically; returns the path."""
+        return atomic_write_bytes(path, self.to_bytes())
+
+
+def load_records(path: str | os.PathLike[str]) -> Records:
+    """Read a ``detections.npz`` written by ``Records.save`` (numpy only: no torch, no Ultralytics).
+
+    Raises:
+        FileNotFoundError: no such file.
+        RecordsFormatError: not a records file, a format version other than ``RECORDS_VERSION``, or inconsistent
+            arrays.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            files = set(npz.files)
+            if "meta" not in files:
+                raise RecordsFormatError(f"{path}: not a detections file (no 'meta' entry)")
+            meta = json.loads(str(npz["meta"].reshape(-1)[0]))
+            version = meta.get("version") if isinstance(meta, dict) else None
+            if version != RECORDS_VERSION:
+                raise RecordsFormatError(
+                    f"{path}: detections format version {version!r}, this yolo_vfl reads version {RECORDS_VERSION}; "
+                    "re-record the run (delete the file and evaluate again)"
+                )
+            missing = [k for k in _ARRAYS if k not in files]
+            if missing:
+                raise RecordsFormatError(f"{path}: missing arrays {', '.join(missing)}")
+            arrays = {k: npz[k] for k in _ARRAYS}
+    except FileNotFoundError:
+        raise
+    except RecordsFormatError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise RecordsFormatError(f"{path}: unreadable detections file ({type(e).__name__}: {e})") from e
+    try:
+        return Records(
+            **arrays,
+            names={int(k): v for k, v in (meta.get("names") or {}).items()},
+            n_images=int(meta["n_images"]),
+            params=meta.get("params") or {},
+            metrics=meta.get("metrics") or {},
+            versions=meta.get("versions") or {},
+            image_files=tuple(meta.get("image_files") or ()),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecordsFormatError(f"{path}: inconsistent detections file ({e})") from e
+
+
+# ---------------------------------------------------------------------------------------------- recording
+def _versions() -> dict[str, str]:
+    import torch
+    import ultralytics
+
+    from .. import __version__
+
+    return {
+        "yolo_vfl": __version__,
+        "ultralytics": ultralytics.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _numpy(t: Any, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(dtype).reshape(shape)
+
+
+def _recording_validator(base: type, sink: list[dict[str, Any]]) -> type:
+    """A subclass of the task's validator ``base`` that appends each image's boxes to ``sink``.
+
+    Ultralytics 8.3.x (late) and 8.4 call ``_process_batch(preds, batch)`` once per image from ``update_metrics``
+    with the post-NMS predictions (dict with ``bboxes``, ``conf``, ``cls``) and the prepared ground truth (dict with
+    ``bboxes``, ``cls``, ``ori_shape``, ``imgsz``, ``im_file``), both in input-image pixels; ``self.seen`` counts the
+    images so far.
+    """
+    from ultralytics.utils.metrics import box_iou
+
+    class RecordingValidator(base):  # type: ignore[misc, valid-type]
+        """The task's validator, recording each image's detections, ground truth and their IoUs."""
+
+        def _process_batch(self, preds: dict[str, Any], batch: dict[str, Any]) -> Any:
+            pred_boxes, gt_boxes = preds["bboxes"], batch["bboxes"]
+            n, m = int(pred_boxes.shape[0]), int(gt_boxes.shape[0])
+            iou = box_iou(pred_boxes[:, :4], gt_boxes[:, :4]) if n and m else None
+            sink.append(
+                {
+                    "image": self.seen - 1,
+                    "det_boxes": _numpy(pred_boxes[:, :4], np.float32, (n, 4)),
+                    "det_conf": _numpy(preds["conf"], np.float32, (n,)),
+                    "det_cls": _numpy(preds["cls"], np.int64, (n,)),
+                    "gt_boxes": _numpy(gt_boxes[:, :4], np.float32, (m, 4)),
+                    "gt_cls": _numpy(batch["cls"], np.int64, (m,)),
+                    "iou": np.zeros((n, m), np.float32) if iou is None else _numpy(iou, np.float32, (n, m)),
+                    "im_file": str(batch.get("im_file", "")),
+                    "orig_shape": tuple(int(v) for v in batch.get("ori_shape", (0, 0)))[:2],
+                    "input_shape": tuple(int(v) for v in batch.get("imgsz", (0, 0)))[:2],
+                }
+            )
+            return super()._process_batch(preds, batch)
+
+    RecordingValidator.__name__ = RecordingValidator.__qualname__ = f"Recording{base.__name__}"
+    return RecordingValidator
+
+
+def _assemble(sink: Sequence[dict[str, Any]], **meta: Any) -> Records:
+    """Records from the per-image entries of ``_recording_validator`` (in validation order)."""
+    sink = sorted(sink, key=lambda e: e["image"])
+    images = [e["image"] for e in sink]
+    if images != list(range(len(sink))):
+        raise RuntimeError(f"the validator reported images {images[:10]} ...; expected each image once, in order")
+    k = max([1, *(e["gt_cls"].size for e in sink)])
+    ious = []
+    for e in sink:
+        pad = np.full((e["det_conf"].size, k), -1.0, dtype=np.float32)
+        pad[:, : e["iou"].shape[1]] = e["iou"]
+        ious.append(pad)
+
+    def cat(key: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        parts = [e[key] for e in sink]
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype=dtype)
+
+    return Records(
+        det_boxes=cat("det_boxes", np.float32, (0, 4)),
+        det_conf=cat("det_conf", np.float32, (0,)),
+        det_cls=cat("det_cls", np.int64, (0,)),
+        det_image=np.repeat(np.arange(len(sink)), [e["det_conf"].size for e in sink]).astype(np.int64),
+        gt_boxes=cat("gt_boxes", np.float32, (0, 4)),
+        gt_cls=cat("gt_cls", np.int64, (0,)),
+        gt_image=np.repeat(np.arange(len(sink)), [e["gt_cls"].size for e in sink]).astype(np.int64),
+        det_gt_iou=np.concatenate(ious) if ious else np.zeros((0, k), dtype=np.float32),
+        n_images=len(sink),
+        image_files=tuple(e["im_file"] for e in sink) if all(e["im_file"] for e in sink) else (),
+        orig_shapes=np.asarray([e["orig_shape"] for e in sink], dtype=np.int64).reshape(-1, 2),
+        input_shapes=np.asarray([e["input_shape"] for e in sink], dtype=np.int64).reshape(-1, 2),
+        **meta,
+    )
+
+
+def record_detections(
+    weights: str | os.PathLike[str],
+    data_yaml: str | os.PathLike[str],
+    *,
+    imgsz: int | Sequence[int],
+    batch: int = 16,
+    device: Any = None,
+    workers: int = 0,
+    conf: float = protocol.CONF,
+    iou: float = protocol.NMS_IOU,
+    max_det: int = protocol.MAX_DET,
+    **val_args: Any,
+) -> Records:
+    """Validate a trained model with Ultralytics' own validator and record every detection it scores.
+
+    The detections are those of the validation (its dataloader, letterboxing and multi-label NMS with ``conf``,
+    ``iou``, ``max_det``: a box may carry several classes, each a detection of its own), so the recorded
+    ``metrics`` (the same pass) and everything computed from the records describe the same detections.
+
+    Args:
+        weights: checkpoint (``best.pt``).
+        data_yaml: dataset YAML (its ``val`` split unless ``split=`` is given).
+        imgsz: validation image size (the training imgsz).
+        batch: validation batch size.
+        device: device (None: Ultralytics' default).
+        workers: dataloader workers.
+        conf: confidence threshold.
+        iou: NMS IoU threshold.
+        max_det: detections kept per image.
+        **val_args: further arguments of ``model.val`` (``split``, ``half``, ``rect``, ``single_cls`` ...).
+
+    Returns:
+        the records, ``params`` holding the arguments above (paths as strings) and ``task``.
+
+    Raises:
+        ValueError: an OBB model (rotated boxes: not recorded) or a task without boxes (classify).
+    """
+    from ultralytics import YOLO
+    from ultralytics.utils import LOGGER
+
+    model = YOLO(str(weights))
+    task = model.task
+    if task == "obb":
+        raise ValueError(
+            f"{weights}: an OBB model; the records hold axis-aligned boxes only (detect, segment and pose models)"
+        )
+    if task not in BOX_TASKS:
+        raise ValueError(f"{weights}: task {task!r} has no boxes to record (detect, segment and pose models only)")
+    sink: list[dict[str, Any]] = []
+    validator = _recording_validator(model.task_map[task]["validator"], sink)
+    params = json.loads(
+        json.dumps(
+            json_safe(
+                {
+                    "weights": str(weights),
+                    "data": str(data_yaml),
+                    "imgsz": imgsz,
+                    "conf": conf,
+                    "iou": iou,
+                    "max_det": max_det,
+                    "task": task,
+                    **{
+                        k: v if isinstance(v, (bool, int, float, str, type(None))) else str(v)
+                        for k, v in val_args.items()
+                    },
+                }
+            )
+        )
+    )
+    level = LOGGER.level
+    LOGGER.setLevel(max(level, 30))  # WARNING: no validation table in the middle of the caller's output
+    try:
+        with tempfile.TemporaryDirectory(prefix="yolo_vfl_records_") as tmp:
+            args: dict[str, Any] = {
+                "split": "val",
+                "plots": False,
+                "save_json": False,
+                "verbose": False,
+                "project": tmp,
+                "name": "val",
+                "exist_ok": True,
+            }
+            args.update(val_args)
+            metrics = model.val(
+                validator=validator,
+                data=str(data_yaml),
+                imgsz=imgsz,
+                batch=batch,
+                device=device,
+                workers=workers,
+                conf=conf,
+                iou=iou,
+                max_det=max_det,
+                **args,
+            )
+    finally:
+        LOGGER.setLevel(level)
+    rd = getattr(metrics, "results_dict", {}) or {}
+    names = getattr(model, "names", None) or {}
+    return _assemble(
+        sink,
+        names=dict(names),
+        params=params,
+        metrics={m: float(rd[key]) for m, key in protocol.ULTRALYTICS_KEYS.items() if key in rd},
+        versions=_versions(),
+    )

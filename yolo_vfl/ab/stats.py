@@ -1,0 +1,310 @@
+"""The statistics of the A/B report, each written once: Student t, means, paired differences, verdicts, correlations.
+
+Pure numpy and ``math`` (no SciPy, no torch):
+
+* per arm and metric: mean and sample standard deviation over seeds (``mean_std``; undefined for one seed);
+* per arm and metric, against the baseline arm: the paired difference ``arm - baseline`` seed by seed (same seed =
+  same initialization and data order), its mean and a two-sided Student-t interval over the seeds
+  (``mean +- t(0.975, n - 1) * sd / sqrt(n)``, ``paired_difference``). The ``verdict`` is ``better`` or ``worse`` only
+  when that interval excludes zero, otherwise ``no clear difference``; with one paired seed the interval is undefined
+  and the verdict is ``no clear difference (1 seed)``. The half-width of the interval is the smallest difference the
+  experiment can resolve;
+* ranking quality (GFL paper, arXiv 2006.04388): the Pearson and Spearman correlations between each detection's
+  confidence and its IoU with the best same-class ground truth, over all detections and over those with IoU > 0
+  (``correlations``).
+
+The Student-t distribution is computed here (regularized incomplete beta by a continued fraction; the quantile by
+bisection).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "t_cdf",
+    "t_ppf",
+    "finite",
+    "mean_std",
+    "PairedDifference",
+    "paired_difference",
+    "verdict",
+    "rankdata",
+    "pearson",
+    "spearman",
+    "correlations",
+]
+
+
+# ---------------------------------------------------------------------------------------------------- Student t
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_bt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    bt = math.exp(log_bt)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return bt * _betacf(a, b, x) / a
+    return 1.0 - bt * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Cumulative distribution function of Student's t.
+
+    Args:
+        t: the value.
+        df: degrees of freedom (> 0).
+
+    Returns:
+        ``P(T <= t)``.
+
+    Raises:
+        ValueError: ``df <= 0``.
+    """
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_ppf(p: float, df: float) -> float:
+    """Quantile of Student's t: the ``t`` with ``t_cdf(t, df) == p`` (bisection to 1e-12).
+
+    Example: ``t_ppf(0.975, 2)`` is 4.3027, ``t_ppf(0.975, 1e9)`` is 1.9600.
+
+    Args:
+        p: probability in (0, 1).
+        df: degrees of freedom (> 0).
+
+    Returns:
+        the quantile.
+
+    Raises:
+        ValueError: ``p`` outside (0, 1) or ``df <= 0``.
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if p < 0.5:
+        return -t_ppf(1.0 - p, df)
+    if p == 0.5:
+        return 0.0
+    lo, hi = 0.0, 2.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+# ---------------------------------------------------------------------------------------------------- means
+def _is_finite(v: Any) -> bool:
+    if v is None or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def finite(values: Iterable[Any]) -> list[float]:
+    """The finite numbers among ``values`` as floats (None, NaN, inf and non-numbers dropped)."""
+    return [float(v) for v in values if _is_finite(v)]
+
+
+def mean_std(values: Iterable[Any]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1) of the finite values.
+
+    Returns:
+        ``(mean, std)``: ``(None, None)`` without a finite value; std is None for a single value (undefined).
+    """
+    vals = finite(values)
+    if not vals:
+        return None, None
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """The paired difference ``arm - baseline`` over the seeds both have, with its Student-t interval.
+
+    Attributes:
+        n: paired seeds.
+        seeds: those seeds, ascending.
+        diffs: ``arm[seed] - baseline[seed]`` per seed.
+        mean: mean difference (None without a pair).
+        std: sample std of the differences (None for fewer than 2 pairs).
+        lo: lower end of the two-sided interval (None for fewer than 2 pairs: one pair gives no interval).
+        hi: upper end.
+        level: confidence level of the interval.
+    """
+
+    n: int
+    seeds: tuple[int, ...]
+    diffs: tuple[float, ...]
+    mean: float | None
+    std: float | None
+    lo: float | None
+    hi: float | None
+    level: float = 0.95
+
+    @property
+    def half_width(self) -> float | None:
+        """Half the interval's width: differences smaller than this cannot be told from zero (None: no interval)."""
+        if self.lo is None or self.hi is None:
+            return None
+        return (self.hi - self.lo) / 2.0
+
+
+def paired_difference(values: Mapping[int, Any], baseline: Mapping[int, Any], level: float = 0.95) -> PairedDifference:
+    """Paired difference ``values[seed] - baseline[seed]`` over the seeds both have a finite value for.
+
+    Args:
+        values: metric by seed for the arm (None or NaN: not measured, that seed is left out).
+        baseline: metric by seed for the baseline arm.
+        level: confidence level of the two-sided interval ``mean +- t((1 + level) / 2, n - 1) * std / sqrt(n)``.
+
+    Returns:
+        the ``PairedDifference`` (no interval with fewer than 2 pairs).
+    """
+    seeds = tuple(sorted(s for s in values if s in baseline and _is_finite(values[s]) and _is_finite(baseline[s])))
+    diffs = tuple(float(values[s]) - float(baseline[s]) for s in seeds)
+    mean, std = mean_std(diffs)
+    lo = hi = None
+    if mean is not None and std is not None:
+        half = t_ppf(0.5 + level / 2.0, len(diffs) - 1) * std / math.sqrt(len(diffs))
+        lo, hi = mean - half, mean + half
+    return PairedDifference(len(diffs), seeds, diffs, mean, std, lo, hi, level)
+
+
+def verdict(diff: PairedDifference) -> str:
+    """``better`` / ``worse`` when the interval excludes zero, else ``no clear difference`` (with why, if no interval).
+
+    Returns:
+        ``better``, ``worse``, ``no clear difference``, ``no clear difference (1 seed)`` or
+        ``n/a (no paired baseline run)``.
+    """
+    if diff.n == 0:
+        return "n/a (no paired baseline run)"
+    if diff.lo is None or diff.hi is None:
+        return "no clear difference (1 seed)"
+    if diff.lo > 0:
+        return "better"
+    if diff.hi < 0:
+        return "worse"
+    return "no clear difference"
+
+
+# ---------------------------------------------------------------------------------------------------- correlations
+def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``x`` (flattened); ties get the average of their ranks (as ``scipy.stats.rankdata``)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    n = x.size
+    if n == 0:
+        return np.zeros(0)
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])  # start index of each run of equal values
+    ends = np.r_[starts[1:], n]
+    avg = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
+    ranks = np.empty(n)
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def _pair(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.size != y.size:
+        raise ValueError(f"x and y differ in length: {x.size} != {y.size}")
+    return x, y
+
+
+def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float | None:
+    """Pearson correlation of (N,) ``x`` and ``y``; None with fewer than 2 points or a constant variable.
+
+    Raises:
+        ValueError: ``x`` and ``y`` differ in length.
+    """
+    x, y = _pair(x, y)
+    if x.size < 2:
+        return None
+    dx, dy = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
+    if denom == 0.0:
+        return None
+    return float(np.clip((dx * dy).sum() / denom, -1.0, 1.0))
+
+
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float | None:
+    """Spearman rank correlation (Pearson of the tie-averaged ranks); None where Pearson is undefined.
+
+    Raises:
+        ValueError: ``x`` and ``y`` differ in length.
+    """
+    x, y = _pair(x, y)
+    return pearson(rankdata(x), rankdata(y))
+
+
+def correlations(conf: Sequence[float] | np.ndarray, iou: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """Pearson and Spearman between confidence (N,) and IoU (N,), over all points and over those with IoU > 0.
+
+    Returns:
+        dict with ``n``, ``pearson``, ``spearman``, ``n_matched``, ``pearson_matched``, ``spearman_matched`` and
+        ``mean_iou`` (None where undefined).
+    """
+    conf, iou = _pair(conf, iou)
+    m = iou > 0
+    return {
+        "n": int(conf.size),
+        "pearson": pearson(conf, iou),
+        "spearman": spearman(conf, iou),
+        "n_matched": int(m.sum()),
+        "pearson_matched": pearson(conf[m], iou[m]),
+        "spearman_matched": spearman(conf[m], iou[m]),
+        "mean_iou": float(iou.mean()) if iou.size else None,
+    }
