@@ -165,3 +165,183 @@ def test_console_script_trains_on_embedded_dataset(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp_path / "cli" / "weights" / "last.pt").exists()
     assert "loss=vfl" in (tmp_path / "cli" / "args.yaml").read_text().replace(": ", "=")
+    last = out.stdout.strip().splitlines()[-1]  # the summary from the real trainer's attributes
+    assert last.startswith("yolo-vfl: trained with loss=vfl vfl_alpha=0.75 vfl_gamma=2.0"), last
+    assert f"best.pt: {tmp_path / 'cli' / 'weights' / 'best.pt'}" in last and "mAP50-95 " in last, last
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issue 13: suggestions, broken datasets, user errors vs bugs, the end-of-training summary
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "data=embedded-glyph"], "Did you mean 'embedded-glyphs'?"),
+        (["train", "data=embeded"], "Did you mean 'embedded'?"),
+        (["mode=val"], "The mode is a bare word, not mode=val: yolo-vfl val key=value ..."),
+        (["epochs=3"], "'epochs=3' is not a mode: the first word is the mode (yolo-vfl train epochs=3 ...)"),
+        (["train", "mode=val"], "'mode' is not an argument: the mode is the first word (yolo-vfl val ...)"),
+        (["data", "out=x", "variant=glyph"], "Did you mean 'glyphs'?"),
+    ],
+)
+def test_suggestions_point_at_the_fix(argv, message, capfd, tmp_path, monkeypatch):
+    """Near-miss names get the right suggestion; a key=value in the mode's place says how the mode is written."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capfd, *argv)
+    assert code == 2, (out, err)
+    assert message in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_ultralytics_modes_get_the_arguments_in_process(capfd, tmp_path, monkeypatch):
+    """main(["val", ...]) hands its own arguments to Ultralytics (not the process's argv), so a typo is caught."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capfd, "val", "model=yolov8n.yaml", "epoch=3")
+    assert code == 2, (out[-500:], err)
+    assert "'epoch' is not a valid YOLO argument" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [["mode=val"], ["train", "mode=val"], ["train", "mod=val"], ["train", "modle=x.pt"]])
+def test_mode_is_never_suggested_as_a_key(argv, capfd, tmp_path, monkeypatch):
+    """'mode' is not a train argument, so no message suggests it as one."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capfd, *argv)
+    assert code == 2 and "Did you mean 'mode'" not in err
+
+
+def _corrupt_dataset(root: Path) -> Path:
+    """A YOLO dataset whose every image is unreadable (labels are fine)."""
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(3):
+            (root / "images" / split / f"{i}.jpg").write_bytes(b"not an image at all" * 10)
+            (root / "labels" / split / f"{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    cfg = {"path": str(root), "train": "images/train", "val": "images/val", "names": {0: "a"}}
+    (root / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "bad.yaml"
+
+
+def test_all_corrupt_dataset_is_one_line_before_any_run_dir(tmp_path, capfd, monkeypatch):
+    """Every image unreadable: one line naming the dataset and a bad image, exit 2, no run directory written."""
+    monkeypatch.chdir(tmp_path)
+    data = _corrupt_dataset(tmp_path / "bad")
+    argv = [
+        "train",
+        f"data={data}",
+        "model=yolov8n.yaml",
+        "epochs=1",
+        "imgsz=32",
+        "workers=0",
+        f"project={tmp_path}/runs",
+    ]
+    code, out, err = run(capfd, *argv)
+    assert code == 2, (out, err)
+    assert f"Dataset '{data}'" in err and "none of the 3 train images can be read" in err and "0.jpg: " in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_partly_corrupt_dataset_passes_the_check(tmp_path, det_data):
+    """One readable image per split is enough for the check (Ultralytics skips the corrupt ones itself)."""
+    from yolo_vfl.cli import _check_data
+
+    _check_data(str(det_data))  # the generated dataset: fine
+    data = _corrupt_dataset(tmp_path / "mixed")
+    shutil.copy(next((det_data.parent / "images" / "train").glob("*.png")), data.parent / "images" / "train")
+    shutil.copy(next((det_data.parent / "images" / "val").glob("*.png")), data.parent / "images" / "val")
+    _check_data(str(data))
+
+
+@pytest.mark.parametrize("exc", [TypeError("bug"), KeyError("bug"), ValueError("bug"), AttributeError("bug")])
+def test_a_bug_during_training_keeps_its_traceback(exc, monkeypatch, capfd):
+    """An exception that is not a user error propagates from main() (traceback, exit 1), even a TypeError."""
+    import ultralytics
+
+    def broken_train(self, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(ultralytics.YOLO, "train", broken_train)
+    with pytest.raises(type(exc), match="bug"):
+        main(["train", "epochs=1"])
+
+
+@pytest.mark.parametrize(
+    "exc, message",
+    [
+        (SyntaxError("'foo' is not a valid YOLO argument."), "'foo' is not a valid YOLO argument."),
+        (FileNotFoundError("Dataset 'x.yaml' images not found"), "Dataset 'x.yaml' images not found"),
+    ],
+)
+def test_user_errors_during_training_stay_one_line(exc, message, monkeypatch, capfd):
+    """Ultralytics' SyntaxError for unknown keys and FileNotFoundError for missing files are user errors (exit 2)."""
+    import ultralytics
+
+    def failing_train(self, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(ultralytics.YOLO, "train", failing_train)
+    code, _, err = run(capfd, "train", "epochs=1")
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_trainer_validation_errors_stay_one_line(monkeypatch, capfd):
+    """A ValueError raised by the trainer's own validation (a loss change on resume) is a user error."""
+    from types import SimpleNamespace
+
+    import ultralytics
+
+    from yolo_vfl.trainer import VFLDetectionTrainer
+
+    def refusing_train(self, **kwargs):
+        VFLDetectionTrainer._resume_settings(SimpleNamespace(args=SimpleNamespace(loss="vfl")), {"loss": "qfl"})
+
+    monkeypatch.setattr(ultralytics.YOLO, "train", refusing_train)
+    code, _, err = run(capfd, "train", "epochs=1")
+    assert code == 2 and "Cannot change the classification loss on resume" in err and err.count("\n") == 1
+
+
+def test_a_bug_exits_nonzero_not_2_with_traceback(tmp_path):
+    """Through the console-script entry point, a bug in training exits 1 with a traceback, not 2 with one line."""
+    script = (
+        "import sys, ultralytics\n"
+        "def broken(self, **kw):\n"
+        "    raise TypeError('bug in training')\n"
+        "ultralytics.YOLO.train = broken\n"
+        "from yolo_vfl.cli import entrypoint\n"
+        "sys.argv = ['yolo-vfl', 'train', 'epochs=1']\n"
+        "entrypoint()\n"
+    )
+    env = {**os.environ, "YOLO_VFL_CACHE": str(tmp_path / "cache")}
+    env.pop("YOLO_VFL_DEBUG", None)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
+    assert out.returncode not in (0, 2), out.stderr[-2000:]
+    assert "Traceback" in out.stderr and "TypeError: bug in training" in out.stderr
+
+
+def test_train_prints_the_loss_in_force_at_the_end(monkeypatch, capfd, tmp_path):
+    """After training the CLI prints the loss and its hyperparameters, best.pt and the final mAP."""
+    import ultralytics
+
+    from yolo_vfl.criterion import ClsLossSettings
+
+    def fake_train(self, **kwargs):
+        self.trainer = type(
+            "T",
+            (),
+            {
+                "cls_loss_settings": ClsLossSettings.from_args({"loss": "vfl"}),
+                "best": tmp_path / "weights" / "best.pt",
+                "metrics": {"metrics/mAP50(B)": 0.41234, "metrics/mAP50-95(B)": 0.21234},
+            },
+        )()
+
+    monkeypatch.setattr(ultralytics.YOLO, "train", fake_train)
+    code, out, err = run(capfd, "train", "loss=vfl", "epochs=1")
+    assert code == 0, err
+    last = out.strip().splitlines()[-1]
+    assert "trained with loss=vfl vfl_alpha=0.75 vfl_gamma=2.0" in last
+    assert f"best.pt: {tmp_path / 'weights' / 'best.pt'}" in last and "mAP50 0.412" in last and "mAP50-95 0.212" in last

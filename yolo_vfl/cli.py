@@ -7,21 +7,24 @@ Modes::
     yolo-vfl data out=DIR [n=600 seed=0 imgsz=192]
     yolo-vfl losses | version | help
 
-``main(argv)`` runs in-process and returns the exit code; errors print one clear line (no traceback unless
-``verbose=True`` is given or ``YOLO_VFL_DEBUG=1`` is set) and return 2.
+``main(argv)`` runs in-process and returns the exit code. User errors (see :func:`is_user_error`: bad arguments,
+unknown names, missing or unreadable files) print one clear line (no traceback unless ``verbose=True`` is given or
+``YOLO_VFL_DEBUG=1`` is set) and return 2; any other exception is a bug and propagates with its traceback.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .losses import list_losses
+from .errors import UserError
+from .losses import UnknownLossError, list_losses
 
 MODES = ("train", "ab", "val", "predict", "export", "data", "losses", "version", "help")
 ULTRALYTICS_MODES = ("val", "predict", "export")
@@ -55,13 +58,116 @@ Examples:
 """
 
 
-class CLIError(Exception):
+class CLIError(UserError):
     """A user error: printed as one line, exit code 2."""
+
+
+# Functions of this package that validate user input but raise plain ValueError / TypeError (not a UserError yet):
+# an exception whose traceback ends in one of them is a user error. (module file, function name)
+_VALIDATORS = {
+    ("criterion.py", "from_args"),
+    ("criterion.py", "normalize_setting"),
+    ("trainer.py", "__init__"),
+    ("trainer.py", "_resume_settings"),
+    ("trainer.py", "trainer_for_task"),
+    ("data.py", "generate_dataset"),
+    ("data.py", "_check_args"),
+    ("data.py", "_check_int"),
+    ("data.py", "_check_variant"),
+    ("data.py", "_guard_overwrite"),
+}
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _raised_by_validator(e: BaseException) -> bool:
+    """Whether ``e`` was raised (not just passed through) by one of this package's validation functions."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    path = Path(code.co_filename).resolve()
+    if path.parent != _PACKAGE_DIR:
+        return False
+    if path.name == "losses.py":  # the hyperparameter checks (not the tensor checks of a loss call)
+        return code.co_name.startswith("_check_") and code.co_name != "_check_inputs"
+    return (path.name, code.co_name) in _VALIDATORS
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether ``e`` is a user error (one line, exit 2) rather than a bug (traceback).
+
+    User errors: this package's :class:`~yolo_vfl.errors.UserError` (``CLIError`` included) and
+    :class:`~yolo_vfl.losses.UnknownLossError`; ``ValueError`` / ``TypeError`` raised by the package's validation
+    functions (loss settings, the trainer's resume and task checks); Ultralytics' ``SyntaxError`` for unknown or
+    misaligned keys (raised with a message, unlike a real syntax error, which has a line number); and the
+    operating system's verdict on a path or a download: ``FileNotFoundError``, ``FileExistsError``,
+    ``PermissionError``, ``ConnectionError``.
+
+    Args:
+        e: the exception.
+
+    Returns:
+        True for a user error.
+    """
+    if isinstance(e, (UserError, UnknownLossError, FileNotFoundError, FileExistsError, PermissionError)):
+        return True
+    if isinstance(e, ConnectionError):
+        return True
+    if isinstance(e, SyntaxError):
+        return e.lineno is None and e.filename is None
+    return isinstance(e, (ValueError, TypeError)) and _raised_by_validator(e)
+
+
+@contextlib.contextmanager
+def _validating(prefix: str = "") -> Iterator[None]:
+    """Turn the TypeError / ValueError / KeyError / SyntaxError of a call that validates user input into a CLIError.
+
+    Only wrap calls whose job is to check what the user gave (``get_cfg`` of the overrides, the dataset generator's
+    argument checks), never training.
+    """
+    try:
+        yield
+    except CLIError:
+        raise
+    except (TypeError, ValueError, KeyError, SyntaxError) as e:
+        raise CLIError(f"{prefix}{_first_line(e)}") from e
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _mode_key_error(value: Any) -> CLIError:
+    """The error for ``mode=...`` given as an argument: the mode is the first, bare word."""
+    if isinstance(value, str) and value in MODES:
+        return CLIError(
+            f"'mode' is not an argument: the mode is the first word (yolo-vfl {value} ...); "
+            f"write 'yolo-vfl {value} key=value ...'."
+        )
+    hint = _suggest(value, MODES) if isinstance(value, str) else ""
+    return CLIError(
+        f"'mode' is not an argument: the mode is the first word (yolo-vfl train ...).{hint} "
+        f"Valid modes: {', '.join(MODES)}."
+    )
+
+
+def _unknown_mode_error(mode: str) -> CLIError:
+    """The error for a first word that is not a mode: a typo, ``mode=val``, or a key=value without a mode."""
+    key, sep, value = mode.partition("=")
+    valid = f"Valid modes: {', '.join(MODES)}."
+    if sep and key.strip().replace("-", "_") == "mode":
+        value = value.strip()
+        if value in MODES:
+            return CLIError(f"The mode is a bare word, not {mode}: yolo-vfl {value} key=value ...")
+        return CLIError(
+            f"The mode is a bare word, not {mode} (yolo-vfl MODE key=value ...).{_suggest(value, MODES)} {valid}"
+        )
+    if sep:
+        return CLIError(f"'{mode}' is not a mode: the first word is the mode (yolo-vfl train {mode} ...). {valid}")
+    return CLIError(f"Unknown mode '{mode}'.{_suggest(mode, MODES)} {valid}")
 
 
 def parse_value(text: str) -> Any:
@@ -175,13 +281,28 @@ def _check_model(model: str) -> None:
 
 
 def _check_data(data: str) -> None:
-    """Fail before training when the dataset is missing and cannot be downloaded."""
+    """Fail before training (before a run directory exists) when the dataset is missing or unusable.
+
+    Missing and not downloadable (a near miss of a generated dataset's name gets a suggestion), or a split whose
+    images cannot be read at all (Ultralytics would skip them one by one and fail after creating the run).
+
+    Raises:
+        CLIError: naming the dataset and what is wrong with it.
+    """
     from ultralytics.data.utils import check_det_dataset
+
+    from .data import EMBEDDED_NAMES
 
     offline = _is_offline()
     try:
-        check_det_dataset(data, autodownload=not offline)
+        info = check_det_dataset(data, autodownload=not offline)
     except Exception as e:  # Ultralytics raises FileNotFoundError, or ConnectionError and others while downloading
+        close = difflib.get_close_matches(data, list(EMBEDDED_NAMES), n=1, cutoff=0.75)
+        if close and not Path(data).suffix:
+            raise CLIError(
+                f"Dataset '{data}' not found. Did you mean '{close[0]}'? Generated datasets: "
+                f"{', '.join(EMBEDDED_NAMES)}; or give the path of a data YAML."
+            ) from e
         if offline:
             reason = _first_line(e).rstrip(".")
             raise CLIError(
@@ -189,6 +310,66 @@ def _check_data(data: str) -> None:
                 "Run 'yolo-vfl train' without data= to use the embedded dataset, or point data= to a local YAML."
             ) from e
         raise CLIError(f"Dataset '{data}' could not be prepared: {_first_line(e)}") from e
+    for split in ("train", "val"):
+        if info.get(split):
+            _check_images(data, split, info[split])
+
+
+def _image_files(source: Any) -> Iterator[Path]:
+    """The image files of a dataset split, lazily and in no particular order.
+
+    Args:
+        source: a directory (searched recursively), a .txt list of files, an image file, or a list of these.
+
+    Yields:
+        Paths of image files (by extension; not opened).
+    """
+    from ultralytics.data.utils import IMG_FORMATS
+
+    for item in source if isinstance(source, (list, tuple)) else [source]:
+        path = Path(str(item)).expanduser()
+        if path.is_dir():
+            for root, _, files in os.walk(path):
+                yield from (Path(root) / f for f in files if f.rpartition(".")[2].lower() in IMG_FORMATS)
+        elif path.suffix == ".txt" and path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                line = line.strip()
+                if line and line.rpartition(".")[2].lower() in IMG_FORMATS:
+                    f = Path(line)
+                    yield f if f.is_absolute() else path.parent / line.removeprefix("./")
+        elif path.suffix[1:].lower() in IMG_FORMATS:
+            yield path
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why the image file ``path`` cannot be used (header checked, pixels not decoded), or None when it can."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+            width, height = im.size
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file; all mean 'unreadable'
+        return _first_line(e)
+    return None if width > 1 and height > 1 else f"image size {width}x{height}"
+
+
+def _check_images(data: str, split: str, source: Any) -> None:
+    """Raise CLIError when the ``split`` of ``data`` has no image that can be read (stops at the first good one)."""
+    count, first_bad = 0, None
+    for path in _image_files(source):
+        count += 1
+        why = _unreadable(path)
+        if why is None:
+            return
+        if first_bad is None or str(path) < str(first_bad[0]):
+            first_bad = (path, why)
+    if first_bad is None:
+        raise CLIError(f"Dataset '{data}': no images found for the {split} split ({source}).")
+    raise CLIError(
+        f"Dataset '{data}': none of the {count} {split} images can be read (e.g. {first_bad[0]}: {first_bad[1]}). "
+        "Replace the broken image files or point the YAML at other images."
+    )
 
 
 def _first_line(e: BaseException) -> str:
@@ -205,11 +386,14 @@ def _cmd_train(args: dict[str, Any]) -> int:
     ours = {k: v for k, v in args.items() if k in SETTING_KEYS}
     theirs = {k: v for k, v in args.items() if k not in SETTING_KEYS}
     for key in theirs:
-        if key not in DEFAULT_CFG_DICT or key == "mode":
-            valid = [*SETTING_KEYS, *DEFAULT_CFG_DICT]
+        if key == "mode":
+            raise _mode_key_error(theirs[key])
+        if key not in DEFAULT_CFG_DICT:
+            valid = [*SETTING_KEYS, *(k for k in DEFAULT_CFG_DICT if k != "mode")]
             raise CLIError(f"Unknown argument '{key}'.{_suggest(key, valid)} See 'yolo-vfl help' and 'yolo help'.")
-    ClsLossSettings.from_args(ours)  # loss name and hyperparameters, before any work
-    get_cfg(overrides={k: v for k, v in theirs.items() if k != "model"})  # Ultralytics' own type and range checks
+    settings = ClsLossSettings.from_args(ours)  # loss name and hyperparameters, before any work
+    with _validating():  # Ultralytics' own type and range checks of the overrides
+        get_cfg(overrides={k: v for k, v in theirs.items() if k != "model"})
 
     resume = theirs.get("resume")
     if resume:  # the checkpoint knows its data, model and loss settings
@@ -245,7 +429,37 @@ def _cmd_train(args: dict[str, Any]) -> int:
 
     model = YOLO(model_name)
     model.train(trainer=VFLDetectionTrainer, **theirs, **ours)
+    print(_train_summary(model, settings))
     return 0
+
+
+def _train_summary(model: Any, settings: Any) -> str:
+    """One line after training: the loss in force with its hyperparameters, best.pt and the final val metrics.
+
+    Args:
+        model: the ``YOLO`` object that trained (its ``trainer`` holds the settings, ``best`` and ``metrics``).
+        settings: the ``ClsLossSettings`` validated from the command line (used when the trainer has none).
+
+    Returns:
+        The line, e.g. ``yolo-vfl: trained with loss=vfl vfl_alpha=0.75 ...; best.pt: ...; mAP50 0.41, ...``.
+    """
+    trainer = getattr(model, "trainer", None)
+    settings = getattr(trainer, "cls_loss_settings", None) or settings  # on resume: the checkpoint's settings
+    parts = [f"yolo-vfl: trained with {settings.describe()}"]
+    best = getattr(trainer, "best", None)
+    if best is not None:
+        parts.append(f"best.pt: {best}" if Path(best).name == "best.pt" else f"weights: {best}")
+    metrics = getattr(trainer, "metrics", None)
+    if isinstance(metrics, dict):
+        shown = [
+            f"{key.split('/', 1)[-1].removesuffix('(B)')} {float(value):.3f}"
+            for key, value in metrics.items()
+            if key.startswith("metrics/mAP50") and isinstance(value, (int, float))
+        ]
+        if shown:
+            validated = "best.pt" if best is not None and Path(best).is_file() else "last epoch"
+            parts.append(", ".join(shown) + f" ({validated}, val split)")
+    return "; ".join(parts)
 
 
 def _cmd_ultralytics(mode: str, args: dict[str, Any], tokens: Sequence[str]) -> int:
@@ -256,17 +470,20 @@ def _cmd_ultralytics(mode: str, args: dict[str, Any], tokens: Sequence[str]) -> 
         raise CLIError(
             f"'{ours[0]}' only applies to 'yolo-vfl train': {mode} runs plain Ultralytics on plain checkpoints."
         )
+    if "mode" in args:
+        raise _mode_key_error(args["mode"])
     model = args.get("model")
     if isinstance(model, str) and model.endswith(".pt"):
         _check_model(model)
     from ultralytics.cfg import entrypoint
 
-    saved = sys.argv
-    sys.argv = ["yolo", mode, *tokens]
+    # Ultralytics reads its arguments from ARGV, bound to the sys.argv list at import: change that list in place
+    saved = sys.argv[:]
+    sys.argv[:] = ["yolo", mode, *tokens]
     try:
         entrypoint()
     finally:
-        sys.argv = saved
+        sys.argv[:] = saved
     return 0
 
 
@@ -277,7 +494,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments without the program name (default ``sys.argv[1:]``).
 
     Returns:
-        int: exit code (0 success, 2 user error).
+        int: exit code (0 success, 2 user error, 130 interrupted).
+
+    Raises:
+        Exception: anything that is not a user error (:func:`is_user_error`), with its traceback: a bug.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("help", "-h", "--help"):
@@ -287,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: dict[str, Any] = {}
     try:
         if mode not in MODES:
-            raise CLIError(f"Unknown mode '{mode}'.{_suggest(mode, MODES)} Valid modes: {', '.join(MODES)}.")
+            raise _unknown_mode_error(mode)
         if mode != "ab":  # ab takes an optional spec path and a 'report' sub-form before its key=value pairs
             args = parse_args(tokens)
         if mode in ("losses", "version") and args:
@@ -308,8 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("yolo-vfl: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, TypeError, KeyError, SyntaxError, FileNotFoundError, FileExistsError) as e:
-        if _wants_traceback(args):
+    except Exception as e:  # noqa: BLE001 - a user error becomes one line; anything else (a bug) is re-raised
+        if not is_user_error(e) or _wants_traceback(args):
             raise
         print(f"yolo-vfl: error: {_first_line(e) if not isinstance(e, CLIError) else e}", file=sys.stderr)
         return 2
@@ -320,4 +540,4 @@ def entrypoint() -> None:
     sys.exit(main())
 
 
-__all__ = ["main", "entrypoint", "parse_args", "parse_value", "CLIError", "MODES"]
+__all__ = ["main", "entrypoint", "parse_args", "parse_value", "is_user_error", "CLIError", "MODES"]

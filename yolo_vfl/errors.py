@@ -1,0 +1,21 @@
+"""The project's user-error types (bottom layer: imports nothing from ``yolo_vfl``).
+
+A *user error* is a problem with what the user asked for (an unknown loss, a bad value, a missing file), detected by
+validation code: the command line prints it as one line and exits 2. Every other exception is a bug, or a failure
+nobody validated, and keeps its traceback.
+
+Raise :class:`UserError`, or :class:`InvalidSettingError` where callers already catch ``ValueError``, from
+validation code; do not raise them from deep inside computations.
+"""
+
+from __future__ import annotations
+
+__all__ = ["InvalidSettingError", "UserError"]
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, found by validation: one line, exit code 2 on the CLI."""
+
+
+class InvalidSettingError(UserError, ValueError):
+    """A setting with an invalid value; also a ``ValueError`` for callers that catch that."""
