@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from ..report import pearson, spearman  # the correlations (to move to yolo_vfl.ab.stats)
 from . import protocol
 from .records import Records
+from .stats import correlations  # Pearson / Spearman over all points and over those with IoU > 0
 
 __all__ = [
     "KINDS",
@@ -45,7 +45,6 @@ __all__ = [
     "DIAG_VERSION",
     "classify",
     "best_same_class_iou",
-    "correlations",
     "ranking_quality",
     "average_precision",
     "map50",
@@ -145,27 +144,6 @@ def best_same_class_iou(records: Records) -> np.ndarray:
     return np.where(same, records.det_gt_iou.astype(np.float64), 0.0).max(axis=1).clip(min=0.0)
 
 
-def correlations(conf: Sequence[float] | np.ndarray, iou: Sequence[float] | np.ndarray) -> dict[str, Any]:
-    """Pearson and Spearman between confidence (N,) and IoU (N,), over all points and over those with IoU > 0.
-
-    Returns:
-        dict with ``n``, ``pearson``, ``spearman``, ``n_matched``, ``pearson_matched``, ``spearman_matched`` and
-        ``mean_iou`` (None where undefined).
-    """
-    conf = np.asarray(conf, dtype=np.float64).ravel()
-    iou = np.asarray(iou, dtype=np.float64).ravel()
-    m = iou > 0
-    return {
-        "n": int(conf.size),
-        "pearson": pearson(conf, iou),
-        "spearman": spearman(conf, iou),
-        "n_matched": int(m.sum()),
-        "pearson_matched": pearson(conf[m], iou[m]),
-        "spearman_matched": spearman(conf[m], iou[m]),
-        "mean_iou": float(iou.mean()) if iou.size else None,
-    }
-
-
 def ranking_quality(records: Records, max_points: int = protocol.MAX_POINTS, seed: int = 0) -> dict[str, Any]:
     """Score-vs-IoU ranking quality of the recorded detections (IoU: ``best_same_class_iou``).
 
@@ -203,7 +181,10 @@ def average_precision(tp: np.ndarray, n_gt: int) -> float:
         n_gt: ground-truth boxes (of the class).
 
     Returns:
-        the AP; 0 without detections (as Ultralytics' ``ap_per_class``), NaN without ground truth.
+        the AP; 0 without detections (as Ultralytics' ``ap_per_class``), NaN without ground truth. The value is the
+        installed Ultralytics' own: 8.4 ends the precision envelope at the highest recall reached (2 GT, one found
+        first: 0.495), 8.3 ran it on linearly to recall 1 (0.75); both read precision 0 at recall 1 exactly, so a
+        perfect ranking scores 0.995.
     """
     if n_gt <= 0:
         return math.nan
