@@ -1,27 +1,25 @@
 """yolo-vfl: train Ultralytics YOLO with Varifocal / Quality Focal classification losses instead of BCE.
 
-The loss library (``yolo_vfl.losses``) is plain PyTorch and imports eagerly; the Ultralytics integration
-(criterion, trainers) imports Ultralytics and is loaded on first attribute access.
+Every public name is loaded on first attribute access: the loss library (``yolo_vfl.losses``) is plain PyTorch, the
+integration (criterion, trainers) imports Ultralytics, and the report layer of the A/B stack (``yolo_vfl.ab.report``)
+imports neither, so importing the package itself costs nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .losses import (
-    ClsLoss,
-    UnknownLossError,
-    binary_cross_entropy,
-    get_cls_loss,
-    list_losses,
-    quality_focal_loss,
-    sigmoid_focal_loss,
-    varifocal_loss,
-)
-
 __version__ = "0.1.0"
 
 _LAZY = {
+    "ClsLoss": "losses",
+    "UnknownLossError": "losses",
+    "binary_cross_entropy": "losses",
+    "get_cls_loss": "losses",
+    "list_losses": "losses",
+    "quality_focal_loss": "losses",
+    "sigmoid_focal_loss": "losses",
+    "varifocal_loss": "losses",
     "VFLDetectionLoss": "criterion",
     "install_cls_loss": "criterion",
     "ClsLossSettings": "criterion",
@@ -32,21 +30,11 @@ _LAZY = {
     "trainer_for_task": "trainer",
 }
 
-__all__ = [
-    "__version__",
-    "ClsLoss",
-    "UnknownLossError",
-    "binary_cross_entropy",
-    "get_cls_loss",
-    "list_losses",
-    "quality_focal_loss",
-    "sigmoid_focal_loss",
-    "varifocal_loss",
-    *_LAZY,
-]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
+    """The public names, imported from their module on first access."""
     if name in _LAZY:
         import importlib
 

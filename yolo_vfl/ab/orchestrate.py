@@ -208,6 +208,9 @@ def run_ab(
         state, reason = planned_state(job)
         if state != "fresh":
             log(f"  {job.run}: {state} ({reason})")
+    if spec.pretrain is not None:
+        state = "cached" if Path(start_model(spec)).is_file() else "built before the first run"
+        log(f"  pretrained checkpoint {spec.pretrain.fingerprint()}: {state}")
     if dry_run:
         log(f"  to run: {', '.join(j.run for j in todo) or 'nothing'}")
         return out
