@@ -1,0 +1,548 @@
+"""yolo_vfl.ab.report and yolo_vfl.ab.plots on hand-built results and diagnoses (no model).
+
+Summary rows, markdown, CSV (columns of the first runner), warnings (nothing learned, baseline near 0, not converged),
+resolution, verdict lines, legends for every ``-``, ``n/a`` and ``(n=1)``, the figures, the diagnosis text.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from yolo_vfl.ab import plots
+from yolo_vfl.ab import report as ab_report
+from yolo_vfl.ab.evaluation import summarize_detections
+from yolo_vfl.ab.plots import plot_curves, plot_fp_scores, plot_pr_curves, plot_ranking, write_diagnosis, write_report
+from yolo_vfl.ab.report import (
+    ArmRow,
+    aggregate,
+    common_recall,
+    curve_gain,
+    diagnosis_csv_text,
+    diagnosis_markdown,
+    findings,
+    group_by_arm,
+    resolution,
+    summarize,
+    summary_csv_text,
+    summary_markdown,
+    verdict_lines,
+)
+from yolo_vfl.ab.results import Curve, RunResult
+
+PNG = b"\x89PNG\r\n\x1a\n"
+NOT_CONVERGED = "not converged: conclusions are about an early stage of training"
+
+
+def result(arm: str, seed: int, map5095: float, curve: list[float] | None = None, **kw) -> RunResult:
+    """A hand-made run (as ``result.json`` holds it, read by ``RunResult.from_dict``), mAP50 twice mAP50-95.
+
+    The default curve rises to ``map5095`` at epoch 3 and stays there for epochs 4-6 (converged: no gain over the
+    last 3 epochs). Keyword arguments replace keys of the JSON form.
+    """
+    values = curve if curve is not None else [map5095 / 3, map5095 / 2, map5095, map5095, map5095, map5095]
+    d = {
+        "run": f"{arm}-s{seed}",
+        "arm": arm,
+        "seed": seed,
+        "loss": arm,
+        "overrides": {},
+        "metrics": {"mAP50": 2 * map5095, "mAP50-95": map5095, "precision": 0.3, "recall": 0.2},
+        "final_losses": {"train/box_loss": 1.0, "train/cls_loss": 2.0, "train/dfl_loss": 1.5},
+        "curve": {"epoch": list(range(1, len(values) + 1)), "mAP50-95": values},
+        "train_time_s": 60.0,
+        "wall_time_s": 70.0,
+        "epochs_done": len(values),
+        "ranking": {
+            "pearson": 0.11,
+            "spearman": 0.12,
+            "pearson_matched": 0.61,
+            "spearman_matched": 0.62,
+            "n_matched": 1,
+            "points": {"conf": [0.1, 0.9], "iou": [0.0, 0.8]},
+        },
+        "versions": {"ultralytics": "8.4.190", "torch": "2.14.1"},
+    }
+    d.update(kw)
+    return RunResult.from_dict(d)
+
+
+def table_rows(md: str, heading: str) -> list[str]:
+    """The table lines (header and separator excluded) of the section that starts with ``heading``."""
+    section = md.split(heading, 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    return lines[2:]
+
+
+def captured_figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Make plots._save_figure keep each figure (and still write the file)."""
+    figures: list = []
+    save = plots._save_figure
+
+    def keep(fig, path):
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save_figure", keep)
+    return figures
+
+
+def integer_ticks(ax) -> bool:
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    return bool(ticks) and all(float(t).is_integer() for t in ticks)
+
+
+# ----------------------------------------------------------------------------------------------- summary rows
+def test_summarize_rows_and_markdown():
+    """summarize: baseline first, means/stds, paired CI vs baseline, verdict from mAP50-95; markdown shows them.
+
+    vfl 0.50, 0.52, 0.505 (mean 0.508333, std 0.010408) against bce 0.45, 0.46, 0.45: diffs 0.05, 0.06, 0.055.
+    """
+    results = [result("vfl", s, v) for s, v in [(0, 0.50), (1, 0.52), (2, 0.505)]]
+    results += [result("bce", s, v) for s, v in [(0, 0.45), (1, 0.46), (2, 0.45)]]
+    results += [result("qfl", 0, 0.30)]
+    rows = summarize(results, baseline="bce")
+    assert all(isinstance(r, ArmRow) for r in rows)
+    assert [r.arm for r in rows] == ["bce", "vfl", "qfl"]
+    bce, vfl, qfl = rows
+    assert bce.verdict == "baseline" and bce.is_baseline and bce.primary.diff is None
+    assert vfl.primary.value.mean == pytest.approx(0.50833333) and vfl.n_seeds == 3 and vfl.seeds == (0, 1, 2)
+    assert vfl.primary.diff.mean == pytest.approx(0.055) and vfl.verdict == "better"
+    # mAP50 is twice mAP50-95: diffs 0.10, 0.12, 0.11, interval excludes 0
+    assert vfl.metrics["mAP50"].verdict == "better"
+    assert vfl.metrics["precision"].verdict == "no clear difference"  # identical everywhere: interval [0, 0]
+    assert qfl.primary.value.std is None and qfl.verdict == "no clear difference (1 seed)"
+    assert vfl.train_time_s.mean == 60.0 and vfl.final_losses["train/cls_loss"].mean == 2.0
+    assert vfl.ranking["pearson_matched"].mean == pytest.approx(0.61) and vfl.epochs_done.mean == 6
+    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce", "commands": ["yolo-vfl ab x.yaml"]})
+    assert "**better**" in md and "no clear difference (1 seed)" in md and "`yolo-vfl ab x.yaml`" in md
+    assert "0.5083 ± 0.0104" in md
+
+
+def test_group_by_arm_order_baseline_first_and_seeds_sorted():
+    """Explicit order first, then the baseline, then as found; each arm's runs by seed; dicts work as well."""
+    runs = [result("qfl", 1, 0.1), result("vfl", 2, 0.1), result("bce", 1, 0.1), result("vfl", 0, 0.1)]
+    groups = group_by_arm(runs, baseline="bce")
+    assert list(groups) == ["bce", "qfl", "vfl"] and [r.seed for r in groups["vfl"]] == [0, 2]
+    assert list(group_by_arm(runs, order=["vfl"], baseline="bce")) == ["vfl", "bce", "qfl"]
+    assert list(group_by_arm([{"arm": "x", "seed": 0}, {"arm": "bce", "seed": 0}])) == ["bce", "x"]
+
+
+def test_missing_values_are_not_measured():
+    """A metric absent from result.json (NaN in RunResult) is left out of the mean and shown as '-', never 'nan'."""
+    bare = result("vfl", 1, 0.3, metrics={"mAP50-95": 0.3}, ranking=None, final_losses={})
+    results = [result("bce", 0, 0.3), result("bce", 1, 0.3), result("vfl", 0, 0.32), bare]
+    rows = summarize(results, baseline="bce")
+    vfl = rows[1]
+    assert vfl.metrics["precision"].value.n == 1 and vfl.metrics["precision"].diff.n == 1
+    assert vfl.primary.diff.n == 2 and vfl.ranking["pearson"].n == 1
+    md = summary_markdown(rows, results, {"name": "t"})
+    assert "nan" not in md.lower().replace("mean", "") and "None" not in md
+    assert any(line.startswith("| vfl-s1 |") and "| - |" in line for line in md.splitlines())
+
+
+# ----------------------------------------------------------------------------------------------- CSV
+OLD_COLUMNS = (
+    "arm,loss,overrides,n_seeds,seeds,mAP50_mean,mAP50_std,mAP50_diff,mAP50_diff_lo,mAP50_diff_hi,mAP50_n_pairs,"
+    "mAP50_verdict,mAP50-95_mean,mAP50-95_std,mAP50-95_diff,mAP50-95_diff_lo,mAP50-95_diff_hi,mAP50-95_n_pairs,"
+    "mAP50-95_verdict,precision_mean,precision_std,precision_diff,precision_diff_lo,precision_diff_hi,"
+    "precision_n_pairs,precision_verdict,recall_mean,recall_std,recall_diff,recall_diff_lo,recall_diff_hi,"
+    "recall_n_pairs,recall_verdict,verdict,train_time_s_mean,train_time_s_std,wall_time_s_mean,wall_time_s_std,"
+    "epochs_done_mean,epochs_done_std,train/box_loss_mean,train/box_loss_std,train/cls_loss_mean,train/cls_loss_std,"
+    "train/dfl_loss_mean,train/dfl_loss_std,rank_pearson_mean,rank_pearson_std,rank_spearman_mean,rank_spearman_std,"
+    "rank_pearson_matched_mean,rank_pearson_matched_std,rank_spearman_matched_mean,rank_spearman_matched_std,warning"
+).split(",")
+NEW_COLUMNS = [
+    "mAP50-95_gain_last3_mean",
+    "mAP50-95_gain_last3_std",
+    "mAP50-95_gain_last3_rel_mean",
+    "mAP50-95_gain_last3_rel_std",
+    "gain_epochs",
+    "mAP50-95_diff_halfwidth",
+]
+
+
+def test_csv_keeps_the_columns_and_values_of_the_first_runner():
+    """summary.csv: today's columns in today's order and format (then the convergence ones, versions, command).
+
+    The expected values are those the first runner's report wrote for the same runs (bce and vfl at 0.3, 2 seeds).
+    """
+    rows = summarize([result(a, s, 0.3) for a in ("bce", "vfl") for s in (0, 1)], baseline="bce")
+    text = summary_csv_text(rows, {"versions": {"u": "1"}, "commands": ["c"]})
+    header, bce, vfl = list(csv.reader(text.splitlines()))
+    assert header == [*OLD_COLUMNS, *NEW_COLUMNS, "versions", "command"]
+    n = len(OLD_COLUMNS)
+    assert ",".join(bce[:n]) == (
+        "bce,bce,,2,0 1,0.600000,0.000000,,,,0,baseline,0.300000,0.000000,,,,0,baseline,0.300000,0.000000,,,,0,"
+        "baseline,0.200000,0.000000,,,,0,baseline,baseline,60.000000,0.000000,70.000000,0.000000,6.000000,0.000000,"
+        "1.000000,0.000000,2.000000,0.000000,1.500000,0.000000,0.110000,0.000000,0.120000,0.000000,0.610000,0.000000,"
+        "0.620000,0.000000,"
+    )
+    assert (
+        vfl[OLD_COLUMNS.index("mAP50-95_verdict")] == "no clear difference" and vfl[OLD_COLUMNS.index("n_seeds")] == "2"
+    )
+    assert bce[n:] == ["0.000000", "0.000000", "0.000000", "0.000000", "3", "", "u 1", "c"]
+    assert vfl[n + 5] == "0.000000"  # identical values: a zero-width interval
+
+
+def test_write_report_files(tmp_path):
+    """write_report writes summary.csv/.md, curves.png and ranking.png; the CSV has versions and the command."""
+    results = [result(a, s, 0.4 + 0.01 * s + (0.02 if a == "vfl" else 0)) for a in ("bce", "vfl") for s in (0, 1)]
+    paths = write_report(tmp_path, results, {"name": "t", "baseline": "bce", "commands": ["yolo-vfl ab"]})
+    assert sorted(paths) == ["curves.png", "ranking.png", "summary.csv", "summary.md"]
+    for name in ("summary.csv", "summary.md", "curves.png", "ranking.png"):
+        assert paths[name].stat().st_size > 0
+    assert paths["curves.png"].read_bytes()[:8] == PNG and paths["ranking.png"].read_bytes()[:8] == PNG
+    rows = list(csv.DictReader(open(paths["summary.csv"])))
+    assert [r["arm"] for r in rows] == ["bce", "vfl"]
+    assert rows[1]["verdict"] == "better" and float(rows[1]["mAP50-95_diff"]) == pytest.approx(0.02)
+    assert "ultralytics 8.4.190" in rows[0]["versions"] and rows[0]["command"] == "yolo-vfl ab"
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+    with pytest.raises(ValueError, match="nothing to report"):
+        write_report(tmp_path, [], {})
+
+
+# ----------------------------------------------------------------------------------------------- warnings
+def test_nothing_learned_warns_in_markdown_and_csv():
+    """Every arm's mAP50-95 below 0.01: 'no clear difference' comes with a loud warning in summary.md and .csv."""
+    results = [result(a, s, 0.001 + 0.0005 * s) for a in ("bce", "vfl") for s in (0, 1)]
+    rows = summarize(results, baseline="bce")
+    assert rows[1].verdict == "no clear difference"  # the statistical verdict itself is unchanged
+    assert len(rows[0].warnings) == 1  # nothing learned says it all (no 'not converged' on top)
+    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    assert "nothing learned" in md.lower() and "below 0.01" in md
+    warning_line = next(line for line in md.splitlines() if "nothing learned" in line.lower())
+    assert warning_line.startswith("> **Warning")
+    assert md.index(warning_line) < md.index("## Accuracy")  # at the top, before any table
+    table = list(csv.DictReader(summary_csv_text(rows).splitlines()))
+    assert all("nothing learned" in r["warning"] for r in table)
+
+
+def test_baseline_near_zero_warns():
+    """A baseline that learned nearly nothing makes a 'better' verdict say little: summary.md says so."""
+    results = [result("bce", s, 0.002 + 0.001 * s) for s in (0, 1, 2)]
+    results += [result("vfl", s, 0.2 + 0.01 * s) for s in (0, 1, 2)]
+    rows = summarize(results, baseline="bce")
+    assert rows[1].verdict == "better"
+    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    assert "nothing learned" not in md.lower()
+    assert re.search(r"baseline `bce`.*mAP50-95 .*below 0\.01", md)
+    assert "near 0" in rows[1].warning and "near 0" in rows[0].warning
+    assert NOT_CONVERGED not in rows[0].warning  # flat curve; 'below 0.1' is not repeated for a baseline near 0
+
+
+def test_healthy_experiment_has_no_warning():
+    """Normal, converged values: no warning line, and an empty warning column."""
+    results = [result(a, s, 0.3 + 0.01 * s) for a in ("bce", "vfl") for s in (0, 1)]
+    rows = summarize(results, baseline="bce")
+    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    assert "Warning" not in md
+    assert all(r.warning == "" and r.warnings == () for r in rows)
+
+
+def test_written_csv_carries_the_warning(tmp_path):
+    """write_report: the warning is in summary.csv, next to the verdict that 'yolo-vfl ab' prints."""
+    results = [result(a, 0, 0.0) for a in ("bce", "vfl")]
+    write_report(tmp_path, results, {"name": "t", "baseline": "bce"})
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert "nothing learned" in rows[1]["warning"]
+    assert "nothing learned" in (tmp_path / "summary.md").read_text().lower()
+
+
+# ----------------------------------------------------------------------------------------------- convergence
+def test_curve_gain_by_hand():
+    """The last epoch with a value against the latest one at least 3 epochs before it.
+
+    * 0.10, 0.20, 0.30, 0.36, 0.40 (epochs 1-5): epoch 5 vs epoch 2: gain 0.20, relative 0.20 / 0.20 = 1.0, 3 epochs.
+    * 3 epochs 0.1, 0.2, 0.3: no epoch 0, so epoch 3 vs epoch 1: gain 0.2, relative 2.0, 2 epochs.
+    * NaN at epoch 2 of the first curve: epoch 5 vs epoch 1 (the latest with a value <= 2): 0.30, 3.0, 4 epochs.
+    * earlier value 0: no relative gain; one value: nothing.
+    """
+    epochs = (1, 2, 3, 4, 5)
+    assert curve_gain(Curve(epochs, (0.10, 0.20, 0.30, 0.36, 0.40))) == pytest.approx((0.20, 1.0, 3))
+    assert curve_gain(Curve((1, 2, 3), (0.1, 0.2, 0.3))) == pytest.approx((0.2, 2.0, 2))
+    assert curve_gain(Curve(epochs, (0.10, math.nan, 0.30, 0.36, 0.40))) == pytest.approx((0.30, 3.0, 4))
+    assert curve_gain(Curve((1, 2, 3, 4), (0.0, 0.1, 0.2, 0.3))) == pytest.approx((0.3, None, 3))
+    assert curve_gain(Curve((1,), (0.3,))) == (None, None, None) and curve_gain(Curve()) == (None, None, None)
+    assert curve_gain(Curve(epochs, (0.5,) * 5, (0.1, 0.2, 0.3, 0.4, 0.5)), metric="mAP50") == pytest.approx(
+        (0.3, 1.5, 3)
+    )
+
+
+def rising(final: float, rise: float) -> list[float]:
+    """10 epochs ending at ``final``, ``final / (1 + rise)`` at epoch 7: relative gain ``rise`` over the last 3."""
+    start = final / (1 + rise)
+    return [start * e / 7 for e in range(1, 8)] + [start + (final - start) * k / 3 for k in (1, 2, 3)]
+
+
+def test_still_rising_baseline_is_not_converged():
+    """The baseline ends at 0.30 and rose 20% over its last 3 epochs (0.25 at epoch 7): 'not converged' in md and csv.
+
+    Seed 0 rises 20%, seed 1 10% (0.30 / 1.1 = 0.272727 at epoch 7): mean relative gain 15.0%, std 7.1%; absolute
+    gains 0.05 and 0.027273: mean 0.038636.
+    """
+    results = [result("bce", 0, 0.30, rising(0.30, 0.20)), result("bce", 1, 0.30, rising(0.30, 0.10))]
+    results += [result("vfl", s, 0.31, rising(0.31, 0.02)) for s in (0, 1)]
+    rows = summarize(results, baseline="bce")
+    bce, vfl = rows
+    assert bce.convergence.gain_rel.mean == pytest.approx(0.15) and bce.convergence.epochs == 3
+    assert bce.convergence.gain.mean == pytest.approx((0.05 + 0.30 - 0.30 / 1.1) / 2)
+    assert vfl.convergence.gain_rel.mean == pytest.approx(0.02)
+    assert len(bce.warnings) == 1 and bce.warnings[0].startswith(NOT_CONVERGED)
+    assert "+15.0%" in bce.warning and "below" not in bce.warning  # 0.30 >= 0.10: only the rise
+    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    assert md.index(NOT_CONVERGED) < md.index("## Accuracy")
+    conv = table_rows(md, "## Convergence and resolution")
+    assert conv[0].startswith("| bce | 0.3000 ± 0.0000 | 3 | +0.0386 ± ") and "+15.0% ± 7.1%" in conv[0]
+    assert "(baseline)" in conv[0] and "+2.0% ± 0.0%" in conv[1]
+    table = list(csv.DictReader(summary_csv_text(rows).splitlines()))
+    assert float(table[0]["mAP50-95_gain_last3_rel_mean"]) == pytest.approx(0.15)
+    assert float(table[0]["mAP50-95_gain_last3_mean"]) == pytest.approx(0.038636, abs=1e-6)
+    assert table[0]["gain_epochs"] == "3" and NOT_CONVERGED in table[1]["warning"]
+
+
+def test_low_baseline_is_not_converged_and_small_rise_is_fine():
+    """A flat baseline at 0.05 (< 0.10) is not converged; at 0.30 rising 2% (< 3%) it is."""
+    low = [result("bce", s, 0.05) for s in (0, 1)] + [result("vfl", s, 0.06) for s in (0, 1)]
+    warning = summarize(low, baseline="bce")[0].warning
+    assert warning.startswith(NOT_CONVERGED) and "0.0500 is below 0.1" in warning and "rose" not in warning
+    fine = [result(a, s, 0.30, rising(0.30, 0.02)) for a in ("bce", "vfl") for s in (0, 1)]
+    assert summarize(fine, baseline="bce")[0].warnings == ()
+    # only the baseline counts: another arm still rising does not make the experiment 'not converged'
+    other = [result("bce", s, 0.30) for s in (0, 1)] + [result("vfl", s, 0.30, rising(0.30, 0.5)) for s in (0, 1)]
+    assert summarize(other, baseline="bce")[0].warnings == ()
+
+
+def test_resolution_by_hand():
+    """The half-widths of the paired 95% intervals: the smallest differences the run can see.
+
+    vfl - bce by seed: 0.05, 0.06, 0.055 (sd 0.005): 4.302653 * 0.005 / sqrt(3) = 0.0124;
+    qfl - bce: 0.01, 0.03, 0.02 (sd 0.01): 0.0248.
+    """
+    base = [0.45, 0.46, 0.45]
+    results = [result("bce", s, v) for s, v in enumerate(base)]
+    results += [result("vfl", s, v + d) for s, (v, d) in enumerate(zip(base, (0.05, 0.06, 0.055)))]
+    results += [result("qfl", s, v + d) for s, (v, d) in enumerate(zip(base, (0.01, 0.03, 0.02)))]
+    rows = summarize(results, baseline="bce")
+    assert rows[1].primary.diff.half_width == pytest.approx(4.302652729911275 * 0.005 / math.sqrt(3))
+    text = resolution(rows)
+    assert text == (
+        "with 3 paired seeds the paired 95% intervals of mAP50-95 are ±0.0124 to ±0.0248: differences smaller than "
+        "that cannot be seen"
+    )
+    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    assert f"**Resolution: {text}.**" in md
+    conv = table_rows(md, "## Convergence and resolution")
+    assert conv[1].endswith("| ±0.0124 |") and conv[2].endswith("| ±0.0248 |")
+    table = list(csv.DictReader(summary_csv_text(rows).splitlines()))
+    assert float(table[1]["mAP50-95_diff_halfwidth"]) == pytest.approx(0.012421, abs=1e-6)
+    assert table[0]["mAP50-95_diff_halfwidth"] == ""
+
+
+def test_resolution_with_one_seed_and_without_comparison():
+    """One paired seed: no interval, no difference can be resolved; only the baseline: nothing to say."""
+    rows = summarize([result("bce", 0, 0.3), result("vfl", 0, 0.31)], baseline="bce")
+    assert "1 paired seed there is no interval" in resolution(rows)
+    assert resolution(summarize([result("bce", 0, 0.3)], baseline="bce")) is None
+
+
+# ----------------------------------------------------------------------------------------------- printed lines
+def test_verdict_lines_name_arm_metric_verdict_and_warning():
+    """What 'yolo-vfl ab' prints: one line per arm, then the warning."""
+    results = [result("vfl", s, v) for s, v in [(0, 0.50), (1, 0.52), (2, 0.505)]]
+    results += [result("bce", s, v) for s, v in [(0, 0.45), (1, 0.46), (2, 0.45)]]
+    lines = verdict_lines(summarize(results, baseline="bce"))
+    assert lines == ["  bce            mAP50-95 0.4533  baseline", "  vfl            mAP50-95 0.5083  better"]
+    low = [result(a, 0, 0.0) for a in ("bce", "vfl")]
+    lines = verdict_lines(summarize(low, baseline="bce"))
+    assert len(lines) == 3 and lines[2].startswith("  Warning: nothing learned")
+    assert verdict_lines([]) == []
+
+
+# ----------------------------------------------------------------------------------------------- one seed, legends
+def test_single_seed_shows_value_with_n1_and_no_interval():
+    """One seed: the value with 'n=1', no ± and no interval; the difference table says why there is none."""
+    results = [result("bce", 0, 0.0406), result("vfl", 0, 0.0500)]
+    rows = summarize(results, baseline="bce")
+    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    assert "nan" not in md
+    accuracy = table_rows(md, "## Accuracy")
+    assert all("±" not in line for line in accuracy)
+    assert "0.0406 (n=1)" in accuracy[0]
+    diff = table_rows(md, "## Difference to")[1]
+    assert "+0.0094" in diff and "[" not in diff  # no interval brackets
+    assert "needs ≥ 2 paired seeds" in md
+
+
+def test_every_na_and_dash_is_explained():
+    """Each table that shows n/a or '-' is followed by a legend line saying what it means there; no blank cells."""
+    bare = result("qfl", 0, 0.2, ranking=None, final_losses={}, curve={"epoch": [1], "mAP50-95": [0.2]})
+    bare = RunResult.from_dict({**bare.to_dict(), "metrics": {"mAP50": 0.4, "mAP50-95": 0.2, "precision": None}})
+    results = [result("bce", s, 0.2 + 0.01 * s) for s in (0, 1)] + [result("vfl", 0, 0.25), bare]
+    rows = summarize(results, baseline="bce")
+    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    sections = md.split("\n## ")[1:]
+    assert any(s.startswith("Convergence") for s in sections)
+    for section in sections:
+        cells = [c.strip() for line in section.splitlines() if line.startswith("|") for c in line.strip("|").split("|")]
+        assert "" not in cells, section.splitlines()[0]  # no blank cell
+        legend = "\n".join(line for line in section.splitlines() if not line.startswith("|"))
+        if any(c == "-" or c.startswith("-:") for c in cells):
+            assert "`-`:" in legend, section.splitlines()[0]
+        if any("n/a" in c for c in cells):
+            assert "n/a:" in legend or "n/a (" in " ".join(cells), section.splitlines()[0]
+        if any(c.endswith("(n=1)") for c in cells):
+            assert "`(n=1)`:" in legend, section.splitlines()[0]
+
+
+# ----------------------------------------------------------------------------------------------- plots
+def test_ranking_titles_show_the_iou_gt0_correlation(tmp_path, monkeypatch):
+    """ranking.png: each title leads with the IoU>0 correlation (the README's claim), then the all-detections one."""
+    figures = captured_figures(monkeypatch)
+    results = [result(a, s, 0.3) for a in ("bce", "vfl") for s in (0, 1)]
+    plot_ranking(results, tmp_path / "ranking.png")
+    titles = [ax.get_title() for ax in figures[0].axes]
+    assert len(titles) == 2
+    for t in titles:
+        assert "IoU>0" in t and "0.610" in t and "0.620" in t  # Pearson / Spearman over matched detections
+        assert "all detections" in t and "0.110" in t
+        assert t.index("0.610") < t.index("0.110")  # the IoU>0 one first
+
+
+def test_ranking_without_measurement_explains_na(tmp_path, monkeypatch):
+    """A run without ranking: 'n/a' in its title and the note under the figure."""
+    figures = captured_figures(monkeypatch)
+    plot_ranking([result("bce", 0, 0.3), result("vfl", 0, 0.3, ranking=None)], tmp_path / "r.png")
+    assert "n/a" in figures[0].axes[1].get_title()
+    assert any(t.get_text().startswith("n/a: not measured") for t in figures[0].texts)
+
+
+def test_epoch_curves_have_integer_ticks_and_baseline_in_black(tmp_path, monkeypatch):
+    """curves.png: whole-number epoch ticks (3 epochs gave 1.00, 1.25, ...); the baseline is the thick black line."""
+    figures = captured_figures(monkeypatch)
+    plot_curves([result(a, 0, 0.3, [0.1, 0.2, 0.3]) for a in ("vfl", "bce")], tmp_path / "curves.png")
+    ax = figures[0].axes[0]
+    assert integer_ticks(ax)
+    first = ax.get_lines()[0]
+    assert first.get_label() == "bce (1 seed)" and first.get_color() == "black" and first.get_linewidth() > 2
+
+
+def test_many_arms_stay_readable(tmp_path, monkeypatch):
+    """16 arms: tab20 colours with alternating dashes and the legend outside the axes."""
+    figures = captured_figures(monkeypatch)
+    results = [result("bce", 0, 0.3)] + [result(f"a{i}", 0, 0.3 + 0.001 * i) for i in range(15)]
+    plot_curves(results, tmp_path / "curves.png")
+    ax = figures[0].axes[0]
+    styles = {line.get_linestyle() for line in ax.get_lines()}
+    assert styles == {"-", "--"} and ax.get_legend().get_bbox_to_anchor() is not None
+    assert len(ax.get_legend().get_texts()) == 16
+
+
+def test_pr_curves_have_integer_epoch_ticks(tmp_path, monkeypatch):
+    """pr_curves.png: whole-number epoch ticks (3 epochs gave 1.00, 1.25, ...)."""
+    figures = captured_figures(monkeypatch)
+    curve = {"epoch": [1, 2, 3], "precision": [0.1, 0.2, 0.3], "recall": [0.1] * 3}
+    plot_pr_curves([{"arm": "bce", "seed": 0, "curve": curve}], tmp_path / "pr.png")
+    assert all(integer_ticks(ax) for ax in figures[0].axes)
+
+
+# ----------------------------------------------------------------------------------------------- diagnosis
+def fake_run(arm: str, seed: int, extra_bg: int, rng_seed: int = 0) -> dict:
+    """A hand-made run: 20 GT, TPs scored high, wrong-class FPs, ``extra_bg`` background FPs at mid scores."""
+    rng = np.random.default_rng(rng_seed + seed)
+    scores = np.r_[rng.uniform(0.5, 1.0, 15), rng.uniform(0.3, 0.9, 10), rng.uniform(0.4, 0.8, extra_bg)]
+    kinds = np.r_[np.zeros(15, int), np.full(10, 2), np.full(extra_bg, 4)]
+    d = summarize_detections(scores, kinds, np.zeros(scores.size, int), np.full(scores.size, 0.8), {0: 20})
+    d.update(arm=arm, seed=seed, run=f"{arm}-s{seed}", n_images=5, params={"imgsz": 64, "conf": 0.001})
+    return d
+
+
+def test_aggregate_and_findings():
+    """Per-arm mean and std over seeds; the statement names the FP kind that grows against the baseline."""
+    runs = [fake_run("vfl", s, 30) for s in (0, 1)] + [fake_run("bce", s, 2) for s in (0, 1, 2)]
+    rows = aggregate(runs, baseline="bce")
+    assert [r["arm"] for r in rows] == ["bce", "vfl"] and rows[0]["n_seeds"] == 3 and rows[1]["seeds"] == [0, 1]
+    bce_bg = [r["at"]["0.25"]["counts"]["background"] for r in runs if r["arm"] == "bce"]
+    assert rows[0]["background@0.25_mean"] == pytest.approx(np.mean(bce_bg))
+    assert rows[0]["background@0.25_std"] == pytest.approx(np.std(bce_bg, ddof=1))
+    assert rows[1]["wrong_class@0.25_mean"] == pytest.approx(10.0) and rows[1]["wrong_class@0.25_std"] == 0.0
+    recall = common_recall(runs, "bce")
+    assert recall is not None and rows[0]["eq_recall"] == recall
+    assert rows[0]["tp@eq_mean"] == rows[1]["tp@eq_mean"] == math.ceil(recall * 20 - 1e-9)  # equal recall: same TPs
+    assert rows[1]["background@eq_mean"] > rows[0]["background@eq_mean"]
+    text = findings(rows, "bce")
+    assert len(text) == 1 and text[0].startswith("`vfl` vs `bce`")
+    assert "**background** grows most" in text[0] and "equal recall" in text[0]
+    assert findings(rows, "qfl")[0].startswith("No baseline arm")
+
+
+def test_diagnosis_files_from_hand_made_runs(tmp_path):
+    """diagnosis.md / .csv text and both plots from hand-made dicts (no model), written by write_diagnosis."""
+    runs = [fake_run("bce", s, 2) for s in (0, 1)] + [fake_run("qfl", s, 25) for s in (0, 1)]
+    rows = aggregate(runs, baseline="bce")
+    md = diagnosis_markdown(rows, runs, {"name": "t", "baseline": "bce", "missing": ["qfl-s2"]})
+    for part in ("## Findings", "## Detections at conf ≥ 0.25", "equal recall", "F1-optimal", "qfl-s2", "fp_scores"):
+        assert part in md, part
+    table = list(csv.DictReader(diagnosis_csv_text(rows).splitlines()))
+    assert [r["arm"] for r in table] == ["bce", "qfl"] and float(table[1]["background@0.25_mean"]) > 0
+    assert table[0]["seeds"] == "0 1"
+    curves = [
+        {"arm": a, "seed": s, "curve": {"epoch": [1, 2, 3], "precision": [0.1, 0.2, 0.3], "recall": [0.2, 0.3, None]}}
+        for a in ("bce", "qfl")
+        for s in (0, 1)
+    ]
+    paths = write_diagnosis(tmp_path / "d", runs, curves, {"name": "t", "baseline": "bce", "arms": ["qfl", "bce"]})
+    assert sorted(paths) == ["diagnosis.csv", "diagnosis.md", "fp_scores.png", "pr_curves.png"]
+    assert [r["arm"] for r in csv.DictReader(open(paths["diagnosis.csv"]))] == ["qfl", "bce"]
+    for f in ("fp_scores.png", "pr_curves.png"):
+        assert paths[f].read_bytes()[:8] == PNG
+    plot_fp_scores(runs, tmp_path / "fp.png", baseline="bce")
+    assert (tmp_path / "fp.png").read_bytes()[:8] == PNG
+    assert not list((tmp_path / "d").glob(".*.tmp"))
+
+
+def test_diagnosis_without_true_positives_has_no_blank_values():
+    """A model that found nothing (no TP: e.g. one epoch from scratch) gave 'Mean TP score per arm: bce , vfl .'."""
+    runs = []
+    for arm in ("bce", "vfl"):
+        scores = np.array([0.2, 0.1, 0.05])
+        d = summarize_detections(scores, np.full(3, 4), np.zeros(3, int), np.zeros(3), {0: 5})
+        d.update(arm=arm, seed=0, run=f"{arm}-s0", n_images=2, params={"imgsz": 64, "conf": 0.001})
+        runs.append(d)
+    legacy = {"arm": "qfl", "seed": 0, "run": "qfl-s0"}  # a diagnosis without counts (an old or broken cache)
+    rows = aggregate([*runs, legacy], baseline="bce")
+    md = diagnosis_markdown(rows, [*runs, legacy], {"name": "t", "baseline": "bce"})
+    line = next(s for s in md.splitlines() if s.startswith("Mean TP score per arm"))
+    head = line.split(" Losses")[0]
+    assert "bce n/a (no true positives)" in head and " ," not in head and not head.endswith(" .")
+    assert "qfl n/a (not measured)" in head
+    for text in md.splitlines():
+        if text.startswith("|"):
+            assert "" not in [c.strip() for c in text.strip("|").split("|")], text  # no blank table cell
+    assert "None" not in md and "nan" not in md
+    assert "n/a (not recorded)" in md  # the unrecorded NMS IoU and max_det
+
+
+# ----------------------------------------------------------------------------------------------- layers
+def _imported_roots(module) -> set[str]:
+    tree = ast.parse(Path(module.__file__).read_text())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_report_is_text_only_and_plots_need_no_torch():
+    """ab.report imports no torch, Ultralytics or matplotlib (not even lazily); ab.plots no torch or Ultralytics."""
+    assert not _imported_roots(ab_report) & {"torch", "ultralytics", "matplotlib"}
+    assert not _imported_roots(plots) & {"torch", "ultralytics"}

@@ -1,0 +1,1163 @@
+"""The text of the A/B report: ``summary.md`` / ``summary.csv`` from run results, ``diagnosis.md`` / ``diagnosis.csv``.
+
+Pure functions (no torch, no Ultralytics, no matplotlib; the figures are ``yolo_vfl.ab.plots``):
+
+* ``summarize``: one typed ``ArmRow`` per arm from the runs' ``RunResult``: metric means and stds over seeds, paired
+  differences to the baseline with their Student-t intervals and verdicts (``yolo_vfl.ab.stats``), times, final
+  losses, ranking correlations, the convergence check and the experiment's warnings;
+* ``summary_markdown``, ``summary_csv_text`` (the CSV columns are those of the first runner, plus the convergence
+  ones), ``verdict_lines`` (what the runner prints);
+* the warnings (``experiment_warnings``): nothing learned (every arm's mean mAP50-95 below ``NOTHING_LEARNED``),
+  the baseline near 0, and not converged (the baseline's final mAP50-95 below ``CONVERGED_MIN`` or still rising more
+  than ``CONVERGED_RISE`` over its last ``CONVERGENCE_EPOCHS`` epochs);
+* the resolution (``resolution``): the half-widths of the paired intervals, the smallest differences the run can see;
+* the diagnosis text from per-run diagnosis dicts (``yolo_vfl.ab.evaluation.diagnose``, with ``arm``, ``seed`` and
+  ``run`` added): ``aggregate``, ``common_recall``, ``findings``, ``diagnosis_markdown``, ``diagnosis_csv_text``.
+
+Every ``-``, ``n/a`` and ``(n=1)`` in a markdown table is explained by a legend line under it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .evaluation import FP_KINDS, KINDS
+from .protocol import LOSS_KEYS, METRICS, PRIMARY_METRIC
+from .results import Curve, RunResult
+from .stats import PairedDifference, finite, mean_std, paired_difference, verdict
+
+__all__ = [
+    "NOTHING_LEARNED",
+    "CONVERGED_MIN",
+    "CONVERGED_RISE",
+    "CONVERGENCE_EPOCHS",
+    "RANK_KEYS",
+    "MeanStd",
+    "MetricRow",
+    "Convergence",
+    "ArmRow",
+    "group_by_arm",
+    "curve_gain",
+    "summarize",
+    "experiment_warnings",
+    "resolution",
+    "verdict_lines",
+    "summary_csv_text",
+    "summary_markdown",
+    "at_recall",
+    "common_recall",
+    "aggregate",
+    "findings",
+    "diagnosis_csv_text",
+    "diagnosis_markdown",
+]
+
+#: Mean mAP50-95 below which an arm counts as having learned (nearly) nothing.
+NOTHING_LEARNED = 0.01
+#: Final mAP50-95 of the baseline below which the training counts as not converged.
+CONVERGED_MIN = 0.10
+#: Relative rise of the baseline's mAP50-95 over its last ``CONVERGENCE_EPOCHS`` epochs above which it still rises.
+CONVERGED_RISE = 0.03
+#: Epochs at the end of the curves over which the convergence gain is measured.
+CONVERGENCE_EPOCHS = 3
+#: Correlations of the ranking measurement, in report order.
+RANK_KEYS: tuple[str, ...] = ("pearson", "spearman", "pearson_matched", "spearman_matched")
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------------------------ typed rows
+@dataclass(frozen=True)
+class MeanStd:
+    """Mean and sample standard deviation over seeds.
+
+    Attributes:
+        mean: mean of the finite values (None: no value).
+        std: sample std, ddof=1 (None: fewer than 2 values).
+        n: finite values.
+    """
+
+    mean: float | None = None
+    std: float | None = None
+    n: int = 0
+
+    @classmethod
+    def of(cls, values: Iterable[Any]) -> MeanStd:
+        """From values (None and NaN are not measured and left out)."""
+        vals = finite(values)
+        mean, std = mean_std(vals)
+        return cls(mean, std, len(vals))
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One metric of an arm: over seeds, and against the baseline.
+
+    Attributes:
+        value: mean and std over seeds.
+        diff: paired difference to the baseline (None for the baseline itself).
+        verdict: ``stats.verdict`` of ``diff``, ``baseline`` for the baseline.
+    """
+
+    value: MeanStd
+    diff: PairedDifference | None
+    verdict: str
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """How much an arm still gained at the end of training (``curve_gain`` of each seed's curve).
+
+    Attributes:
+        gain: absolute gain of the primary metric over the last ``epochs`` epochs (mean and std over seeds).
+        gain_rel: the gain relative to the value ``epochs`` epochs before the end (0.05: +5%).
+        epochs: epochs the gain spans (the fewest over seeds; less than ``CONVERGENCE_EPOCHS`` for short curves;
+            None: no seed has a curve of 2 epochs).
+    """
+
+    gain: MeanStd = field(default_factory=MeanStd)
+    gain_rel: MeanStd = field(default_factory=MeanStd)
+    epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class ArmRow:
+    """One arm of the summary (``summarize``).
+
+    Attributes:
+        arm: arm name.
+        loss: its classification loss.
+        overrides: its training overrides as ``key=value`` text.
+        seeds: its finished seeds, ascending.
+        is_baseline: the arm the others are compared with.
+        metrics: per ``protocol.METRICS`` name.
+        epochs_done, train_time_s, wall_time_s: over seeds (``epochs_done`` 0, an unknown value, is left out).
+        final_losses: per ``protocol.LOSS_KEYS`` name.
+        ranking: per ``RANK_KEYS`` name.
+        convergence: the gain at the end of training.
+        warnings: the experiment's warnings (the same in every row).
+    """
+
+    arm: str
+    loss: str
+    overrides: str
+    seeds: tuple[int, ...]
+    is_baseline: bool
+    metrics: dict[str, MetricRow]
+    epochs_done: MeanStd
+    train_time_s: MeanStd
+    wall_time_s: MeanStd
+    final_losses: dict[str, MeanStd]
+    ranking: dict[str, MeanStd]
+    convergence: Convergence
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def n_seeds(self) -> int:
+        """Finished seeds."""
+        return len(self.seeds)
+
+    @property
+    def primary(self) -> MetricRow:
+        """The ``protocol.PRIMARY_METRIC`` row."""
+        return self.metrics[PRIMARY_METRIC]
+
+    @property
+    def verdict(self) -> str:
+        """The headline verdict (on the primary metric)."""
+        return self.primary.verdict
+
+    @property
+    def warning(self) -> str:
+        """The warnings joined with ``"; "`` (empty when there is none): the CSV column."""
+        return "; ".join(self.warnings)
+
+    def csv_columns(self) -> dict[str, Any]:
+        """The ``summary.csv`` columns of this row, by name, in order (the first runner's names and order).
+
+        ``arm``, ``loss``, ``overrides``, ``n_seeds``, ``seeds``; per metric ``m``: ``m_mean``, ``m_std``, ``m_diff``,
+        ``m_diff_lo``, ``m_diff_hi``, ``m_n_pairs``, ``m_verdict``; ``verdict``; ``<key>_mean`` / ``<key>_std`` for
+        ``train_time_s``, ``wall_time_s``, ``epochs_done``, each loss and ``rank_<correlation>``; ``warning``; then
+        the convergence columns ``<primary>_gain_last<k>_mean/_std``, ``<primary>_gain_last<k>_rel_mean/_std``,
+        ``gain_epochs`` and ``<primary>_diff_halfwidth``.
+        """
+        c: dict[str, Any] = {
+            "arm": self.arm,
+            "loss": self.loss,
+            "overrides": self.overrides,
+            "n_seeds": self.n_seeds,
+            "seeds": list(self.seeds),
+        }
+        for m in METRICS:
+            row = self.metrics[m]
+            d = row.diff
+            c[f"{m}_mean"], c[f"{m}_std"] = row.value.mean, row.value.std
+            c[f"{m}_diff"] = d.mean if d else None
+            c[f"{m}_diff_lo"], c[f"{m}_diff_hi"] = (d.lo, d.hi) if d else (None, None)
+            c[f"{m}_n_pairs"], c[f"{m}_verdict"] = (d.n if d else 0), row.verdict
+        c["verdict"] = self.verdict
+        for key in ("train_time_s", "wall_time_s", "epochs_done"):
+            s = getattr(self, key)
+            c[f"{key}_mean"], c[f"{key}_std"] = s.mean, s.std
+        for key in LOSS_KEYS:
+            s = self.final_losses[key]
+            c[f"{key}_mean"], c[f"{key}_std"] = s.mean, s.std
+        for key in RANK_KEYS:
+            s = self.ranking[key]
+            c[f"rank_{key}_mean"], c[f"rank_{key}_std"] = s.mean, s.std
+        c["warning"] = self.warning
+        gain = f"{PRIMARY_METRIC}_gain_last{CONVERGENCE_EPOCHS}"
+        c[f"{gain}_mean"], c[f"{gain}_std"] = self.convergence.gain.mean, self.convergence.gain.std
+        c[f"{gain}_rel_mean"], c[f"{gain}_rel_std"] = self.convergence.gain_rel.mean, self.convergence.gain_rel.std
+        c["gain_epochs"] = self.convergence.epochs
+        c[f"{PRIMARY_METRIC}_diff_halfwidth"] = self.primary.diff.half_width if self.primary.diff else None
+        return c
+
+
+# ------------------------------------------------------------------------------------------------ grouping
+def _arm_seed(item: Any) -> tuple[str, int]:
+    if isinstance(item, Mapping):
+        return str(item["arm"]), int(item["seed"])
+    return str(item.arm), int(item.seed)
+
+
+def group_by_arm(items: Iterable[T], order: Sequence[str] | None = None, baseline: str = "bce") -> dict[str, list[T]]:
+    """Items (``RunResult`` or mappings with ``arm`` and ``seed``) by arm, each arm's sorted by seed.
+
+    Args:
+        items: runs or per-run diagnoses.
+        order: arm order (arms not in it follow in the order found).
+        baseline: put first among the arms not in ``order`` (default order: baseline first, then as found).
+
+    Returns:
+        arm -> its items, in arm order.
+    """
+    by_arm: dict[str, list[T]] = {}
+    for item in items:
+        by_arm.setdefault(_arm_seed(item)[0], []).append(item)
+    names = [a for a in (order or []) if a in by_arm]
+    rest = [a for a in by_arm if a not in names]
+    if baseline in rest:
+        rest.remove(baseline)
+        rest.insert(0, baseline)
+    return {a: sorted(by_arm[a], key=lambda x: _arm_seed(x)[1]) for a in names + rest}
+
+
+def _get(d: Any, *keys: str) -> Any:
+    """``d[k0][k1]...``, None where a level is missing or not a mapping."""
+    v: Any = d
+    for k in keys:
+        if not isinstance(v, Mapping) or k not in v:
+            return None
+        v = v[k]
+    return v
+
+
+# ------------------------------------------------------------------------------------------------ summary
+_CURVE_FIELDS = {"mAP50-95": "map50_95", "mAP50": "map50"}
+
+
+def curve_gain(
+    curve: Curve, metric: str = PRIMARY_METRIC, epochs: int = CONVERGENCE_EPOCHS
+) -> tuple[float | None, float | None, int | None]:
+    """The gain of ``metric`` over the last ``epochs`` epochs of a run's curve.
+
+    The last epoch with a value is compared with the latest epoch at least ``epochs`` before it (with a shorter
+    curve: its first epoch with a value). Example: values 0.2, 0.3, 0.4, 0.44 at epochs 1-4 give
+    ``(0.44 - 0.2, 0.24 / 0.2, 3)`` = ``(0.24, 1.2, 3)``.
+
+    Args:
+        curve: the run's per-epoch metrics.
+        metric: ``mAP50-95`` or ``mAP50``.
+        epochs: the window.
+
+    Returns:
+        ``(absolute gain, relative gain, epochs spanned)``; the relative gain is None when the earlier value is not
+        positive; all None with fewer than 2 epochs with a value.
+    """
+    values = getattr(curve, _CURVE_FIELDS[metric])
+    pts = sorted((int(e), float(v)) for e, v in zip(curve.epoch, values) if finite([v]))
+    if len(pts) < 2:
+        return None, None, None
+    e_last, v_last = pts[-1]
+    earlier = [p for p in pts if p[0] <= e_last - epochs]
+    e0, v0 = earlier[-1] if earlier else pts[0]
+    gain = v_last - v0
+    return gain, (gain / v0 if v0 > 0 else None), e_last - e0
+
+
+def _convergence(runs: Sequence[RunResult]) -> Convergence:
+    gains = [curve_gain(r.curve) for r in runs]
+    spans = [g[2] for g in gains if g[2] is not None]
+    return Convergence(MeanStd.of(g[0] for g in gains), MeanStd.of(g[1] for g in gains), min(spans, default=None))
+
+
+def _overrides_text(overrides: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in overrides.items())
+
+
+def summarize(
+    results: Iterable[RunResult],
+    baseline: str = "bce",
+    order: Sequence[str] | None = None,
+    level: float = 0.95,
+) -> list[ArmRow]:
+    """One row per arm: metric means/stds, paired differences to the baseline, verdicts, times, losses, ranking.
+
+    Args:
+        results: the finished runs.
+        baseline: the arm every other arm is compared with.
+        order: arm order (default: baseline first, then as found).
+        level: confidence level of the intervals.
+
+    Returns:
+        the rows, in arm order, each with the experiment's warnings (``experiment_warnings``).
+    """
+    groups = group_by_arm(results, order, baseline)
+    base_runs = groups.get(baseline, [])
+    rows = []
+    for arm, runs in groups.items():
+        is_base = arm == baseline
+        metrics = {}
+        for m in METRICS:
+            value = MeanStd.of(r.metric(m) for r in runs)
+            if is_base:
+                metrics[m] = MetricRow(value, None, "baseline")
+            else:
+                d = paired_difference(
+                    {r.seed: r.metric(m) for r in runs}, {r.seed: r.metric(m) for r in base_runs}, level
+                )
+                metrics[m] = MetricRow(value, d, verdict(d))
+        rows.append(
+            ArmRow(
+                arm=arm,
+                loss=runs[0].loss,
+                overrides=_overrides_text(runs[0].overrides or {}),
+                seeds=tuple(r.seed for r in runs),
+                is_baseline=is_base,
+                metrics=metrics,
+                epochs_done=MeanStd.of(r.epochs_done or None for r in runs),
+                train_time_s=MeanStd.of(r.train_time_s for r in runs),
+                wall_time_s=MeanStd.of(r.wall_time_s for r in runs),
+                final_losses={k: MeanStd.of(r.final_losses.get(k) for r in runs) for k in LOSS_KEYS},
+                ranking={k: MeanStd.of(_get(r.ranking, k) for r in runs) for k in RANK_KEYS},
+                convergence=_convergence(runs),
+            )
+        )
+    warnings = tuple(experiment_warnings(rows, baseline))
+    return [replace(r, warnings=warnings) for r in rows]
+
+
+def experiment_warnings(rows: Sequence[ArmRow], baseline: str = "bce") -> list[str]:
+    """What makes the comparison say little: nothing learned, a baseline near 0, or training not converged.
+
+    Args:
+        rows: ``summarize`` rows.
+        baseline: the baseline arm.
+
+    Returns:
+        plain-text warnings (empty when there is none): ``nothing learned: ...`` alone when every arm's mean
+        mAP50-95 is below ``NOTHING_LEARNED``; else ``baseline ... near 0: ...`` when the baseline's is, and
+        ``not converged: ...`` when the baseline's mean final mAP50-95 is below ``CONVERGED_MIN`` (not repeated for a
+        baseline near 0) or its mean relative gain over the last ``CONVERGENCE_EPOCHS`` epochs exceeds
+        ``CONVERGED_RISE``.
+    """
+    means = {r.arm: r.primary.value.mean for r in rows if r.primary.value.mean is not None}
+    if not means:
+        return []
+    if all(v < NOTHING_LEARNED for v in means.values()):
+        top = max(means, key=lambda a: means[a])
+        return [
+            f"nothing learned: every arm's {PRIMARY_METRIC} is below {NOTHING_LEARNED:g} (highest: {top} "
+            f"{means[top]:.4f}); the comparison says nothing (train longer, or check the data and labels)"
+        ]
+    out = []
+    base = means.get(baseline)
+    near_zero = base is not None and base < NOTHING_LEARNED
+    if near_zero:
+        out.append(
+            f"baseline `{baseline}` near 0: its mean {PRIMARY_METRIC} {base:.4f} is below {NOTHING_LEARNED:g}, so a "
+            "difference says that the other arm learned something, not that its loss is better"
+        )
+    base_row = next((r for r in rows if r.arm == baseline), None)
+    reasons = []
+    if base is not None and not near_zero and base < CONVERGED_MIN:
+        reasons.append(f"its mean {PRIMARY_METRIC} {base:.4f} is below {CONVERGED_MIN:g}")
+    conv = base_row.convergence if base_row else Convergence()
+    rise = conv.gain_rel.mean
+    if rise is not None and rise > CONVERGED_RISE:
+        reasons.append(
+            f"it still rose {rise:+.1%} over its last {conv.epochs} epoch{'s' if conv.epochs != 1 else ''}, more "
+            f"than {CONVERGED_RISE:.0%}"
+        )
+    if reasons:
+        out.append(
+            f"not converged: conclusions are about an early stage of training; baseline `{baseline}`: "
+            + "; ".join(reasons)
+            + " (train longer)"
+        )
+    return out
+
+
+def resolution(rows: Sequence[ArmRow]) -> str | None:
+    """The smallest difference of the primary metric the experiment can resolve (the paired intervals' half-widths).
+
+    Returns:
+        e.g. ``with 3 paired seeds the paired 95% intervals of mAP50-95 are ±0.0040 to ±0.0120: differences smaller
+        than that cannot be seen``; the one-seed case says that no difference can be resolved; None without a
+        compared arm.
+    """
+    diffs = [r.primary.diff for r in rows if not r.is_baseline and r.primary.diff is not None]
+    diffs = [d for d in diffs if d.n > 0]
+    if not diffs:
+        return None
+    widths = [d.half_width for d in diffs if d.half_width is not None]
+    if not widths:
+        return (
+            f"with 1 paired seed there is no interval: no difference of {PRIMARY_METRIC} can be resolved (the paired "
+            "interval needs ≥ 2 paired seeds)"
+        )
+    ns = sorted({d.n for d in diffs if d.half_width is not None})
+    n_text = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+    level = int(round(100 * diffs[0].level))
+    lo, hi = min(widths), max(widths)
+    span = f"±{lo:.4f}" if f"{lo:.4f}" == f"{hi:.4f}" else f"±{lo:.4f} to ±{hi:.4f}"
+    text = (
+        f"with {n_text} paired seeds the paired {level}% intervals of {PRIMARY_METRIC} are {span}: differences "
+        "smaller than that cannot be seen"
+    )
+    if len(widths) < len(diffs):
+        text += " (arms with 1 paired seed have no interval)"
+    return text
+
+
+def verdict_lines(rows: Sequence[ArmRow]) -> list[str]:
+    """What the runner prints: one line per arm (mean primary metric and verdict), then each warning.
+
+    Example: ``  vfl            mAP50-95 0.4523  better``.
+    """
+    out = []
+    for r in rows:
+        mean = r.primary.value.mean
+        out.append(f"  {r.arm:<14} {PRIMARY_METRIC} {_fmt(mean) or '-':<6}  {r.verdict}")
+    out += [f"  Warning: {w}." for w in (rows[0].warnings if rows else ())]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+def _fmt(v: Any, digits: int = 4) -> str:
+    """A float with ``digits`` decimals, other values as text; empty for None and non-finite floats."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _versions_text(versions: Mapping[str, Any] | None) -> str:
+    if not versions:
+        return ""
+    return ", ".join(f"{k} {v}" for k, v in versions.items())
+
+
+def _csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([" ".join(map(str, v)) if isinstance(v, (list, tuple)) else _fmt(v, 6) for v in row])
+    return buf.getvalue()
+
+
+def summary_csv_text(rows: Sequence[ArmRow], meta: Mapping[str, Any] | None = None) -> str:
+    """``summary.csv``: one line per arm, ``ArmRow.csv_columns`` plus ``versions`` and ``command``."""
+    meta = meta or {}
+    flat = [r.csv_columns() for r in rows]
+    cols: list[str] = []
+    for row in flat:
+        cols += [k for k in row if k not in cols]
+    extra = [_versions_text(meta.get("versions")), " ; ".join(meta.get("commands") or [])]
+    return _csv([*cols, "versions", "command"], ([*(row.get(c) for c in cols), *extra] for row in flat))
+
+
+def _pm(mean: Any, std: Any, digits: int = 4, signed: bool = False, percent: bool = False) -> str:
+    """``mean ± std``; one value (std undefined) is shown as itself with ``(n=1)``; ``-`` when there is none."""
+    if mean is None or not math.isfinite(mean):
+        return "-"
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    sign = "+" if signed else ""
+    text = f"{mean * scale:{sign}.{digits}f}{unit}"
+    if std is None or not math.isfinite(std):
+        return f"{text} (n=1)"
+    return f"{text} ± {std * scale:.{digits}f}{unit}"
+
+
+def _stat(s: MeanStd, digits: int = 4) -> str:
+    return _pm(s.mean, s.std, digits)
+
+
+#: What a cell of ``_diff_text`` with one paired seed means.
+_NO_INTERVAL = "n=1, no interval"
+
+
+def _diff_text(row: MetricRow) -> str:
+    d = row.diff
+    if d is None:
+        return "(baseline)"
+    if d.mean is None:
+        return "-"
+    if d.lo is None or d.hi is None:
+        return f"{d.mean:+.4f} ({_NO_INTERVAL})"
+    return f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"
+
+
+def _duration(seconds: Any) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+Note = tuple[Callable[[str], bool], str]
+
+
+def _cells(lines: Sequence[str]) -> list[str]:
+    """The stripped cells of the table body ``lines`` (rows starting with ``|``)."""
+    return [c.strip() for line in lines if line.startswith("|") for c in line.strip().strip("|").split("|")]
+
+
+def _legend(lines: Sequence[str], notes: Sequence[Note]) -> list[str]:
+    """Legend lines under a table: each ``(test, text)`` whose test matches one of the body's cells."""
+    cells = _cells(lines)
+    out = []
+    for test, text in notes:
+        if any(test(c) for c in cells):
+            out += ["", text]  # a paragraph each
+    return out
+
+
+def _dash(c: str) -> bool:
+    return c == "-"
+
+
+def _n1(c: str) -> bool:
+    return c.endswith("(n=1)")
+
+
+def _table(head: str, body: Sequence[str], notes: Sequence[Note]) -> list[str]:
+    """A markdown table (header, separator, body) followed by the legend of the markers its cells use."""
+    return [head, "|" + " --- |" * head.count(" | ") + " --- |", *body, *_legend(body, notes)]
+
+
+_N1_NOTE: Note = (_n1, "`(n=1)`: one seed: that seed's value, not a mean; no standard deviation.")
+
+
+def _convergence_section(rows: Sequence[ArmRow], baseline: str, level: int) -> list[str]:
+    k = CONVERGENCE_EPOCHS
+    out = [
+        "## Convergence and resolution",
+        "",
+        f"Gain of {PRIMARY_METRIC} over each run's last {k} epochs (`curves.png`: the last epoch with a value against "
+        f"the one {k} epochs before it, or the first epoch of a shorter run), absolute and relative to the earlier "
+        "value, mean ± std over seeds. A run whose metric still rises has not converged: a difference between arms "
+        f"then describes an early stage of training. The baseline counts as not converged when its final "
+        f"{PRIMARY_METRIC} is below {CONVERGED_MIN:g} or it still rises more than {CONVERGED_RISE:.0%}. Resolution: "
+        f"the half-width of each arm's paired {level}% interval against `{baseline}` (arm − {baseline}, by seed); "
+        "a smaller difference cannot be told from zero.",
+        "",
+    ]
+    res = resolution(rows)
+    if res:
+        out += [f"**Resolution: {res}.**", ""]
+    body = []
+    for r in rows:
+        c = r.convergence
+        d = r.primary.diff
+        if d is None:
+            width = "(baseline)"
+        elif d.half_width is None:
+            width = "n/a (1 paired seed)" if d.n == 1 else "n/a (no paired seed)"
+        else:
+            width = f"±{d.half_width:.4f}"
+        body.append(
+            f"| {r.arm} | {_stat(r.primary.value)} | {c.epochs if c.epochs is not None else '-'} | "
+            f"{_pm(c.gain.mean, c.gain.std, 4, signed=True)} | {_pm(c.gain_rel.mean, c.gain_rel.std, 1, True, True)} "
+            f"| {width} |"
+        )
+    out += _table(
+        f"| arm | final {PRIMARY_METRIC} | epochs spanned | gain | relative gain | ± {level}% CI vs {baseline} |",
+        body,
+        [
+            (
+                _dash,
+                "`-`: not measured: no seed of the arm has a curve with 2 epochs or more (relative gain: the earlier "
+                "value is 0), or no final value.",
+            ),
+            (
+                lambda c: c.startswith("n/a ("),
+                "n/a: no paired interval; the reason is in the cell (an interval needs ≥ 2 seeds that both this arm "
+                f"and `{baseline}` finished).",
+            ),
+            _N1_NOTE,
+        ],
+    )
+    return out + [""]
+
+
+def summary_markdown(
+    rows: Sequence[ArmRow],
+    results: Sequence[RunResult],
+    meta: Mapping[str, Any] | None = None,
+) -> str:
+    """``summary.md``: settings, accuracy, paired differences with verdicts, convergence, ranking, time, losses, runs.
+
+    Args:
+        rows: ``summarize`` rows.
+        results: the runs (for the runs table).
+        meta: ``name``, ``baseline``, ``commands``, ``versions``, ``data``, ``train``, ``seeds``, ``missing``,
+            ``level``.
+
+    Returns:
+        the markdown; the warnings (``ArmRow.warnings``) come first, every ``-``, ``n/a`` and ``(n=1)`` in a table is
+        explained in a legend line under it.
+    """
+    meta = meta or {}
+    baseline = meta.get("baseline", "bce")
+    level = int(round(100 * meta.get("level", 0.95)))
+    out: list[str] = [f"# A/B experiment: {meta.get('name', 'ab')}", ""]
+    warnings = rows[0].warnings if rows else ()
+    for w in warnings:
+        out += [f"> **Warning: {w}.**", ""]
+    for cmd in meta.get("commands") or []:
+        out.append(f"- Command: `{cmd}`")
+    if meta.get("versions"):
+        out.append(f"- Versions: {_versions_text(meta['versions'])}")
+    for key, label in (("data", "Data"), ("train", "Shared training arguments"), ("seeds", "Seeds")):
+        if meta.get(key) not in (None, "", {}):
+            value = meta[key]
+            if isinstance(value, Mapping):
+                value = " ".join(f"{k}={v}" for k, v in value.items())
+            out.append(f"- {label}: `{value}`")
+    out.append(
+        f"- Baseline arm: `{baseline}`; every arm x seed trains with the same data, epochs, image size and seed "
+        "(Ultralytics deterministic mode)."
+    )
+    missing = meta.get("missing") or []
+    if missing:
+        out.append(
+            f"- **Missing runs (not finished)**: {', '.join(missing)}; the statistics below use the finished ones."
+        )
+    not_measured: Note = (_dash, "`-`: not measured: no value in any run of this arm.")
+    out += [
+        "",
+        "## Accuracy",
+        "",
+        "Final validation of each run's `best.pt` on the val split; mean ± sample std over seeds (one seed: its value, "
+        "marked `(n=1)`).",
+        "",
+        *_table(
+            "| arm | loss | overrides | seeds | mAP50 | mAP50-95 | precision | recall |",
+            [
+                f"| {r.arm} | {r.loss or '-'} | {r.overrides or '(none)'} | {r.n_seeds} | "
+                + " | ".join(_stat(r.metrics[m].value) for m in METRICS)
+                + " |"
+                for r in rows
+            ],
+            [not_measured, _N1_NOTE],
+        ),
+        "",
+        f"## Difference to `{baseline}`",
+        "",
+    ]
+    out += [f"> **Warning: {w}.**\n" for w in warnings]
+    out += [
+        f"Paired by seed (arm − {baseline}, same seed), mean and {level}% Student-t interval over the seeds. "
+        f"The verdict says better or worse only when the interval excludes zero; it is decided on {PRIMARY_METRIC}.",
+        "",
+        *_table(
+            f"| arm | pairs | Δ{PRIMARY_METRIC} [{level}% CI] | verdict | ΔmAP50 [{level}% CI] | verdict (mAP50) "
+            "| Δprecision [CI] | Δrecall [CI] |",
+            [
+                f"| {r.arm} | {r.primary.diff.n if r.primary.diff is not None else '(baseline)'} | "
+                f"{_diff_text(r.primary)} | **{r.verdict}** | {_diff_text(r.metrics['mAP50'])} | "
+                f"{r.metrics['mAP50'].verdict} | {_diff_text(r.metrics['precision'])} | "
+                f"{_diff_text(r.metrics['recall'])} |"
+                for r in rows
+            ],
+            [
+                (
+                    lambda c: _NO_INTERVAL in c,
+                    f"`{_NO_INTERVAL}`: one paired seed; the paired interval needs ≥ 2 paired seeds (a t-interval "
+                    "from one difference is undefined), so the verdict cannot be better or worse.",
+                ),
+                (_dash, f"`-`: no paired value: no seed with this metric in both this arm and `{baseline}`."),
+                (
+                    lambda c: c.startswith("n/a ("),
+                    f"n/a: the reason is in the cell (no seed that both this arm and `{baseline}` finished).",
+                ),
+            ],
+        ),
+        "",
+        *_convergence_section(rows, baseline, level),
+        "## Ranking quality (confidence vs IoU)",
+        "",
+        "Each detection of the final model on the val images (confidence ≥ the threshold used by validation) is "
+        "matched to the ground-truth box of the same class with the highest IoU (0 if none). Higher correlation = "
+        "scores rank localization quality better (GFL, arXiv 2006.04388). Mean ± std over seeds; "
+        '"IoU>0" uses only detections that overlap a same-class ground truth (the ranking of localization quality '
+        "among real detections; the all-detections columns mix in the background ones at IoU 0). Scatter plots: "
+        "`ranking.png` (titles: IoU>0 first, all detections below).",
+        "",
+        *_table(
+            "| arm | Pearson | Spearman | Pearson (IoU>0) | Spearman (IoU>0) |",
+            [f"| {r.arm} | " + " | ".join(_stat(r.ranking[k], 3) for k in RANK_KEYS) + " |" for r in rows],
+            [
+                (
+                    _dash,
+                    "`-`: not measured: no ranking in the runs' result.json, or the correlation is undefined (fewer "
+                    "than 2 detections, or a constant confidence or IoU).",
+                ),
+                _N1_NOTE,
+            ],
+        ),
+        "",
+        "## Training time and final losses",
+        "",
+        "Training time is Ultralytics' epoch time summed over the run's training segments (resumed runs included); "
+        "wall time is the last attempt's time including final validation and the ranking measurement; both are "
+        "means over seeds. `cls_loss` is each arm's own classification loss (BCE, VFL, QFL ...): its values are not "
+        "comparable across losses.",
+        "",
+        *_table(
+            "| arm | epochs | train time | wall time | box_loss | cls_loss | dfl_loss |",
+            [
+                f"| {r.arm} | {_fmt(r.epochs_done.mean, 1) or '-'} | {_duration(r.train_time_s.mean)} | "
+                f"{_duration(r.wall_time_s.mean)} | "
+                + " | ".join(_stat(r.final_losses[k], 4) for k in LOSS_KEYS)
+                + " |"
+                for r in rows
+            ],
+            [(_dash, "`-`: not recorded in any run of this arm (result.json or results.csv)."), _N1_NOTE],
+        ),
+        "",
+        "## Runs",
+        "",
+    ]
+    order = {r.arm: i for i, r in enumerate(rows)}
+    body = []
+    for res in sorted(results, key=lambda x: (order.get(x.arm, 1e9), x.seed)):
+        body.append(
+            f"| {res.run or '-'} | {res.arm} | {res.seed} | "
+            + " | ".join(_fmt(res.metric(m)) or "-" for m in METRICS)
+            + f" | {_duration(res.train_time_s)} | {res.segments} | "
+            f"{_fmt(_get(res.ranking, 'pearson'), 3) or '-'} | {_fmt(_get(res.ranking, 'spearman'), 3) or '-'} |"
+        )
+    out += _table(
+        "| run | arm | seed | mAP50 | mAP50-95 | precision | recall | train time | segments | Pearson | Spearman |",
+        body,
+        [(_dash, "`-`: not measured in that run (or the correlation is undefined).")],
+    )
+    out += ["", "## Curves", "", "![mAP50-95 per epoch](curves.png)", "", "![confidence vs IoU](ranking.png)", ""]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------ diagnosis
+def _set_stat(row: dict[str, Any], key: str, values: Iterable[Any]) -> None:
+    row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
+
+
+def _max_recall(d: Mapping[str, Any]) -> float:
+    """The highest grid recall level a run reaches (0 when none)."""
+    grid = d.get("recall_grid") or {}
+    reached = [r for r, t in zip(grid.get("recall", []), grid.get("threshold", [])) if t is not None]
+    return max(reached, default=0.0)
+
+
+def common_recall(diagnoses: Sequence[Mapping[str, Any]], baseline: str = "bce") -> float | None:
+    """The recall level at which the arms are compared: the baseline's recall at its F1-optimal threshold.
+
+    The baseline runs' mean recall at their F1-optimal thresholds (all runs' when no baseline run is given), rounded
+    down to the 0.01 grid and capped at the highest level every run reaches; None when that is below 0.01.
+    """
+    runs = [d for d in diagnoses if d.get("arm") == baseline] or list(diagnoses)
+    mean, _ = mean_std(_get(d, "at", "f1", "recall") for d in runs)
+    if mean is None or not diagnoses:
+        return None
+    level = min(math.floor(mean * 100 + 1e-9) / 100, min(_max_recall(d) for d in diagnoses))
+    return round(level, 2) if level >= 0.01 else None
+
+
+def at_recall(d: Mapping[str, Any], recall: float | None) -> dict[str, Any] | None:
+    """A run's counts at a grid recall level, in the form of its ``at`` entries (None when unreached or absent).
+
+    Args:
+        d: a per-run diagnosis (``recall_grid``, ``n_gt``).
+        recall: the level (a ``recall_grid`` level).
+
+    Returns:
+        ``counts`` per kind, ``fp``, ``missed_gt``, ``precision``, ``recall`` (None where undefined) and
+        ``threshold``.
+    """
+    grid = d.get("recall_grid") or {}
+    levels = grid.get("recall") or []
+    if recall is None or not levels:
+        return None
+    i = int(np.argmin(np.abs(np.asarray(levels) - recall)))
+    if abs(levels[i] - recall) > 1e-6 or grid["threshold"][i] is None:
+        return None
+    counts = {k: grid["counts"][k][i] for k in KINDS}
+    n, n_gt = sum(counts.values()), d.get("n_gt") or 0
+    return {
+        "counts": counts,
+        "fp": n - counts["tp"],
+        "missed_gt": n_gt - counts["tp"],
+        "precision": counts["tp"] / n if n else None,
+        "recall": counts["tp"] / n_gt if n_gt else None,
+        "threshold": grid["threshold"][i],
+    }
+
+
+def aggregate(
+    diagnoses: Sequence[Mapping[str, Any]],
+    baseline: str = "bce",
+    order: Sequence[str] | None = None,
+    recall: float | None = None,
+) -> list[dict[str, Any]]:
+    """One flat row per arm: mean and sample std over seeds of every count, score and AP50 cost.
+
+    Args:
+        diagnoses: per-run diagnosis dicts (``evaluation.diagnose``) with ``arm`` and ``seed`` (and ``run``) added.
+        baseline: listed first; its F1-optimal recall is the default equal-recall level.
+        order: arm order (default: baseline first, then as found).
+        recall: the equal-recall level (default: ``common_recall(diagnoses, baseline)``).
+
+    Returns:
+        list of dicts (the ``diagnosis.csv`` columns) with ``arm``, ``n_seeds``, ``seeds``, ``eq_recall`` (the level)
+        and ``<key>_mean`` / ``<key>_std`` for: ``n_gt``, ``n_images``, ``n_det``, ``tp`` (all detections), ``ap50``,
+        ``ap50_tp_only``; per operating point ``T`` (``0.25``, ``0.5``, ``f1``, ``eq``: the equal recall)
+        ``<kind>@T``, ``fp@T``, ``missed@T``, ``precision@T``, ``recall@T``; ``tp_iou@T`` (not for ``eq``);
+        ``threshold@f1``, ``threshold@eq``; per kind ``score_<kind>``; per FP kind ``ap50_cost_<kind>`` and
+        ``ap50_without_<kind>``.
+    """
+    if recall is None:
+        recall = common_recall(diagnoses, baseline)
+    rows = []
+    for arm, runs in group_by_arm(diagnoses, order, baseline).items():
+        row: dict[str, Any] = {
+            "arm": arm,
+            "n_seeds": len(runs),
+            "seeds": [r["seed"] for r in runs],
+            "eq_recall": recall,
+        }
+        for key in ("n_gt", "n_images", "n_det", "ap50", "ap50_tp_only"):
+            _set_stat(row, key, [r.get(key) for r in runs])
+        _set_stat(row, "tp", [_get(r, "counts", "tp") for r in runs])
+        ats = {t: [_get(r, "at", t) for r in runs] for t in [k for k in (runs[0].get("at") or {}) if k != "f1"]}
+        ats["f1"] = [_get(r, "at", "f1") for r in runs]
+        ats["eq"] = [at_recall(r, recall) for r in runs]
+        for t, values in ats.items():
+            for k in KINDS:
+                _set_stat(row, f"{k}@{t}", [_get(v, "counts", k) for v in values])
+            for k in ("fp", "missed_gt", "precision", "recall"):
+                _set_stat(row, f"{k.replace('_gt', '')}@{t}", [_get(v, k) for v in values])
+            if t != "eq":
+                _set_stat(row, f"tp_iou@{t}", [_get(r, "tp_mean_iou", t) for r in runs])
+        for t in ("f1", "eq"):
+            _set_stat(row, f"threshold@{t}", [_get(v, "threshold") for v in ats[t]])
+        for k in KINDS:
+            _set_stat(row, f"score_{k}", [_get(r, "mean_score", k) for r in runs])
+        for k in FP_KINDS:
+            _set_stat(row, f"ap50_cost_{k}", [_get(r, "ap50_cost", k) for r in runs])
+            _set_stat(row, f"ap50_without_{k}", [_get(r, "ap50_without", k) for r in runs])
+        rows.append(row)
+    return rows
+
+
+def _deltas(row: Mapping[str, Any], base: Mapping[str, Any], fmt: str) -> dict[str, float]:
+    out = {}
+    for k in FP_KINDS:
+        a, b = row.get(fmt.format(k=k) + "_mean"), base.get(fmt.format(k=k) + "_mean")
+        if a is not None and b is not None:
+            out[k] = a - b
+    return out
+
+
+def _growth_text(row: Mapping[str, Any], base: Mapping[str, Any], t: str) -> str | None:
+    """``FPs a → b per run (precision p → q); by kind: ... → **kind** grows most`` at operating point ``t``."""
+    deltas = _deltas(row, base, "{k}@" + t)
+    if not deltas:
+        return None
+    by_kind = ", ".join(f"{k} {d:+.1f}" for k, d in sorted(deltas.items(), key=lambda kv: -kv[1]))
+    top = max(deltas, key=lambda k: deltas[k])
+    fp_b, fp_a = base.get(f"fp@{t}_mean"), row.get(f"fp@{t}_mean")
+    p_b, p_a = base.get(f"precision@{t}_mean"), row.get(f"precision@{t}_mean")
+    head = f"FPs per run {fp_b:.1f} → {fp_a:.1f}" if fp_b is not None and fp_a is not None else "FPs per run"
+    if p_b is not None and p_a is not None:
+        head += f" (precision {p_b:.3f} → {p_a:.3f})"
+    grows = f"**{top}** grows most" if deltas[top] > 0 else "no FP kind grows"
+    return f"{head}; by kind {by_kind}: {grows}"
+
+
+def findings(rows: Sequence[Mapping[str, Any]], baseline: str = "bce") -> list[str]:
+    """Short statements per non-baseline arm: which FP kind grows most against the baseline, and what AP50 it costs.
+
+    Views, in order: equal recall (the baseline's F1-optimal recall: same number of TPs, so the extra FPs are what
+    costs the precision), each arm's F1-optimal threshold, conf >= 0.25 (scores on different scales make this one the
+    least comparable), and the AP50 gap to the baseline with one FP kind removed from both arms (the kind whose
+    removal narrows the gap most is the one that costs the points).
+
+    Args:
+        rows: ``aggregate`` rows.
+        baseline: the arm compared with.
+
+    Returns:
+        one markdown bullet body per arm (sub-bullets joined with newlines).
+    """
+    base = next((r for r in rows if r["arm"] == baseline), None)
+    if base is None:
+        return [f"No baseline arm `{baseline}` among the diagnosed runs: no comparison."]
+    out = []
+    for row in rows:
+        if row["arm"] == baseline:
+            continue
+        parts = []
+        recall = row.get("eq_recall")
+        views = [
+            ("eq", f"at equal recall {recall:.2f} (≈{_fmt(base.get('tp@eq_mean'), 0)} TPs per run)" if recall else ""),
+            ("f1", "at each arm's F1-optimal threshold"),
+            ("0.25", "at conf ≥ 0.25"),
+        ]
+        for t, label in views:
+            text = _growth_text(row, base, t) if label else None
+            if text:
+                parts.append(f"{label}: {text}")
+        ap, bap = row.get("ap50_mean"), base.get("ap50_mean")
+        if ap is not None and bap is not None:
+            gaps = {}
+            for k in FP_KINDS:
+                a, b = row.get(f"ap50_without_{k}_mean"), base.get(f"ap50_without_{k}_mean")
+                if a is not None and b is not None:
+                    gaps[k] = a - b
+            text = f"AP50 {bap:.4f} → {ap:.4f} (gap {ap - bap:+.4f})"
+            if gaps:
+                best = max(gaps, key=lambda k: gaps[k])
+                text += (
+                    "; with one FP kind removed from both arms the gap would be "
+                    + ", ".join(f"{k} {g:+.4f}" for k, g in gaps.items())
+                    + (
+                        f": removing **{best}** narrows it most (by {gaps[best] - (ap - bap):.4f})"
+                        if gaps[best] > ap - bap
+                        else ": removing no single kind narrows it"
+                    )
+                )
+            parts.append(text)
+        if not parts:
+            parts.append("n/a: no value to compare (the arm's or the baseline's diagnosis lacks the counts and AP50)")
+        out.append(f"`{row['arm']}` vs `{baseline}`:\n" + "\n".join(f"  - {p}" for p in parts))
+    return out
+
+
+def diagnosis_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``diagnosis.csv``: one line per arm, every column of ``aggregate``."""
+    cols: list[str] = []
+    for row in rows:
+        cols += [k for k in row if k not in cols]
+    return _csv(cols, ([row.get(c) for c in cols] for row in rows))
+
+
+def _count(row: Mapping[str, Any], key: str, digits: int = 1) -> str:
+    return _pm(row.get(f"{key}_mean"), row.get(f"{key}_std"), digits)
+
+
+_HEAD = "| arm | seeds | {extra}TP | duplicate | wrong_class | localization | background | FP | missed GT | precision |"
+
+#: Legend lines for the markers of the diagnosis tables.
+_NOTES: tuple[Note, ...] = (
+    (
+        _dash,
+        "`-`: not measured: no run of the arm has this value (the operating point was not reached, e.g. no detection "
+        "at that threshold for precision, or no ground truth for AP50, or the run's diagnosis lacks it).",
+    ),
+    _N1_NOTE,
+)
+
+
+def _kind_table(rows: Sequence[Mapping[str, Any]], t: str, threshold: bool) -> list[str]:
+    head = _HEAD.format(extra="threshold | " if threshold else "")
+    body = []
+    for r in rows:
+        body.append(
+            f"| {r['arm']} | {r['n_seeds']} | "
+            + (f"{_count(r, f'threshold@{t}', 3)} | " if threshold else "")
+            + " | ".join(_count(r, f"{k}@{t}") for k in KINDS)
+            + f" | {_count(r, f'fp@{t}')} | {_count(r, f'missed@{t}')} | {_count(r, f'precision@{t}', 3)} |"
+        )
+    return _table(head, body, _NOTES)
+
+
+def _value(v: Any, digits: int | None = None, reason: str = "not recorded") -> str:
+    """``v`` formatted (``digits`` decimals for a float), or ``n/a (reason)`` when it is None or not finite."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return f"n/a ({reason})"
+    return _fmt(v, digits) if digits is not None else str(v)
+
+
+def _cell(v: Any, digits: int = 4) -> str:
+    """A runs-table cell: ``v`` (floats with ``digits`` decimals), ``-`` when None or not finite."""
+    return _fmt(v, digits) or "-"
+
+
+def _tp_score(row: Mapping[str, Any]) -> str:
+    """The arm's mean TP score, or why there is none."""
+    if row.get("score_tp_mean") is not None:
+        return _fmt(row["score_tp_mean"], 3)
+    return "n/a (no true positives)" if row.get("tp_mean") == 0 else "n/a (not measured)"
+
+
+def diagnosis_markdown(
+    rows: Sequence[Mapping[str, Any]],
+    diagnoses: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any] | None = None,
+) -> str:
+    """``diagnosis.md``: findings, FP kinds per arm (conf 0.25, equal recall, F1 threshold), scores, AP50, runs.
+
+    Args:
+        rows: ``aggregate`` rows.
+        diagnoses: the per-run diagnoses (for the settings line and the runs table).
+        meta: ``name``, ``baseline``, ``out`` (the experiment directory), ``command``, ``missing``.
+
+    Returns:
+        the markdown (no blank value: ``n/a (why)`` or ``-`` with its legend).
+    """
+    meta = meta or {}
+    baseline = meta.get("baseline", "bce")
+    p = (diagnoses[0].get("params") if diagnoses else None) or {}
+    n_gt = rows[0].get("n_gt_mean") if rows else None
+    out = [f"# Diagnosis: {meta.get('name', 'ab')}", ""]
+    if meta.get("out"):
+        out.append(f"- Experiment: `{meta['out']}`")
+    if meta.get("command"):
+        out.append(f"- Command: `{meta['command']}`")
+    out += [
+        f"- Detections of each run's `best.pt` as Ultralytics validation scores them (val split, "
+        f"{_value(rows[0].get('n_images_mean') if rows else None, 0)} images, {_value(n_gt, 0)} ground-truth boxes; "
+        f"imgsz {_value(p.get('imgsz'))}, conf ≥ {_value(p.get('conf'))}, NMS IoU {_value(p.get('iou'))}, "
+        f"max_det {_value(p.get('max_det'))}, multi-label NMS: a box can carry several classes).",
+        "- Each image's detections, in descending confidence: **tp** (IoU ≥ 0.5 with an unmatched same-class ground "
+        "truth), **duplicate** (IoU ≥ 0.5 with a same-class ground truth already matched), **wrong_class** (IoU ≥ 0.5 "
+        "with a ground truth of another class), **localization** (best IoU with any ground truth in [0.1, 0.5)), "
+        "**background** (best IoU < 0.1). Missed GT = ground truths without a TP at that threshold.",
+        "- Counts are per run (all val images), mean ± sample std over seeds.",
+        f"- Baseline arm: `{baseline}`.",
+    ]
+    if meta.get("missing"):
+        out.append(f"- Not diagnosed (no finished run): {', '.join(meta['missing'])}.")
+    scale = ", ".join(f"{r['arm']} {_tp_score(r)}" for r in rows)
+    out += ["", "## Findings", ""]
+    out += [f"- {s}" for s in findings(rows, baseline)] if len(rows) > 1 else ["- Only one arm: no comparison."]
+    out += [
+        "",
+        f"Mean TP score per arm: {scale}. Losses put scores on different scales, so counts at a fixed threshold "
+        "compare different operating points; at equal recall every arm has found the same number of objects, and "
+        "the false positives that outrank them are what costs the precision.",
+        "",
+        "## Detections at conf ≥ 0.25",
+        "",
+        *_kind_table(rows, "0.25", False),
+    ]
+    recall = rows[0].get("eq_recall") if rows else None
+    out += ["", f"## Detections at equal recall ({_fmt(recall, 2) or 'n/a'})", ""]
+    if recall is None:
+        out.append("No recall level that every run reaches.")
+    else:
+        out += [
+            f"Each run's highest threshold at which its recall (all classes pooled) reaches {recall:.2f}, the "
+            f"`{baseline}` runs' mean recall at their F1-optimal thresholds (capped at what every run reaches).",
+            "",
+            *_kind_table(rows, "eq", True),
+        ]
+    out += [
+        "",
+        "## Detections at each run's F1-optimal threshold",
+        "",
+        "The threshold with the highest F1, all classes pooled (Ultralytics reports precision and recall at the "
+        "threshold that maximizes the F1 averaged over classes, so its numbers differ a little).",
+        "",
+        *_kind_table(rows, "f1", True),
+        "",
+        "## Scores and AP50 cost per kind",
+        "",
+        "Mean score of each kind over all detections; mean IoU of the TPs at conf ≥ 0.25 and at the F1-optimal "
+        "threshold. AP50 here uses the greedy matching above (101-point interpolation, mean over classes; close to "
+        "Ultralytics' mAP50). Cost of a FP kind: the AP50 gained if its detections were removed (TIDE-style). "
+        "TP only: AP50 with every FP removed, the ceiling that missed objects leave.",
+        "",
+        *_table(
+            "| arm | score TP | score duplicate | score wrong_class | score localization | score background "
+            "| TP IoU@0.25 | TP IoU@F1 | AP50 | cost duplicate | cost wrong_class | cost localization "
+            "| cost background | AP50 TP only |",
+            [
+                f"| {r['arm']} | "
+                + " | ".join(_count(r, f"score_{k}", 3) for k in KINDS)
+                + f" | {_count(r, 'tp_iou@0.25', 3)} | {_count(r, 'tp_iou@f1', 3)} | {_count(r, 'ap50', 4)} | "
+                + " | ".join(_count(r, f"ap50_cost_{k}", 4) for k in FP_KINDS)
+                + f" | {_count(r, 'ap50_tp_only', 4)} |"
+                for r in rows
+            ],
+            (
+                (
+                    _dash,
+                    "`-`: not measured: no detection of that kind (score, TP IoU), no ground truth (AP50 and costs), "
+                    "or the run's diagnosis lacks the value.",
+                ),
+                _N1_NOTE,
+            ),
+        ),
+        "",
+        "## Runs",
+        "",
+    ]
+    arm_order = {r["arm"]: i for i, r in enumerate(rows)}
+    body = []
+    for d in sorted(diagnoses, key=lambda x: (arm_order.get(x["arm"], 1e9), x["seed"])):
+        at = _get(d, "at", "0.25") or {}
+        counts = at.get("counts") or {}
+        body.append(
+            f"| {d.get('run') or '-'} | {d['arm']} | {d['seed']} | {_cell(counts.get('tp'))} | {_cell(at.get('fp'))} | "
+            + " | ".join(_cell(counts.get(k)) for k in FP_KINDS)
+            + f" | {_cell(at.get('missed_gt'))} | {_cell(_get(d, 'at', 'f1', 'threshold'), 3)} "
+            f"| {_cell(d.get('ap50'))} "
+            f"| {_cell(_get(d, 'ultralytics', 'mAP50'))} |"
+        )
+    out += _table(
+        "| run | arm | seed | TP@0.25 | FP@0.25 | duplicate | wrong_class | localization | background | missed@0.25 "
+        "| F1 threshold | AP50 | Ultralytics mAP50 |",
+        body,
+        (
+            (
+                _dash,
+                "`-`: not measured in that run (no F1 threshold without detections or ground truth, no AP50 without "
+                "ground truth, or the run's diagnosis lacks the value).",
+            ),
+        ),
+    )
+    out += [
+        "",
+        "## Plots",
+        "",
+        "![FP kinds and score distributions](fp_scores.png)",
+        "",
+        "![precision and recall per epoch](pr_curves.png)",
+        "",
+        "mAP50-95 per epoch and the score-IoU correlation are in the experiment report (`curves.png`, `ranking.png`, "
+        "`summary.md`).",
+        "",
+    ]
+    return "\n".join(out)
