@@ -599,6 +599,54 @@ def test_module_passes_labels_to_vfl():
     torch.testing.assert_close(get_cls_loss("qfl")(x, q, labels), get_cls_loss("qfl")(x, q))
 
 
+@pytest.mark.parametrize("name, impl", ALL_IMPLS)
+def test_module_makes_no_host_sync(name, impl, monkeypatch):
+    """ClsLoss (the training path) never reads a tensor value on the host: no .item(), aminmax or bool() per call."""
+    x, q = random_inputs((2, 50, 4), dtype=torch.float32)
+    labels = q > 0
+    module = get_cls_loss(name, impl=impl)  # hyperparameters validated here, once
+
+    def sync(*_a, **_k):
+        raise AssertionError("host sync in the training path")
+
+    for target, attr in (
+        (torch.Tensor, "item"),
+        (torch.Tensor, "tolist"),
+        (torch, "aminmax"),
+        (torch.Tensor, "aminmax"),
+    ):
+        monkeypatch.setattr(target, attr, sync)
+    monkeypatch.setattr(torch.Tensor, "__bool__", sync)
+    loss = module(x, q, labels)
+    loss.sum().backward()
+    monkeypatch.undo()
+    torch.testing.assert_close(loss, call(name, x.detach(), q, impl))
+
+
+def test_module_still_checks_shapes_and_types():
+    """Without the value checks, ClsLoss still rejects a shape mismatch or a non-tensor (cheap, no host sync)."""
+    module = get_cls_loss("vfl")
+    with pytest.raises(ValueError, match=r"same shape.*\(2, 3\).*\(3, 2\)"):
+        module(X2, torch.zeros(3, 2))
+    with pytest.raises(TypeError, match="list"):
+        module([0.0], Q2)
+    with pytest.raises(ValueError, match=r"labels must have the shape"):
+        module(X2, Q2, torch.zeros(3, dtype=torch.bool))
+
+
+def test_each_range_and_default_written_once():
+    """The functions validate through the registry's HyperParam entries: same checks, same defaults, same messages."""
+    for spec in list_losses():
+        params = inspect.signature(spec.function).parameters
+        for p in spec.params:
+            assert params[p.name].default == p.default
+            with pytest.raises((TypeError, ValueError), match=rf"{p.name}"):
+                call(spec.name, X2, Q2, **{p.name: "bad"})
+    source = Path(losses_module.__file__).read_text()
+    for check in ('_check_unit("alpha"', '_check_nonnegative("gamma"', '_check_nonnegative("beta"'):
+        assert check not in source  # no second copy of a range in a loss body
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # torch.compile
 

@@ -119,8 +119,15 @@ def _check_impl(impl: Any) -> str:
     return impl
 
 
-def _check_inputs(logits: Any, targets: Any, labels: Any = None) -> None:
-    """Check types, shapes and the target range of a loss call (raises TypeError / ValueError)."""
+def _check_inputs(logits: Any, targets: Any, labels: Any = None, *, values: bool = True) -> None:
+    """Check types and shapes of a loss call and, with ``values``, the target range and the labels' 0/1 values.
+
+    The value checks read tensor contents on the host (a device sync on GPU): the public functions do them, the
+    training path (``ClsLoss``) does not. Types and shapes are metadata and always checked.
+
+    Raises:
+        TypeError / ValueError: naming the bad input.
+    """
     if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
         raise TypeError(
             f"logits and targets must be torch.Tensor, got {type(logits).__name__} and {type(targets).__name__}"
@@ -131,17 +138,20 @@ def _check_inputs(logits: Any, targets: Any, labels: Any = None) -> None:
         raise ValueError(
             f"logits and targets must have the same shape, got {tuple(logits.shape)} and {tuple(targets.shape)}"
         )
-    if targets.numel():
-        lo, hi = torch.aminmax(targets.detach().float())
-        lo, hi = lo.item(), hi.item()
-        if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
-            raise ValueError(f"targets must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
     if labels is not None:
         if not isinstance(labels, Tensor):
             raise TypeError(f"labels must be a torch.Tensor or None, got {type(labels).__name__}")
         if labels.shape != logits.shape:
             raise ValueError(f"labels must have the shape of logits {tuple(logits.shape)}, got {tuple(labels.shape)}")
-        if labels.dtype != torch.bool and labels.numel() and not bool(((labels == 0) | (labels == 1)).all()):
+    if not values:
+        return
+    if targets.numel():
+        lo, hi = torch.aminmax(targets.detach().float())
+        lo, hi = lo.item(), hi.item()
+        if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
+            raise ValueError(f"targets must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
+    if labels is not None and labels.dtype != torch.bool and labels.numel():
+        if not bool(((labels == 0) | (labels == 1)).all()):
             raise ValueError("labels must be boolean or contain only 0 and 1")
 
 
@@ -156,6 +166,44 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 def _float32(*tensors: Tensor) -> tuple[Tensor, ...]:
     """Cast to float32; float64 stays float64 (for gradcheck), half and bfloat16 go up to float32."""
     return tuple(t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hyperparameters: each one's default and range (its validator) are written here, once. The functions' keyword
+# defaults, their validation and the registry all use these entries.
+
+
+@dataclass(frozen=True)
+class HyperParam:
+    """One hyperparameter of a registered loss.
+
+    Attributes:
+        name: keyword of the loss function (``alpha``).
+        arg: trainer / CLI setting that carries it (``vfl_alpha``); ``None`` for a function keyword that is not a
+            trainer setting (QFL's YOLOv5 ``alpha``).
+        default: default value, and where it comes from in ``help``.
+        check: validator ``(name, value) -> value`` raising TypeError / ValueError.
+        help: one line for ``yolo-vfl losses`` and docs.
+    """
+
+    name: str
+    arg: str | None
+    default: Any
+    check: Callable[[str, Any], Any]
+    help: str
+
+
+_FL_ALPHA = HyperParam("alpha", "fl_alpha", 0.25, _check_focal_alpha, "positive weight; < 0 disables (RetinaNet 0.25)")
+_FL_GAMMA = HyperParam("gamma", "fl_gamma", 2.0, _check_nonnegative, "focusing exponent (RetinaNet 2.0)")
+_VFL_ALPHA = HyperParam("alpha", "vfl_alpha", 0.75, _check_unit, "weight of negatives (VarifocalNet 0.75)")
+_VFL_GAMMA = HyperParam("gamma", "vfl_gamma", 2.0, _check_nonnegative, "focusing exponent on negatives (2.0)")
+_VFL_IOU_WEIGHTED = HyperParam("iou_weighted", "vfl_iou_weighted", True, _check_bool, "weight positives by q or by 1")
+_QFL_BETA = HyperParam("beta", "qfl_beta", 2.0, _check_nonnegative, "modulating exponent (GFL 2.0)")
+_QFL_ALPHA = HyperParam("alpha", None, None, _check_optional_unit, "YOLOv5 QFocalLoss balance factor (off in GFL)")
+
+_FOCAL_PARAMS = (_FL_ALPHA, _FL_GAMMA)
+_VFL_PARAMS = (_VFL_ALPHA, _VFL_GAMMA, _VFL_IOU_WEIGHTED)
+_QFL_PARAMS = (_QFL_BETA,)  # the registered (trainer-setting) ones; _QFL_ALPHA is a function keyword only
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -371,6 +419,72 @@ def _run(
     return function.apply(x, q, *args, impl == "compiled")
 
 
+def _bce_elementwise(x: Tensor, q: Tensor, labels: Tensor | None, impl: str) -> Tensor:
+    return F.binary_cross_entropy_with_logits(x, q, reduction="none")
+
+
+def _focal_elementwise(x: Tensor, q: Tensor, labels: Tensor | None, impl: str, alpha: float, gamma: float) -> Tensor:
+    return _focal_autograd(x, q, alpha, gamma)
+
+
+def _vfl_elementwise(
+    x: Tensor, q: Tensor, labels: Tensor | None, impl: str, alpha: float, gamma: float, iou_weighted: bool
+) -> Tensor:
+    return _run("vfl", impl, _VarifocalFunction, _vfl_autograd, x, q, labels, alpha, gamma, iou_weighted)
+
+
+def _qfl_elementwise(
+    x: Tensor, q: Tensor, labels: Tensor | None, impl: str, beta: float, alpha: float | None = None
+) -> Tensor:
+    return _run("qfl", impl, _QualityFocalFunction, _qfl_autograd, x, q, beta, alpha)
+
+
+def _compute(
+    elementwise: Callable[..., Tensor],
+    logits: Tensor,
+    targets: Tensor,
+    labels: Tensor | None,
+    hyperparameters: dict[str, Any],
+    reduction: str,
+    impl: str,
+) -> Tensor:
+    """Float32 with autocast off, the elementwise kernel, the reduction (inputs and hyperparameters already valid).
+
+    Args:
+        elementwise: ``f(x, q, labels, impl, **hyperparameters) -> Tensor[...]``.
+        logits (Tensor[...]): raw scores, any floating dtype.
+        targets (Tensor[...]): soft targets, same shape.
+        labels (Tensor[...] | None): positive mask, same shape (only VFL uses it).
+        hyperparameters: validated keywords of the loss.
+        reduction (str): ``"none"``, ``"mean"`` or ``"sum"``.
+        impl (str): ``"fused"``, ``"autograd"`` or ``"compiled"`` (BCE and focal have one implementation).
+
+    Returns:
+        Tensor[...] float32 (float64 for float64 inputs), or a scalar when reduced.
+    """
+    with torch.autocast(logits.device.type, enabled=False):
+        x, q = _float32(logits, targets)
+        return _reduce(elementwise(x, q, labels, impl, **hyperparameters), reduction)
+
+
+def _loss(
+    elementwise: Callable[..., Tensor],
+    params: tuple[HyperParam, ...],
+    logits: Tensor,
+    targets: Tensor,
+    labels: Tensor | None,
+    hyperparameters: dict[str, Any],
+    reduction: str,
+    impl: str,
+) -> Tensor:
+    """The public functions' one wrapper: validate everything (values included), then ``_compute``."""
+    hyperparameters = {p.name: p.check(p.name, hyperparameters[p.name]) for p in params}
+    reduction = _check_reduction(reduction)
+    impl = _check_impl(impl)
+    _check_inputs(logits, targets, labels)
+    return _compute(elementwise, logits, targets, labels, hyperparameters, reduction, impl)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Public functions
 
@@ -388,15 +502,16 @@ def binary_cross_entropy(logits: Tensor, targets: Tensor, *, reduction: str = "n
     Returns:
         Tensor[...] float32 elementwise loss, or a scalar when reduced.
     """
-    reduction = _check_reduction(reduction)
-    _check_inputs(logits, targets)
-    with torch.autocast(logits.device.type, enabled=False):
-        x, q = _float32(logits, targets)
-        return _reduce(F.binary_cross_entropy_with_logits(x, q, reduction="none"), reduction)
+    return _loss(_bce_elementwise, (), logits, targets, None, {}, reduction, "fused")
 
 
 def sigmoid_focal_loss(
-    logits: Tensor, targets: Tensor, *, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none"
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    alpha: float = _FL_ALPHA.default,
+    gamma: float = _FL_GAMMA.default,
+    reduction: str = "none",
 ) -> Tensor:
     r"""Sigmoid focal loss (RetinaNet), with the same semantics as ``torchvision.ops.sigmoid_focal_loss``.
 
@@ -419,13 +534,8 @@ def sigmoid_focal_loss(
     Reference:
         Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017, arXiv:1708.02002.
     """
-    alpha = _check_focal_alpha("alpha", alpha)
-    gamma = _check_nonnegative("gamma", gamma)
-    reduction = _check_reduction(reduction)
-    _check_inputs(logits, targets)
-    with torch.autocast(logits.device.type, enabled=False):
-        x, q = _float32(logits, targets)
-        return _reduce(_focal_autograd(x, q, alpha, gamma), reduction)
+    hyperparameters = {"alpha": alpha, "gamma": gamma}
+    return _loss(_focal_elementwise, _FOCAL_PARAMS, logits, targets, None, hyperparameters, reduction, "fused")
 
 
 def varifocal_loss(
@@ -433,9 +543,9 @@ def varifocal_loss(
     targets: Tensor,
     labels: Tensor | None = None,
     *,
-    alpha: float = 0.75,
-    gamma: float = 2.0,
-    iou_weighted: bool = True,
+    alpha: float = _VFL_ALPHA.default,
+    gamma: float = _VFL_GAMMA.default,
+    iou_weighted: bool = _VFL_IOU_WEIGHTED.default,
     reduction: str = "none",
     impl: str = "fused",
 ) -> Tensor:
@@ -468,24 +578,16 @@ def varifocal_loss(
     Reference:
         Zhang et al., "VarifocalNet: An IoU-aware Dense Object Detector", CVPR 2021, arXiv:2008.13367.
     """
-    alpha = _check_unit("alpha", alpha)
-    gamma = _check_nonnegative("gamma", gamma)
-    iou_weighted = _check_bool("iou_weighted", iou_weighted)
-    reduction = _check_reduction(reduction)
-    impl = _check_impl(impl)
-    _check_inputs(logits, targets, labels)
-    with torch.autocast(logits.device.type, enabled=False):
-        x, q = _float32(logits, targets)
-        loss = _run("vfl", impl, _VarifocalFunction, _vfl_autograd, x, q, labels, alpha, gamma, iou_weighted)
-        return _reduce(loss, reduction)
+    hyperparameters = {"alpha": alpha, "gamma": gamma, "iou_weighted": iou_weighted}
+    return _loss(_vfl_elementwise, _VFL_PARAMS, logits, targets, labels, hyperparameters, reduction, impl)
 
 
 def quality_focal_loss(
     logits: Tensor,
     targets: Tensor,
     *,
-    beta: float = 2.0,
-    alpha: float | None = None,
+    beta: float = _QFL_BETA.default,
+    alpha: float | None = _QFL_ALPHA.default,
     reduction: str = "none",
     impl: str = "fused",
 ) -> Tensor:
@@ -511,38 +613,12 @@ def quality_focal_loss(
     Reference:
         Li et al., "Generalized Focal Loss", NeurIPS 2020, arXiv:2006.04388.
     """
-    beta = _check_nonnegative("beta", beta)
-    alpha = _check_optional_unit("alpha", alpha)
-    reduction = _check_reduction(reduction)
-    impl = _check_impl(impl)
-    _check_inputs(logits, targets)
-    with torch.autocast(logits.device.type, enabled=False):
-        x, q = _float32(logits, targets)
-        loss = _run("qfl", impl, _QualityFocalFunction, _qfl_autograd, x, q, beta, alpha)
-        return _reduce(loss, reduction)
+    hyperparameters = {"beta": beta, "alpha": alpha}
+    return _loss(_qfl_elementwise, (*_QFL_PARAMS, _QFL_ALPHA), logits, targets, None, hyperparameters, reduction, impl)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Registry
-
-
-@dataclass(frozen=True)
-class HyperParam:
-    """One hyperparameter of a registered loss.
-
-    Attributes:
-        name: keyword of the loss function (``alpha``).
-        arg: trainer / CLI setting that carries it (``vfl_alpha``).
-        default: default value, and where it comes from in ``help``.
-        check: validator ``(name, value) -> value`` raising TypeError / ValueError.
-        help: one line for ``yolo-vfl losses`` and docs.
-    """
-
-    name: str
-    arg: str
-    default: Any
-    check: Callable[[str, Any], Any]
-    help: str
 
 
 @dataclass(frozen=True)
@@ -556,6 +632,8 @@ class LossSpec:
         formula: one-line formula for tables.
         reference: the paper.
         uses_labels: whether ``function`` takes the positive mask as third argument.
+        elementwise: the kernel ``f(x, q, labels, impl, **hyperparameters)`` behind ``function``, without input
+            validation: ``ClsLoss`` calls it on the training path.
     """
 
     name: str
@@ -564,6 +642,7 @@ class LossSpec:
     formula: str
     reference: str
     uses_labels: bool = False
+    elementwise: Callable[..., Tensor] | None = field(default=None, repr=False, compare=False)
     defaults: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -601,41 +680,38 @@ _register(
         params=(),
         formula="-(q log p + (1-q) log(1-p))",
         reference="stock YOLOv8 classification loss",
+        elementwise=_bce_elementwise,
     )
 )
 _register(
     LossSpec(
         name="focal",
         function=sigmoid_focal_loss,
-        params=(
-            HyperParam("alpha", "fl_alpha", 0.25, _check_focal_alpha, "positive weight; < 0 disables (RetinaNet 0.25)"),
-            HyperParam("gamma", "fl_gamma", 2.0, _check_nonnegative, "focusing exponent (RetinaNet 2.0)"),
-        ),
+        params=_FOCAL_PARAMS,
         formula="alpha_t (1-p_t)^gamma BCE(x, q)",
         reference="Lin et al. 2017, Focal Loss (arXiv:1708.02002)",
+        elementwise=_focal_elementwise,
     )
 )
 _register(
     LossSpec(
         name="vfl",
         function=varifocal_loss,
-        params=(
-            HyperParam("alpha", "vfl_alpha", 0.75, _check_unit, "weight of negatives (VarifocalNet 0.75)"),
-            HyperParam("gamma", "vfl_gamma", 2.0, _check_nonnegative, "focusing exponent on negatives (2.0)"),
-            HyperParam("iou_weighted", "vfl_iou_weighted", True, _check_bool, "weight positives by q (True) or 1"),
-        ),
+        params=_VFL_PARAMS,
         formula="pos: q BCE(x, q); neg: alpha p^gamma BCE(x, 0)",
         reference="Zhang et al. 2021, VarifocalNet (arXiv:2008.13367)",
         uses_labels=True,
+        elementwise=_vfl_elementwise,
     )
 )
 _register(
     LossSpec(
         name="qfl",
         function=quality_focal_loss,
-        params=(HyperParam("beta", "qfl_beta", 2.0, _check_nonnegative, "modulating exponent (GFL 2.0)"),),
+        params=_QFL_PARAMS,
         formula="|q - p|^beta BCE(x, q)",
         reference="Li et al. 2020, Generalized Focal Loss (arXiv:2006.04388)",
+        elementwise=_qfl_elementwise,
     )
 )
 
@@ -662,6 +738,9 @@ def get_loss_spec(name: Any) -> LossSpec:
 class ClsLoss(nn.Module):
     """A registered loss with validated hyperparameters: ``forward(logits, targets, labels=None)``.
 
+    The training path: hyperparameters are validated once, here; ``forward`` checks only types and shapes (no
+    target-range check, which would read the tensor on the host and sync the device every step).
+
     Args:
         name (str): registry name (see ``list_losses()``).
         impl (str): implementation for VFL and QFL (``"fused"``, ``"autograd"``, ``"compiled"``).
@@ -673,9 +752,6 @@ class ClsLoss(nn.Module):
         self.spec = get_loss_spec(name)
         self.hyperparameters = self.spec.validate(**hyperparameters)
         self.impl = _check_impl(impl)
-        self._kwargs = dict(self.hyperparameters)
-        if self.spec.function in (varifocal_loss, quality_focal_loss):
-            self._kwargs["impl"] = self.impl
 
     @property
     def name(self) -> str:
@@ -683,19 +759,19 @@ class ClsLoss(nn.Module):
         return self.spec.name
 
     def forward(self, logits: Tensor, targets: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Elementwise loss.
+        """Elementwise loss, without a host sync.
 
         Args:
             logits (Tensor[...]): raw scores, e.g. ``(B, A, C)``.
-            targets (Tensor[...]): soft targets in ``[0, 1]``, same shape.
+            targets (Tensor[...]): soft targets in ``[0, 1]``, same shape (not checked here: the caller's contract).
             labels (Tensor[...] | None): positive mask (used by losses with ``uses_labels``; others ignore it).
 
         Returns:
             Tensor[...] float32 elementwise loss.
         """
-        if self.spec.uses_labels:
-            return self.spec.function(logits, targets, labels, **self._kwargs)
-        return self.spec.function(logits, targets, **self._kwargs)
+        labels = labels if self.spec.uses_labels else None
+        _check_inputs(logits, targets, labels, values=False)
+        return _compute(self.spec.elementwise, logits, targets, labels, self.hyperparameters, "none", self.impl)
 
     def extra_repr(self) -> str:
         """Name and hyperparameters, shown by ``print(module)``."""
