@@ -18,6 +18,7 @@ from yolo_vfl.criterion import (
     foreground_labels,
     install_cls_loss,
     installed_loss,
+    normalize_setting,
     predicted_iou,
 )
 from yolo_vfl.losses import UnknownLossError
@@ -323,6 +324,81 @@ def test_cls_target_and_warmup_validation():
         ClsLossSettings.from_args({"loss": "vfl", "cls_warmup": -1})
     with pytest.raises(TypeError, match="cls_warmup is a trainer setting"):
         VFLDetectionLoss(make_model(), loss="vfl", cls_warmup=2)
+
+
+@pytest.mark.parametrize(
+    "settings, error, message",
+    [
+        ({"loss": "vfl", "cls_warmup": False}, TypeError, r"cls_warmup must be an integer.*False \(bool\)"),
+        ({"loss": "vfl", "cls_warmup": True}, TypeError, r"cls_warmup must be an integer.*True \(bool\)"),
+        ({"loss": "vfl", "cls_warmup": None}, TypeError, r"cls_warmup must be an integer.*None"),
+        ({"loss": "vfl", "cls_warmup": 2.0}, TypeError, r"cls_warmup must be an integer.*2\.0 \(float\)"),
+        ({"loss": "vfl", "cls_target": ""}, ValueError, r"Invalid cls_target='': valid values are 'tal', 'iou'"),
+        ({"loss": "vfl", "cls_target": None}, ValueError, r"Invalid cls_target=None: valid values are 'tal', 'iou'"),
+        ({"loss": "vfl", "cls_fg_negatives": ""}, ValueError, r"Invalid cls_fg_negatives='': valid values are"),
+        ({"loss": "vfl", "cls_fg_negatives": None}, ValueError, r"Invalid cls_fg_negatives=None"),
+        ({"loss": None}, UnknownLossError, r"Unknown loss None\. Valid losses: bce, focal, vfl, qfl"),
+        ({"loss": ""}, UnknownLossError, r"Unknown loss ''\. Valid losses"),
+        ({"loss": "vfl", "vfl_alpha": None}, TypeError, r"vfl_alpha must be a real number, got None"),
+        ({"loss": "vfl", "vfl_iou_weighted": None}, TypeError, r"vfl_iou_weighted must be True or False, got None"),
+        ({"loss": "bce", "cls_warmup": 2}, ValueError, r"cls_warmup=2 has no effect with loss='bce'"),
+    ],
+)
+def test_settings_types_are_strict(settings, error, message):
+    """A bool is not an epoch count; empty / None values (``key=`` on the CLI) are errors; BCE warm-up with BCE too."""
+    with pytest.raises(error, match=message):
+        ClsLossSettings.from_args(settings)
+    key = next(k for k in settings if k != "loss") if len(settings) > 1 else "loss"
+    if settings.get("loss") != "bce":  # a single setting on its own is checked the same way
+        with pytest.raises(error, match=message):
+            normalize_setting(key, settings[key])
+
+
+def test_single_settings_normalize_on_their_own():
+    """normalize_setting checks one setting without the others (cls_warmup=3 alone is not 'warm-up with BCE')."""
+    assert normalize_setting("cls_warmup", 3) == 3
+    assert normalize_setting("cls_target", "iou") == "iou"
+    assert normalize_setting("loss", "VFL") == "vfl"
+    assert normalize_setting("vfl_gamma", 1) == 1.0
+    assert ClsLossSettings.from_args({"loss": "bce", "cls_warmup": 0}).warmup == 0
+    with pytest.raises(KeyError):
+        normalize_setting("nope", 1)
+
+
+def test_warmup_must_be_shorter_than_training():
+    """cls_warmup >= epochs would train BCE the whole run under a loss=vfl label: refused, naming the valid range."""
+    settings = ClsLossSettings.from_args({"loss": "vfl", "cls_warmup": 3})
+    settings.check_epochs(4)
+    with pytest.raises(ValueError, match=r"Invalid cls_warmup=3 for epochs=3 with loss='vfl': valid values are 0 to 2"):
+        settings.check_epochs(3)
+    ClsLossSettings.from_args({"loss": "vfl"}).check_epochs(1)
+
+
+@pytest.mark.parametrize("loss, target", [("vfl", "tal"), ("qfl", "tal"), ("vfl", "iou")])
+def test_criterion_forward_makes_no_host_sync_in_the_loss(loss, target, monkeypatch):
+    """The criterion's classification term reads no tensor value on the host (no .item() / aminmax per step)."""
+    from yolo_vfl.criterion import ClsLossTap
+
+    model = make_model()
+    crit = VFLDetectionLoss(model, loss=loss, cls_target=target)
+    preds, batch = model(make_batch()["img"]), make_batch()
+    forward = ClsLossTap.forward
+
+    def guarded(self, *args, **kwargs):
+        def sync(*_a, **_k):
+            raise AssertionError("host sync in the classification loss")
+
+        with monkeypatch.context() as m:
+            m.setattr(torch.Tensor, "item", sync)
+            m.setattr(torch.Tensor, "tolist", sync)
+            m.setattr(torch, "aminmax", sync)
+            m.setattr(torch.Tensor, "aminmax", sync)
+            return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClsLossTap, "forward", guarded)
+    loss, _ = crit(preds, batch)
+    loss.sum().backward()
+    assert math.isfinite(float(loss.detach().sum()))
 
 
 def test_targets_stay_float32_under_autocast():

@@ -18,7 +18,7 @@ positives (the bug of the recipe in ultralytics issue #3604); here they are nega
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,20 +76,21 @@ class ClsLossSettings:
     def from_args(cls, args: Mapping[str, Any] | Any) -> ClsLossSettings:
         """Validate the settings found in a mapping or namespace (keys not in ``SETTING_KEYS`` are ignored).
 
+        A key that is absent gets its default; a key that is present must hold a valid value: ``None`` and ``""`` (what
+        the CLI makes of ``key=``) are errors, not defaults, and a bool is not an epoch count.
+
         Raises:
             UnknownLossError: unknown ``loss`` (the message lists the valid ones).
-            TypeError / ValueError: a bad hyperparameter value, or a hyperparameter of another loss set away from
-                its default (it would silently do nothing).
+            TypeError / ValueError: a bad value, a hyperparameter of another loss set away from its default, or
+                ``cls_warmup`` with ``loss=bce`` (either would silently do nothing).
         """
         if not isinstance(args, Mapping):
             args = vars(args)
-        name = args.get("loss", "bce")
-        name = "bce" if name is None else name
-        spec = get_loss_spec(name.lower() if isinstance(name, str) else name)
+        spec = get_loss_spec(_check_loss(args["loss"]) if "loss" in args else "bce")
         values: dict[str, Any] = {}
         for other in list_losses():
             for p in other.params:
-                if p.arg not in args or args[p.arg] is None:
+                if p.arg not in args:
                     values[p.arg] = p.default
                     continue
                 value = p.check(p.arg, args[p.arg])
@@ -99,18 +100,29 @@ class ClsLossSettings:
                         f"loss={other.name!r}. Remove it or set loss={other.name}."
                     )
                 values[p.arg] = value
-        target = args.get("cls_target") or "tal"
-        if target not in CLS_TARGETS:
-            raise ValueError(f"Invalid cls_target={target!r}: valid values are {', '.join(map(repr, CLS_TARGETS))}")
-        warmup = args.get("cls_warmup") or 0
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"Invalid cls_warmup={warmup!r}: valid values are integers >= 0 (epochs of BCE first)")
-        fg_negatives = args.get("cls_fg_negatives") or "loss"
-        if fg_negatives not in FG_NEGATIVES:
+        own = {key: check(args[key]) if key in args else default for key, (default, check) in _OWN_SETTINGS.items()}
+        if own["cls_warmup"] and spec.name == "bce":
             raise ValueError(
-                f"Invalid cls_fg_negatives={fg_negatives!r}: valid values are {', '.join(map(repr, FG_NEGATIVES))}"
+                f"cls_warmup={own['cls_warmup']} has no effect with loss='bce': it is the number of first epochs "
+                "trained with BCE before switching to loss=focal, vfl or qfl. Remove it or set one of those losses."
             )
-        return cls(spec.name, values, target, warmup, fg_negatives)
+        return cls(spec.name, values, own["cls_target"], own["cls_warmup"], own["cls_fg_negatives"])
+
+    def check_epochs(self, epochs: int) -> None:
+        """Check that the BCE warm-up leaves epochs for the chosen loss (called before training and on resume).
+
+        Args:
+            epochs (int): total epochs of the run (Ultralytics' ``epochs``).
+
+        Raises:
+            ValueError: ``cls_warmup >= epochs``: the whole run would train BCE while the logs, ``args.yaml`` and the
+                checkpoints say ``loss=vfl``.
+        """
+        if self.warmup and self.warmup >= epochs:
+            raise ValueError(
+                f"Invalid cls_warmup={self.warmup} for epochs={epochs} with loss={self.loss!r}: valid values are 0 to "
+                f"{epochs - 1} (the first cls_warmup epochs train BCE; {self.loss} must train at least one epoch)"
+            )
 
     def to_args(self) -> dict[str, Any]:
         """All settings as trainer arguments: ``{"loss": "vfl", "vfl_alpha": 0.75, ..., "cls_target": "tal"}``."""
@@ -141,17 +153,48 @@ class ClsLossSettings:
         return " ".join(parts)
 
 
+def _check_loss(value: Any) -> str:
+    """Canonical loss name (``"VFL"`` -> ``"vfl"``); raises UnknownLossError with the valid names."""
+    return get_loss_spec(value.lower() if isinstance(value, str) else value).name
+
+
+def _choice(key: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise ValueError(f"Invalid {key}={value!r}: valid values are {', '.join(map(repr, choices))}")
+        return value
+
+    return check
+
+
+def _check_warmup(value: Any) -> int:
+    """``cls_warmup``: an int >= 0 (a bool, ``None`` or float is a TypeError)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"cls_warmup must be an integer number of epochs >= 0, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise ValueError(f"Invalid cls_warmup={value}: valid values are integers >= 0 (epochs of BCE first)")
+    return value
+
+
+#: The settings that are not loss hyperparameters: ``key: (default, validator)``.
+_OWN_SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    "cls_target": ("tal", _choice("cls_target", CLS_TARGETS)),
+    "cls_fg_negatives": ("loss", _choice("cls_fg_negatives", FG_NEGATIVES)),
+    "cls_warmup": (0, _check_warmup),
+}
+
+
 def normalize_setting(key: str, value: Any) -> Any:
     """Validate one setting on its own and return its canonical value (``"VFL"`` -> ``"vfl"``, ``1`` -> ``1.0``).
 
     Raises:
         KeyError: ``key`` is not one of ``SETTING_KEYS``.
-        UnknownLossError / TypeError / ValueError: as ``ClsLossSettings.from_args``.
+        UnknownLossError / TypeError / ValueError: a bad value, as in ``ClsLossSettings.from_args``.
     """
     if key == "loss":
-        return ClsLossSettings.from_args({"loss": value}).loss
-    if key in ("cls_target", "cls_fg_negatives", "cls_warmup"):
-        return ClsLossSettings.from_args({key: value}).to_args()[key]
+        return _check_loss(value)
+    if key in _OWN_SETTINGS:
+        return _OWN_SETTINGS[key][1](value)
     for spec in list_losses():
         for p in spec.params:
             if p.arg == key:
