@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import IMGSZ, train_tiny
 
@@ -46,6 +47,8 @@ def test_each_loss_trains_an_epoch(loss, det_data, tmp_path):
     assert_finite_losses(trainer.save_dir)
     args = yaml.safe_load((trainer.save_dir / "args.yaml").read_text())
     assert args["loss"] == loss and args["vfl_alpha"] == 0.75 and args["qfl_beta"] == 2.0
+    for weights in ("best.pt", "last.pt"):  # the final checkpoints record the loss too, not train_args['loss'] None
+        assert_settings_recorded(trainer.save_dir / "weights" / weights, loss=loss, vfl_alpha=0.75, cls_warmup=0)
 
 
 @pytest.mark.parametrize(
@@ -93,6 +96,16 @@ def test_explicit_trainer_task_mismatch(det_data, tmp_path):
         ({"loss": "qfl", "qfl_beta": -0.5}, ValueError, r"Invalid qfl_beta=-0\.5"),
         ({"loss": "focal", "fl_gamma": "x"}, TypeError, r"fl_gamma must be a real number"),
         ({"loss": "bce", "vfl_gamma": 1.0}, ValueError, r"vfl_gamma=1\.0 has no effect with loss='bce'"),
+        (
+            {"loss": "vfl", "cls_warmup": 2, "epochs": 2},
+            ValueError,
+            r"Invalid cls_warmup=2 for epochs=2 with loss='vfl",
+        ),
+        ({"loss": "qfl", "cls_warmup": 100}, ValueError, r"Invalid cls_warmup=100 for epochs=100.*0 to 99"),  # default
+        ({"loss": "bce", "cls_warmup": 1}, ValueError, r"cls_warmup=1 has no effect with loss='bce'"),
+        ({"loss": "vfl", "cls_warmup": False}, TypeError, r"cls_warmup must be an integer.*False \(bool\)"),
+        ({"loss": "vfl", "cls_target": ""}, ValueError, r"Invalid cls_target='': valid values are 'tal', 'iou'"),
+        ({"loss": "vfl", "cls_target": None}, ValueError, r"Invalid cls_target=None"),
     ],
 )
 def test_bad_settings_fail_before_training(settings, error, message, det_data, tmp_path):
@@ -156,6 +169,16 @@ def run_vanilla(det_data: Path, project: Path, weights: list[Path]) -> str:
     return out.stdout
 
 
+def assert_settings_recorded(weights: Path, **expected) -> None:
+    """The checkpoint's train_args carry every loss setting (defaults filled in) with the expected values."""
+    from yolo_vfl.criterion import SETTING_KEYS
+
+    train_args = torch.load(weights, map_location="cpu", weights_only=False)["train_args"]
+    assert set(SETTING_KEYS) <= set(train_args), sorted(set(SETTING_KEYS) - set(train_args))
+    assert {k: train_args[k] for k in expected} == expected
+    assert train_args["cls_target"] == "tal" and train_args["cls_fg_negatives"] == "loss"
+
+
 class Interrupt(Exception):
     """Raised by a callback to stop training like a killed job, after the epoch's checkpoint is written."""
 
@@ -188,7 +211,22 @@ def test_interrupted_run_loads_vanilla_and_resumes_with_same_loss(det_data, tmp_
         )
     last = tmp_path / "run" / "weights" / "last.pt"
     assert last.exists()
+    assert_settings_recorded(last, loss="qfl", qfl_beta=1.5)
     assert "VANILLA OK" in run_vanilla(det_data, tmp_path / "vanilla", [last])
+
+    # plain Ultralytics resume (no yolo-vfl trainer) fails before training, with Ultralytics' unknown-key error
+    before = last.read_bytes()
+    with pytest.raises(SyntaxError, match=r"'(loss|qfl_beta|cls_warmup|cls_target)' is not a valid YOLO argument"):
+        YOLO(last).train(resume=True, workers=0)
+    assert last.read_bytes() == before and [int(r["epoch"]) for r in read_results(tmp_path / "run")] == [1]
+
+    # a checkpoint whose warm-up covers the whole run is refused on resume too
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt["train_args"]["cls_warmup"] = 3
+    bad = tmp_path / "bad_warmup.pt"
+    torch.save(ckpt, bad)
+    with pytest.raises(ValueError, match=r"Invalid cls_warmup=3 for epochs=3 with loss='qfl': valid values are 0 to 2"):
+        YOLO(bad).train(trainer=VFLDetectionTrainer, resume=True, workers=0)
 
     with pytest.raises(ValueError, match="Cannot change the classification loss on resume: loss='vfl'"):
         YOLO(last).train(trainer=VFLDetectionTrainer, resume=True, loss="vfl")
@@ -200,6 +238,8 @@ def test_interrupted_run_loads_vanilla_and_resumes_with_same_loss(det_data, tmp_
     assert installed_loss(trainer.model.criterion) == "qfl"
     assert [int(r["epoch"]) for r in read_results(tmp_path / "run")] == [1, 2, 3]
     best = tmp_path / "run" / "weights" / "best.pt"
+    for final in (last, best):  # Ultralytics' final strip_optimizer drops unknown train_args keys: put back
+        assert_settings_recorded(final, loss="qfl", qfl_beta=1.5)
     assert "VANILLA OK" in run_vanilla(det_data, tmp_path / "vanilla2", [last, best])
 
 
@@ -276,3 +316,4 @@ def test_bce_warmup_then_switch(det_data, tmp_path):
     assert {(e, m, ema) for e, m, ema in seen} == {(0, "bce", "bce"), (1, "vfl", "vfl")}
     args = yaml.safe_load((tmp_path / "warm" / "args.yaml").read_text())
     assert args["cls_warmup"] == 1 and args["cls_target"] == "tal"
+    assert_settings_recorded(tmp_path / "warm" / "weights" / "last.pt", loss="vfl", cls_warmup=1)

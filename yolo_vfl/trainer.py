@@ -10,7 +10,10 @@ Usage::
 ``VFLDetectionTrainer`` picks the segment, pose or OBB variant from the model's task. The settings (``loss``,
 ``vfl_alpha``, ``vfl_gamma``, ``vfl_iou_weighted``, ``qfl_beta``, ``fl_alpha``, ``fl_gamma``) are validated before any
 work, live in ``trainer.args`` (so ``args.yaml``, checkpoints, resume and the rebuilt DDP workers carry them) and are
-hidden from Ultralytics' key check, which rejects keys it does not know.
+hidden from Ultralytics' key check, which rejects keys it does not know. Ultralytics' final ``strip_optimizer`` drops
+unknown keys from the checkpoints' ``train_args``: ``final_eval`` puts the settings back into ``last.pt`` and
+``best.pt``. Plain Ultralytics resume of such a checkpoint then stops with Ultralytics' SyntaxError for unknown keys
+before the first batch, instead of training BCE.
 
 The model stays a plain Ultralytics model: the loss is installed into ``model.criterion`` of the training model and of
 the EMA model (which the validator uses for val losses) after ``_setup_train``, and taken off around every checkpoint
@@ -26,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from ultralytics.cfg import get_cfg
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.models.yolo.pose import PoseTrainer
@@ -53,6 +58,32 @@ def _cls_warmup_callback(trainer: Any) -> None:
     trainer.install_cls_loss(trainer.epoch)
 
 
+def _check_epochs(settings: ClsLossSettings, args: Any) -> None:
+    """``cls_warmup < epochs`` (Ultralytics recomputes ``epochs`` from ``time=`` during training: not checkable)."""
+    if getattr(args, "time", None) is None:
+        settings.check_epochs(args.epochs)
+
+
+def _record_settings(path: Path, settings: dict[str, Any]) -> None:
+    """Put the loss settings back into a checkpoint's ``train_args`` (atomically), if they are missing.
+
+    Ultralytics' final ``strip_optimizer`` keeps only the keys it knows in ``train_args``.
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    train_args = ckpt.get("train_args")
+    if not isinstance(train_args, dict) or all(train_args.get(k, object()) == v for k, v in settings.items()):
+        return
+    ckpt["train_args"] = {**train_args, **settings}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _save_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write a YAML file through a temporary file in the same directory and an atomic rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -75,8 +106,9 @@ class VFLDetectionTrainer(DetectionTrainer):
 
     Raises:
         UnknownLossError: unknown ``loss`` (the message lists the valid losses).
-        TypeError / ValueError: an invalid hyperparameter, a hyperparameter of another loss, an unsupported task, or
-            a resume that asks for different loss settings than the checkpoint was trained with.
+        TypeError / ValueError: an invalid hyperparameter, a hyperparameter of another loss, ``cls_warmup >= epochs``
+            (also on resume), an unsupported task, or a resume that asks for different loss settings than the
+            checkpoint was trained with.
     """
 
     task_name = "detect"
@@ -98,9 +130,13 @@ class VFLDetectionTrainer(DetectionTrainer):
                 f"{type(self).__name__} trains task {self.task_name!r} but the model's task is {task!r}; use "
                 f"yolo_vfl.trainer_for_task({task!r}) or VFLDetectionTrainer, which picks it from the model"
             )
+        preview = get_cfg(cfg, overrides)  # Ultralytics' own checks; epochs before any run directory exists
+        if not preview.resume:
+            _check_epochs(settings, preview)
         super().__init__(cfg, overrides, _callbacks)
         if self.resume:
             settings = self._resume_settings(given)
+            _check_epochs(settings, self.args)
         self.cls_loss_settings = settings
         for key, value in settings.to_args().items():
             setattr(self.args, key, value)
@@ -185,6 +221,16 @@ class VFLDetectionTrainer(DetectionTrainer):
         """Ultralytics' set-up (model, EMA, optimizer, resume), then install the loss."""
         super()._setup_train(*args, **kwargs)
         self.install_cls_loss()
+
+    def final_eval(self, *args: Any, **kwargs: Any) -> Any:
+        """Ultralytics' final evaluation, then the loss settings back into the stripped ``last.pt`` / ``best.pt``."""
+        try:
+            return super().final_eval(*args, **kwargs)
+        finally:
+            if RANK in {-1, 0}:
+                for path in (self.last, self.best):
+                    if path.exists():
+                        _record_settings(path, self.cls_loss_settings.to_args())
 
     def save_model(self, *args: Any, **kwargs: Any) -> Any:
         """Save checkpoints with the criteria detached (plain Ultralytics pickles)."""
