@@ -245,13 +245,13 @@ def test_all_corrupt_dataset_is_one_line_before_any_run_dir(tmp_path, capfd, mon
 
 def test_partly_corrupt_dataset_passes_the_check(tmp_path, det_data):
     """One readable image per split is enough for the check (Ultralytics skips the corrupt ones itself)."""
-    from yolo_vfl.cli import _check_data
+    from yolo_vfl.checks import check_data
 
-    _check_data(str(det_data))  # the generated dataset: fine
+    check_data(str(det_data))  # the generated dataset: fine
     data = _corrupt_dataset(tmp_path / "mixed")
     shutil.copy(next((det_data.parent / "images" / "train").glob("*.png")), data.parent / "images" / "train")
     shutil.copy(next((det_data.parent / "images" / "val").glob("*.png")), data.parent / "images" / "val")
-    _check_data(str(data))
+    check_data(str(data))
 
 
 @pytest.mark.parametrize("exc", [TypeError("bug"), KeyError("bug"), ValueError("bug"), AttributeError("bug")])

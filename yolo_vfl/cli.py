@@ -18,15 +18,17 @@ import ast
 import contextlib
 import difflib
 import os
+import shlex
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .checks import check_data, check_model, first_line
 from .errors import UserError
 from .losses import UnknownLossError, list_losses
 
-MODES = ("train", "ab", "val", "predict", "export", "data", "losses", "version", "help")
+MODES = ("train", "ab", "pretrain", "val", "predict", "export", "data", "losses", "version", "help")
 ULTRALYTICS_MODES = ("val", "predict", "export")
 DEFAULT_MODEL_WITH_DATA = "yolov8n.pt"
 DEFAULT_MODEL_OFFLINE = "yolov8n.yaml"
@@ -45,6 +47,8 @@ Usage:
   yolo-vfl ab [spec.yaml] [key=value ...]   A/B experiment: arms x seeds, report with paired 95% intervals
   yolo-vfl ab report out=DIR        rewrite the report of an experiment directory
   yolo-vfl ab diagnose out=DIR      false positives by kind and score distributions per arm
+  yolo-vfl pretrain [key=value ...] build (once, cached) the project-made pretrained checkpoint: stock-BCE yolov8n
+                                    on 3,200 generated shapes images; A/B specs fine-tune from it with pretrain:
   yolo-vfl val|predict|export ...   hand over to Ultralytics (checkpoints are plain Ultralytics)
   yolo-vfl data out=DIR [n=600 seed=0 imgsz=192 variant=shapes|glyphs]   write a generated dataset to DIR
   yolo-vfl losses                   list the losses: formula, defaults, paper
@@ -132,7 +136,7 @@ def _validating(prefix: str = "") -> Iterator[None]:
     except CLIError:
         raise
     except (TypeError, ValueError, KeyError, SyntaxError) as e:
-        raise CLIError(f"{prefix}{_first_line(e)}") from e
+        raise CLIError(f"{prefix}{first_line(e)}") from e
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
@@ -248,135 +252,6 @@ def _cmd_data(args: dict[str, Any]) -> int:
     return 0
 
 
-def _is_offline() -> bool:
-    from ultralytics.utils import ONLINE
-
-    return os.environ.get("YOLO_OFFLINE", "") not in ("", "0") or not ONLINE
-
-
-def _check_model(model: str) -> None:
-    """Fail before training when the model file is missing and cannot be downloaded."""
-    path = Path(model).expanduser()
-    if path.exists():
-        return
-    if path.suffix in (".yaml", ".yml"):
-        from ultralytics.nn.tasks import yaml_model_load  # resolves scaled names: yolov8n.yaml -> yolov8.yaml
-
-        try:
-            yaml_model_load(model)
-        except (FileNotFoundError, AssertionError) as e:
-            raise CLIError(
-                f"Model file '{model}' not found (neither a local file nor an Ultralytics model YAML)."
-            ) from e
-        return
-    if path.suffix != ".pt":
-        raise CLIError(f"Model '{model}' not found: expected a local .pt checkpoint or a model .yaml.")
-    if len(path.parts) > 1:
-        raise CLIError(f"Model file '{model}' not found.")
-    if _is_offline():
-        raise CLIError(
-            f"Pretrained weights '{model}' are not on this machine and cannot be downloaded (offline). Use "
-            f"model={path.stem}.yaml to train from scratch, or model=/path/to/{path.name} for a local copy."
-        )
-
-
-def _check_data(data: str) -> None:
-    """Fail before training (before a run directory exists) when the dataset is missing or unusable.
-
-    Missing and not downloadable (a near miss of a generated dataset's name gets a suggestion), or a split whose
-    images cannot be read at all (Ultralytics would skip them one by one and fail after creating the run).
-
-    Raises:
-        CLIError: naming the dataset and what is wrong with it.
-    """
-    from ultralytics.data.utils import check_det_dataset
-
-    from .data import EMBEDDED_NAMES
-
-    offline = _is_offline()
-    try:
-        info = check_det_dataset(data, autodownload=not offline)
-    except Exception as e:  # Ultralytics raises FileNotFoundError, or ConnectionError and others while downloading
-        close = difflib.get_close_matches(data, list(EMBEDDED_NAMES), n=1, cutoff=0.75)
-        if close and not Path(data).suffix:
-            raise CLIError(
-                f"Dataset '{data}' not found. Did you mean '{close[0]}'? Generated datasets: "
-                f"{', '.join(EMBEDDED_NAMES)}; or give the path of a data YAML."
-            ) from e
-        if offline:
-            reason = _first_line(e).rstrip(".")
-            raise CLIError(
-                f"Dataset '{data}' is not on this machine and cannot be downloaded (offline): {reason}. "
-                "Run 'yolo-vfl train' without data= to use the embedded dataset, or point data= to a local YAML."
-            ) from e
-        raise CLIError(f"Dataset '{data}' could not be prepared: {_first_line(e)}") from e
-    for split in ("train", "val"):
-        if info.get(split):
-            _check_images(data, split, info[split])
-
-
-def _image_files(source: Any) -> Iterator[Path]:
-    """The image files of a dataset split, lazily and in no particular order.
-
-    Args:
-        source: a directory (searched recursively), a .txt list of files, an image file, or a list of these.
-
-    Yields:
-        Paths of image files (by extension; not opened).
-    """
-    from ultralytics.data.utils import IMG_FORMATS
-
-    for item in source if isinstance(source, (list, tuple)) else [source]:
-        path = Path(str(item)).expanduser()
-        if path.is_dir():
-            for root, _, files in os.walk(path):
-                yield from (Path(root) / f for f in files if f.rpartition(".")[2].lower() in IMG_FORMATS)
-        elif path.suffix == ".txt" and path.is_file():
-            for line in path.read_text(errors="replace").splitlines():
-                line = line.strip()
-                if line and line.rpartition(".")[2].lower() in IMG_FORMATS:
-                    f = Path(line)
-                    yield f if f.is_absolute() else path.parent / line.removeprefix("./")
-        elif path.suffix[1:].lower() in IMG_FORMATS:
-            yield path
-
-
-def _unreadable(path: Path) -> str | None:
-    """Why the image file ``path`` cannot be used (header checked, pixels not decoded), or None when it can."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.verify()
-            width, height = im.size
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file; all mean 'unreadable'
-        return _first_line(e)
-    return None if width > 1 and height > 1 else f"image size {width}x{height}"
-
-
-def _check_images(data: str, split: str, source: Any) -> None:
-    """Raise CLIError when the ``split`` of ``data`` has no image that can be read (stops at the first good one)."""
-    count, first_bad = 0, None
-    for path in _image_files(source):
-        count += 1
-        why = _unreadable(path)
-        if why is None:
-            return
-        if first_bad is None or str(path) < str(first_bad[0]):
-            first_bad = (path, why)
-    if first_bad is None:
-        raise CLIError(f"Dataset '{data}': no images found for the {split} split ({source}).")
-    raise CLIError(
-        f"Dataset '{data}': none of the {count} {split} images can be read (e.g. {first_bad[0]}: {first_bad[1]}). "
-        "Replace the broken image files or point the YAML at other images."
-    )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def _cmd_train(args: dict[str, Any]) -> int:
     from ultralytics.cfg import DEFAULT_CFG_DICT, get_cfg
 
@@ -417,11 +292,11 @@ def _cmd_train(args: dict[str, Any]) -> int:
         print(f"yolo-vfl: data={name}: training on the generated dataset {theirs['data']}")
     else:
         theirs.setdefault("model", DEFAULT_MODEL_WITH_DATA)
-        _check_data(str(theirs["data"]))
+        check_data(str(theirs["data"]))
     if resume:
         theirs["resume"] = True
     model_name = str(theirs.pop("model"))
-    _check_model(model_name)
+    check_model(model_name)
 
     from ultralytics import YOLO
 
@@ -474,7 +349,7 @@ def _cmd_ultralytics(mode: str, args: dict[str, Any], tokens: Sequence[str]) -> 
         raise _mode_key_error(args["mode"])
     model = args.get("model")
     if isinstance(model, str) and model.endswith(".pt"):
-        _check_model(model)
+        check_model(model)
     from ultralytics.cfg import entrypoint
 
     # Ultralytics reads its arguments from ARGV, bound to the sys.argv list at import: change that list in place
@@ -485,6 +360,128 @@ def _cmd_ultralytics(mode: str, args: dict[str, Any], tokens: Sequence[str]) -> 
     finally:
         sys.argv[:] = saved
     return 0
+
+
+# ----------------------------------------------------------------------------------------------------------- ab
+AB_HELP = """\
+yolo-vfl ab: A/B experiment: does VFL or QFL beat BCE on this data, and with which settings?
+
+Usage:
+  yolo-vfl ab [spec.yaml] [key=value ...]   run every arm x seed (finished runs are kept and skipped), then report
+  yolo-vfl ab report out=DIR                rewrite summary.csv/.md, curves.png, ranking.png from DIR's results
+  yolo-vfl ab diagnose out=DIR [dest=DIR] [arms=a,b]   false positives by kind (background, wrong class, duplicate,
+                                            localization) per arm: diagnosis.md/.csv, fp_scores.png, pr_curves.png
+
+Runner keys (spec file or key=value):
+{keys}
+  arms=bce,vfl   a subset of the spec's arms, or plain losses
+  dry_run=true   show the plan only (writes nothing)
+  <arm>.<key>=value   per-arm override, e.g. vfl.cls=1.0 vfl.vfl_gamma=1.5
+  any Ultralytics train argument (epochs=, imgsz=, batch=, data=, model= ...) is shared by all arms
+  without a spec: arms bce, vfl, qfl; seeds 0,1,2; yolov8n.yaml on the embedded dataset
+  diagnose: baseline=  conf=0.001  iou=0.7  max_det=300  device=  batch=16  workers=0  force=true (record again)
+            cache_dir=DIR (new detection records there instead of in each run directory)
+
+Examples:
+  yolo-vfl ab experiments/ab_embedded.yaml
+  yolo-vfl ab experiments/ab_embedded.yaml seeds=[0] epochs=2 out=runs/ab/smoke
+  yolo-vfl ab experiments/ab_finetune_glyphs.yaml     # fine-tune from the project-made pretrained checkpoint
+  yolo-vfl ab experiments/ab_coco128_gpu.yaml device=0,1
+  yolo-vfl ab report out=runs/ab/ab_embedded
+  yolo-vfl ab diagnose out=runs/ab/ab_embedded arms=bce,vfl,qfl
+"""
+DIAGNOSE_KEYS = ("out", "dest", "arms", "baseline", "conf", "iou", "max_det", "device", "batch", "workers")
+DIAGNOSE_KEYS += ("cache_dir", "force")
+
+
+def _only(args: dict[str, Any], valid: Sequence[str], command: str) -> None:
+    """Refuse keys of ``args`` outside ``valid`` (with a close-match suggestion)."""
+    for key in args:
+        if key not in valid:
+            raise CLIError(
+                f"Unknown argument '{key}' for '{command}'.{_suggest(key, valid)} Valid: {', '.join(valid)}."
+            )
+
+
+def _ab_report(tokens: list[str]) -> int:
+    from .ab import load_spec, regenerate_report
+
+    spec_path = tokens.pop(0) if tokens and "=" not in tokens[0] else None
+    args = parse_args(tokens)
+    _only(args, ("out", "baseline"), "yolo-vfl ab report")
+    if args.get("out") in (None, ""):
+        if spec_path is None:
+            raise CLIError("'yolo-vfl ab report' needs out=DIR (the experiment directory) or a spec file.")
+        out = load_spec(spec_path).out_dir()
+    else:
+        out = Path(str(args["out"]))
+    paths = regenerate_report(out, args.get("baseline"))
+    print(f"yolo-vfl ab: report written: {paths['summary.md']}")
+    return 0
+
+
+def _ab_diagnose(tokens: list[str]) -> int:
+    from .ab import diagnose_experiment
+
+    args = parse_args(tokens)
+    _only(args, DIAGNOSE_KEYS, "yolo-vfl ab diagnose")
+    if args.get("out") in (None, ""):
+        raise CLIError("'yolo-vfl ab diagnose' needs out=DIR (the experiment directory).")
+    arms = args.get("arms")
+    arms = [str(a).strip("[]'\" ") for a in (arms if isinstance(arms, (list, tuple)) else str(arms or "").split(","))]
+    kwargs = {k: args[k] for k in DIAGNOSE_KEYS[4:] if k in args}
+    if kwargs.get("device") is not None:
+        kwargs["device"] = str(kwargs["device"])
+    paths = diagnose_experiment(
+        str(args["out"]),
+        dest=None if args.get("dest") in (None, "") else str(args["dest"]),
+        arms=[a for a in arms if a] or None,
+        baseline=args.get("baseline"),
+        log=lambda msg: print(f"yolo-vfl ab diagnose: {msg}", flush=True),
+        **kwargs,
+    )
+    print(f"yolo-vfl ab: diagnosis written: {paths['diagnosis.md']}")
+    return 0
+
+
+def cli_ab(tokens: Sequence[str]) -> int:
+    """``yolo-vfl ab [spec.yaml] [key=value ...]``, ``yolo-vfl ab report out=DIR``, ``yolo-vfl ab diagnose out=DIR``.
+
+    Returns:
+        0 on success, 1 when some runs failed (the report is written for the others).
+
+    Raises:
+        UserError: bad spec, unknown key, missing files or devices (before anything is written).
+    """
+    from .ab import ABRunError, keys_help, load_spec, run_ab
+
+    tokens = list(tokens)
+    if tokens and tokens[0] in ("help", "-h", "--help"):
+        print(AB_HELP.format(keys=keys_help()))
+        return 0
+    if tokens and tokens[0] == "report":
+        return _ab_report(tokens[1:])
+    if tokens and tokens[0] == "diagnose":
+        return _ab_diagnose(tokens[1:])
+    spec_path = tokens.pop(0) if tokens and "=" not in tokens[0] else None
+    args = parse_args(tokens)
+    dry_run = args.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise CLIError(f"Invalid dry_run={dry_run!r}: true or false.")
+    spec = load_spec(spec_path, args)
+    command = shlex.join(["yolo-vfl", "ab", *([spec_path] if spec_path else []), *tokens])
+    try:
+        run_ab(spec, command=command, dry_run=dry_run)
+    except ABRunError as e:
+        print(f"yolo-vfl ab: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_pretrain(args: dict[str, Any]) -> int:
+    from .pretrain import cli_pretrain
+
+    return cli_pretrain(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -521,9 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if mode == "train":
             return _cmd_train(args)
         if mode == "ab":
-            from .experiment import cli_ab
-
             return cli_ab(tokens)
+        if mode == "pretrain":
+            return _cmd_pretrain(args)
         return _cmd_ultralytics(mode, args, tokens)
     except KeyboardInterrupt:
         print("yolo-vfl: interrupted", file=sys.stderr)
@@ -531,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - a user error becomes one line; anything else (a bug) is re-raised
         if not is_user_error(e) or _wants_traceback(args):
             raise
-        print(f"yolo-vfl: error: {_first_line(e) if not isinstance(e, CLIError) else e}", file=sys.stderr)
+        print(f"yolo-vfl: error: {first_line(e) if not isinstance(e, CLIError) else e}", file=sys.stderr)
         return 2
 
 
@@ -540,4 +537,4 @@ def entrypoint() -> None:
     sys.exit(main())
 
 
-__all__ = ["main", "entrypoint", "parse_args", "parse_value", "is_user_error", "CLIError", "MODES"]
+__all__ = ["main", "entrypoint", "cli_ab", "parse_args", "parse_value", "is_user_error", "CLIError", "MODES"]

@@ -343,7 +343,7 @@ def _now() -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from .report import atomic_write_json
+    from .fileio import atomic_write_json
 
     atomic_write_json(path, obj)
 

@@ -18,3 +18,32 @@ Modules import one way, bottom to top (``tests/test_layers.py`` checks it):
 
 Below all of them: ``yolo_vfl.errors`` and ``yolo_vfl.fileio``; the CLI (``yolo_vfl.cli``) sits on top.
 """
+
+from .jobs import Job, make_jobs
+from .orchestrate import ABRunError, check_devices, diagnose_experiment, load_results, plan, regenerate_report, run_ab
+from .results import RunResult
+from .run import inspect_run, planned_state, read_results_csv, run_one, train_time
+from .spec import ABSpec, Arm, keys_help, load_spec, spec_from_dict
+
+__all__ = [
+    "ABRunError",
+    "ABSpec",
+    "Arm",
+    "Job",
+    "RunResult",
+    "check_devices",
+    "diagnose_experiment",
+    "inspect_run",
+    "keys_help",
+    "load_results",
+    "load_spec",
+    "make_jobs",
+    "plan",
+    "planned_state",
+    "read_results_csv",
+    "regenerate_report",
+    "run_ab",
+    "run_one",
+    "spec_from_dict",
+    "train_time",
+]

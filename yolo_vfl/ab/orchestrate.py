@@ -24,7 +24,15 @@ from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, same_fingerpri
 from .results import RunResult
 from .spec import DEFAULT_MODEL, ABSpec
 
-__all__ = ["ABRunError", "run_ab", "regenerate_report", "load_results", "check_devices", "plan"]
+__all__ = [
+    "ABRunError",
+    "run_ab",
+    "regenerate_report",
+    "diagnose_experiment",
+    "load_results",
+    "check_devices",
+    "plan",
+]
 
 Log = Callable[[str], None]
 
@@ -159,10 +167,14 @@ def _record_experiment(spec: ABSpec, out: Path, command: str) -> dict[str, Any]:
 
 
 def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log: Log) -> dict[str, Path]:
-    from ..report import write_report
+    from .plots import write_report
+    from .report import summarize, verdict_lines
 
-    paths = write_report(out, [r.to_dict() for r in results], meta)
+    paths = write_report(out, results, meta)
     log(f"yolo-vfl ab: report: {paths['summary.md']}")
+    rows = summarize(results, baseline=meta.get("baseline", "bce"), order=meta.get("arms"), level=meta["level"])
+    for line in verdict_lines(rows):
+        log(line)
     return paths
 
 
@@ -238,8 +250,6 @@ def run_ab(
         meta["level"] = 0.95
         if results:
             _write_report(out, results, meta, log)
-            for line in _verdict_lines(out):
-                log(line)
         if failed:
             raise ABRunError(
                 f"{len(failed)} run(s) failed: {', '.join(r for r, _, _ in failed)}. Logs: {out / 'logs'}. Fix the "
@@ -247,18 +257,6 @@ def run_ab(
                 failed,
             )
     return out
-
-
-def _verdict_lines(out: Path) -> list[str]:
-    """One line per arm from ``summary.csv``: mAP50-95 and the verdict."""
-    import csv
-
-    try:
-        with open(out / "summary.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return []
-    return [f"  {r['arm']:<14} mAP50-95 {r.get('mAP50-95_mean', '')[:6]:<6}  {r.get('verdict', '')}" for r in rows]
 
 
 def regenerate_report(out_dir: str | os.PathLike[str], baseline: str | None = None) -> dict[str, Path]:
@@ -276,4 +274,147 @@ def regenerate_report(out_dir: str | os.PathLike[str], baseline: str | None = No
         raise UserError(f"No finished runs (runs/*/result.json) in {out}: nothing to report.")
     have = {r.run for r in results}
     meta["missing"] = [r for r in meta.get("runs") or [] if r not in have]
+    meta.setdefault("level", 0.95)
     return _write_report(out, results, meta, lambda msg: None)
+
+
+def _run_inputs(run_dir: Path, result: RunResult) -> tuple[Path, str, Any]:
+    """best.pt (last.pt if none), dataset YAML and imgsz of a finished run (args.yaml first, then result.json)."""
+    import yaml
+
+    weights = run_dir / "weights" / "best.pt"
+    if not weights.is_file():
+        weights = run_dir / "weights" / "last.pt"
+    if not weights.is_file():
+        raise UserError(f"{run_dir.name}: no weights/best.pt or weights/last.pt to record detections from.")
+    try:
+        args = yaml.safe_load((run_dir / "args.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        args = {}
+    data = args.get("data") or result.data
+    if not data:
+        raise UserError(f"{run_dir.name}: no dataset in args.yaml or result.json.")
+    return weights, str(data), args.get("imgsz") or result.train.get("imgsz") or 640
+
+
+def _records(
+    run_dir: Path, result: RunResult, settings: dict[str, Any], force: bool, record_dir: Path | None, log: Log
+) -> Any:
+    """The run's records: its ``detections.npz`` if made with these thresholds after the weights, else recorded now.
+
+    New records are saved next to the run's result, or under ``record_dir``.
+    """
+    from .records import RecordsFormatError, load_records, record_detections
+
+    weights, data, imgsz = _run_inputs(run_dir, result)
+    path = (record_dir / run_dir.name if record_dir else run_dir) / protocol.RECORDS_FILE
+    if not force and path.is_file() and path.stat().st_mtime >= weights.stat().st_mtime:
+        try:
+            records = load_records(path)
+        except RecordsFormatError as e:
+            log(f"{run_dir.name}: {path} unusable ({e}); recording again")
+        else:
+            if all(records.params.get(k) == v for k, v in settings.items() if k in ("conf", "iou", "max_det")):
+                return records
+    log(f"{run_dir.name}: recording the detections of {weights}")
+    records = record_detections(weights, data, imgsz=imgsz, **settings)
+    records.save(path)
+    return records
+
+
+def diagnose_experiment(
+    out_dir: str | os.PathLike[str],
+    dest: str | os.PathLike[str] | None = None,
+    arms: Sequence[str] | None = None,
+    baseline: str | None = None,
+    *,
+    conf: float = protocol.CONF,
+    iou: float = protocol.NMS_IOU,
+    max_det: int = protocol.MAX_DET,
+    device: Any = None,
+    batch: int = 16,
+    workers: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    log: Log | None = None,
+) -> dict[str, Path]:
+    """Diagnose the finished runs of an experiment: ``diagnosis.md/.csv``, ``fp_scores.png``, ``pr_curves.png``.
+
+    The detections are each run's records (``detections.npz``, written by the runner's recording pass, the same pass
+    that gave the run's metrics and ranking quality); a run without them (an older runner's) or with records of
+    other thresholds is recorded once now.
+
+    Args:
+        out_dir: the experiment directory.
+        dest: where the report files go (default ``out_dir``).
+        arms: only these arms (default: all with finished runs).
+        baseline: the arm to compare with (default: experiment.json's, else ``bce``).
+        conf: confidence threshold of a recording pass run here (default: the protocol's).
+        iou: its NMS IoU.
+        max_det: its detections kept per image.
+        device: its device (None: Ultralytics' default).
+        batch: its batch size.
+        workers: its dataloader workers.
+        cache_dir: where new records go (default: each run's directory).
+        force: record again even where records exist.
+        log: progress printer (default: silent).
+
+    Returns:
+        the written paths by name.
+
+    Raises:
+        UserError: missing directory, no finished runs, unknown arms.
+    """
+    from .evaluation import diagnose
+    from .plots import write_diagnosis
+    from .run import read_results_csv
+
+    log = log or (lambda msg: None)
+    out = Path(out_dir).expanduser().resolve()
+    if not out.is_dir():
+        raise UserError(f"Experiment directory '{out_dir}' not found.")
+    dest_dir = Path(dest).expanduser().resolve() if dest else out
+    meta = read_json(out / "experiment.json") or {}
+    baseline = baseline or meta.get("baseline") or "bce"
+    results = load_results(out)
+    if not results:
+        raise UserError(f"No finished runs (runs/*/result.json) in {out}: nothing to diagnose.")
+    have = sorted({r.arm for r in results})
+    if arms:
+        unknown = [a for a in arms if a not in have]
+        if unknown:
+            raise UserError(
+                f"No finished runs of arm(s) {', '.join(unknown)} in {out}. Arms with finished runs: {', '.join(have)}."
+            )
+        results = [r for r in results if r.arm in arms]
+    settings = {"conf": conf, "iou": iou, "max_det": max_det, "device": device, "batch": batch, "workers": workers}
+    record_dir = Path(cache_dir).expanduser().resolve() if cache_dir else None
+    diagnoses, curves = [], []
+    for res in results:
+        run_dir = out / "runs" / res.run
+        d = diagnose(_records(run_dir, res, settings, force, record_dir, log))
+        d.update(run=res.run, arm=res.arm, seed=res.seed)
+        diagnoses.append(d)
+        rows = read_results_csv(run_dir / "results.csv")
+        curve = {
+            "epoch": [int(r["epoch"]) for r in rows if "epoch" in r],
+            "precision": [r.get(protocol.ULTRALYTICS_KEYS["precision"]) for r in rows],
+            "recall": [r.get(protocol.ULTRALYTICS_KEYS["recall"]) for r in rows],
+        }
+        curves.append({"run": res.run, "arm": res.arm, "seed": res.seed, "curve": curve})
+    expected = [r for r in meta.get("runs") or [] if not arms or r.rsplit("-s", 1)[0] in arms]
+    command = ["yolo-vfl ab diagnose", f"out={out}"]
+    command += ([f"dest={dest_dir}"] if dest_dir != out else []) + ([f"arms={','.join(arms)}"] if arms else [])
+    return write_diagnosis(
+        dest_dir,
+        diagnoses,
+        curves,
+        {
+            "name": meta.get("name", out.name),
+            "baseline": baseline,
+            "arms": list(arms) if arms else meta.get("arms"),
+            "out": str(out),
+            "missing": [r for r in expected if r not in {d["run"] for d in diagnoses}],
+            "command": " ".join(command),
+        },
+    )

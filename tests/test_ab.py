@@ -8,17 +8,13 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from conftest import IMGSZ
 
-from yolo_vfl.cli import CLIError
-from yolo_vfl.experiment import (
+from yolo_vfl.ab import (
     ABSpec,
-    _data_token,
-    _resolve_data,
-    cli_ab,
+    RunResult,
     inspect_run,
     load_spec,
     make_jobs,
@@ -27,22 +23,11 @@ from yolo_vfl.experiment import (
     run_ab,
     run_one,
     spec_from_dict,
+    train_time,
 )
-from yolo_vfl.report import (
-    box_iou,
-    correlations,
-    match_detections,
-    mean_std,
-    paired_difference,
-    pearson,
-    rankdata,
-    spearman,
-    summarize,
-    summary_markdown,
-    t_ppf,
-    verdict,
-    write_report,
-)
+from yolo_vfl.ab.jobs import resolve_data, same_fingerprint
+from yolo_vfl.cli import cli_ab
+from yolo_vfl.errors import UserError as CLIError
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -69,26 +54,6 @@ def tiny_spec(data: Path, out: Path, arms=("bce", "vfl"), seeds=(0,), epochs: in
     }
     raw.update(extra)
     return spec_from_dict(raw)
-
-
-def result(arm: str, seed: int, map5095: float, map50: float = 0.5, p: float = 0.6, r: float = 0.4, **kw) -> dict:
-    """A hand-made result dict as run_one writes it."""
-    return {
-        "run": f"{arm}-s{seed}",
-        "arm": arm,
-        "seed": seed,
-        "loss": arm,
-        "overrides": {},
-        "metrics": {"mAP50": map50, "mAP50-95": map5095, "precision": p, "recall": r},
-        "final_losses": {"train/box_loss": 1.0, "train/cls_loss": 2.0, "train/dfl_loss": 1.5},
-        "curve": {"epoch": [1, 2, 3], "mAP50-95": [map5095 / 3, map5095 / 2, map5095]},
-        "train_time_s": 60.0,
-        "wall_time_s": 70.0,
-        "epochs_done": 3,
-        "ranking": {"pearson": 0.5, "spearman": 0.4, "points": {"conf": [0.1, 0.9], "iou": [0.2, 0.8]}},
-        "versions": {"ultralytics": "8.4.190", "torch": "2.14.1"},
-        **kw,
-    }
 
 
 # ----------------------------------------------------------------------------------------------- spec and validation
@@ -118,11 +83,11 @@ def test_glyphs_spec_trains_on_the_second_generated_dataset():
     """ab_glyphs names data: embedded-glyphs; the runs train on the generated glyphs dataset, not on a file so named."""
     spec = load_spec(EXPERIMENTS / "ab_glyphs.yaml")
     assert spec.train["data"] == "embedded-glyphs"
-    data = Path(_resolve_data(spec))
+    data = Path(resolve_data(spec))
     assert data.name == "data.yaml" and data.parent.name.startswith("glyphs-n600-s1-") and data.exists()
-    assert _data_token(spec) == "embedded-glyphs"
+    assert spec.data_token == "embedded-glyphs"
     emb = load_spec(EXPERIMENTS / "ab_embedded.yaml")
-    assert Path(_resolve_data(emb)).parent.name.startswith("shapes-n600-s0-")
+    assert Path(resolve_data(emb)).parent.name.startswith("shapes-n600-s0-")
 
 
 def test_overrides_seeds_arms_devices_and_per_arm_keys():
@@ -143,7 +108,7 @@ def test_overrides_seeds_arms_devices_and_per_arm_keys():
     )
     assert spec.seeds == [3, 4] and spec.arm_names == ["bce", "vfl"] and spec.train["epochs"] == 3
     assert spec.arms[1].overrides == {"cls": 1.0, "vfl_gamma": 1.5}
-    assert spec.device == ["0", "1"] and spec.out == "/tmp/x" and spec.name == "mine" and spec.ray_num_gpus == 1
+    assert spec.device == ["0", "1"] and spec.out == "/tmp/x" and spec.name == "mine" and spec.ray["num_gpus"] == 1
     assert load_spec(None, {"device": "0,1"}).device == ["0", "1"]
     assert load_spec(None, {"device": ["0,1", "2,3"]}).device == ["0,1", "2,3"]  # two DDP slots
     assert load_spec(None, {"arms": "bce,qfl"}).arm_names == ["bce", "qfl"]  # plain losses need no spec entry
@@ -203,15 +168,15 @@ def test_jobs_share_data_epochs_imgsz_and_seed(tmp_path):
         }
     )
     jobs = make_jobs(spec, tmp_path, data="d.yaml")
-    assert [j["run"] for j in jobs] == ["bce-s0", "vfl-s0", "bce-s1", "vfl-s1"]
+    assert [j.run for j in jobs] == ["bce-s0", "vfl-s0", "bce-s1", "vfl-s1"]
     for j in jobs:
-        assert (j["data"], j["model"], j["train"]["epochs"], j["train"]["imgsz"]) == ("d.yaml", "yolov8n.yaml", 4, 96)
-        assert j["train"]["seed"] == j["seed"] and j["train"]["deterministic"] is True
-        assert j["run_dir"] == str(tmp_path.resolve() / "runs" / j["run"])
+        assert (j.data, j.model, j.train["epochs"], j.train["imgsz"]) == ("d.yaml", "yolov8n.yaml", 4, 96)
+        assert j.train["seed"] == j.seed and j.train["deterministic"] is True
+        assert j.run_dir == (tmp_path.resolve() / "runs" / j.run)
     vfl = jobs[1]
-    assert vfl["train"]["cls"] == 2.0 and vfl["settings"]["loss"] == "vfl" and vfl["settings"]["vfl_gamma"] == 1.0
-    assert "cls" not in jobs[0]["train"] and jobs[0]["settings"]["loss"] == "bce"
-    assert jobs[0]["fingerprint"] != jobs[2]["fingerprint"]  # the seed is part of what was trained
+    assert vfl.train["cls"] == 2.0 and vfl.settings["loss"] == "vfl" and vfl.settings["vfl_gamma"] == 1.0
+    assert "cls" not in jobs[0].train and jobs[0].settings["loss"] == "bce"
+    assert jobs[0].fingerprint != jobs[2].fingerprint  # the seed is part of what was trained
 
 
 def test_cli_ab_user_errors(tmp_path, capsys):
@@ -261,113 +226,6 @@ def test_refused_run_creates_nothing(det_data, tmp_path, change, match):
     assert not (tmp_path / "ab").exists()
 
 
-# ----------------------------------------------------------------------------------------------- statistics
-def test_t_quantiles():
-    """Student-t quantiles match the tables (two-sided 95%: df 1, 2, 4, 9, 30, large)."""
-    for df, q in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423), (1e9, 1.9600)]:
-        assert t_ppf(0.975, df) == pytest.approx(q, abs=1e-4)
-    assert t_ppf(0.025, 4) == pytest.approx(-2.7764, abs=1e-4)
-
-
-def test_mean_std_one_value_has_no_std():
-    """The sample std is undefined with one seed (None), ddof=1 otherwise."""
-    assert mean_std([0.4]) == (0.4, None)
-    m, s = mean_std([1.0, 2.0, 3.0])
-    assert m == 2.0 and s == pytest.approx(1.0)
-    assert mean_std([]) == (None, None)
-
-
-def test_paired_difference_interval_by_hand():
-    """Paired differences seed by seed; the interval is mean +- t(0.975, n-1) sd / sqrt(n)."""
-    arm = {0: 0.50, 1: 0.52, 2: 0.505}
-    base = {0: 0.45, 1: 0.46, 2: 0.45, 3: 0.9}  # seed 3 has no partner: ignored
-    d = paired_difference(arm, base)
-    diffs = [0.05, 0.06, 0.055]
-    mean = sum(diffs) / 3
-    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / 2)
-    half = 4.302652729911275 * sd / math.sqrt(3)
-    assert d["n"] == 3 and d["seeds"] == [0, 1, 2]
-    assert d["mean"] == pytest.approx(mean) and d["std"] == pytest.approx(sd)
-    assert d["lo"] == pytest.approx(mean - half) and d["hi"] == pytest.approx(mean + half)
-    assert d["lo"] > 0 and verdict(d) == "better"
-
-
-def test_verdict_rules():
-    """better/worse only when the interval excludes zero; one seed or a straddling interval: no clear difference."""
-    assert verdict(paired_difference({0: 0.3, 1: 0.31}, {0: 0.4, 1: 0.40})) == "worse"
-    assert verdict(paired_difference({0: 0.5, 1: 0.3}, {0: 0.4, 1: 0.4})) == "no clear difference"
-    one = paired_difference({0: 0.9}, {0: 0.1})
-    assert one["lo"] is None and verdict(one) == "no clear difference (1 seed)"
-    assert verdict(paired_difference({0: 0.9}, {1: 0.1})) == "n/a (no paired baseline run)"
-    assert verdict(paired_difference({0: 0.4, 1: 0.4}, {0: 0.4, 1: 0.4})) == "no clear difference"
-
-
-def test_summarize_rows_and_markdown():
-    """summarize: baseline first, means/stds, paired CI vs baseline, verdict from mAP50-95; markdown shows them."""
-    results = [result("vfl", s, v) for s, v in [(0, 0.50), (1, 0.52), (2, 0.505)]]
-    results += [result("bce", s, v) for s, v in [(0, 0.45), (1, 0.46), (2, 0.45)]]
-    results += [result("qfl", 0, 0.30)]
-    rows = summarize(results, baseline="bce")
-    assert [r["arm"] for r in rows] == ["bce", "vfl", "qfl"]
-    bce, vfl, qfl = rows
-    assert bce["verdict"] == "baseline" and bce["mAP50-95_diff"] is None
-    assert vfl["mAP50-95_mean"] == pytest.approx(0.50833333) and vfl["n_seeds"] == 3
-    assert vfl["mAP50-95_diff"] == pytest.approx(0.055) and vfl["verdict"] == "better"
-    assert vfl["mAP50_verdict"] == "no clear difference"  # identical mAP50 everywhere: interval [0, 0]
-    assert qfl["mAP50-95_std"] is None and qfl["verdict"] == "no clear difference (1 seed)"
-    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce", "commands": ["yolo-vfl ab x.yaml"]})
-    assert "**better**" in md and "no clear difference (1 seed)" in md and "`yolo-vfl ab x.yaml`" in md
-    assert "0.5083 ± 0.0104" in md
-
-
-def test_write_report_files(tmp_path):
-    """write_report writes summary.csv/.md, curves.png and ranking.png; the CSV has versions and the command."""
-    results = [result(a, s, 0.4 + 0.01 * s + (0.02 if a == "vfl" else 0)) for a in ("bce", "vfl") for s in (0, 1)]
-    paths = write_report(tmp_path, results, {"name": "t", "baseline": "bce", "commands": ["yolo-vfl ab"]})
-    for name in ("summary.csv", "summary.md", "curves.png", "ranking.png"):
-        assert paths[name].stat().st_size > 0
-    assert paths["curves.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = list(csv.DictReader(open(paths["summary.csv"])))
-    assert [r["arm"] for r in rows] == ["bce", "vfl"]
-    assert rows[1]["verdict"] == "better" and float(rows[1]["mAP50-95_diff"]) == pytest.approx(0.02)
-    assert "ultralytics 8.4.190" in rows[0]["versions"] and rows[0]["command"] == "yolo-vfl ab"
-    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
-
-
-# ----------------------------------------------------------------------------------------------- ranking helpers
-def test_rankdata_ties_and_spearman_by_hand():
-    """Ties get average ranks; Spearman is Pearson of the ranks; monotone data gives 1."""
-    np.testing.assert_allclose(rankdata([10, 20, 20, 5]), [2, 3.5, 3.5, 1])
-    x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
-    assert spearman(x, y) == pytest.approx(1 - 6 * (1 + 1 + 1 + 1) / (5 * 24))  # no ties: 1 - 6 sum d^2/(n(n^2-1))
-    assert spearman([1, 2, 3], [1, 8, 27]) == pytest.approx(1.0)
-    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert pearson([1, 1, 1], [1, 2, 3]) is None and spearman([1], [2]) is None
-
-
-def test_match_detections_same_class_best_iou():
-    """Each detection takes the highest IoU among same-class GT boxes; other classes or no GT give 0."""
-    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=float)
-    gt_cls = np.array([0, 1])
-    det = np.array([[0, 0, 10, 5], [20, 20, 30, 30], [0, 0, 10, 10], [50, 50, 60, 60]], dtype=float)
-    det_cls = np.array([0, 1, 1, 0])
-    np.testing.assert_allclose(match_detections(det, det_cls, gt, gt_cls), [0.5, 1.0, 0.0, 0.0])
-    assert match_detections(det, det_cls, np.zeros((0, 4)), np.zeros(0)).tolist() == [0, 0, 0, 0]
-    assert box_iou(gt, gt)[0, 1] == 0 and box_iou(gt, gt)[1, 1] == 1
-
-
-def test_correlations_all_and_matched_points():
-    """Pearson/Spearman over all points and over those with IoU > 0."""
-    conf = [0.9, 0.8, 0.3, 0.2, 0.1]
-    iou = [0.9, 0.7, 0.5, 0.0, 0.0]
-    c = correlations(conf, iou)
-    assert c["n"] == 5 and c["n_matched"] == 3
-    assert c["spearman_matched"] == pytest.approx(1.0)
-    assert c["pearson"] == pytest.approx(float(np.corrcoef(conf, iou)[0, 1]))
-    assert correlations([], [])["pearson"] is None
-
-
 def test_results_csv_keeps_last_row_per_epoch(tmp_path):
     """A re-run epoch (resume after a kill) keeps its last row; keys are stripped."""
     f = tmp_path / "results.csv"
@@ -394,13 +252,13 @@ def test_end_to_end_two_arms(ab_done):
     for name in ("summary.csv", "summary.md", "curves.png", "ranking.png", "experiment.json", "spec.yaml"):
         assert (out / name).stat().st_size > 0, name
     for run in ("bce-s0", "vfl-s0"):
-        res = json.loads((out / "runs" / run / "result.json").read_text())
-        assert set(res["metrics"]) == {"mAP50", "mAP50-95", "precision", "recall"}
-        assert all(math.isfinite(v) for v in res["metrics"].values())
-        assert res["curve"]["epoch"] == [1] and res["epochs_done"] == 1 and res["train_time_s"] > 0
-        assert {"train/box_loss", "train/cls_loss", "train/dfl_loss"} <= set(res["final_losses"])
-        assert res["versions"]["ultralytics"] and res["versions"]["torch"]
-        assert res["ranking"]["n_images"] > 0 and "points" in res["ranking"]
+        res = RunResult.from_dict(json.loads((out / "runs" / run / "result.json").read_text()))
+        assert set(res.metrics) == {"mAP50", "mAP50-95", "precision", "recall"}
+        assert all(math.isfinite(v) for v in res.metrics.values())
+        assert res.curve.epoch == (1,) and res.epochs_done == 1 and res.train_time_s > 0
+        assert {"train/box_loss", "train/cls_loss", "train/dfl_loss"} <= set(res.final_losses)
+        assert res.versions["ultralytics"] and res.versions["torch"]
+        assert res.ranking["n_images"] > 0 and "points" in res.ranking
         args = yaml.safe_load((out / "runs" / run / "args.yaml").read_text())
         assert args["seed"] == 0 and args["deterministic"] is True and args["loss"] == run.split("-")[0]
         assert args["imgsz"] == IMGSZ and args["epochs"] == 1
@@ -439,8 +297,8 @@ def test_rerun_skips_finished_and_restarts_unusable_checkpoint(ab_done, det_data
     time.sleep(0.01)
     run_ab(spec, command="again")
     assert bce_result.stat().st_mtime_ns == mtime
-    res = json.loads((vfl_dir / "result.json").read_text())
-    assert res["run"] == "vfl-s0" and res["epochs_done"] == 1 and not res["resumed"]
+    res = RunResult.from_dict(json.loads((vfl_dir / "result.json").read_text()))
+    assert res.run == "vfl-s0" and res.epochs_done == 1 and not res.resumed
     assert list((out / "aside").glob("vfl-s0.*"))
     assert "unusable" in (out / "logs" / "vfl-s0.log").read_text()
     exp = json.loads((out / "experiment.json").read_text())
@@ -458,10 +316,11 @@ def test_finished_training_without_result_is_only_evaluated(ab_done, det_data):
     job = make_jobs(spec, out, str(det_data))[0]
     assert inspect_run(job) == ("trained", "training had finished")
     res = run_one(job, log=lambda msg: None)  # what the run's subprocess does (in-process here: faster)
-    assert (run_dir / "result.json").exists() and res["metrics_source"] == "yolo-vfl ab validation"
+    assert (run_dir / "result.json").exists() and res.metrics_source.startswith("yolo-vfl ab recording pass")
+    assert res.records == "detections.npz" and (run_dir / "detections.npz").is_file()
     assert (run_dir / "results.csv").stat().st_mtime_ns == csv_mtime
     assert (run_dir / "weights" / "best.pt").stat().st_mtime_ns == best_mtime
-    assert res["epochs_done"] == 1 and res["ranking"]["n_images"] > 0
+    assert res.epochs_done == 1 and res.ranking["n_images"] > 0
 
 
 @pytest.mark.slow
@@ -483,23 +342,23 @@ def _train_interrupted(job) -> None:
 
     from yolo_vfl import VFLDetectionTrainer
 
-    model = YOLO(job["model"])
+    model = YOLO(job.model)
 
     def stop(trainer):
         raise _Interrupt
 
     model.add_callback("on_fit_epoch_end", stop)  # after last.pt of epoch 1 was saved
-    run_dir = Path(job["run_dir"])
+    run_dir = Path(job.run_dir)
     with pytest.raises(_Interrupt):
         model.train(
             trainer=VFLDetectionTrainer,
-            data=job["data"],
+            data=job.data,
             project=str(run_dir.parent),
             name=run_dir.name,
             exist_ok=True,
             device="cpu",
-            **job["train"],
-            **job["settings"],
+            **job.train,
+            **job.settings,
         )
 
 
@@ -517,9 +376,9 @@ def test_interrupted_run_restarts_and_matches_an_uninterrupted_run(det_data, tmp
     _train_interrupted(job)
     assert inspect_run(job)[0] == "resume" and planned_state(job)[0] == "restart"
     res = run_one(job, log=lambda msg: None)
-    assert res["resumed"] is False and res["segments"] == 1 and res["restarts"] == 1
-    assert res["final_losses"] == ref["final_losses"] and res["metrics"] == ref["metrics"]
-    assert res["curve"] == ref["curve"]
+    assert res.resumed is False and res.segments == 1 and res.restarts == 1
+    assert res.final_losses == ref.final_losses and res.metrics == ref.metrics
+    assert res.curve == ref.curve
     assert len(list((out / "aside").glob("vfl-s0.*"))) == 1
 
 
@@ -532,25 +391,31 @@ def test_interrupted_run_resumes_when_allowed(det_data, tmp_path):
     _train_interrupted(job)
     assert planned_state(job)[0] == "resume"
     run_one(job, log=lambda msg: None)  # what the run's subprocess does (in-process here: faster)
-    run_dir = Path(job["run_dir"])
-    res = json.loads((run_dir / "result.json").read_text())
-    assert res["resumed"] is True and res["segments"] == 2 and res["curve"]["epoch"] == [1, 2]
-    assert res["restarts"] == 0 and res["ranking"] is None and res["metrics_source"] == "ultralytics final validation"
+    run_dir = Path(job.run_dir)
+    res = RunResult.from_dict(json.loads((run_dir / "result.json").read_text()))
+    assert (
+        res.resumed is True
+        and res.segments == 2
+        and res.curve.epoch
+        == (
+            1,
+            2,
+        )
+    )
+    assert res.restarts == 0 and res.ranking is None and res.metrics_source == "ultralytics final validation"
     times = [float(r["time"]) for r in csv.DictReader(open(run_dir / "results.csv"))]
-    assert res["train_time_s"] == pytest.approx(sum(times))  # each segment's clock restarts at 0
+    assert res.train_time_s == pytest.approx(sum(times))  # each segment's clock restarts at 0
     assert not (out / "aside").exists()
 
 
 def test_train_time_counts_a_resumed_epoch_slower_than_the_ones_before(tmp_path):
     """Segments come from the runner's record, not from the time column going down (a slow resumed epoch counts)."""
-    from yolo_vfl.experiment import _train_time
-
     (tmp_path / "results.csv").write_text("epoch,time\n1,5.0\n2,9.0\n3,30.0\n")
     segments = [{"how": "fresh", "csv_rows_before": 0}, {"how": "resume", "csv_rows_before": 2}]
     (tmp_path / "segments.json").write_text(json.dumps({"segments": segments}))
-    assert _train_time(tmp_path) == (pytest.approx(39.0), 2)
+    assert train_time(tmp_path) == (pytest.approx(39.0), 2)
     (tmp_path / "segments.json").unlink()  # an older runner's run: one segment
-    assert _train_time(tmp_path) == (pytest.approx(30.0), 1)
+    assert train_time(tmp_path) == (pytest.approx(30.0), 1)
 
 
 @pytest.mark.slow
@@ -565,18 +430,16 @@ def test_ray_backend_local_instance(det_data, tmp_path):
         run_ab(spec, command="ray")
     finally:
         ray.shutdown()
-    res = json.loads((out / "runs" / "bce-s0" / "result.json").read_text())
-    assert res["device"] == "cpu" and res["epochs_done"] == 1
+    res = RunResult.from_dict(json.loads((out / "runs" / "bce-s0" / "result.json").read_text()))
+    assert res.device == "cpu" and res.epochs_done == 1
     assert (out / "summary.md").exists()
 
 
 def test_fingerprint_ignores_settings_added_later_at_their_default():
     """A run recorded before a setting existed equals a job stating that setting's default, not another value."""
-    from yolo_vfl.experiment import _same_fingerprint
-
     old = {"loss": "vfl", "vfl_alpha": 0.75, "epochs": 12, "model": "yolov8n.yaml", "data": "embedded"}
     new = {**old, "cls_fg_negatives": "loss", "cls_target": "tal", "cls_warmup": 0, "qfl_beta": 2.0}
-    assert _same_fingerprint(old, new)
-    assert not _same_fingerprint(old, {**new, "cls_fg_negatives": "bce"})
-    assert not _same_fingerprint({**old, "epochs": 10}, new)
-    assert not _same_fingerprint(None, new)
+    assert same_fingerprint(old, new)
+    assert not same_fingerprint(old, {**new, "cls_fg_negatives": "bce"})
+    assert not same_fingerprint({**old, "epochs": 10}, new)
+    assert not same_fingerprint(None, new)

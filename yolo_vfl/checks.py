@@ -1,0 +1,151 @@
+"""Checks that run before any training: the model and the dataset exist (or can be downloaded) and can be used.
+
+Shared by ``yolo-vfl train`` and the A/B runner; every failure is a ``UserError`` that names the bad value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+__all__ = ["check_model", "check_data", "is_offline", "first_line"]
+
+
+def is_offline() -> bool:
+    """Whether downloads are off: ``YOLO_OFFLINE`` set, or Ultralytics found no network."""
+    from ultralytics.utils import ONLINE
+
+    return os.environ.get("YOLO_OFFLINE", "") not in ("", "0") or not ONLINE
+
+
+def check_model(model: str) -> None:
+    """Fail before training when the model file is missing and cannot be downloaded.
+
+    Raises:
+        UserError: naming the model and what to use instead.
+    """
+    path = Path(model).expanduser()
+    if path.exists():
+        return
+    if path.suffix in (".yaml", ".yml"):
+        from ultralytics.nn.tasks import yaml_model_load  # resolves scaled names: yolov8n.yaml -> yolov8.yaml
+
+        try:
+            yaml_model_load(model)
+        except (FileNotFoundError, AssertionError) as e:
+            raise UserError(
+                f"Model file '{model}' not found (neither a local file nor an Ultralytics model YAML)."
+            ) from e
+        return
+    if path.suffix != ".pt":
+        raise UserError(f"Model '{model}' not found: expected a local .pt checkpoint or a model .yaml.")
+    if len(path.parts) > 1:
+        raise UserError(f"Model file '{model}' not found.")
+    if is_offline():
+        raise UserError(
+            f"Pretrained weights '{model}' are not on this machine and cannot be downloaded (offline). Use "
+            f"model={path.stem}.yaml to train from scratch, or model=/path/to/{path.name} for a local copy."
+        )
+
+
+def check_data(data: str) -> None:
+    """Fail before training (before a run directory exists) when the dataset is missing or unusable.
+
+    Missing and not downloadable (a near miss of a generated dataset's name gets a suggestion), or a split whose
+    images cannot be read at all (Ultralytics would skip them one by one and fail after creating the run).
+
+    Raises:
+        UserError: naming the dataset and what is wrong with it.
+    """
+    from ultralytics.data.utils import check_det_dataset
+
+    from .data import EMBEDDED_NAMES
+
+    offline = is_offline()
+    try:
+        info = check_det_dataset(data, autodownload=not offline)
+    except Exception as e:  # Ultralytics raises FileNotFoundError, or ConnectionError and others while downloading
+        close = difflib.get_close_matches(data, list(EMBEDDED_NAMES), n=1, cutoff=0.75)
+        if close and not Path(data).suffix:
+            raise UserError(
+                f"Dataset '{data}' not found. Did you mean '{close[0]}'? Generated datasets: "
+                f"{', '.join(EMBEDDED_NAMES)}; or give the path of a data YAML."
+            ) from e
+        if offline:
+            reason = first_line(e).rstrip(".")
+            raise UserError(
+                f"Dataset '{data}' is not on this machine and cannot be downloaded (offline): {reason}. "
+                "Run 'yolo-vfl train' without data= to use the embedded dataset, or point data= to a local YAML."
+            ) from e
+        raise UserError(f"Dataset '{data}' could not be prepared: {first_line(e)}") from e
+    for split in ("train", "val"):
+        if info.get(split):
+            _check_images(data, split, info[split])
+
+
+def _image_files(source: Any) -> Iterator[Path]:
+    """The image files of a dataset split, lazily and in no particular order.
+
+    Args:
+        source: a directory (searched recursively), a .txt list of files, an image file, or a list of these.
+
+    Yields:
+        Paths of image files (by extension; not opened).
+    """
+    from ultralytics.data.utils import IMG_FORMATS
+
+    for item in source if isinstance(source, (list, tuple)) else [source]:
+        path = Path(str(item)).expanduser()
+        if path.is_dir():
+            for root, _, files in os.walk(path):
+                yield from (Path(root) / f for f in files if f.rpartition(".")[2].lower() in IMG_FORMATS)
+        elif path.suffix == ".txt" and path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                line = line.strip()
+                if line and line.rpartition(".")[2].lower() in IMG_FORMATS:
+                    f = Path(line)
+                    yield f if f.is_absolute() else path.parent / line.removeprefix("./")
+        elif path.suffix[1:].lower() in IMG_FORMATS:
+            yield path
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why the image file ``path`` cannot be used (header checked, pixels not decoded), or None when it can."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+            width, height = im.size
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file; all mean 'unreadable'
+        return first_line(e)
+    return None if width > 1 and height > 1 else f"image size {width}x{height}"
+
+
+def _check_images(data: str, split: str, source: Any) -> None:
+    """Raise UserError when the ``split`` of ``data`` has no image that can be read (stops at the first good one)."""
+    count, first_bad = 0, None
+    for path in _image_files(source):
+        count += 1
+        why = _unreadable(path)
+        if why is None:
+            return
+        if first_bad is None or str(path) < str(first_bad[0]):
+            first_bad = (path, why)
+    if first_bad is None:
+        raise UserError(f"Dataset '{data}': no images found for the {split} split ({source}).")
+    raise UserError(
+        f"Dataset '{data}': none of the {count} {split} images can be read (e.g. {first_bad[0]}: {first_bad[1]}). "
+        "Replace the broken image files or point the YAML at other images."
+    )
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
