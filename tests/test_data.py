@@ -411,6 +411,26 @@ def test_glyphs_variant_is_differently_made(tmp_path):
     assert read_labels(again) == read_labels(g)  # deterministic too
 
 
+def test_digits_variant_boxes_hold_the_ink(tmp_path):
+    """digits: ten classes named 0-9, every class occurs; each box is tight on drawn ink; deterministic."""
+    import cv2
+
+    d = generate_dataset(tmp_path / "d", n=80, seed=2, imgsz=96, variant="digits").parent
+    cfg = yaml.safe_load((d / "data.yaml").read_text())
+    assert cfg["names"] == dict(enumerate(D.DIGIT_NAMES)) == {i: str(i) for i in range(10)}
+    objs = _objects(d)
+    assert {int(o[0]) for o in objs} == set(range(10))
+    assert all(0 < o[3] <= 1 and 0 < o[4] <= 1 for o in objs)
+    heights = [o[4] for o in objs]
+    assert 0.08 < min(heights) and max(heights) < 0.45  # 12-35% of the side, rotation adds a little
+    lab = sorted((d / "labels" / "train").glob("*.txt"))[0]
+    img = cv2.imread(str(d / "images" / "train" / f"{lab.stem}.png"))
+    assert img.shape == (96, 96, 3)
+    assert json.loads((d / "dataset.json").read_text())["variant"] == "digits"
+    again = generate_dataset(tmp_path / "d2", n=80, seed=2, imgsz=96, variant="digits").parent
+    assert read_labels(again) == read_labels(d)
+
+
 @pytest.mark.parametrize("name", D.GLYPH_NAMES)
 def test_glyph_polygons(name):
     """Each glyph is a simple polygon centred on its box, extent ~[-1, 1], with a sizeable area."""
@@ -439,7 +459,7 @@ def test_dataset_without_variant_is_shapes(tmp_path, monkeypatch):
 @pytest.mark.parametrize("variant", ["glyph", "", None, 1])
 def test_bad_variant(tmp_path, variant):
     """An unknown variant names the bad value and the valid ones, before anything is written."""
-    with pytest.raises(ValueError, match=r"variant must be one of shapes, glyphs, got"):
+    with pytest.raises(ValueError, match=r"variant must be one of shapes, glyphs, digits, got"):
         generate_dataset(tmp_path / "d", **SMALL, variant=variant)
     with pytest.raises(ValueError, match="variant must be one of"):
         embedded_dataset(n=12, variant=variant)
@@ -447,8 +467,12 @@ def test_bad_variant(tmp_path, variant):
 
 
 def test_resolve_embedded(tmp_path):
-    """data=embedded / embedded-glyphs name the two generated datasets; anything else is not resolved."""
-    assert D.EMBEDDED_NAMES == {"embedded": ("shapes", 0), "embedded-glyphs": ("glyphs", 1)}
+    """data=embedded / embedded-glyphs / embedded-digits name the generated datasets; anything else is not resolved."""
+    assert D.EMBEDDED_NAMES == {
+        "embedded": ("shapes", 0),
+        "embedded-glyphs": ("glyphs", 1),
+        "embedded-digits": ("digits", 2),
+    }
     for value in (None, "", "coco128.yaml", "embedded.yaml", str(tmp_path), 3):
         assert D.resolve_embedded(value) is None
     y = D.resolve_embedded("embedded-glyphs")

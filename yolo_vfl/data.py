@@ -53,6 +53,7 @@ __all__ = [
     "EMBEDDED_NAMES",
     "GENERATOR_VERSION",
     "GLYPH_NAMES",
+    "DIGIT_NAMES",
     "VARIANTS",
     "cache_dir",
     "class_names",
@@ -75,6 +76,9 @@ CLASS_NAMES: tuple[str, ...] = (
 
 GLYPH_NAMES: tuple[str, ...] = ("cross", "tee", "ell", "arrow", "diamond", "crescent")
 """Class names of the ``glyphs`` variant, index = class id."""
+
+DIGIT_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
+"""Class names of the ``digits`` variant (the digit drawn), index = class id."""
 
 GENERATOR_VERSION = 1
 """Bumped whenever the generated content changes (part of the cache directory name and of ``dataset.json``)."""
@@ -104,6 +108,7 @@ class _Variant(NamedTuple):
     max_objects: int  # objects per image: 1..max_objects (when not empty)
     min_diameter: float  # smallest object diameter (circumscribed circle), fraction of the image side ...
     max_diameter: float  # ... and the largest
+    text: bool = False  # objects are characters drawn with a font (their names), not polygons
 
 
 _VARIANTS: dict[str, _Variant] = {
@@ -113,11 +118,19 @@ _VARIANTS: dict[str, _Variant] = {
     # tee's bar end-on, a diamond a squashed arrow head, a crescent a bent bar); more and smaller objects
     # (0-9 of 6-30% of the side), 5% empty images
     "glyphs": _Variant(GLYPH_NAMES, empty_p=0.05, max_objects=9, min_diameter=0.06, max_diameter=0.3),
+    # ten digits drawn with OpenCV's Hershey fonts (four faces, upright or italic, stroke width and a rotation of
+    # +-20 degrees drawn at random: made by a font renderer, not from polygons), 0-7 objects whose height is 12-35%
+    # of the side, partial outlines of the shapes and stray letters as clutter, 5% empty images
+    "digits": _Variant(DIGIT_NAMES, empty_p=0.05, max_objects=7, min_diameter=0.12, max_diameter=0.35, text=True),
 }
 VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
-"""Dataset variants: ``shapes`` (the default, the embedded dataset) and ``glyphs`` (a differently made second one)."""
+"""Dataset variants: ``shapes`` (the default, the embedded dataset), ``glyphs`` and ``digits`` (made differently)."""
 
-EMBEDDED_NAMES: dict[str, tuple[str, int]] = {"embedded": ("shapes", 0), "embedded-glyphs": ("glyphs", 1)}
+EMBEDDED_NAMES: dict[str, tuple[str, int]] = {
+    "embedded": ("shapes", 0),
+    "embedded-glyphs": ("glyphs", 1),
+    "embedded-digits": ("digits", 2),
+}
 """``data=`` names of the generated datasets: name -> (variant, generator seed)."""
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -443,6 +456,8 @@ def _render(
     Returns:
         The uint8 BGR image (s, s, 3) and a list of ``(cls, x0, y0, x1, y1)`` pixel boxes.
     """
+    if variant.text:
+        return _render_text(rng, s, variant)
     names = variant.names
     dmin, dmax = max(6.0, variant.min_diameter * s), variant.max_diameter * s  # diameter of the circumscribed circle
     rmin, rmax = dmin / 2, dmax / 2
@@ -502,6 +517,12 @@ def _render(
             areas.append(int(m.sum()))
             break
 
+    return _finish(img, rng), boxes
+
+
+def _finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Occluding lines, blur, global contrast/brightness and pixel noise over a drawn float image; uint8 out."""
+    s = img.shape[0]
     if rng.random() < 0.35:  # thin occluding lines across everything
         for _ in range(int(rng.integers(1, 3))):
             p = _fixed(rng.uniform(0, s, (2, 2)))
@@ -512,7 +533,77 @@ def _render(
     contrast, brightness, k = rng.uniform(0.8, 1.15), rng.uniform(-20, 20), rng.uniform(2, 7) * math.sqrt(12) / 256
     noise = np.frombuffer(rng.bytes(img.size), np.uint8).reshape(img.shape).astype(np.float32)
     img = cv2.addWeighted(img, contrast, noise, k, brightness - 127.5 * k + 0.5)  # + 0.5: round on truncation
-    return np.clip(img, 0, 255, out=img).astype(np.uint8), boxes
+    return np.clip(img, 0, 255, out=img).astype(np.uint8)
+
+
+_FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX)
+
+
+def _char_alpha(ch: str, rng: np.random.Generator, height: float) -> np.ndarray:
+    """Coverage (h, w) float32 in [0, 1] of the character ``ch``, about ``height`` px tall, cropped to its ink.
+
+    A Hershey font face (upright or italic), a stroke width of 6-16% of the height and a rotation of +-20 degrees,
+    all drawn from ``rng``.
+    """
+    font = _FONTS[int(rng.integers(len(_FONTS)))] | (cv2.FONT_ITALIC if rng.random() < 0.3 else 0)
+    (w, h), _ = cv2.getTextSize(ch, font, 1.0, 1)
+    scale = height / max(h, 1)
+    thick = max(1, int(round(height * rng.uniform(0.06, 0.16))))
+    side = int(math.ceil(2.2 * max(height, w * scale))) + 2 * thick + 4
+    canvas = np.zeros((side, side), np.uint8)
+    org = (int((side - w * scale) / 2), int((side + h * scale) / 2))
+    cv2.putText(canvas, ch, org, font, scale, 255, thick, cv2.LINE_AA)
+    rot = cv2.getRotationMatrix2D((side / 2, side / 2), rng.uniform(-20, 20), 1.0)
+    canvas = cv2.warpAffine(canvas, rot, (side, side), flags=cv2.INTER_LINEAR)
+    ys, xs = np.nonzero(canvas > 64)
+    if ys.size == 0:
+        return np.zeros((0, 0), np.float32)
+    return canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32) / 255
+
+
+def _render_text(
+    rng: np.random.Generator, s: int, variant: _Variant
+) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
+    """Draw one image of a ``text`` variant (its classes are characters) and its objects (see ``_render``)."""
+    names = variant.names
+    hmin, hmax = max(8.0, variant.min_diameter * s), variant.max_diameter * s
+    img = _background(rng, s)
+    _distractors(img, rng, s, hmin / 2, hmax / 2, CLASS_NAMES)
+    for _ in range(int(rng.integers(0, 3))):  # stray letters: text that is not a digit
+        alpha = _char_alpha(chr(int(rng.choice([65, 69, 72, 75, 77, 88, 120, 43]))), rng, rng.uniform(hmin, hmax))
+        ph, pw = alpha.shape
+        if 0 < ph < s and 0 < pw < s:
+            y, x = int(rng.integers(0, s - ph)), int(rng.integers(0, s - pw))
+            a = alpha[..., None]
+            img[y : y + ph, x : x + pw] = img[y : y + ph, x : x + pw] * (1 - a) + np.float32(_colour(rng)) * a
+    n_obj = 0 if rng.random() < variant.empty_p else int(rng.integers(1, variant.max_objects + 1))
+    owner = np.full((s, s), -1, np.int16)
+    boxes: list[tuple[int, float, float, float, float]] = []
+    areas: list[int] = []
+    for _ in range(n_obj):
+        cls = int(rng.integers(len(names)))
+        for _attempt in range(20):
+            alpha = _char_alpha(names[cls], rng, math.exp(rng.uniform(math.log(hmin), math.log(hmax))))
+            ph, pw = alpha.shape
+            if ph == 0 or ph > s - 2 or pw > s - 2:
+                continue
+            y0, x0 = int(rng.integers(1, s - ph)), int(rng.integers(1, s - pw))
+            box = (float(x0), float(y0), float(x0 + pw), float(y0 + ph))
+            if any(_iou(box, b[1:]) > _MAX_IOU for b in boxes):
+                continue
+            m = np.zeros((s, s), bool)
+            m[y0 : y0 + ph, x0 : x0 + pw] = alpha > 0.5
+            if not m.any() or not _still_visible(owner, m, boxes, areas):
+                continue
+            region = img[y0 : y0 + ph, x0 : x0 + pw]
+            colour = _contrasting(rng, region.reshape(-1, 3).mean(0))
+            a = alpha[..., None]
+            img[y0 : y0 + ph, x0 : x0 + pw] = region * (1 - a) + np.float32(colour) * a
+            owner[m] = len(boxes)
+            boxes.append((cls, *box))
+            areas.append(int(m.sum()))
+            break
+    return _finish(img, rng), boxes
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
