@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import numpy as np
 import pytest
 
-from yolo_vfl import diagnose as old
 from yolo_vfl.ab import evaluation as ev
 from yolo_vfl.ab.records import Records
-from yolo_vfl.report import box_iou, match_detections
+from yolo_vfl.ab.report import aggregate, common_recall, diagnosis_csv_text, diagnosis_markdown
+
+
+def box_iou(d: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """(n, m) IoU by Ultralytics' ``box_iou`` (torch), the function whose IoUs the records hold."""
+    import torch
+    from ultralytics.utils.metrics import box_iou as ultralytics_box_iou
+
+    return ultralytics_box_iou(torch.as_tensor(d, dtype=torch.float32), torch.as_tensor(g, dtype=torch.float32)).numpy()
 
 
 def build(images: list[dict], names: dict[int, str] | None = None, gt_order: list[int] | None = None) -> Records:
     """Records from per-image dicts (``det``, ``conf``, ``cls``, ``gt``, ``gt_cls``, optional ``iou``).
 
-    ``iou`` (n, m) defaults to the numpy ``box_iou`` of the boxes; ``gt_order`` permutes the global GT order (the
+    ``iou`` (n, m) defaults to Ultralytics' ``box_iou`` of the boxes; ``gt_order`` permutes the global GT order (the
     per-image column order stays the image's own order).
     """
     det, conf, cls, det_img, gt, gt_cls, gt_img, ious = [], [], [], [], [], [], [], []
@@ -140,28 +148,100 @@ def test_thresholds_follow_arguments():
     assert kinds(ev.classify(r, iou_background=0.4)) == ["background"]
 
 
-def test_same_as_old_classification_on_random_boxes():
-    """On random boxes, classify gives diagnose.classify_detections' kinds and IoUs (IoU as float32)."""
-    rng = np.random.default_rng(0)
-    images, expect = [], []
-    for _ in range(5):
-        xy = rng.uniform(0, 50, (12, 2))
-        g = np.c_[xy, xy + rng.uniform(5, 20, (12, 2))]
-        d = np.repeat(g, 3, axis=0) + rng.normal(0, 3, (36, 4))
+def random_images(seed: int, n_images: int = 4, n_gt: int = 10, per_gt: int = 3) -> list[dict]:
+    """Random images: ``per_gt`` noisy detections around each GT box, random classes (2) and confidences."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(n_images):
+        xy = rng.uniform(0, 50, (n_gt, 2))
+        g = np.c_[xy, xy + rng.uniform(5, 20, (n_gt, 2))]
+        d = np.repeat(g, per_gt, axis=0) + rng.normal(0, 3, (n_gt * per_gt, 4))
         d[:, 2:] = np.maximum(d[:, 2:], d[:, :2] + 1)
-        im = {
-            "det": d,
-            "conf": rng.uniform(0, 1, 36),
-            "cls": rng.integers(0, 2, 36),
-            "gt": g,
-            "gt_cls": rng.integers(0, 2, 12),
-        }
-        images.append(im)
-        expect.append(old.classify_detections(im["det"], im["conf"], im["cls"], im["gt"], im["gt_cls"]))
+        n = len(d)
+        images.append(
+            {
+                "det": d,
+                "conf": rng.uniform(0, 1, n),
+                "cls": rng.integers(0, 2, n),
+                "gt": g,
+                "gt_cls": rng.integers(0, 2, n_gt),
+            }
+        )
+    return images
+
+
+def test_higher_score_is_tp_whatever_the_record_order():
+    """Two boxes on one GT (IoU 0.8 and 1): the higher-scored one is the TP, listed first or second."""
+    im = {"det": [[0, 0, 10, 8], [0, 0, 10, 10]], "cls": [0, 0], "gt": [[0, 0, 10, 10]], "gt_cls": [0]}
+    c = ev.classify(build([{**im, "conf": [0.3, 0.9]}]))
+    assert kinds(c) == ["duplicate", "tp"] and c["gt"].tolist() == [-1, 0]
+    assert c["iou"] == pytest.approx([0.8, 1.0], abs=1e-6)
+    assert kinds(ev.classify(build([{**im, "conf": [0.9, 0.3]}]))) == ["tp", "duplicate"]
+
+
+def test_tp_takes_the_next_free_ground_truth():
+    """COCO: a detection whose best GT is taken matches the next free one above 0.5 instead of being a duplicate.
+
+    GTs g0 [0,0,10,10], g1 [1,0,11,10] (IoU 90/110); det 0 = g0 (IoU 1 and 90/110), det 1 [0.5,0,10.5,10] (IoU 95/105
+    with both). Det 0 takes g0, det 1 g1 (0.905). With g0 alone det 1 is a duplicate.
+    """
+    det = [[0, 0, 10, 10], [0.5, 0, 10.5, 10]]
+    two = {"det": det, "conf": [0.9, 0.8], "cls": [0, 0], "gt": [[0, 0, 10, 10], [1, 0, 11, 10]], "gt_cls": [0, 0]}
+    c = ev.classify(build([two]))
+    assert kinds(c) == ["tp", "tp"] and c["gt"].tolist() == [0, 1]
+    assert c["iou"] == pytest.approx([1.0, 95 / 105], abs=1e-6)
+    one = {**two, "gt": [[0, 0, 10, 10]], "gt_cls": [0]}
+    assert kinds(ev.classify(build([one]))) == ["tp", "duplicate"]
+
+
+def test_duplicate_before_wrong_class_and_boundaries():
+    """Duplicate beats wrong class; IoU exactly 0.5 matches, exactly 0.1 is localization, just below is background."""
+    same_box = {
+        "det": [[0, 0, 10, 10], [0, 0, 10, 10]],
+        "conf": [0.9, 0.8],
+        "cls": [0, 0],
+        "gt": [[0, 0, 10, 10], [0, 0, 10, 10]],
+        "gt_cls": [0, 1],
+    }
+    assert kinds(ev.classify(build([same_box]))) == ["tp", "duplicate"]
+    edges = {
+        "det": np.zeros((3, 4)),
+        "conf": [0.9, 0.8, 0.7],
+        "cls": [0, 0, 0],
+        "gt": np.zeros((1, 4)),
+        "gt_cls": [0],
+        "iou": [[0.5], [0.1], [0.0999]],
+    }
+    assert kinds(ev.classify(build([edges]))) == ["tp", "localization", "background"]
+
+
+def test_threshold_prefix_is_classified_alone():
+    """The detections above a threshold are classified exactly as without the lower-scored ones (greedy order)."""
+    images = random_images(0)
+    full = ev.classify(build(images))
+    part_images = [
+        {**im, **{k: np.asarray(im[k])[np.asarray(im["conf"]) >= 0.5] for k in ("det", "conf", "cls")}} for im in images
+    ]
+    keep = np.concatenate([np.asarray(im["conf"]) >= 0.5 for im in images])
+    part = ev.classify(build(part_images))
+    assert full["kind"][keep].tolist() == part["kind"].tolist()
+    assert full["iou"][keep] == pytest.approx(part["iou"])
+    assert set(kinds(full)) == set(ev.KINDS)  # the random boxes give every kind
+
+
+def test_record_order_does_not_matter():
+    """Shuffling the detections of each image (distinct confidences) shuffles the classification the same way."""
+    images = random_images(1)
     c = ev.classify(build(images))
-    assert c["kind"].tolist() == np.concatenate([e["kind"] for e in expect]).tolist()
-    assert c["iou"] == pytest.approx(np.concatenate([e["iou"] for e in expect]), abs=1e-6)
-    assert set(kinds(c)) == set(ev.KINDS)
+    rng = np.random.default_rng(2)
+    perms = [rng.permutation(len(im["conf"])) for im in images]
+    shuffled = [{**im, **{k: np.asarray(im[k])[p] for k in ("det", "conf", "cls")}} for im, p in zip(images, perms)]
+    s = ev.classify(build(shuffled))
+    offsets = np.cumsum([0, *(len(im["conf"]) for im in images[:-1])])
+    order = np.concatenate([o + p for o, p in zip(offsets, perms)])
+    assert s["kind"].tolist() == c["kind"][order].tolist() and s["gt"].tolist() == c["gt"][order].tolist()
+    assert s["iou"] == pytest.approx(c["iou"][order])
+    assert (c["kind"] == 0).sum() == len(set(c["gt"][c["gt"] >= 0].tolist()))  # each GT matched at most once
 
 
 def test_no_gt_no_detections():
@@ -208,7 +288,7 @@ def test_ranking_by_hand():
 
 
 def test_ranking_keys_and_subsample():
-    """The keys of report.ranking_quality; max_points keeps a seeded subset in record order."""
+    """The keys of ranking_quality (those of the ranking in result.json); max_points keeps a seeded subset in order."""
     q = ev.ranking_quality(build(RANKING), max_points=2, seed=1)
     assert set(q) == {
         "n",
@@ -228,25 +308,36 @@ def test_ranking_keys_and_subsample():
     assert ev.ranking_quality(build(RANKING), max_points=2, seed=1) == q
 
 
-def test_ranking_iou_as_report_match_detections():
-    """The per-detection IoU is report.match_detections' (best same-class IoU, 0 if none) on random boxes."""
-    rng = np.random.default_rng(1)
-    images, expect = [], []
-    for n_gt in (0, 3, 7):
-        xy = rng.uniform(0, 50, (20, 2))
-        d = np.c_[xy, xy + rng.uniform(5, 20, (20, 2))]
-        xy = rng.uniform(0, 50, (n_gt, 2))
-        g = np.c_[xy, xy + rng.uniform(5, 20, (n_gt, 2))]
-        im = {
-            "det": d,
-            "conf": rng.uniform(0, 1, 20),
-            "cls": rng.integers(0, 3, 20),
-            "gt": g,
-            "gt_cls": rng.integers(0, 3, n_gt),
-        }
-        images.append(im)
-        expect.append(match_detections(im["det"], im["cls"], im["gt"], im["gt_cls"]))
-    assert ev.best_same_class_iou(build(images)) == pytest.approx(np.concatenate(expect), abs=1e-6)
+def test_best_same_class_iou_by_hand():
+    """Best IoU with a GT of the same class of the same image; several detections may take one GT; 0 without one.
+
+    Image 0: g0 [0,0,10,10] class 0, g1 [5,0,15,10] class 1. a = g0 (1), b [0,0,10,5] class 0 (50/100 with g0),
+    c = g1's box but class 0 (g0: 50/150; the IoU 1 with the class-1 g1 does not count), d = g1 class 1 (1), e class 2
+    (no GT of its class: 0). Image 1 (one GT, so a padding column): f [0,0,2,4] on g2 [0,0,4,4] (8/16), g far away (0).
+    Image 2: no GT (0).
+    """
+    images = [
+        {
+            "det": [[0, 0, 10, 10], [0, 0, 10, 5], [5, 0, 15, 10], [5, 0, 15, 10], [0, 0, 10, 10]],
+            "conf": [0.9, 0.8, 0.7, 0.6, 0.5],
+            "cls": [0, 0, 0, 1, 2],
+            "gt": [[0, 0, 10, 10], [5, 0, 15, 10]],
+            "gt_cls": [0, 1],
+        },
+        {
+            "det": [[0, 0, 2, 4], [50, 50, 60, 60]],
+            "conf": [0.4, 0.3],
+            "cls": [0, 0],
+            "gt": [[0, 0, 4, 4]],
+            "gt_cls": [0],
+        },
+        {"det": [[0, 0, 4, 4]], "conf": [0.2], "cls": [0]},
+    ]
+    r = build(images, names={0: "a", 1: "b", 2: "c"})
+    assert ev.best_same_class_iou(r) == pytest.approx([1.0, 0.5, 1 / 3, 1.0, 0.0, 0.5, 0.0, 0.0], abs=1e-6)
+    q = ev.ranking_quality(r)
+    assert q["n"] == 8 and q["n_matched"] == 5 and q["n_gt"] == 3 and q["n_images"] == 3
+    assert ev.best_same_class_iou(build([{"gt": [[0, 0, 4, 4]], "gt_cls": [0]}])).size == 0
 
 
 # ------------------------------------------------------------------------------------------------ AP
@@ -297,68 +388,126 @@ def test_average_precision_edges():
 
 
 # ------------------------------------------------------------------------------------------------ diagnosis
-def assert_close(a, b, where: str = "") -> None:
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), where
-        for k in a:
-            assert_close(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_close(x, y, f"{where}[{i}]")
-    elif a is None or b is None:
-        assert a is b, where
-    else:
-        assert a == pytest.approx(b, abs=1e-6), where
+def test_summarize_detections_by_hand():
+    """Counts per threshold, missed GT, F1 threshold, recall grid, histograms and AP50 costs of a hand-made run.
 
+    Kinds by descending score: background 0.9, tp 0.8, tp 0.6, wrong 0.4, tp 0.3, localization 0.2, duplicate 0.1
+    (class 0, 4 GT). F1 over the top k: k=3 P 2/3 R 1/2 (0.571), k=5 P 3/5 R 3/4 (0.667, best), k=7 P 3/7 R 3/4.
+    """
+    from ultralytics.utils.metrics import compute_ap
 
-def key_tree(value):
-    if isinstance(value, dict):
-        return {k: key_tree(v) for k, v in value.items()}
-    return None
-
-
-def old_summary(images: list[dict]) -> dict:
-    """diagnose.summarize_detections on the old per-image classification of the same boxes."""
-    scores, kinds_, classes, ious, gt_counts = [], [], [], [], {}
-    for im in images:
-        for c in im.get("gt_cls", []):
-            gt_counts[int(c)] = gt_counts.get(int(c), 0) + 1
-        if "det" not in im:
-            continue
-        c = old.classify_detections(
-            im["det"], im["conf"], im["cls"], np.reshape(im.get("gt", []), (-1, 4)), im.get("gt_cls", [])
-        )
-        scores.append(np.asarray(im["conf"], dtype=np.float64))
-        kinds_.append(c["kind"])
-        classes.append(np.asarray(im["cls"]))
-        ious.append(c["iou"])
-    return old.summarize_detections(
-        np.concatenate(scores), np.concatenate(kinds_), np.concatenate(classes), np.concatenate(ious), gt_counts
+    scores = np.array([0.9, 0.8, 0.6, 0.4, 0.3, 0.2, 0.1])
+    kinds_ = np.array([4, 0, 0, 2, 0, 3, 1])
+    s = ev.summarize_detections(scores, kinds_, np.zeros(7, int), np.full(7, 0.7), {0: 4})
+    assert s["n_gt"] == 4 and s["n_det"] == 7
+    assert s["counts"] == {"tp": 3, "duplicate": 1, "wrong_class": 1, "localization": 1, "background": 1}
+    at = s["at"]["0.25"]
+    assert at["counts"]["tp"] == 3 and at["fp"] == 2 and at["missed_gt"] == 1 and at["precision"] == pytest.approx(0.6)
+    assert s["at"]["0.5"]["counts"] == {"tp": 2, "duplicate": 0, "wrong_class": 0, "localization": 0, "background": 1}
+    assert s["at"]["f1"]["threshold"] == pytest.approx(0.3) and s["at"]["f1"]["f1"] == pytest.approx(2 / 3)
+    assert s["mean_score"]["tp"] == pytest.approx((0.8 + 0.6 + 0.3) / 3)
+    assert s["median_score"]["tp"] == pytest.approx(0.6) and s["tp_mean_iou"]["all"] == pytest.approx(0.7)
+    grid = s["recall_grid"]
+    i = grid["recall"].index(0.5)  # 2 TPs: reached at score 0.6, with the background detection above
+    assert grid["threshold"][i] == pytest.approx(0.6) and grid["counts"]["background"][i] == 1
+    assert grid["threshold"][grid["recall"].index(0.76)] is None  # the 4th TP is never found
+    assert sum(sum(s["hist"][k]) for k in ev.KINDS) == 7 and len(s["hist"]["edges"]) == len(s["hist"]["tp"]) + 1
+    # AP50: the background detection above every TP costs the most; the duplicate below them all next to nothing
+    assert 0 <= s["ap50_cost"]["duplicate"] < 0.01
+    assert s["ap50_cost"]["background"] > s["ap50_cost"]["wrong_class"] > 0
+    # all FPs removed: precision 1 at recall 1/4, 1/2, 3/4 (8.4: the envelope ends at 3/4: 0.745)
+    assert s["ap50_tp_only"] == pytest.approx(float(compute_ap(np.array([0.25, 0.5, 0.75]), np.ones(3))[0]))
+    perfect = ev.summarize_detections(
+        np.array([0.9, 0.8]), np.zeros(2, int), np.array([0, 1]), np.ones(2), {0: 1, 1: 1}
     )
+    assert perfect["ap50"] == pytest.approx(0.995) and perfect["at"]["f1"]["fp"] == 0
+    assert perfect["at"]["0.25"]["missed_gt"] == 0 and perfect["at"]["f1"]["recall"] == 1.0
 
 
-def test_diagnose_structure_as_diagnose_run():
-    """diagnose() has diagnose_run's keys at every level, and its values except the AP ones (new AP)."""
-    images = [EACH_KIND, *TWO_GT_ONE_TP]
-    d = ev.diagnose(build(images))
-    ref = old_summary(images)
-    ref.update(
-        version=old.DIAG_VERSION,
-        n_images=2,
-        params=old._params("w.pt", "d.yaml", 64, 0.001, 0.7, 300),
-        ultralytics={"precision": 0, "recall": 0, "mAP50": 0, "mAP50-95": 0},
+def test_diagnose_structure_and_values_by_hand():
+    """The diagnosis of the each-kind image plus the one-TP image: every key, and its values derived by hand.
+
+    8 detections, 5 GT (4 of class 0, 1 of class 1; all detections class 0). In descending score (ties: record
+    order): tp 0.9 (image 0), tp 0.9 (image 1), duplicate 0.8, wrong class 0.7, localization 0.6, background 0.5
+    (image 0), background 0.5 (image 1), tp 0.1. F1 over the top k (ties kept together): k=2 4/7 is the best.
+    """
+    from ultralytics.utils.metrics import compute_ap
+
+    d = ev.diagnose(build([EACH_KIND, *TWO_GT_ONE_TP]))
+    assert set(d) == {
+        "n_det",
+        "n_gt",
+        "counts",
+        "at",
+        "mean_score",
+        "median_score",
+        "tp_mean_iou",
+        "hist",
+        "recall_grid",
+        "ap50",
+        "ap50_without",
+        "ap50_cost",
+        "ap50_tp_only",
+        "version",
+        "n_images",
+        "params",
+        "ultralytics",
+    }
+    tally = {"counts", "fp", "missed_gt", "precision", "recall"}
+    assert set(d["at"]) == {"0.25", "0.5", "f1"} and set(d["at"]["0.25"]) == set(d["at"]["0.5"]) == tally
+    assert set(d["at"]["f1"]) == tally | {"threshold", "f1"}
+    assert set(d["tp_mean_iou"]) == {"all", "0.25", "0.5", "f1"} and set(d["hist"]) == {"edges", *ev.KINDS}
+    assert set(d["recall_grid"]) == {"recall", "threshold", "counts"} and set(d["recall_grid"]["counts"]) == set(
+        ev.KINDS
     )
-    tree, ref_tree = key_tree(d), key_tree(ref)
-    params = tree.pop("params")
-    assert set(params) >= set(ref_tree.pop("params")) - {"model"}
-    assert tree == ref_tree
-    ap_keys = {"ap50", "ap50_without", "ap50_cost", "ap50_tp_only"}
-    for key in set(ref) - ap_keys - {"version", "params", "ultralytics"}:
-        assert_close(d[key], ref[key], key)
-    assert d["version"] == ev.DIAG_VERSION and d["n_images"] == 2
+    assert set(d["ap50_without"]) == set(d["ap50_cost"]) == set(ev.FP_KINDS)
+    assert d["n_det"] == 8 and d["n_gt"] == 5 and d["n_images"] == 2 and d["version"] == ev.DIAG_VERSION
+    assert d["counts"] == {"tp": 3, "duplicate": 1, "wrong_class": 1, "localization": 1, "background": 2}
+    for t in ("0.25", "0.5"):  # nothing scores between 0.25 and 0.5: the same detections
+        at = d["at"][t]
+        assert at["counts"] == {"tp": 2, "duplicate": 1, "wrong_class": 1, "localization": 1, "background": 2}
+        assert at["fp"] == 5 and at["missed_gt"] == 3
+        assert at["precision"] == pytest.approx(2 / 7) and at["recall"] == pytest.approx(0.4)
+    f1 = d["at"]["f1"]
+    assert f1["threshold"] == pytest.approx(0.9) and f1["f1"] == pytest.approx(4 / 7)
+    assert f1["counts"]["tp"] == 2 and f1["fp"] == 0 and f1["missed_gt"] == 3 and f1["precision"] == 1.0
+    assert d["mean_score"] == pytest.approx(
+        {"tp": 1.9 / 3, "duplicate": 0.8, "wrong_class": 0.7, "localization": 0.6, "background": 0.5}
+    )
+    assert d["median_score"]["tp"] == pytest.approx(0.9)
+    assert d["tp_mean_iou"]["all"] == pytest.approx(2.7 / 3, abs=1e-6)  # IoUs 1, 0.7 and 1
+    assert d["tp_mean_iou"]["0.25"] == d["tp_mean_iou"]["f1"] == pytest.approx(1.0, abs=1e-6)
+    assert [sum(d["hist"][k]) for k in ev.KINDS] == [3, 1, 1, 1, 2] and len(d["hist"]["edges"]) == ev.HIST_BINS + 1
+    grid = d["recall_grid"]
+    for level, threshold, counts in [
+        (0.2, 0.9, [2, 0, 0, 0, 0]),
+        (0.4, 0.9, [2, 0, 0, 0, 0]),
+        (0.6, 0.1, [3, 1, 1, 1, 2]),
+    ]:
+        i = grid["recall"].index(level)
+        assert grid["threshold"][i] == pytest.approx(threshold) and [grid["counts"][k][i] for k in ev.KINDS] == counts
+    assert grid["recall"].index(0.41) == 40 and grid["threshold"][40] == pytest.approx(0.1)  # 3 TPs needed
+    assert grid["threshold"][grid["recall"].index(0.61)] is None and grid["counts"]["tp"][60] is None
+    # AP50: class 0's TP flags in score order 1 1 0 0 0 0 0 1 (4 GT); class 1 has GT and no detection: AP 0
+    ctp = np.cumsum([1, 1, 0, 0, 0, 0, 0, 1])
+    ap0 = float(compute_ap(ctp / 4, ctp / np.arange(1, 9))[0])
+    assert d["ap50"] == pytest.approx(ap0 / 2, abs=1e-12)
+    assert d["ap50_tp_only"] == pytest.approx(float(compute_ap(np.array([0.25, 0.5, 0.75]), np.ones(3))[0]) / 2)
+    for k in ev.FP_KINDS:
+        assert d["ap50_cost"][k] == pytest.approx(d["ap50_without"][k] - d["ap50"])
+    assert d["ap50_cost"]["background"] > 0 and d["ap50_cost"]["duplicate"] > 0
     assert d["ultralytics"] == {"precision": 0.5, "recall": 0.5, "mAP50": 0.5, "mAP50-95": 0.3}
-    assert d["params"]["iou_match"] == 0.5 and d["params"]["thresholds"] == [0.25, 0.5]
+    assert d["params"] == {
+        "weights": "w.pt",
+        "data": "d.yaml",
+        "imgsz": 64,
+        "conf": 0.001,
+        "iou": 0.7,
+        "max_det": 300,
+        "iou_match": 0.5,
+        "iou_background": 0.1,
+        "thresholds": [0.25, 0.5],
+    }
 
 
 def test_diagnose_counts_by_hand():
@@ -373,15 +522,22 @@ def test_diagnose_counts_by_hand():
     assert d["mean_score"]["tp"] == pytest.approx(0.5)
 
 
-def test_diagnose_feeds_old_report_code():
-    """The aggregate, findings and markdown code of yolo_vfl.diagnose consume diagnose() output."""
+def test_diagnose_feeds_report_aggregate_markdown_csv():
+    """ab.report's aggregate, common_recall, diagnosis_markdown and diagnosis_csv_text consume diagnose() output.
+
+    bce: the each-kind image (1 TP at conf 0.25); qfl: plus the one-TP image (2 TPs at 0.25).
+    """
     runs = []
     for arm, images in (("bce", [EACH_KIND]), ("qfl", [EACH_KIND, *TWO_GT_ONE_TP])):
         d = ev.diagnose(build(images))
         d.update(run=f"{arm}-s0", arm=arm, seed=0)
         runs.append(d)
-    recall = old.common_recall(runs, "bce")
-    rows = old.aggregate(runs, baseline="bce", order=["bce", "qfl"], recall=recall)
-    md = old.diagnosis_markdown(rows, runs, {"name": "t", "baseline": "bce", "out": "x", "missing": [], "command": "c"})
-    assert "qfl" in md and "bce" in md
-    assert old.diagnosis_csv_text(rows).count("\n") >= 3
+    recall = common_recall(runs, "bce")
+    assert recall == pytest.approx(1 / 3 - 1 / 300)  # bce's F1-optimal recall 1/3, rounded down to the grid: 0.33
+    rows = aggregate(runs, baseline="bce", order=["bce", "qfl"], recall=recall)
+    assert [r["arm"] for r in rows] == ["bce", "qfl"]
+    assert rows[0]["tp@0.25_mean"] == 1 and rows[1]["tp@0.25_mean"] == 2 and rows[1]["background@0.25_mean"] == 2
+    md = diagnosis_markdown(rows, runs, {"name": "t", "baseline": "bce", "out": "x", "missing": [], "command": "c"})
+    assert "`qfl`" in md and "| bce |" in md and "None" not in md and "nan" not in md
+    table = list(csv.DictReader(diagnosis_csv_text(rows).splitlines()))
+    assert [r["arm"] for r in table] == ["bce", "qfl"] and float(table[1]["tp@0.25_mean"]) == 2
