@@ -17,7 +17,7 @@ A build is published by renaming a fully written directory into place, so ``<fin
 complete. An interrupted build (its ``.building-<fingerprint>/train/weights/last.pt``) is resumed by the next call.
 Only one process builds a fingerprint at a time; the others wait for the lock and then reuse the result.
 
-Command line: ``python -m yolo_vfl.pretrain [key=value ...]`` (keys: the :class:`PretrainSpec` fields, ``device``
+Command line: ``yolo-vfl pretrain [key=value ...]`` (keys: the :class:`PretrainSpec` fields, ``device``
 and, as a shortcut for ``train_args``, any other Ultralytics train argument).
 """
 
@@ -32,7 +32,6 @@ import math
 import os
 import platform
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import data as _data
+from .errors import InvalidSettingError
+from .fileio import atomic_write_json
 
 __all__ = ["PretrainResult", "PretrainSpec", "cli_pretrain", "pretrain_dir", "pretrained_checkpoint"]
 
@@ -237,7 +238,7 @@ class PretrainSpec:
         names = list(cls.fields())
         for key in mapping:
             if key not in names:
-                raise ValueError(
+                raise InvalidSettingError(
                     f"Unknown pretrain key {key!r}. Valid keys: {', '.join(names)}.{_suggest(str(key), names)}"
                 )
         return cls(**dict(mapping))
@@ -343,7 +344,6 @@ def _now() -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from .fileio import atomic_write_json
 
     atomic_write_json(path, obj)
 
@@ -716,7 +716,10 @@ def cli_pretrain(args: Mapping[str, Any]) -> int:
             argument (collected into ``train_args``).
 
     Returns:
-        0 on success (errors raise: TypeError, ValueError with one-line messages).
+        0 on success.
+
+    Raises:
+        InvalidSettingError: an unknown key or an invalid value (a ``UserError``: one line on the CLI).
     """
     if not isinstance(args, Mapping):
         raise TypeError(f"cli_pretrain expects a mapping of key=value arguments, got {type(args).__name__}")
@@ -731,43 +734,18 @@ def cli_pretrain(args: Mapping[str, Any]) -> int:
         for key in extra:
             if key not in DEFAULT_CFG_DICT or key in _RESERVED:
                 valid = sorted(names | {"device"}) + sorted(set(DEFAULT_CFG_DICT) - _RESERVED)
-                raise ValueError(
+                raise InvalidSettingError(
                     f"Unknown pretrain key {key!r}. Valid keys: {', '.join(sorted(names | {'device'}))} or an "
                     f"Ultralytics train argument.{_suggest(str(key), valid)}"
                 )
         spec_args["train_args"] = {**dict(spec_args.get("train_args") or {}), **extra}
-    spec = PretrainSpec.from_dict(spec_args)
+    try:
+        spec = PretrainSpec.from_dict(spec_args)
+    except (TypeError, ValueError) as e:  # the spec's own validation: a user error, one line on the CLI
+        raise InvalidSettingError(str(e)) from e
     result = pretrained_checkpoint(spec, device=device)
     print(f"checkpoint:  {result.path}")
     print(f"fingerprint: {result.fingerprint}")
     print(f"mAP50-95:    {_fmt(result.metrics.get('mAP50-95'))}  (mAP50 {_fmt(result.metrics.get('mAP50'))})")
     print(f"train time:  {result.train_time_s:.0f} s{'' if result.built_now else ' (cached)'}")
     return 0
-
-
-def _parse(argv: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for token in argv:
-        key, sep, value = token.partition("=")
-        if not sep or not key:
-            raise ValueError(f"Expected key=value, got {token!r}")
-        try:
-            out[key] = yaml.safe_load(value) if value else None
-        except yaml.YAMLError:
-            out[key] = value
-    return out
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m yolo_vfl.pretrain [key=value ...]``; errors print one line and return 2."""
-    try:
-        return cli_pretrain(_parse(sys.argv[1:] if argv is None else argv))
-    except (TypeError, ValueError, FileNotFoundError) as e:
-        print(f"yolo-vfl pretrain: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

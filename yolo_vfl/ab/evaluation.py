@@ -39,6 +39,7 @@ from .stats import correlations  # Pearson / Spearman over all points and over t
 __all__ = [
     "KINDS",
     "FP_KINDS",
+    "tally",
     "THRESHOLDS",
     "HIST_BINS",
     "RECALL_LEVELS",
@@ -226,7 +227,7 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def _tally(counts: dict[str, int], n_gt: int) -> dict[str, Any]:
+def tally(counts: dict[str, int], n_gt: int) -> dict[str, Any]:
     """Counts per kind plus FP, missed GT, precision and recall (None where undefined)."""
     n = sum(counts.values())
     return {
@@ -240,7 +241,7 @@ def _tally(counts: dict[str, int], n_gt: int) -> dict[str, Any]:
 
 def _at(scores: np.ndarray, kinds: np.ndarray, n_gt: int, t: float) -> dict[str, Any]:
     sel = scores >= t
-    return _tally({k: int((kinds[sel] == i).sum()) for i, k in enumerate(KINDS)}, n_gt)
+    return tally({k: int((kinds[sel] == i).sum()) for i, k in enumerate(KINDS)}, n_gt)
 
 
 def _f1_threshold(scores: np.ndarray, kinds: np.ndarray, n_gt: int) -> float | None:

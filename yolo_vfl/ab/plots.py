@@ -31,6 +31,7 @@ from .report import (
     common_recall,
     diagnosis_csv_text,
     diagnosis_markdown,
+    get_path,
     group_by_arm,
     summarize,
     summary_csv_text,
@@ -81,15 +82,6 @@ def _save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())
-
-
-def _get(d: Any, *keys: str) -> Any:
-    v: Any = d
-    for k in keys:
-        if not isinstance(v, Mapping) or k not in v:
-            return None
-        v = v[k]
-    return v
 
 
 def plot_epoch_band(
@@ -221,7 +213,7 @@ def plot_ranking(
         xs: list[float] = []
         ys: list[float] = []
         for r in runs:
-            pts = _get(r.ranking, "points") or {}
+            pts = get_path(r.ranking, "points") or {}
             xs += pts.get("iou", [])
             ys += pts.get("conf", [])
         x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
@@ -230,7 +222,7 @@ def plot_ranking(
         ax.scatter(x[hit], y[hit], s=3, alpha=0.25, lw=0, color="tab:blue", label="IoU>0")
         corr = {}
         for k in _RANK_KEYS:
-            mean, _ = mean_std(_get(r.ranking, k) for r in runs)
+            mean, _ = mean_std(get_path(r.ranking, k) for r in runs)
             corr[k] = f"{mean:.3f}" if mean is not None else "n/a"
         undefined = undefined or "n/a" in corr.values()
         ax.set_title(
@@ -267,12 +259,12 @@ def _bars(
     for k in KINDS:
         v = []
         for a in arms:
-            vals = [c for c in (_get(at(r), "counts", k) for r in groups[a]) if c is not None]
+            vals = [c for c in (get_path(at(r), "counts", k) for r in groups[a]) if c is not None]
             v.append(float(np.mean(vals)) if vals else 0.0)
         ax.bar(x, v, bottom=bottom, color=COLORS[k], label=k, width=0.7)
         bottom += np.asarray(v)
     for i, a in enumerate(arms):
-        prec = [p for p in (_get(at(r), "precision") for r in groups[a]) if p is not None]
+        prec = [p for p in (get_path(at(r), "precision") for r in groups[a]) if p is not None]
         if prec:
             ax.text(x[i], bottom[i], f"P {np.mean(prec):.3f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x)
@@ -317,8 +309,8 @@ def plot_fp_scores(
     eq_title = f"at equal recall {recall:.2f} (same TPs)" if recall is not None else "at equal recall (n/a)"
     views: tuple[tuple[Callable[[Mapping[str, Any]], Any], str], ...] = (
         (lambda r: at_recall(r, recall), eq_title),
-        (lambda r: _get(r, "at", "f1"), "at each run's F1-optimal threshold"),
-        (lambda r: _get(r, "at", "0.25"), "at conf ≥ 0.25"),
+        (lambda r: get_path(r, "at", "f1"), "at each run's F1-optimal threshold"),
+        (lambda r: get_path(r, "at", "0.25"), "at conf ≥ 0.25"),
     )
     for p, (at, title) in enumerate(views):
         ax = fig.add_subplot(rows, cols, p + 1)
@@ -332,10 +324,10 @@ def plot_fp_scores(
     for a in arms:
         hists[a] = {}
         for r in groups[a]:
-            if _get(r, "hist", "edges"):
+            if get_path(r, "hist", "edges"):
                 edges = np.asarray(r["hist"]["edges"], dtype=np.float64)
         for k in KINDS:
-            hs = [np.asarray(_get(r, "hist", k) or [], dtype=np.float64) for r in groups[a]]
+            hs = [np.asarray(get_path(r, "hist", k) or [], dtype=np.float64) for r in groups[a]]
             hs = [h for h in hs if h.size == edges.size - 1]
             if hs:
                 h = np.mean(hs, axis=0)
@@ -352,7 +344,7 @@ def plot_fp_scores(
                 continue
             ax.stairs(h, edges, color=COLORS[k], lw=2.2 if k == "tp" else 1.3, label=k)
         ax.axvline(0.25, color="gray", ls="--", lw=0.8)
-        thr = [v for v in (_get(r, "at", "f1", "threshold") for r in groups[a]) if v is not None]
+        thr = [v for v in (get_path(r, "at", "f1", "threshold") for r in groups[a]) if v is not None]
         if thr:
             ax.axvline(float(np.mean(thr)), color="black", ls=":", lw=1.2)
         ax.set_yscale("log")
@@ -393,7 +385,7 @@ def plot_pr_curves(
     fig = _figure(13.0, 4.8)
     for i, metric in enumerate(("precision", "recall")):
         groups = {
-            arm: [((_get(r, "curve", "epoch") or []), (_get(r, "curve", metric) or [])) for r in runs]
+            arm: [((get_path(r, "curve", "epoch") or []), (get_path(r, "curve", metric) or [])) for r in runs]
             for arm, runs in grouped.items()
         }
         ax = fig.add_subplot(1, 2, i + 1)

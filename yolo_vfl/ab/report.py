@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .evaluation import FP_KINDS, KINDS
+from .evaluation import FP_KINDS, KINDS, tally
 from .protocol import LOSS_KEYS, METRICS, PRIMARY_METRIC
 from .results import Curve, RunResult
 from .stats import PairedDifference, finite, mean_std, paired_difference, verdict
@@ -250,7 +250,7 @@ def group_by_arm(items: Iterable[T], order: Sequence[str] | None = None, baselin
     return {a: sorted(by_arm[a], key=lambda x: _arm_seed(x)[1]) for a in names + rest}
 
 
-def _get(d: Any, *keys: str) -> Any:
+def get_path(d: Any, *keys: str) -> Any:
     """``d[k0][k1]...``, None where a level is missing or not a mapping."""
     v: Any = d
     for k in keys:
@@ -347,7 +347,7 @@ def summarize(
                 train_time_s=MeanStd.of(r.train_time_s for r in runs),
                 wall_time_s=MeanStd.of(r.wall_time_s for r in runs),
                 final_losses={k: MeanStd.of(r.final_losses.get(k) for r in runs) for k in LOSS_KEYS},
-                ranking={k: MeanStd.of(_get(r.ranking, k) for r in runs) for k in RANK_KEYS},
+                ranking={k: MeanStd.of(get_path(r.ranking, k) for r in runs) for k in RANK_KEYS},
                 convergence=_convergence(runs),
             )
         )
@@ -757,7 +757,8 @@ def summary_markdown(
             f"| {res.run or '-'} | {res.arm} | {res.seed} | "
             + " | ".join(_fmt(res.metric(m)) or "-" for m in METRICS)
             + f" | {_duration(res.train_time_s)} | {res.segments} | "
-            f"{_fmt(_get(res.ranking, 'pearson'), 3) or '-'} | {_fmt(_get(res.ranking, 'spearman'), 3) or '-'} |"
+            + " | ".join(_fmt(get_path(res.ranking, k), 3) or "-" for k in ("pearson", "spearman"))
+            + " |"
         )
     out += _table(
         "| run | arm | seed | mAP50 | mAP50-95 | precision | recall | train time | segments | Pearson | Spearman |",
@@ -787,7 +788,7 @@ def common_recall(diagnoses: Sequence[Mapping[str, Any]], baseline: str = "bce")
     down to the 0.01 grid and capped at the highest level every run reaches; None when that is below 0.01.
     """
     runs = [d for d in diagnoses if d.get("arm") == baseline] or list(diagnoses)
-    mean, _ = mean_std(_get(d, "at", "f1", "recall") for d in runs)
+    mean, _ = mean_std(get_path(d, "at", "f1", "recall") for d in runs)
     if mean is None or not diagnoses:
         return None
     level = min(math.floor(mean * 100 + 1e-9) / 100, min(_max_recall(d) for d in diagnoses))
@@ -813,15 +814,7 @@ def at_recall(d: Mapping[str, Any], recall: float | None) -> dict[str, Any] | No
     if abs(levels[i] - recall) > 1e-6 or grid["threshold"][i] is None:
         return None
     counts = {k: grid["counts"][k][i] for k in KINDS}
-    n, n_gt = sum(counts.values()), d.get("n_gt") or 0
-    return {
-        "counts": counts,
-        "fp": n - counts["tp"],
-        "missed_gt": n_gt - counts["tp"],
-        "precision": counts["tp"] / n if n else None,
-        "recall": counts["tp"] / n_gt if n_gt else None,
-        "threshold": grid["threshold"][i],
-    }
+    return {**tally(counts, d.get("n_gt") or 0), "threshold": grid["threshold"][i]}
 
 
 def aggregate(
@@ -858,24 +851,24 @@ def aggregate(
         }
         for key in ("n_gt", "n_images", "n_det", "ap50", "ap50_tp_only"):
             _set_stat(row, key, [r.get(key) for r in runs])
-        _set_stat(row, "tp", [_get(r, "counts", "tp") for r in runs])
-        ats = {t: [_get(r, "at", t) for r in runs] for t in [k for k in (runs[0].get("at") or {}) if k != "f1"]}
-        ats["f1"] = [_get(r, "at", "f1") for r in runs]
+        _set_stat(row, "tp", [get_path(r, "counts", "tp") for r in runs])
+        ats = {t: [get_path(r, "at", t) for r in runs] for t in [k for k in (runs[0].get("at") or {}) if k != "f1"]}
+        ats["f1"] = [get_path(r, "at", "f1") for r in runs]
         ats["eq"] = [at_recall(r, recall) for r in runs]
         for t, values in ats.items():
             for k in KINDS:
-                _set_stat(row, f"{k}@{t}", [_get(v, "counts", k) for v in values])
+                _set_stat(row, f"{k}@{t}", [get_path(v, "counts", k) for v in values])
             for k in ("fp", "missed_gt", "precision", "recall"):
-                _set_stat(row, f"{k.replace('_gt', '')}@{t}", [_get(v, k) for v in values])
+                _set_stat(row, f"{k.replace('_gt', '')}@{t}", [get_path(v, k) for v in values])
             if t != "eq":
-                _set_stat(row, f"tp_iou@{t}", [_get(r, "tp_mean_iou", t) for r in runs])
+                _set_stat(row, f"tp_iou@{t}", [get_path(r, "tp_mean_iou", t) for r in runs])
         for t in ("f1", "eq"):
-            _set_stat(row, f"threshold@{t}", [_get(v, "threshold") for v in ats[t]])
+            _set_stat(row, f"threshold@{t}", [get_path(v, "threshold") for v in ats[t]])
         for k in KINDS:
-            _set_stat(row, f"score_{k}", [_get(r, "mean_score", k) for r in runs])
+            _set_stat(row, f"score_{k}", [get_path(r, "mean_score", k) for r in runs])
         for k in FP_KINDS:
-            _set_stat(row, f"ap50_cost_{k}", [_get(r, "ap50_cost", k) for r in runs])
-            _set_stat(row, f"ap50_without_{k}", [_get(r, "ap50_without", k) for r in runs])
+            _set_stat(row, f"ap50_cost_{k}", [get_path(r, "ap50_cost", k) for r in runs])
+            _set_stat(row, f"ap50_without_{k}", [get_path(r, "ap50_without", k) for r in runs])
         rows.append(row)
     return rows
 
@@ -1127,14 +1120,14 @@ def diagnosis_markdown(
     arm_order = {r["arm"]: i for i, r in enumerate(rows)}
     body = []
     for d in sorted(diagnoses, key=lambda x: (arm_order.get(x["arm"], 1e9), x["seed"])):
-        at = _get(d, "at", "0.25") or {}
+        at = get_path(d, "at", "0.25") or {}
         counts = at.get("counts") or {}
         body.append(
             f"| {d.get('run') or '-'} | {d['arm']} | {d['seed']} | {_cell(counts.get('tp'))} | {_cell(at.get('fp'))} | "
             + " | ".join(_cell(counts.get(k)) for k in FP_KINDS)
-            + f" | {_cell(at.get('missed_gt'))} | {_cell(_get(d, 'at', 'f1', 'threshold'), 3)} "
+            + f" | {_cell(at.get('missed_gt'))} | {_cell(get_path(d, 'at', 'f1', 'threshold'), 3)} "
             f"| {_cell(d.get('ap50'))} "
-            f"| {_cell(_get(d, 'ultralytics', 'mAP50'))} |"
+            f"| {_cell(get_path(d, 'ultralytics', 'mAP50'))} |"
         )
     out += _table(
         "| run | arm | seed | TP@0.25 | FP@0.25 | duplicate | wrong_class | localization | background | missed@0.25 "
