@@ -105,3 +105,19 @@ def test_end_to_end_tiny_model(tiny_experiment, tmp_path, capsys):
     lines.clear()
     diagnose_experiment(out, dest=tmp_path / "f", arms=["bce"], conf=0.01, device="cpu", log=lines.append)
     assert len(lines) == 1 and "recording" in lines[0] and load_records(cache).params["conf"] == 0.01
+
+
+@pytest.mark.slow
+def test_cache_dir_reuses_the_runs_own_records(det_data, tmp_path):
+    """cache_dir= is where new records go: a run that already has detections.npz is not recorded again."""
+    from conftest import train_tiny
+
+    from yolo_vfl.ab import diagnose_experiment
+
+    out = tmp_path / "exp"
+    train_tiny("yolov8n.yaml", det_data, out / "runs", name="bce-s0", loss="bce")
+    (out / "runs" / "bce-s0" / "result.json").write_text(json.dumps({"run": "bce-s0", "arm": "bce", "seed": 0}))
+    diagnose_experiment(out, device="cpu")  # writes runs/bce-s0/detections.npz
+    lines: list[str] = []
+    diagnose_experiment(out, dest=tmp_path / "d", device="cpu", cache_dir=tmp_path / "c", log=lines.append)
+    assert lines == [] and not (tmp_path / "c").exists()

@@ -370,7 +370,7 @@ def diagnose(
         ``summarize_detections(...)`` plus ``version`` (``DIAG_VERSION``), ``n_images``, ``params`` (the records'
         params plus ``iou_match``, ``iou_background``, ``thresholds``) and ``ultralytics`` (the validation's own
         ``precision``, ``recall``, ``mAP50``, ``mAP50-95`` of the same pass): the structure of
-        ``yolo_vfl.diagnose.diagnose_run``.
+        the first runner's ``diagnose_run``.
     """
     c = classify(records, iou_match=iou_match, iou_background=iou_background)
     out = summarize_detections(

@@ -308,14 +308,16 @@ def _records(
 
     weights, data, imgsz = _run_inputs(run_dir, result)
     path = (record_dir / run_dir.name if record_dir else run_dir) / protocol.RECORDS_FILE
-    if not force and path.is_file() and path.stat().st_mtime >= weights.stat().st_mtime:
+    for found in dict.fromkeys([run_dir / protocol.RECORDS_FILE, path]):  # the runner's records, then earlier ones
+        if force or not found.is_file() or found.stat().st_mtime < weights.stat().st_mtime:
+            continue
         try:
-            records = load_records(path)
+            records = load_records(found)
         except RecordsFormatError as e:
-            log(f"{run_dir.name}: {path} unusable ({e}); recording again")
-        else:
-            if all(records.params.get(k) == v for k, v in settings.items() if k in ("conf", "iou", "max_det")):
-                return records
+            log(f"{run_dir.name}: {found} unusable ({e}); recording again")
+            continue
+        if all(records.params.get(k) == v for k, v in settings.items() if k in ("conf", "iou", "max_det")):
+            return records
     log(f"{run_dir.name}: recording the detections of {weights}")
     records = record_detections(weights, data, imgsz=imgsz, **settings)
     records.save(path)
