@@ -50,7 +50,7 @@ Usage:
   yolo-vfl pretrain [key=value ...] build (once, cached) the project-made pretrained checkpoint: stock-BCE yolov8n
                                     on 3,200 generated shapes images; A/B specs fine-tune from it with pretrain:
   yolo-vfl val|predict|export ...   hand over to Ultralytics (checkpoints are plain Ultralytics)
-  yolo-vfl data out=DIR [n=600 seed=0 imgsz=192 variant=shapes|glyphs]   write a generated dataset to DIR
+  yolo-vfl data out=DIR [n=600 seed=0 imgsz=192 variant=shapes|glyphs|digits]   write a generated dataset
   yolo-vfl losses                   list the losses: formula, defaults, paper
   yolo-vfl version                  versions of yolo-vfl, ultralytics and torch
   yolo-vfl help                     this text (also -h, --help)
