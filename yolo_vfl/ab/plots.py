@@ -357,7 +357,7 @@ def plot_fp_scores(
         ax.set_xlabel("confidence (dashed 0.25, dotted F1-optimal)", fontsize=8)
         ax.set_ylabel("detections per run")
         ax.grid(alpha=0.3)
-        if i == 0:
+        if i == 0 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
     return _save_figure(fig, path)
