@@ -546,3 +546,24 @@ def test_report_is_text_only_and_plots_need_no_torch():
     """ab.report imports no torch, Ultralytics or matplotlib (not even lazily); ab.plots no torch or Ultralytics."""
     assert not _imported_roots(ab_report) & {"torch", "ultralytics", "matplotlib"}
     assert not _imported_roots(plots) & {"torch", "ultralytics"}
+
+
+def test_markdown_names_the_pretrained_start_and_the_resumed_runs():
+    """A fine-tuning experiment names its pretrained checkpoint (fingerprint, own mAP, build time); resumed runs are
+    listed as not bit-identical."""
+    from dataclasses import replace
+
+    results = [result("bce", 0, 0.40), replace(result("vfl", 0, 0.38), resumed=True, segments=2)]
+    meta = {
+        "name": "ft",
+        "baseline": "bce",
+        "pretrain": {
+            "fingerprint": "c34e3690d919792a",
+            "metrics": {"mAP50-95": 0.3671, "mAP50": 0.52},
+            "train_time_s": 960,
+        },
+    }
+    md = summary_markdown(summarize(results, baseline="bce"), results, meta)
+    assert "`c34e3690d919792a`" in md and "mAP50-95 0.3671" in md and "16m00s" in md
+    assert "**Resumed runs**" in md and "vfl-s0" in md.split("**Resumed runs**")[1].splitlines()[0]
+    assert "Resumed runs" not in summary_markdown(summarize(results[:1]), results[:1], {"name": "x"})

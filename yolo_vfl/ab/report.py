@@ -649,6 +649,20 @@ def summary_markdown(
         f"- Baseline arm: `{baseline}`; every arm x seed trains with the same data, epochs, image size and seed "
         "(Ultralytics deterministic mode)."
     )
+    pre = meta.get("pretrain")
+    if isinstance(pre, Mapping):
+        m = pre.get("metrics") or {}
+        out.append(
+            f"- Start model: the project-made pretrained checkpoint `{pre.get('fingerprint')}` (stock BCE; mAP50-95 "
+            f"{_fmt(m.get('mAP50-95')) or 'n/a'}, mAP50 {_fmt(m.get('mAP50')) or 'n/a'} on its own val split; built "
+            f"in {_duration(pre.get('train_time_s'))}; `yolo-vfl pretrain`): every arm fine-tunes it."
+        )
+    resumed = sorted(r.run for r in results if r.resumed)
+    if resumed:
+        out.append(
+            f"- **Resumed runs** (continued from last.pt after an interruption, so not bit-identical to an "
+            f"uninterrupted run): {', '.join(resumed)}."
+        )
     missing = meta.get("missing") or []
     if missing:
         out.append(
