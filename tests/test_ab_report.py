@@ -549,8 +549,7 @@ def test_report_is_text_only_and_plots_need_no_torch():
 
 
 def test_markdown_names_the_pretrained_start_and_the_resumed_runs():
-    """A fine-tuning experiment names its pretrained checkpoint (fingerprint, own mAP, build time); resumed runs are
-    listed as not bit-identical."""
+    """The summary names the pretrained start (fingerprint, own mAP, build time) and lists resumed runs."""
     from dataclasses import replace
 
     results = [result("bce", 0, 0.40), replace(result("vfl", 0, 0.38), resumed=True, segments=2)]
