@@ -124,7 +124,7 @@ def _pretrained(spec: ABSpec, log: Log) -> dict[str, Any] | None:
     from ..pretrain import pretrained_checkpoint
 
     device = next((d for d in spec.device if d is not None), None)
-    res = pretrained_checkpoint(spec.pretrain, device=device, log=lambda msg: log(f"yolo-vfl ab: pretrain: {msg}"))
+    res = pretrained_checkpoint(spec.pretrain, device=device, log=lambda msg: log(f"yolo-vfl ab: {msg}"))
     if str(res.path) != start_model(spec):
         raise RuntimeError(f"pretrained checkpoint at {res.path}, expected {start_model(spec)}")
     return {
