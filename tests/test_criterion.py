@@ -117,7 +117,7 @@ def test_foreground_labels_no_gt_in_batch():
     assert labels.shape == (2, 5, 3) and not labels.any()
 
 
-@pytest.mark.parametrize("loss", ["vfl", "qfl", "focal", "bce"])
+@pytest.mark.parametrize("loss", ["vfl", "qfl", "focal", "bce", "mal", "iabce"])
 def test_cls_loss_equals_formula_on_assigner_targets(loss):
     """cls_loss item == gain * sum(formula(x, q)) / max(sum q, 1) on TAL's targets, with an image without objects."""
     model = make_model()
@@ -130,12 +130,20 @@ def test_cls_loss_equals_formula_on_assigner_targets(loss):
     x, q = x.double(), q.double()
     p = x.sigmoid()
     bce = -(q * F.logsigmoid(x) + (1 - q) * F.logsigmoid(-x))
-    if loss == "vfl":
-        pos = torch.zeros_like(q, dtype=torch.bool)
-        b, a = fg_mask.nonzero(as_tuple=True)
-        pos[b, a, target_labels[b, a].long()] = True
+    pos = torch.zeros_like(q, dtype=torch.bool)
+    b, a = fg_mask.nonzero(as_tuple=True)
+    pos[b, a, target_labels[b, a].long()] = True
+    bce0 = F.softplus(x)  # BCE(x, 0)
+    if loss in ("vfl", "mal", "iabce"):
         assert torch.equal(labels, pos)
+    if loss == "vfl":
         elementwise = torch.where(pos, q * bce, 0.75 * p.pow(2.0) * bce)
+    elif loss == "mal":  # DEIM defaults: gamma 1.5, no alpha; positives at full weight with target q^1.5
+        t = q.pow(1.5)
+        elementwise = torch.where(pos, -(t * F.logsigmoid(x) + (1 - t) * F.logsigmoid(-x)), p.pow(1.5) * bce0)
+    elif loss == "iabce":  # RF-DETR defaults: alpha 0.25, gamma 2; target max(p^0.25 q^0.75, 0.01)
+        t = (p.pow(0.25) * q.pow(0.75)).clamp(min=0.01)
+        elementwise = torch.where(pos, -(t * F.logsigmoid(x) + (1 - t) * F.logsigmoid(-x)), p.pow(2.0) * bce0)
     elif loss == "qfl":
         elementwise = (q - p).abs().pow(2.0) * bce
     elif loss == "focal":
@@ -316,6 +324,63 @@ def test_iou_target_reaches_the_loss():
     assert (q > 0).sum() > 0 and not q.requires_grad
 
 
+@pytest.mark.parametrize("target", ["tal", "iou"])
+@pytest.mark.parametrize("loss", ["mal", "iabce"])
+def test_mal_and_iabce_train_a_step(loss, target):
+    """loss=mal / loss=iabce (either quality target) train one SGD step: finite loss and gradients, moved weights."""
+    model = make_model()
+    crit = VFLDetectionLoss(model, loss=loss, cls_target=target)
+    assert installed_loss(crit) == loss
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = [w.detach().clone() for w in model.parameters()]
+    batch = make_batch()
+    out = crit(model(batch["img"]), batch)
+    assert torch.isfinite(out[0]).all() and math.isfinite(cls_item(out)) and cls_item(out) > 0
+    out[0].sum().backward()
+    grads = [w.grad for w in model.parameters() if w.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    opt.step()
+    assert any(not torch.equal(w0, w.detach()) for w0, w in zip(before, model.parameters()))
+    out2 = crit(model(batch["img"]), batch)
+    assert torch.isfinite(out2[0]).all()
+
+
+def test_mal_and_iabce_settings():
+    """mal_alpha, mal_gamma, iabce_alpha, iabce_gamma map to the losses' keywords and validate with the valid range."""
+    s = ClsLossSettings.from_args({"loss": "mal", "mal_gamma": 2})
+    assert s.hyperparameters == {"alpha": 1.0, "gamma": 2.0} and s.build().hyperparameters == s.hyperparameters
+    assert s.to_args()["mal_gamma"] == 2.0 and s.to_args()["iabce_alpha"] == 0.25  # every default recorded
+    assert "mal_alpha=1.0 mal_gamma=2.0" in s.describe()
+    s = ClsLossSettings.from_args({"loss": "IABCE", "iabce_alpha": 0.5})
+    assert s.loss == "iabce" and s.hyperparameters == {"alpha": 0.5, "gamma": 2.0}
+    assert normalize_setting("iabce_alpha", 0) == 0.0 and normalize_setting("mal_alpha", 1) == 1.0
+    for settings, error, message in [
+        ({"loss": "mal", "mal_gamma": -1}, ValueError, r"Invalid mal_gamma=-1\.0: valid values are >= 0\.0"),
+        (
+            {"loss": "mal", "mal_alpha": 1.5},
+            ValueError,
+            r"Invalid mal_alpha=1\.5: valid values are between 0\.0 and 1\.0",
+        ),
+        (
+            {"loss": "iabce", "iabce_alpha": 2},
+            ValueError,
+            r"Invalid iabce_alpha=2\.0: valid values are between 0\.0 and 1",
+        ),
+        ({"loss": "iabce", "iabce_gamma": -0.5}, ValueError, r"Invalid iabce_gamma=-0\.5: valid values are >= 0\.0"),
+        ({"loss": "iabce", "iabce_gamma": None}, TypeError, r"iabce_gamma must be a real number, got None"),
+        ({"loss": "vfl", "mal_gamma": 2.0}, ValueError, r"mal_gamma=2\.0 has no effect with loss='vfl'.*loss='mal'"),
+        ({"loss": "mal", "iabce_alpha": 0.5}, ValueError, r"iabce_alpha=0\.5 has no effect with loss='mal'"),
+    ]:
+        with pytest.raises(error, match=message):
+            ClsLossSettings.from_args(settings)
+    with pytest.raises(ValueError, match=r"Invalid mal_gamma=-1\.0"):
+        normalize_setting("mal_gamma", -1)
+    with pytest.raises(ValueError, match=r"cls_warmup=2 has no effect with loss='bce'.*mal, iabce"):
+        ClsLossSettings.from_args({"loss": "bce", "cls_warmup": 2})
+    with pytest.raises(UnknownLossError, match=r"Valid losses: bce, focal, vfl, qfl, mal, iabce\."):
+        ClsLossSettings.from_args({"loss": "mall"})
+
+
 def test_cls_target_and_warmup_validation():
     """cls_target and cls_warmup errors name the value and the valid choices."""
     with pytest.raises(ValueError, match=r"Invalid cls_target='giou': valid values are 'tal', 'iou'"):
@@ -374,7 +439,9 @@ def test_warmup_must_be_shorter_than_training():
     ClsLossSettings.from_args({"loss": "vfl"}).check_epochs(1)
 
 
-@pytest.mark.parametrize("loss, target", [("vfl", "tal"), ("qfl", "tal"), ("vfl", "iou")])
+@pytest.mark.parametrize(
+    "loss, target", [("vfl", "tal"), ("qfl", "tal"), ("vfl", "iou"), ("mal", "tal"), ("mal", "iou"), ("iabce", "iou")]
+)
 def test_criterion_forward_makes_no_host_sync_in_the_loss(loss, target, monkeypatch):
     """The criterion's classification term reads no tensor value on the host (no .item() / aminmax per step)."""
     from yolo_vfl.criterion import ClsLossTap

@@ -26,13 +26,23 @@ from yolo_vfl.losses import (
     binary_cross_entropy,
     get_cls_loss,
     get_loss_spec,
+    iou_aware_bce_loss,
     list_losses,
+    matchability_aware_loss,
     quality_focal_loss,
     sigmoid_focal_loss,
     varifocal_loss,
 )
 
-FUNCTIONS = {"bce": binary_cross_entropy, "focal": sigmoid_focal_loss, "vfl": varifocal_loss, "qfl": quality_focal_loss}
+FUNCTIONS = {
+    "bce": binary_cross_entropy,
+    "focal": sigmoid_focal_loss,
+    "vfl": varifocal_loss,
+    "qfl": quality_focal_loss,
+    "mal": matchability_aware_loss,
+    "iabce": iou_aware_bce_loss,
+}
+WITH_IMPL = ("vfl", "qfl", "mal", "iabce")
 HAND_DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 PS = (0.2, 0.5, 0.9)  # probabilities with readable logits
@@ -53,7 +63,7 @@ def t(values, dtype=torch.float32, grad=False) -> torch.Tensor:
 
 def call(name: str, x, q, impl: str = "fused", **hp):
     """Call loss ``name`` with an impl where it has one (bce and focal have a single implementation)."""
-    if name in ("vfl", "qfl"):
+    if name in WITH_IMPL:
         hp["impl"] = impl
     return FUNCTIONS[name](x, q, **hp)
 
@@ -168,6 +178,97 @@ def test_qfl_hand_values(impl, dtype, alpha, beta):
     torch.testing.assert_close(out, t(expected, dtype), **TOL[dtype])
 
 
+@pytest.mark.parametrize("impl", ["fused", "autograd"])
+@pytest.mark.parametrize("dtype", HAND_DTYPES)
+@pytest.mark.parametrize("alpha, gamma", [(1.0, 1.5), (0.75, 2.0), (0.5, 0.5)])
+def test_mal_hand_values(impl, dtype, alpha, gamma):
+    """MAL (DEIM): positives BCE(p, q^gamma) at weight 1, negatives alpha p^gamma BCE(p, 0).
+
+    Defaults (alpha 1, gamma 1.5), e.g. p = 0.2, q = 0.6: target 0.6^1.5 = 0.46476, loss
+    -(0.46476 ln 0.2 + 0.53524 ln 0.8) = 0.74800 + 0.11944 = 0.86743; negative p = 0.9: 0.9^1.5 * -ln(0.1) = 1.96598.
+    """
+    cases = [(p, q) for p in PS for q in (0.0, 0.6, 1.0)]
+    expected = [bce(p, q**gamma) if q > 0 else alpha * p**gamma * bce(p, 0.0) for p, q in cases]
+    x, q = t([logit(p) for p, _ in cases], dtype), t([q for _, q in cases], dtype)
+    out = matchability_aware_loss(x, q, alpha=alpha, gamma=gamma, impl=impl)
+    torch.testing.assert_close(out, t(expected, dtype), **TOL[dtype])
+    if (alpha, gamma) == (1.0, 1.5):
+        torch.testing.assert_close(out[1], t(0.8674349481412401, dtype), **TOL[dtype])  # p = 0.2, q = 0.6 above
+        torch.testing.assert_close(out[6], t(1.9659816180571865, dtype), **TOL[dtype])  # p = 0.9, q = 0 above
+
+
+@pytest.mark.parametrize("impl", ["fused", "autograd"])
+@pytest.mark.parametrize("dtype", HAND_DTYPES)
+def test_mal_explicit_labels_and_detached_weight(impl, dtype):
+    """With labels a positive with q == 0 gets BCE(p, 0) at weight 1; a negative with q > 0 keeps target 0.
+
+    The negative weight is detached (DEIM's ``pred_score = sigmoid(logits).detach()``), so its gradient is
+    alpha p^gamma * dBCE(x, 0)/dx = alpha p^gamma p: 0.9^1.5 * 0.9 = 0.9^2.5 = 0.76843 at p = 0.9, alpha 1, gamma 1.5;
+    a positive's is p - q^gamma: 0.2 - 0.6^1.5 = -0.26476.
+    """
+    alpha, gamma = 1.0, 1.5
+    x = t([logit(0.9), logit(0.9), logit(0.2), logit(0.9)], dtype, grad=True)
+    q = t([0.0, 0.4, 0.6, 0.0], dtype)
+    labels = torch.tensor([1, 0, 1, 0])
+    expected = [
+        bce(0.9, 0.0),
+        alpha * 0.9**gamma * bce(0.9, 0.0),
+        bce(0.2, 0.6**gamma),
+        alpha * 0.9**gamma * bce(0.9, 0.0),
+    ]
+    out = matchability_aware_loss(x, q, labels, alpha=alpha, gamma=gamma, impl=impl)
+    torch.testing.assert_close(out, t(expected, dtype), **TOL[dtype])
+    expected_grad = [0.9 - 0.0, 0.9**2.5, 0.2 - 0.6**1.5, 0.9**2.5]
+    torch.testing.assert_close(grad_of(out, x), t(expected_grad, dtype), **TOL[dtype])
+    torch.testing.assert_close(expected_grad[1], 0.7684334714209159, rtol=1e-12, atol=0)
+
+
+def iabce_target(p: float, q: float, alpha: float) -> float:
+    """RF-DETR's positive target by hand: max(p^alpha q^(1 - alpha), 0.01) (0^0 = 1)."""
+    return max(p**alpha * (q ** (1 - alpha) if alpha < 1 else 1.0), 0.01)
+
+
+@pytest.mark.parametrize("impl", ["fused", "autograd"])
+@pytest.mark.parametrize("dtype", HAND_DTYPES)
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (0.5, 1.5), (0.0, 2.0), (1.0, 0.5)])
+def test_iabce_hand_values(impl, dtype, alpha, gamma):
+    """IA-BCE (LW-DETR / RF-DETR): positives BCE(p, t), t = max(p^alpha q^(1-alpha), 0.01); negatives p^gamma BCE(p, 0).
+
+    Defaults (alpha 0.25, gamma 2), e.g. p = 0.2, q = 0.6: t = 0.2^0.25 * 0.6^0.75 = 0.66874 * 0.68173 = 0.45590,
+    loss -(0.45590 ln 0.2 + 0.54410 ln 0.8) = 0.73374 + 0.12141 = 0.85516; negative p = 0.9: 0.81 * -ln(0.1) = 1.86509.
+    """
+    cases = [(p, q) for p in PS for q in (0.0, 0.6, 1.0)]
+    expected = [bce(p, iabce_target(p, q, alpha)) if q > 0 else p**gamma * bce(p, 0.0) for p, q in cases]
+    x, q = t([logit(p) for p, _ in cases], dtype), t([q for _, q in cases], dtype)
+    out = iou_aware_bce_loss(x, q, alpha=alpha, gamma=gamma, impl=impl)
+    torch.testing.assert_close(out, t(expected, dtype), **TOL[dtype])
+    if (alpha, gamma) == (0.25, 2.0):
+        torch.testing.assert_close(out[1], t(0.8551571071520907, dtype), **TOL[dtype])  # p = 0.2, q = 0.6 above
+        torch.testing.assert_close(out[6], t(1.8650939253251773, dtype), **TOL[dtype])  # p = 0.9, q = 0 above
+
+
+@pytest.mark.parametrize("impl", ["fused", "autograd"])
+@pytest.mark.parametrize("dtype", HAND_DTYPES)
+def test_iabce_explicit_labels_floor_and_gradient(impl, dtype):
+    """With labels a positive with q == 0 gets the floor target 0.01; a negative with q > 0 keeps target 0.
+
+    Gradients: a positive's is p - t (t from a detached p, as RF-DETR's ``.detach()``): at p = 0.2, q = 0.6,
+    0.2 - 0.45590 = -0.25590; at p = 0.9, q = 0: 0.9 - 0.01 = 0.89. A negative's weight p^2 is not detached:
+    d/dx p^2 BCE(x, 0) = p^2 (2 (1 - p) BCE(x, 0) + p) = 0.81 (0.2 ln 10 + 0.9) = 1.10202 at p = 0.9.
+    """
+    alpha, gamma = 0.25, 2.0
+    x = t([logit(0.9), logit(0.9), logit(0.2)], dtype, grad=True)
+    q = t([0.0, 0.4, 0.6], dtype)
+    labels = torch.tensor([True, False, True])
+    t_pos = iabce_target(0.2, 0.6, alpha)
+    expected = [bce(0.9, 0.01), 0.81 * bce(0.9, 0.0), bce(0.2, t_pos)]
+    out = iou_aware_bce_loss(x, q, labels, alpha=alpha, gamma=gamma, impl=impl)
+    torch.testing.assert_close(out, t(expected, dtype), **TOL[dtype])
+    expected_grad = [0.9 - 0.01, 0.81 * (2 * 0.1 * bce(0.9, 0.0) + 0.9), 0.2 - t_pos]
+    torch.testing.assert_close(grad_of(out, x), t(expected_grad, dtype), **TOL[dtype])
+    torch.testing.assert_close(expected_grad[1], 1.1020187850650356, rtol=1e-12, atol=0)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Degenerate cases reduce to BCE, in value and gradient
 
@@ -176,6 +277,7 @@ DEGENERATE = [
     ("qfl", {"beta": 0.0}, False),  # |q - p|^0 = 1
     ("vfl", {"gamma": 0.0, "alpha": 1.0, "iou_weighted": False}, True),  # weight 1 everywhere (binary targets)
     ("focal", {"gamma": 0.0, "alpha": -1.0}, False),  # (1 - p_t)^0 = 1, no alpha_t
+    ("mal", {"gamma": 0.0, "alpha": 1.0}, True),  # target q^0 = 1 on positives, weight p^0 = 1 (binary targets)
 ]
 
 
@@ -193,6 +295,30 @@ def test_degenerate_cases_equal_bce(name, hp, binary, dtype, impl):
     ref = F.binary_cross_entropy_with_logits(x, q, reduction="none")
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(grad_of(ours, x), grad_of(ref, x))
+
+
+@pytest.mark.parametrize("impl", ["fused", "autograd"])
+@pytest.mark.parametrize("dtype", HAND_DTYPES)
+def test_degenerate_soft_targets(dtype, impl):
+    """MAL gamma=1 alpha=0 is BCE(x, q) on positives and 0 on negatives; IA-BCE alpha=0 gamma=0 is BCE(x, max(q, 0.01)).
+
+    Neither loss is plain BCE with the soft target q: MAL's gamma=0 makes the target q^0 = 1 (hard), and with gamma=1
+    its negatives keep the weight alpha p; IA-BCE floors the positive target at 0.01.
+    """
+    x, q = random_inputs(dtype=dtype, pos_frac=0.5)
+    x = torch.cat([x.detach().flatten(), t([-100.0, 100.0, -30.0, 30.0], dtype)]).requires_grad_()
+    q = torch.cat([q.flatten(), t([0.0, 1.0, 1.0, 0.003], dtype)])
+    pos = q > 0
+    bce_q = F.binary_cross_entropy_with_logits(x, q, reduction="none")
+    for ours, ref in (
+        (matchability_aware_loss(x, q, gamma=1.0, alpha=0.0, impl=impl), torch.where(pos, bce_q, 0.0)),
+        (
+            iou_aware_bce_loss(x, q, alpha=0.0, gamma=0.0, impl=impl),
+            F.binary_cross_entropy_with_logits(x, torch.where(pos, q.clamp(min=0.01), 0.0), reduction="none"),
+        ),
+    ):
+        torch.testing.assert_close(ours, ref)
+        torch.testing.assert_close(grad_of(ours, x), grad_of(ref, x))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -323,7 +449,23 @@ def test_qfl_fused_equals_autograd(beta, alpha, dtype):
     torch.testing.assert_close(grad_of(fused, x), grad_of(ref, x))
 
 
-@pytest.mark.parametrize("name", ["vfl", "qfl"])
+@pytest.mark.parametrize("dtype", HAND_DTYPES)
+@pytest.mark.parametrize("with_labels", [False, True])
+@pytest.mark.parametrize("gamma", HP_GRID)
+@pytest.mark.parametrize("name", ["mal", "iabce"])
+def test_mal_iabce_fused_equals_autograd(name, gamma, with_labels, dtype):
+    """Fused MAL and IA-BCE equal their autograd formulas in value and gradient over alpha, gamma and labels."""
+    x, q = random_inputs(dtype=dtype, seed=int(10 * gamma))
+    labels = (torch.rand(q.shape, generator=torch.Generator().manual_seed(1)) < 0.3) if with_labels else None
+    for alpha in (0.0, 0.25, 0.75, 1.0):
+        hp = dict(alpha=alpha, gamma=gamma)
+        fused = FUNCTIONS[name](x, q, labels, **hp)
+        ref = FUNCTIONS[name](x, q, labels, impl="autograd", **hp)
+        torch.testing.assert_close(fused, ref)
+        torch.testing.assert_close(grad_of(fused, x), grad_of(ref, x))
+
+
+@pytest.mark.parametrize("name", ["vfl", "qfl", "mal", "iabce"])
 def test_targets_requiring_grad_use_autograd(name):
     """When targets require grad the loss differentiates w.r.t. them too (autograd path), with the same x-gradient."""
     x, q = random_inputs()
@@ -364,6 +506,36 @@ def test_gradcheck_fused_qfl(hp):
     assert torch.autograd.gradcheck(lambda x: quality_focal_loss(x, q, **hp), (x,), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
+GRADCHECK_DETACHED = [
+    # The references detach part of each formula (MAL: the negative weight p^gamma; IA-BCE: the positive target
+    # p^alpha q^(1-alpha)), which finite differences do not: gradcheck holds where the detached part is constant in x.
+    ("mal", "all", dict(gamma=1.5)),  # positives only: weight 1, target q^gamma
+    ("mal", "all", dict(gamma=0.5, alpha=0.3)),
+    ("mal", "mixed", dict(gamma=0.0, alpha=0.4)),  # negative weight alpha p^0 = alpha
+    ("iabce", "none", dict()),  # negatives only: p^gamma BCE(x, 0), not detached
+    ("iabce", "none", dict(gamma=0.5)),
+    ("iabce", "mixed", dict(alpha=0.0, gamma=2.0)),  # target max(q, 0.01)
+    ("iabce", "mixed", dict(alpha=0.0, gamma=1.5)),
+]
+
+
+@pytest.mark.parametrize(
+    "name, positives, hp", GRADCHECK_DETACHED, ids=[f"{g[0]}-{g[1]}-{g[2]}" for g in GRADCHECK_DETACHED]
+)
+def test_gradcheck_fused_mal_iabce(name, positives, hp):
+    """torch.autograd.gradcheck passes for the fused MAL and IA-BCE in float64 wherever their detached part is fixed."""
+    x, q = _away_from_cusp(2)
+    q = q.clamp(min=0.05)  # q > 0 everywhere: positives are chosen by labels
+    g = torch.Generator().manual_seed(3)
+    labels = {
+        "all": torch.ones(q.shape, dtype=torch.bool),
+        "none": torch.zeros(q.shape, dtype=torch.bool),
+        "mixed": torch.rand(q.shape, generator=g) < 0.5,
+    }[positives]
+    fn = FUNCTIONS[name]
+    assert torch.autograd.gradcheck(lambda x: fn(x, q, labels, **hp), (x,), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Numerics: extreme logits, low precision, autocast, empty tensors, reductions
 
@@ -374,8 +546,19 @@ ALL_IMPLS = [
     ("vfl", "autograd"),
     ("qfl", "fused"),
     ("qfl", "autograd"),
+    ("mal", "fused"),
+    ("mal", "autograd"),
+    ("iabce", "fused"),
+    ("iabce", "autograd"),
 ]
-SMALL_EXPONENT = {"focal": {"gamma": 0.5}, "vfl": {"gamma": 0.5}, "qfl": {"beta": 0.5}, "bce": {}}
+SMALL_EXPONENT = {
+    "focal": {"gamma": 0.5},
+    "vfl": {"gamma": 0.5},
+    "qfl": {"beta": 0.5},
+    "bce": {},
+    "mal": {"gamma": 0.5},
+    "iabce": {"gamma": 0.5, "alpha": 0.5},
+}
 
 
 @pytest.mark.parametrize("small_exponent", [False, True])
@@ -488,6 +671,11 @@ BAD_CALLS = [
     ("vfl gamma", lambda: varifocal_loss(X2, Q2, gamma=-1.0), ValueError, r"gamma=-1\.0"),
     ("focal gamma", lambda: sigmoid_focal_loss(X2, Q2, gamma=-2), ValueError, r"gamma=-2\.0"),
     ("qfl beta", lambda: quality_focal_loss(X2, Q2, beta=-0.5), ValueError, r"beta=-0\.5"),
+    ("mal alpha", lambda: matchability_aware_loss(X2, Q2, alpha=1.5), ValueError, r"alpha=1\.5.*between 0\.0 and 1"),
+    ("mal gamma", lambda: matchability_aware_loss(X2, Q2, gamma=-1), ValueError, r"gamma=-1\.0.*>= 0\.0"),
+    ("iabce alpha", lambda: iou_aware_bce_loss(X2, Q2, alpha=-0.1), ValueError, r"alpha=-0\.1.*between 0\.0 and 1"),
+    ("iabce gamma", lambda: iou_aware_bce_loss(X2, Q2, gamma="2"), TypeError, r"'2'"),
+    ("iabce labels", lambda: iou_aware_bce_loss(X2, Q2, torch.full((2, 3), 2)), ValueError, r"labels.*0 and 1"),
     ("gamma inf", lambda: varifocal_loss(X2, Q2, gamma=math.inf), ValueError, r"inf"),
     ("gamma str", lambda: varifocal_loss(X2, Q2, gamma="2"), TypeError, r"'2'"),
     ("gamma bool", lambda: quality_focal_loss(X2, Q2, beta=True), TypeError, r"True"),
@@ -547,8 +735,18 @@ def test_checks_survive_python_O():
 
 
 def test_registry_names_and_defaults():
-    """list_losses() is bce, focal, vfl, qfl; defaults are VFL 0.75/2, QFL beta 2, focal 0.25/2, as documented."""
-    assert [s.name for s in list_losses()] == ["bce", "focal", "vfl", "qfl"]
+    """list_losses() is bce, focal, vfl, qfl, mal, iabce; defaults as documented (MAL 1/1.5, IA-BCE 0.25/2)."""
+    assert [s.name for s in list_losses()] == ["bce", "focal", "vfl", "qfl", "mal", "iabce"]
+    assert get_loss_spec("mal").defaults == {"alpha": 1.0, "gamma": 1.5}
+    assert get_loss_spec("iabce").defaults == {"alpha": 0.25, "gamma": 2.0}
+    assert [p.arg for s in list_losses()[4:] for p in s.params] == [
+        "mal_alpha",
+        "mal_gamma",
+        "iabce_alpha",
+        "iabce_gamma",
+    ]
+    assert get_loss_spec("mal").uses_labels and get_loss_spec("iabce").uses_labels
+    assert "2412.04234" in get_loss_spec("mal").reference and "RF-DETR" in get_loss_spec("iabce").reference
     assert get_loss_spec("bce").defaults == {}
     assert get_loss_spec("focal").defaults == {"alpha": 0.25, "gamma": 2.0}
     assert get_loss_spec("vfl").defaults == {"alpha": 0.75, "gamma": 2.0, "iou_weighted": True}
@@ -566,6 +764,8 @@ def test_registry_names_and_defaults():
         ("focal", {"alpha": 0.5, "gamma": 1.0}),
         ("vfl", {"alpha": 0.5, "gamma": 1.5}),
         ("qfl", {"beta": 1.5}),
+        ("mal", {"alpha": 0.5, "gamma": 2.0}),
+        ("iabce", {"alpha": 0.5, "gamma": 1.0}),
     ],
 )
 @pytest.mark.parametrize("impl", ["fused", "autograd"])
@@ -597,6 +797,9 @@ def test_module_passes_labels_to_vfl():
     out = get_cls_loss("vfl")(x, q, labels)
     torch.testing.assert_close(out, t([0.0, 0.75 * 0.9**2 * bce(0.9, 0.0)]))
     torch.testing.assert_close(get_cls_loss("qfl")(x, q, labels), get_cls_loss("qfl")(x, q))
+    # MAL and IA-BCE use labels too: the positive with q == 0 gets target 0^1.5 = 0 / the floor 0.01 at weight 1
+    torch.testing.assert_close(get_cls_loss("mal")(x, q, labels), t([bce(0.9, 0.0), 0.9**1.5 * bce(0.9, 0.0)]))
+    torch.testing.assert_close(get_cls_loss("iabce")(x, q, labels), t([bce(0.9, 0.01), 0.9**2 * bce(0.9, 0.0)]))
 
 
 @pytest.mark.parametrize("name, impl", ALL_IMPLS)
@@ -653,8 +856,13 @@ def test_each_range_and_default_written_once():
 
 @pytest.mark.compile
 def test_compiled_equals_fused():
-    """impl='compiled' gives the fused value and gradient for VFL and QFL, and a new batch size does not fail."""
-    for fn, hp in ((varifocal_loss, {}), (quality_focal_loss, {"beta": 1.5, "alpha": 0.25})):
+    """impl='compiled' gives the fused value and gradient (VFL, QFL, MAL, IA-BCE); a new batch size does not fail."""
+    for fn, hp in (
+        (varifocal_loss, {}),
+        (quality_focal_loss, {"beta": 1.5, "alpha": 0.25}),
+        (matchability_aware_loss, {}),
+        (iou_aware_bce_loss, {}),
+    ):
         for batch in (3, 5):  # the second shape runs the dynamic-shape graph (no recompile, no failure)
             x, q = random_inputs((batch, 64, 8), dtype=torch.float32, seed=batch)
             compiled = fn(x, q, impl="compiled", **hp)
@@ -669,6 +877,10 @@ def test_compiled_equals_fused():
         (losses_module._vfl_backward, (g, x, q, None, 0.75, 2.0, True)),
         (losses_module._qfl_forward, (x, q, 1.5, 0.25)),
         (losses_module._qfl_backward, (g, x, q, 1.5, 0.25)),
+        (losses_module._mal_forward, (x, q, None, 1.0, 1.5)),
+        (losses_module._mal_backward, (g, x, q, None, 1.0, 1.5)),
+        (losses_module._iabce_forward, (x, q, None, 0.25, 2.0)),
+        (losses_module._iabce_backward, (g, x, q, None, 0.25, 2.0)),
     ]
     with torch.no_grad():
         for fn, args in kernels:

@@ -54,7 +54,7 @@ class ClsLossSettings:
     """The classification-loss settings of a training run, validated.
 
     Attributes:
-        loss: registry name (``bce``, ``focal``, ``vfl``, ``qfl``).
+        loss: registry name (``bce``, ``focal``, ``vfl``, ``qfl``, ``mal``, ``iabce``).
         values: every hyperparameter setting of every loss, by setting name (``vfl_alpha``), defaults filled in,
             so that ``args.yaml`` records the complete configuration.
         target: quality target ``q`` of the positives: ``"tal"`` (Ultralytics' ``target_scores``: TAL's alignment
@@ -102,9 +102,10 @@ class ClsLossSettings:
                 values[p.arg] = value
         own = {key: check(args[key]) if key in args else default for key, (default, check) in _OWN_SETTINGS.items()}
         if own["cls_warmup"] and spec.name == "bce":
+            others = ", ".join(s.name for s in list_losses() if s.name != "bce")
             raise ValueError(
                 f"cls_warmup={own['cls_warmup']} has no effect with loss='bce': it is the number of first epochs "
-                "trained with BCE before switching to loss=focal, vfl or qfl. Remove it or set one of those losses."
+                f"trained with BCE before switching to another loss ({others}). Remove it or set one of those losses."
             )
         return cls(spec.name, values, own["cls_target"], own["cls_warmup"], own["cls_fg_negatives"])
 
@@ -397,7 +398,7 @@ class VFLDetectionLoss(v8DetectionLoss):
 
     Args:
         model (DetectionModel): de-paralleled model with ``args`` (gains) set, as for ``v8DetectionLoss``.
-        loss (str): registry name: ``bce``, ``focal``, ``vfl``, ``qfl``.
+        loss (str): registry name: ``bce``, ``focal``, ``vfl``, ``qfl``, ``mal``, ``iabce``.
         **kwargs: the loss's hyperparameters as settings (``vfl_alpha=0.75``) or function keywords
             (``alpha=0.75``), and ``v8DetectionLoss`` keywords (``tal_topk``).
     """

@@ -1,4 +1,4 @@
-"""Elementwise classification losses on logits (BCE, sigmoid focal, Varifocal, Quality Focal) and their registry.
+"""Elementwise classification losses on logits (BCE, focal, VFL, QFL, DEIM's MAL, RF-DETR's IA-BCE) and their registry.
 
 Everything here is pure PyTorch and knows nothing of Ultralytics: logits ``x`` and soft targets ``q`` in ``[0, 1]``
 go in, the elementwise loss (same shape) comes out. Normalization (Ultralytics divides the summed loss by
@@ -11,13 +11,14 @@ Numerics: every loss casts its inputs to float32 (float64 stays float64) and run
 the input dtype, and returns float32 (float64 for float64 inputs). The modulating weights (``p ** gamma``,
 ``|q - p| ** beta``) are *not* detached: gradients flow through them, as in the reference implementations (mmdet
 ``varifocal_loss`` / ``quality_focal_loss``, VarifocalNet, GFocal, YOLOv6). RT-DETR detaches them; we follow the
-papers' code.
+papers' code, and so do MAL and IA-BCE: DEIM's ``loss_labels_mal`` detaches its negative weight ``p ** gamma``, and
+RF-DETR's IA-BCE detaches its positive target ``p ** alpha * q ** (1 - alpha)`` but not its negative weight.
 
 Three implementations compute the same numbers:
 
 * ``impl="fused"`` (default): a ``torch.autograd.Function`` per loss with a hand-derived backward that saves only
-  its inputs (plus the positive mask for VFL), so memory stays near BCE's and time about 2x BCE's instead of ~3.5x
-  for plain autograd (CPU, (16, 8400, 80); ``experiments/bench_losses.py``).
+  its inputs (plus the positive mask for VFL, MAL and IA-BCE), so memory stays near BCE's and time about 2x BCE's
+  instead of ~3.5x for plain autograd (CPU, (16, 8400, 80), measured for VFL and QFL; ``experiments/bench_losses.py``).
 * ``impl="autograd"``: the formula written with ordinary tensor ops; autograd differentiates everything. Used as the
   reference in tests, and automatically whenever ``targets`` requires grad (the fused backward treats targets as
   constants).
@@ -47,6 +48,8 @@ __all__ = [
     "sigmoid_focal_loss",
     "varifocal_loss",
     "quality_focal_loss",
+    "matchability_aware_loss",
+    "iou_aware_bce_loss",
     "list_losses",
     "get_loss_spec",
     "get_cls_loss",
@@ -201,9 +204,19 @@ _VFL_IOU_WEIGHTED = HyperParam("iou_weighted", "vfl_iou_weighted", True, _check_
 _QFL_BETA = HyperParam("beta", "qfl_beta", 2.0, _check_nonnegative, "modulating exponent (GFL 2.0)")
 _QFL_ALPHA = HyperParam("alpha", None, None, _check_optional_unit, "YOLOv5 QFocalLoss balance factor (off in GFL)")
 
+_MAL_ALPHA = HyperParam("alpha", "mal_alpha", 1.0, _check_unit, "weight of negatives (DEIM mal_alpha: None = 1)")
+_MAL_GAMMA = HyperParam("gamma", "mal_gamma", 1.5, _check_nonnegative, "target q^gamma, negatives p^gamma (DEIM 1.5)")
+_IABCE_ALPHA = HyperParam("alpha", "iabce_alpha", 0.25, _check_unit, "target p^alpha q^(1-alpha) (RF-DETR 0.25)")
+_IABCE_GAMMA = HyperParam("gamma", "iabce_gamma", 2.0, _check_nonnegative, "negative weight p^gamma (RF-DETR 2)")
+
+#: IA-BCE's floor of the positive target: RF-DETR clamps ``p^alpha q^(1-alpha)`` to at least 0.01 (not a setting).
+IABCE_MIN_TARGET = 0.01
+
 _FOCAL_PARAMS = (_FL_ALPHA, _FL_GAMMA)
 _VFL_PARAMS = (_VFL_ALPHA, _VFL_GAMMA, _VFL_IOU_WEIGHTED)
 _QFL_PARAMS = (_QFL_BETA,)  # the registered (trainer-setting) ones; _QFL_ALPHA is a function keyword only
+_MAL_PARAMS = (_MAL_ALPHA, _MAL_GAMMA)
+_IABCE_PARAMS = (_IABCE_ALPHA, _IABCE_GAMMA)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -242,6 +255,21 @@ def _qfl_autograd(x: Tensor, q: Tensor, beta: float, alpha: float | None) -> Ten
     if alpha is not None:
         weight = weight * (q * alpha + (1 - q) * (1 - alpha))
     return F.binary_cross_entropy_with_logits(x, q, reduction="none") * weight
+
+
+def _mal_autograd(x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float) -> Tensor:
+    pos = _positives(q, labels)
+    target = torch.where(pos, _pow(q, gamma), 0.0)  # q^gamma on positives, 0 on negatives whatever q
+    weight = torch.where(pos, 1.0, alpha * x.detach().sigmoid().pow(gamma))  # detached, as in DEIM
+    return F.binary_cross_entropy_with_logits(x, target, reduction="none") * weight
+
+
+def _iabce_autograd(x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float) -> Tensor:
+    pos = _positives(q, labels)
+    t = (_pow(x.detach().sigmoid(), alpha) * _pow(q, 1.0 - alpha)).clamp_min(IABCE_MIN_TARGET)  # p detached
+    target = torch.where(pos, t, 0.0)
+    weight = torch.where(pos, 1.0, _pow(x.sigmoid(), gamma))  # not detached, as in RF-DETR
+    return F.binary_cross_entropy_with_logits(x, target, reduction="none") * weight
 
 
 def _focal_autograd(x: Tensor, q: Tensor, alpha: float, gamma: float) -> Tensor:
@@ -345,6 +373,58 @@ def _qfl_backward(grad_out: Tensor, x: Tensor, q: Tensor, beta: float, alpha: fl
     return grad.mul_(grad_out)
 
 
+def _mal_forward(x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float) -> Tensor:
+    """MAL values: ``BCE(x, q^g)`` on positives, ``a p^g BCE(x, 0)`` on negatives."""
+    pos = _positives(q, labels)
+    loss = _pow_(q.clone(), gamma).mul_(pos)  # target t = q^g on positives, 0 on negatives (also for g = 0)
+    loss.mul_(x).neg_().add_(x)  # (1 - t) x
+    weight = F.softplus(x, beta=-1.0)  # log sigmoid(x)
+    loss.sub_(weight)  # BCE(x, t) = (1 - t) x - log sigmoid(x)
+    weight.mul_(gamma).exp_().mul_(alpha).masked_fill_(pos, 1.0)  # a p^g on negatives, 1 on positives
+    return loss.mul_(weight)
+
+
+def _mal_backward(grad_out: Tensor, x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float) -> Tensor:
+    """MAL gradient w.r.t. the logits, weight detached: ``weight * (p - t) * grad_out``."""
+    pos = _positives(q, labels)
+    grad = _pow_(q.clone(), gamma).mul_(pos)  # t
+    p = torch.sigmoid(x)
+    grad.sub_(p).neg_()  # p - t
+    _pow_(p, gamma).mul_(alpha).masked_fill_(pos, 1.0)  # the forward's weight
+    return grad.mul_(p).mul_(grad_out)
+
+
+def _iabce_target(p: Tensor, q: Tensor, pos: Tensor, alpha: float) -> Tensor:
+    """New tensor: ``max(p^a q^(1-a), 0.01)`` on positives, 0 on negatives."""
+    t = _pow_(p.clone(), alpha).mul_(_pow_(q.clone(), 1.0 - alpha))
+    return t.clamp_min_(IABCE_MIN_TARGET).mul_(pos)
+
+
+def _iabce_forward(x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float) -> Tensor:
+    """IA-BCE values: ``BCE(x, t)`` on positives, ``p^g BCE(x, 0)`` on negatives."""
+    pos = _positives(q, labels)
+    loss = _iabce_target(torch.sigmoid(x), q, pos, alpha)  # t
+    loss.mul_(x).neg_().add_(x)  # (1 - t) x
+    weight = F.softplus(x, beta=-1.0)  # log sigmoid(x)
+    loss.sub_(weight)  # BCE(x, t)
+    weight.mul_(gamma).exp_().masked_fill_(pos, 1.0)  # p^g on negatives, 1 on positives
+    return loss.mul_(weight)
+
+
+def _iabce_backward(
+    grad_out: Tensor, x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float
+) -> Tensor:
+    """IA-BCE gradient w.r.t. the logits: ``weight * (g (1 - p) B [negatives only] + p - t) * grad_out``."""
+    pos = _positives(q, labels)
+    p = torch.sigmoid(x)
+    grad = F.softplus(x)  # B = BCE(x, 0)
+    grad.masked_fill_(pos, 0.0).mul_(gamma)  # g B on negatives, 0 on positives
+    grad.addcmul_(grad, p, value=-1.0).add_(p)  # g (1 - p) B + p
+    grad.sub_(_iabce_target(p, q, pos, alpha))  # ... - t (t = 0 on negatives)
+    _pow_(p, gamma).masked_fill_(pos, 1.0)  # the forward's weight
+    return grad.mul_(p).mul_(grad_out)
+
+
 _COMPILED: dict[str, Callable] = {}
 
 
@@ -408,6 +488,53 @@ class _QualityFocalFunction(torch.autograd.Function):
         return _kernel(_qfl_backward, compiled)(grad_out, x, q, beta, alpha), None, None, None, None
 
 
+class _MatchabilityAwareFunction(torch.autograd.Function):
+    """MAL with a hand-derived gradient w.r.t. the logits (targets and labels are constants, the weight detached).
+
+    ``L = w BCE(x, t)`` with ``t = q^g`` (positives) or 0 (negatives) and ``w = 1`` (positives) or ``a p^g``
+    (negatives). DEIM computes ``w`` from a detached ``p``, so ``dL/dx = w (p - t)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float, compiled: bool) -> Tensor:
+        if not compiled:  # eager: build the positive mask once for both passes
+            labels = _positives(q, labels)
+        ctx.save_for_backward(x, q, labels)
+        ctx.hyp = (alpha, gamma, compiled)
+        return _kernel(_mal_forward, compiled)(x, q, labels, alpha, gamma)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        x, q, labels = ctx.saved_tensors
+        alpha, gamma, compiled = ctx.hyp
+        return _kernel(_mal_backward, compiled)(grad_out, x, q, labels, alpha, gamma), None, None, None, None, None
+
+
+class _IoUAwareBCEFunction(torch.autograd.Function):
+    """IA-BCE with a hand-derived gradient w.r.t. the logits (targets and labels are constants, the target detached).
+
+    Positive: ``L = BCE(x, t)`` with ``t = max(p^a q^(1-a), 0.01)`` computed from a detached ``p`` (RF-DETR), so
+    ``dL/dx = p - t``. Negative: ``L = p^g B`` with ``B = BCE(x, 0)``, ``dB/dx = p`` and the weight not detached:
+    ``dL/dx = p^g (g (1 - p) B + p)``. Both are ``weight * (g (1 - p) B [negatives only] + p - t)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float, compiled: bool) -> Tensor:
+        if not compiled:
+            labels = _positives(q, labels)
+        ctx.save_for_backward(x, q, labels)
+        ctx.hyp = (alpha, gamma, compiled)
+        return _kernel(_iabce_forward, compiled)(x, q, labels, alpha, gamma)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        x, q, labels = ctx.saved_tensors
+        alpha, gamma, compiled = ctx.hyp
+        return _kernel(_iabce_backward, compiled)(grad_out, x, q, labels, alpha, gamma), None, None, None, None, None
+
+
 def _run(
     name: str, impl: str, function: type[torch.autograd.Function], reference: Callable, x: Tensor, q: Tensor, *args
 ) -> Tensor:
@@ -439,6 +566,14 @@ def _qfl_elementwise(
     return _run("qfl", impl, _QualityFocalFunction, _qfl_autograd, x, q, beta, alpha)
 
 
+def _mal_elementwise(x: Tensor, q: Tensor, labels: Tensor | None, impl: str, alpha: float, gamma: float) -> Tensor:
+    return _run("mal", impl, _MatchabilityAwareFunction, _mal_autograd, x, q, labels, alpha, gamma)
+
+
+def _iabce_elementwise(x: Tensor, q: Tensor, labels: Tensor | None, impl: str, alpha: float, gamma: float) -> Tensor:
+    return _run("iabce", impl, _IoUAwareBCEFunction, _iabce_autograd, x, q, labels, alpha, gamma)
+
+
 def _compute(
     elementwise: Callable[..., Tensor],
     logits: Tensor,
@@ -454,7 +589,7 @@ def _compute(
         elementwise: ``f(x, q, labels, impl, **hyperparameters) -> Tensor[...]``.
         logits (Tensor[...]): raw scores, any floating dtype.
         targets (Tensor[...]): soft targets, same shape.
-        labels (Tensor[...] | None): positive mask, same shape (only VFL uses it).
+        labels (Tensor[...] | None): positive mask, same shape (VFL, MAL and IA-BCE use it).
         hyperparameters: validated keywords of the loss.
         reduction (str): ``"none"``, ``"mean"`` or ``"sum"``.
         impl (str): ``"fused"``, ``"autograd"`` or ``"compiled"`` (BCE and focal have one implementation).
@@ -617,6 +752,99 @@ def quality_focal_loss(
     return _loss(_qfl_elementwise, (*_QFL_PARAMS, _QFL_ALPHA), logits, targets, None, hyperparameters, reduction, impl)
 
 
+def matchability_aware_loss(
+    logits: Tensor,
+    targets: Tensor,
+    labels: Tensor | None = None,
+    *,
+    alpha: float = _MAL_ALPHA.default,
+    gamma: float = _MAL_GAMMA.default,
+    reduction: str = "none",
+    impl: str = "fused",
+) -> Tensor:
+    r"""Matchability-Aware Loss (DEIM), elementwise on logits.
+
+    .. math::
+        \mathrm{MAL}(x, q) = \begin{cases}
+            \mathrm{BCE}(x, q^\gamma) = -(q^\gamma \log p + (1 - q^\gamma) \log(1 - p)) & \text{positive} \\
+            \alpha \, p^\gamma \, \mathrm{BCE}(x, 0) = -\alpha \, p^\gamma \log(1 - p) & \text{negative}
+        \end{cases}
+
+    Unlike VFL, positives keep full weight (1, not ``q``) and the quality enters through the soft target
+    ``q^gamma``, so a low-quality match (``q`` small) still gets a large loss when it scores high. As in DEIM's
+    ``loss_labels_mal`` the negative weight ``alpha p^gamma`` is computed from a detached ``p`` (no gradient through
+    the weight), and negatives have target 0 whatever ``targets`` holds there. ``gamma=0, alpha=1`` is BCE with the
+    hard targets ``labels``.
+
+    Args:
+        logits (Tensor[...]): raw scores ``x``, e.g. ``(B, A, C)``.
+        targets (Tensor[...]): quality ``q`` in ``[0, 1]`` of the positives (DEIM: the IoU of the matched box).
+        labels (Tensor[...] | None): bool or 0/1 positive mask, same shape. ``None``: ``targets > 0``. Pass it when
+            a positive may have ``q == 0`` (it then gets target ``0^gamma`` at weight 1).
+        alpha (float): weight of negatives in ``[0, 1]``. Default 1.0: DEIM's ``mal_alpha=None`` (its configs leave
+            it unset; a set ``mal_alpha`` multiplies ``p^gamma`` as here).
+        gamma (float): exponent ``>= 0`` of the positive target and of the negative weight. Default 1.5 (DEIM's
+            ``configs/base/deim.yml``; its criterion's keyword default is 2.0).
+        reduction (str): ``"none"``, ``"mean"`` or ``"sum"``.
+        impl (str): ``"fused"`` (hand-derived backward), ``"autograd"`` or ``"compiled"`` (``torch.compile``).
+
+    Returns:
+        Tensor[...] float32 elementwise loss, or a scalar when reduced.
+
+    Reference:
+        Huang et al., "DEIM: DETR with Improved Matching for Fast Convergence", CVPR 2025, arXiv:2412.04234;
+        github.com/ShihuaHuang95/DEIM ``engine/deim/deim_criterion.py`` ``DEIMCriterion.loss_labels_mal``.
+    """
+    hyperparameters = {"alpha": alpha, "gamma": gamma}
+    return _loss(_mal_elementwise, _MAL_PARAMS, logits, targets, labels, hyperparameters, reduction, impl)
+
+
+def iou_aware_bce_loss(
+    logits: Tensor,
+    targets: Tensor,
+    labels: Tensor | None = None,
+    *,
+    alpha: float = _IABCE_ALPHA.default,
+    gamma: float = _IABCE_GAMMA.default,
+    reduction: str = "none",
+    impl: str = "fused",
+) -> Tensor:
+    r"""IoU-aware BCE (LW-DETR, RF-DETR), elementwise on logits.
+
+    .. math::
+        \mathrm{IABCE}(x, q) = \begin{cases}
+            \mathrm{BCE}(x, t), \quad t = \max(p^\alpha q^{1 - \alpha}, 0.01) & \text{positive} \\
+            p^\gamma \, \mathrm{BCE}(x, 0) & \text{negative}
+        \end{cases}
+
+    Positives keep full weight and learn towards ``t``, a geometric blend of the current score and the quality
+    ``q``; RF-DETR computes ``t`` from a detached ``p`` and clamps it to at least 0.01 (``IABCE_MIN_TARGET``), so
+    ``dL/dx = p - t`` there. The negative weight ``p^gamma`` is not detached (as in RF-DETR). Negatives have target
+    0 whatever ``targets`` holds there. ``alpha=0, gamma=0`` is BCE with target ``max(q, 0.01)`` on positives.
+
+    Args:
+        logits (Tensor[...]): raw scores ``x``, e.g. ``(B, A, C)``.
+        targets (Tensor[...]): quality ``q`` in ``[0, 1]`` of the positives (RF-DETR: the IoU of the matched box).
+        labels (Tensor[...] | None): bool or 0/1 positive mask, same shape. ``None``: ``targets > 0``. Pass it when
+            a positive may have ``q == 0`` (its target is then the floor 0.01, for ``alpha < 1``).
+        alpha (float): blend in ``[0, 1]``: 0 is the target ``q``, 1 the score itself. Default 0.25 (RF-DETR passes
+            its ``focal_alpha``, default 0.25; LW-DETR's paper gives 0.25).
+        gamma (float): focusing exponent ``>= 0`` on negatives. Default 2.0 (hard-coded ``gamma = 2`` in RF-DETR).
+        reduction (str): ``"none"``, ``"mean"`` or ``"sum"``.
+        impl (str): ``"fused"`` (hand-derived backward), ``"autograd"`` or ``"compiled"`` (``torch.compile``).
+
+    Returns:
+        Tensor[...] float32 elementwise loss, or a scalar when reduced.
+
+    Reference:
+        Chen et al., "LW-DETR: A Transformer Replacement to YOLO for Real-Time Detection", arXiv:2406.03459 (IA-BCE);
+        Roboflow RF-DETR, github.com/roboflow/rf-detr ``rfdetr/models/lwdetr.py`` ``SetCriterion.loss_labels``
+        (``ia_bce_loss=True``, the default of its configs).
+    """
+    hyperparameters = {"alpha": alpha, "gamma": gamma}
+    return _loss(_iabce_elementwise, _IABCE_PARAMS, logits, targets, labels, hyperparameters, reduction, impl)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Registry
 
@@ -714,10 +942,32 @@ _register(
         elementwise=_qfl_elementwise,
     )
 )
+_register(
+    LossSpec(
+        name="mal",
+        function=matchability_aware_loss,
+        params=_MAL_PARAMS,
+        formula="pos: BCE(x,q^gamma); neg: alpha p^gamma BCE(x,0)",
+        reference="Huang et al. 2025, DEIM (arXiv:2412.04234)",
+        uses_labels=True,
+        elementwise=_mal_elementwise,
+    )
+)
+_register(
+    LossSpec(
+        name="iabce",
+        function=iou_aware_bce_loss,
+        params=_IABCE_PARAMS,
+        formula="pos: BCE(x, p^alpha q^(1-alpha)); neg: p^gamma BCE(x, 0)",
+        reference="LW-DETR/RF-DETR IA-BCE (arXiv:2406.03459)",
+        uses_labels=True,
+        elementwise=_iabce_elementwise,
+    )
+)
 
 
 def list_losses() -> list[LossSpec]:
-    """Return the registered losses, in registration order (bce, focal, vfl, qfl)."""
+    """Return the registered losses, in registration order (bce, focal, vfl, qfl, mal, iabce)."""
     return list(_REGISTRY.values())
 
 
@@ -743,7 +993,7 @@ class ClsLoss(nn.Module):
 
     Args:
         name (str): registry name (see ``list_losses()``).
-        impl (str): implementation for VFL and QFL (``"fused"``, ``"autograd"``, ``"compiled"``).
+        impl (str): implementation for VFL, QFL, MAL and IA-BCE (``"fused"``, ``"autograd"``, ``"compiled"``).
         **hyperparameters: the loss's keywords (``alpha=0.75``), validated at construction.
     """
 
