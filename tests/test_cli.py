@@ -71,7 +71,10 @@ def test_version_and_losses(capfd):
     [
         (["trian"], "Unknown mode 'trian'. Did you mean 'train'?"),
         (["train", "epoch=3"], "Unknown argument 'epoch'. Did you mean 'epochs'?"),
-        (["train", "loss=vlf"], "Unknown loss 'vlf'. Valid losses: bce, focal, vfl, qfl. Did you mean 'vfl'?"),
+        (
+            ["train", "loss=vlf"],
+            "Unknown loss 'vlf'. Valid losses: bce, focal, vfl, qfl, mal, iabce. Did you mean 'vfl'?",
+        ),
         (["train", "loss=vfl", "vfl_alpha=1.5"], "Invalid vfl_alpha=1.5: valid values are between 0.0 and 1.0"),
         (["train", "loss=qfl", "qfl_beta=-1"], "Invalid qfl_beta=-1.0: valid values are >= 0.0"),
         (["train", "lr0=abc"], "lr0"),

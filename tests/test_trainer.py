@@ -91,7 +91,11 @@ def test_explicit_trainer_task_mismatch(det_data, tmp_path):
 @pytest.mark.parametrize(
     "settings, error, message",
     [
-        ({"loss": "vlf"}, UnknownLossError, r"Unknown loss 'vlf'\. Valid losses: bce, focal, vfl, qfl\. Did you mean"),
+        (
+            {"loss": "vlf"},
+            UnknownLossError,
+            r"Unknown loss 'vlf'\. Valid losses: bce, focal, vfl, qfl, mal, iabce\. Did you mean",
+        ),
         ({"loss": "vfl", "vfl_alpha": 2.0}, ValueError, r"Invalid vfl_alpha=2\.0: valid values are between 0\.0 and"),
         ({"loss": "qfl", "qfl_beta": -0.5}, ValueError, r"Invalid qfl_beta=-0\.5"),
         ({"loss": "focal", "fl_gamma": "x"}, TypeError, r"fl_gamma must be a real number"),

@@ -35,7 +35,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.models.yolo.pose import PoseTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
-from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML
+from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, RANK, YAML
 
 from .criterion import SETTING_KEYS, ClsLossSettings, install_cls_loss, normalize_setting
 
@@ -130,7 +130,9 @@ class VFLDetectionTrainer(DetectionTrainer):
                 f"{type(self).__name__} trains task {self.task_name!r} but the model's task is {task!r}; use "
                 f"yolo_vfl.trainer_for_task({task!r}) or VFLDetectionTrainer, which picks it from the model"
             )
-        preview = get_cfg(cfg, overrides)  # Ultralytics' own checks; epochs before any run directory exists
+        # epochs before any run directory exists; only Ultralytics' own keys (8.3 passes its HUB 'session' here,
+        # which BaseTrainer pops itself; unknown keys are refused by BaseTrainer's own get_cfg below)
+        preview = get_cfg(cfg, {k: v for k, v in overrides.items() if k in DEFAULT_CFG_DICT})
         if not preview.resume:
             _check_epochs(settings, preview)
         super().__init__(cfg, overrides, _callbacks)
