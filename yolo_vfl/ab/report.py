@@ -1,20 +1,8 @@
-"""The text of the A/B report: ``summary.md`` / ``summary.csv`` from run results, ``diagnosis.md`` / ``diagnosis.csv``.
+"""The text of the A/B report: ``summary.md`` / ``summary.csv`` and ``diagnosis.md`` / ``diagnosis.csv``.
 
-Pure functions (no torch, no Ultralytics, no matplotlib; the figures are ``yolo_vfl.ab.plots``):
-
-* ``summarize``: one typed ``ArmRow`` per arm from the runs' ``RunResult``: metric means and stds over seeds, paired
-  differences to the baseline with their Student-t intervals and verdicts (``yolo_vfl.ab.stats``), times, final
-  losses, ranking correlations, the convergence check and the experiment's warnings;
-* ``summary_markdown``, ``summary_csv_text`` (the CSV columns are those of the first runner, plus the convergence
-  ones), ``verdict_lines`` (what the runner prints);
-* the warnings (``experiment_warnings``): nothing learned (every arm's mean mAP50-95 below ``NOTHING_LEARNED``),
-  the baseline near 0, and not converged (the baseline's final mAP50-95 below ``CONVERGED_MIN`` or still rising more
-  than ``CONVERGED_RISE`` over its last ``CONVERGENCE_EPOCHS`` epochs);
-* the resolution (``resolution``): the half-widths of the paired intervals, the smallest differences the run can see;
-* the diagnosis text from per-run diagnosis dicts (``yolo_vfl.ab.evaluation.diagnose``, with ``arm``, ``seed`` and
-  ``run`` added): ``aggregate``, ``common_recall``, ``findings``, ``diagnosis_markdown``, ``diagnosis_csv_text``.
-
-Every ``-``, ``n/a`` and ``(n=1)`` in a markdown table is explained by a legend line under it.
+Pure functions (no torch, Ultralytics or matplotlib): ``summarize`` turns the runs' ``RunResult`` into one ``ArmRow``
+per arm (means over seeds, paired differences to the baseline with verdicts, convergence, warnings); ``aggregate``
+turns per-run diagnoses into one flat row per arm. Every ``-``, ``n/a`` and ``(n=1)`` in a table has a legend line.
 """
 
 from __future__ import annotations
@@ -76,13 +64,7 @@ T = TypeVar("T")
 # ------------------------------------------------------------------------------------------------ typed rows
 @dataclass(frozen=True)
 class MeanStd:
-    """Mean and sample standard deviation over seeds.
-
-    Attributes:
-        mean: mean of the finite values (None: no value).
-        std: sample std, ddof=1 (None: fewer than 2 values).
-        n: finite values.
-    """
+    """Mean, sample std (ddof=1; None below 2 values) and count of the finite values over seeds."""
 
     mean: float | None = None
     std: float | None = None
@@ -90,7 +72,7 @@ class MeanStd:
 
     @classmethod
     def of(cls, values: Iterable[Any]) -> MeanStd:
-        """From values (None and NaN are not measured and left out)."""
+        """From values (None and NaN left out)."""
         vals = finite(values)
         mean, std = mean_std(vals)
         return cls(mean, std, len(vals))
@@ -98,13 +80,7 @@ class MeanStd:
 
 @dataclass(frozen=True)
 class MetricRow:
-    """One metric of an arm: over seeds, and against the baseline.
-
-    Attributes:
-        value: mean and std over seeds.
-        diff: paired difference to the baseline (None for the baseline itself).
-        verdict: ``stats.verdict`` of ``diff``, ``baseline`` for the baseline.
-    """
+    """One metric of an arm: ``value`` over seeds, ``diff`` to the baseline (None for it) and its ``verdict``."""
 
     value: MeanStd
     diff: PairedDifference | None
@@ -113,14 +89,7 @@ class MetricRow:
 
 @dataclass(frozen=True)
 class Convergence:
-    """How much an arm still gained at the end of training (``curve_gain`` of each seed's curve).
-
-    Attributes:
-        gain: absolute gain of the primary metric over the last ``epochs`` epochs (mean and std over seeds).
-        gain_rel: the gain relative to the value ``epochs`` epochs before the end (0.05: +5%).
-        epochs: epochs the gain spans (the fewest over seeds; less than ``CONVERGENCE_EPOCHS`` for short curves;
-            None: no seed has a curve of 2 epochs).
-    """
+    """An arm's gain at the end of training (``curve_gain`` per seed): absolute, relative, epochs spanned (fewest)."""
 
     gain: MeanStd = field(default_factory=MeanStd)
     gain_rel: MeanStd = field(default_factory=MeanStd)
@@ -131,18 +100,8 @@ class Convergence:
 class ArmRow:
     """One arm of the summary (``summarize``).
 
-    Attributes:
-        arm: arm name.
-        loss: its classification loss.
-        overrides: its training overrides as ``key=value`` text.
-        seeds: its finished seeds, ascending.
-        is_baseline: the arm the others are compared with.
-        metrics: per ``protocol.METRICS`` name.
-        epochs_done, train_time_s, wall_time_s: over seeds (``epochs_done`` 0, an unknown value, is left out).
-        final_losses: per ``protocol.LOSS_KEYS`` name.
-        ranking: per ``RANK_KEYS`` name.
-        convergence: the gain at the end of training.
-        warnings: the experiment's warnings (the same in every row).
+    ``metrics`` per ``METRICS`` name, ``final_losses`` per ``LOSS_KEYS``, ``ranking`` per ``RANK_KEYS``; times over
+    seeds; ``warnings``: the experiment's (the same in every row).
     """
 
     arm: str
@@ -159,35 +118,13 @@ class ArmRow:
     convergence: Convergence
     warnings: tuple[str, ...] = ()
 
-    @property
-    def n_seeds(self) -> int:
-        """Finished seeds."""
-        return len(self.seeds)
-
-    @property
-    def primary(self) -> MetricRow:
-        """The ``protocol.PRIMARY_METRIC`` row."""
-        return self.metrics[PRIMARY_METRIC]
-
-    @property
-    def verdict(self) -> str:
-        """The headline verdict (on the primary metric)."""
-        return self.primary.verdict
-
-    @property
-    def warning(self) -> str:
-        """The warnings joined with ``"; "`` (empty when there is none): the CSV column."""
-        return "; ".join(self.warnings)
+    n_seeds = property(lambda self: len(self.seeds))
+    primary = property(lambda self: self.metrics[PRIMARY_METRIC])  # the PRIMARY_METRIC row
+    verdict = property(lambda self: self.primary.verdict)  # the headline verdict
+    warning = property(lambda self: "; ".join(self.warnings))  # the CSV column
 
     def csv_columns(self) -> dict[str, Any]:
-        """The ``summary.csv`` columns of this row, by name, in order (the first runner's names and order).
-
-        ``arm``, ``loss``, ``overrides``, ``n_seeds``, ``seeds``; per metric ``m``: ``m_mean``, ``m_std``, ``m_diff``,
-        ``m_diff_lo``, ``m_diff_hi``, ``m_n_pairs``, ``m_verdict``; ``verdict``; ``<key>_mean`` / ``<key>_std`` for
-        ``train_time_s``, ``wall_time_s``, ``epochs_done``, each loss and ``rank_<correlation>``; ``warning``; then
-        the convergence columns ``<primary>_gain_last<k>_mean/_std``, ``<primary>_gain_last<k>_rel_mean/_std``,
-        ``gain_epochs`` and ``<primary>_diff_halfwidth``.
-        """
+        """The ``summary.csv`` columns of this row, in order (the first runner's, then the convergence ones)."""
         c: dict[str, Any] = {
             "arm": self.arm,
             "loss": self.loss,
@@ -203,19 +140,15 @@ class ArmRow:
             c[f"{m}_diff_lo"], c[f"{m}_diff_hi"] = (d.lo, d.hi) if d else (None, None)
             c[f"{m}_n_pairs"], c[f"{m}_verdict"] = (d.n if d else 0), row.verdict
         c["verdict"] = self.verdict
-        for key in ("train_time_s", "wall_time_s", "epochs_done"):
-            s = getattr(self, key)
-            c[f"{key}_mean"], c[f"{key}_std"] = s.mean, s.std
-        for key in LOSS_KEYS:
-            s = self.final_losses[key]
-            c[f"{key}_mean"], c[f"{key}_std"] = s.mean, s.std
-        for key in RANK_KEYS:
-            s = self.ranking[key]
-            c[f"rank_{key}_mean"], c[f"rank_{key}_std"] = s.mean, s.std
-        c["warning"] = self.warning
         gain = f"{PRIMARY_METRIC}_gain_last{CONVERGENCE_EPOCHS}"
-        c[f"{gain}_mean"], c[f"{gain}_std"] = self.convergence.gain.mean, self.convergence.gain.std
-        c[f"{gain}_rel_mean"], c[f"{gain}_rel_std"] = self.convergence.gain_rel.mean, self.convergence.gain_rel.std
+        stats = [(k, getattr(self, k)) for k in ("train_time_s", "wall_time_s", "epochs_done")]
+        stats += [*self.final_losses.items(), *((f"rank_{k}", self.ranking[k]) for k in RANK_KEYS), ("warning", None)]
+        stats += [(gain, self.convergence.gain), (f"{gain}_rel", self.convergence.gain_rel)]
+        for key, s in stats:
+            if s is None:
+                c[key] = self.warning
+            else:
+                c[f"{key}_mean"], c[f"{key}_std"] = s.mean, s.std
         c["gain_epochs"] = self.convergence.epochs
         c[f"{PRIMARY_METRIC}_diff_halfwidth"] = self.primary.diff.half_width if self.primary.diff else None
         return c
@@ -229,15 +162,9 @@ def _arm_seed(item: Any) -> tuple[str, int]:
 
 
 def group_by_arm(items: Iterable[T], order: Sequence[str] | None = None, baseline: str = "bce") -> dict[str, list[T]]:
-    """Items (``RunResult`` or mappings with ``arm`` and ``seed``) by arm, each arm's sorted by seed.
+    """Items (``RunResult`` or mappings with ``arm`` and ``seed``) by arm, each sorted by seed.
 
-    Args:
-        items: runs or per-run diagnoses.
-        order: arm order (arms not in it follow in the order found).
-        baseline: put first among the arms not in ``order`` (default order: baseline first, then as found).
-
-    Returns:
-        arm -> its items, in arm order.
+    Arms follow ``order``; the others follow in the order found, the baseline first among them.
     """
     by_arm: dict[str, list[T]] = {}
     for item in items:
@@ -267,20 +194,11 @@ _CURVE_FIELDS = {"mAP50-95": "map50_95", "mAP50": "map50"}
 def curve_gain(
     curve: Curve, metric: str = PRIMARY_METRIC, epochs: int = CONVERGENCE_EPOCHS
 ) -> tuple[float | None, float | None, int | None]:
-    """The gain of ``metric`` over the last ``epochs`` epochs of a run's curve.
+    """``(absolute gain, relative gain, epochs spanned)`` of ``metric`` over the curve's last ``epochs`` epochs.
 
-    The last epoch with a value is compared with the latest epoch at least ``epochs`` before it (with a shorter
-    curve: its first epoch with a value). Example: values 0.2, 0.3, 0.4, 0.44 at epochs 1-4 give
-    ``(0.44 - 0.2, 0.24 / 0.2, 3)`` = ``(0.24, 1.2, 3)``.
-
-    Args:
-        curve: the run's per-epoch metrics.
-        metric: ``mAP50-95`` or ``mAP50``.
-        epochs: the window.
-
-    Returns:
-        ``(absolute gain, relative gain, epochs spanned)``; the relative gain is None when the earlier value is not
-        positive; all None with fewer than 2 epochs with a value.
+    The last value is compared with the latest one at least ``epochs`` before it (else the first); e.g. 0.2, 0.3,
+    0.4, 0.44 at epochs 1-4 give ``(0.24, 1.2, 3)``. Relative: None when the earlier value is not positive; all None
+    below 2 values.
     """
     values = getattr(curve, _CURVE_FIELDS[metric])
     pts = sorted((int(e), float(v)) for e, v in zip(curve.epoch, values) if finite([v]))
@@ -299,27 +217,13 @@ def _convergence(runs: Sequence[RunResult]) -> Convergence:
     return Convergence(MeanStd.of(g[0] for g in gains), MeanStd.of(g[1] for g in gains), min(spans, default=None))
 
 
-def _overrides_text(overrides: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in overrides.items())
-
-
 def summarize(
     results: Iterable[RunResult],
     baseline: str = "bce",
     order: Sequence[str] | None = None,
     level: float = 0.95,
 ) -> list[ArmRow]:
-    """One row per arm: metric means/stds, paired differences to the baseline, verdicts, times, losses, ranking.
-
-    Args:
-        results: the finished runs.
-        baseline: the arm every other arm is compared with.
-        order: arm order (default: baseline first, then as found).
-        level: confidence level of the intervals.
-
-    Returns:
-        the rows, in arm order, each with the experiment's warnings (``experiment_warnings``).
-    """
+    """One ``ArmRow`` per arm, in arm order (``group_by_arm``); ``level``: confidence level of the intervals."""
     groups = group_by_arm(results, order, baseline)
     base_runs = groups.get(baseline, [])
     rows = []
@@ -339,7 +243,7 @@ def summarize(
             ArmRow(
                 arm=arm,
                 loss=runs[0].loss,
-                overrides=_overrides_text(runs[0].overrides or {}),
+                overrides=_pairs(runs[0].overrides, "=", " "),
                 seeds=tuple(r.seed for r in runs),
                 is_baseline=is_base,
                 metrics=metrics,
@@ -356,18 +260,9 @@ def summarize(
 
 
 def experiment_warnings(rows: Sequence[ArmRow], baseline: str = "bce") -> list[str]:
-    """What makes the comparison say little: nothing learned, a baseline near 0, or training not converged.
+    """Plain-text warnings: ``nothing learned`` (alone), else ``baseline ... near 0`` and ``not converged``.
 
-    Args:
-        rows: ``summarize`` rows.
-        baseline: the baseline arm.
-
-    Returns:
-        plain-text warnings (empty when there is none): ``nothing learned: ...`` alone when every arm's mean
-        mAP50-95 is below ``NOTHING_LEARNED``; else ``baseline ... near 0: ...`` when the baseline's is, and
-        ``not converged: ...`` when the baseline's mean final mAP50-95 is below ``CONVERGED_MIN`` (not repeated for a
-        baseline near 0) or its mean relative gain over the last ``CONVERGENCE_EPOCHS`` epochs exceeds
-        ``CONVERGED_RISE``.
+    See ``NOTHING_LEARNED``, ``CONVERGED_MIN`` (not repeated for a baseline near 0) and ``CONVERGED_RISE``.
     """
     means = {r.arm: r.primary.value.mean for r in rows if r.primary.value.mean is not None}
     if not means:
@@ -407,13 +302,7 @@ def experiment_warnings(rows: Sequence[ArmRow], baseline: str = "bce") -> list[s
 
 
 def resolution(rows: Sequence[ArmRow]) -> str | None:
-    """The smallest difference of the primary metric the experiment can resolve (the paired intervals' half-widths).
-
-    Returns:
-        e.g. ``with 3 paired seeds the paired 95% intervals of mAP50-95 are ±0.0040 to ±0.0120: differences smaller
-        than that cannot be seen``; the one-seed case says that no difference can be resolved; None without a
-        compared arm.
-    """
+    """The smallest resolvable difference of the primary metric (the paired half-widths), as text; None: no arm."""
     diffs = [r.primary.diff for r in rows if not r.is_baseline and r.primary.diff is not None]
     diffs = [d for d in diffs if d.n > 0]
     if not diffs:
@@ -439,10 +328,7 @@ def resolution(rows: Sequence[ArmRow]) -> str | None:
 
 
 def verdict_lines(rows: Sequence[ArmRow]) -> list[str]:
-    """What the runner prints: one line per arm (mean primary metric and verdict), then each warning.
-
-    Example: ``  vfl            mAP50-95 0.4523  better``.
-    """
+    """What the runner prints: ``  vfl            mAP50-95 0.4523  better`` per arm, then each warning."""
     out = []
     for r in rows:
         mean = r.primary.value.mean
@@ -452,19 +338,21 @@ def verdict_lines(rows: Sequence[ArmRow]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ formatting
-def _fmt(v: Any, digits: int = 4) -> str:
-    """A float with ``digits`` decimals, other values as text; empty for None and non-finite floats."""
+def _fmt(v: Any, digits: int = 4, none: str = "") -> str:
+    """A float with ``digits`` decimals, other values as text; ``none`` for None and non-finite floats."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return ""
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
+        return none
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def _versions_text(versions: Mapping[str, Any] | None) -> str:
-    if not versions:
-        return ""
-    return ", ".join(f"{k} {v}" for k, v in versions.items())
+def _pairs(d: Mapping[str, Any] | None, sep: str = " ", join: str = ", ") -> str:
+    """``k v, k v`` (or ``k=v k=v``) of a mapping; empty for None."""
+    return join.join(f"{k}{sep}{v}" for k, v in (d or {}).items())
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every key of the rows, in first-seen order."""
+    return list(dict.fromkeys(k for row in rows for k in row))
 
 
 def _csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -480,10 +368,8 @@ def summary_csv_text(rows: Sequence[ArmRow], meta: Mapping[str, Any] | None = No
     """``summary.csv``: one line per arm, ``ArmRow.csv_columns`` plus ``versions`` and ``command``."""
     meta = meta or {}
     flat = [r.csv_columns() for r in rows]
-    cols: list[str] = []
-    for row in flat:
-        cols += [k for k in row if k not in cols]
-    extra = [_versions_text(meta.get("versions")), " ; ".join(meta.get("commands") or [])]
+    cols = _columns(flat)
+    extra = [_pairs(meta.get("versions")), " ; ".join(meta.get("commands") or [])]
     return _csv([*cols, "versions", "command"], ([*(row.get(c) for c in cols), *extra] for row in flat))
 
 
@@ -499,8 +385,11 @@ def _pm(mean: Any, std: Any, digits: int = 4, signed: bool = False, percent: boo
     return f"{text} ± {std * scale:.{digits}f}{unit}"
 
 
-def _stat(s: MeanStd, digits: int = 4) -> str:
-    return _pm(s.mean, s.std, digits)
+def _stat(s: MeanStd | Mapping[str, Any], digits: int = 4, key: str = "") -> str:
+    """``_pm`` of a ``MeanStd``, or of ``<key>_mean`` / ``<key>_std`` of an ``aggregate`` row."""
+    if isinstance(s, MeanStd):
+        return _pm(s.mean, s.std, digits)
+    return _pm(s.get(f"{key}_mean"), s.get(f"{key}_std"), digits)
 
 
 #: What a cell of ``_diff_text`` with one paired seed means.
@@ -528,35 +417,25 @@ def _duration(seconds: Any) -> str:
 Note = tuple[Callable[[str], bool], str]
 
 
-def _cells(lines: Sequence[str]) -> list[str]:
-    """The stripped cells of the table body ``lines`` (rows starting with ``|``)."""
-    return [c.strip() for line in lines if line.startswith("|") for c in line.strip().strip("|").split("|")]
-
-
-def _legend(lines: Sequence[str], notes: Sequence[Note]) -> list[str]:
-    """Legend lines under a table: each ``(test, text)`` whose test matches one of the body's cells."""
-    cells = _cells(lines)
-    out = []
-    for test, text in notes:
-        if any(test(c) for c in cells):
-            out += ["", text]  # a paragraph each
-    return out
+def _table(head: str, body: Sequence[str], notes: Sequence[Note]) -> list[str]:
+    """A markdown table (header, separator, body), then a paragraph per ``(test, text)`` note a body cell matches."""
+    cells = [c.strip() for line in body if line.startswith("|") for c in line.strip().strip("|").split("|")]
+    legend = [x for test, text in notes if any(test(c) for c in cells) for x in ("", text)]
+    return [head, "|" + " --- |" * head.count(" | ") + " --- |", *body, *legend]
 
 
 def _dash(c: str) -> bool:
     return c == "-"
 
 
-def _n1(c: str) -> bool:
-    return c.endswith("(n=1)")
+def _na(c: str) -> bool:
+    return c.startswith("n/a (")
 
 
-def _table(head: str, body: Sequence[str], notes: Sequence[Note]) -> list[str]:
-    """A markdown table (header, separator, body) followed by the legend of the markers its cells use."""
-    return [head, "|" + " --- |" * head.count(" | ") + " --- |", *body, *_legend(body, notes)]
-
-
-_N1_NOTE: Note = (_n1, "`(n=1)`: one seed: that seed's value, not a mean; no standard deviation.")
+_N1_NOTE: Note = (
+    lambda c: c.endswith("(n=1)"),
+    "`(n=1)`: one seed: that seed's value, not a mean; no standard deviation.",
+)
 
 
 def _convergence_section(rows: Sequence[ArmRow], baseline: str, level: int) -> list[str]:
@@ -601,7 +480,7 @@ def _convergence_section(rows: Sequence[ArmRow], baseline: str, level: int) -> l
                 "value is 0), or no final value.",
             ),
             (
-                lambda c: c.startswith("n/a ("),
+                _na,
                 "n/a: no paired interval; the reason is in the cell (an interval needs ≥ 2 seeds that both this arm "
                 f"and `{baseline}` finished).",
             ),
@@ -616,17 +495,10 @@ def summary_markdown(
     results: Sequence[RunResult],
     meta: Mapping[str, Any] | None = None,
 ) -> str:
-    """``summary.md``: settings, accuracy, paired differences with verdicts, convergence, ranking, time, losses, runs.
+    """``summary.md`` from ``summarize`` rows and the runs.
 
-    Args:
-        rows: ``summarize`` rows.
-        results: the runs (for the runs table).
-        meta: ``name``, ``baseline``, ``commands``, ``versions``, ``data``, ``train``, ``seeds``, ``missing``,
-            ``level``.
-
-    Returns:
-        the markdown; the warnings (``ArmRow.warnings``) come first, every ``-``, ``n/a`` and ``(n=1)`` in a table is
-        explained in a legend line under it.
+    ``meta``: ``name``, ``baseline``, ``commands``, ``versions``, ``data``, ``train``, ``seeds``, ``pretrain``,
+    ``missing``, ``level``.
     """
     meta = meta or {}
     baseline = meta.get("baseline", "bce")
@@ -638,12 +510,12 @@ def summary_markdown(
     for cmd in meta.get("commands") or []:
         out.append(f"- Command: `{cmd}`")
     if meta.get("versions"):
-        out.append(f"- Versions: {_versions_text(meta['versions'])}")
+        out.append(f"- Versions: {_pairs(meta['versions'])}")
     for key, label in (("data", "Data"), ("train", "Shared training arguments"), ("seeds", "Seeds")):
         if meta.get(key) not in (None, "", {}):
             value = meta[key]
             if isinstance(value, Mapping):
-                value = " ".join(f"{k}={v}" for k, v in value.items())
+                value = _pairs(value, "=", " ")
             out.append(f"- {label}: `{value}`")
     out.append(
         f"- Baseline arm: `{baseline}`; every arm x seed trains with the same data, epochs, image size and seed "
@@ -713,7 +585,7 @@ def summary_markdown(
                 ),
                 (_dash, f"`-`: no paired value: no seed with this metric in both this arm and `{baseline}`."),
                 (
-                    lambda c: c.startswith("n/a ("),
+                    _na,
                     f"n/a: the reason is in the cell (no seed that both this arm and `{baseline}` finished).",
                 ),
             ],
@@ -810,16 +682,7 @@ def common_recall(diagnoses: Sequence[Mapping[str, Any]], baseline: str = "bce")
 
 
 def at_recall(d: Mapping[str, Any], recall: float | None) -> dict[str, Any] | None:
-    """A run's counts at a grid recall level, in the form of its ``at`` entries (None when unreached or absent).
-
-    Args:
-        d: a per-run diagnosis (``recall_grid``, ``n_gt``).
-        recall: the level (a ``recall_grid`` level).
-
-    Returns:
-        ``counts`` per kind, ``fp``, ``missed_gt``, ``precision``, ``recall`` (None where undefined) and
-        ``threshold``.
-    """
+    """A run's counts at a ``recall_grid`` level, in the form of its ``at`` entries (None: unreached or absent)."""
     grid = d.get("recall_grid") or {}
     levels = grid.get("recall") or []
     if recall is None or not levels:
@@ -837,21 +700,11 @@ def aggregate(
     order: Sequence[str] | None = None,
     recall: float | None = None,
 ) -> list[dict[str, Any]]:
-    """One flat row per arm: mean and sample std over seeds of every count, score and AP50 cost.
+    """One flat row per arm (the ``diagnosis.csv`` columns): ``<key>_mean`` / ``<key>_std`` over seeds.
 
-    Args:
-        diagnoses: per-run diagnosis dicts (``evaluation.diagnose``) with ``arm`` and ``seed`` (and ``run``) added.
-        baseline: listed first; its F1-optimal recall is the default equal-recall level.
-        order: arm order (default: baseline first, then as found).
-        recall: the equal-recall level (default: ``common_recall(diagnoses, baseline)``).
-
-    Returns:
-        list of dicts (the ``diagnosis.csv`` columns) with ``arm``, ``n_seeds``, ``seeds``, ``eq_recall`` (the level)
-        and ``<key>_mean`` / ``<key>_std`` for: ``n_gt``, ``n_images``, ``n_det``, ``tp`` (all detections), ``ap50``,
-        ``ap50_tp_only``; per operating point ``T`` (``0.25``, ``0.5``, ``f1``, ``eq``: the equal recall)
-        ``<kind>@T``, ``fp@T``, ``missed@T``, ``precision@T``, ``recall@T``; ``tp_iou@T`` (not for ``eq``);
-        ``threshold@f1``, ``threshold@eq``; per kind ``score_<kind>``; per FP kind ``ap50_cost_<kind>`` and
-        ``ap50_without_<kind>``.
+    Keys: counts, AP50s, per operating point ``T`` (``0.25``, ``0.5``, ``f1``, ``eq``: equal ``recall``, default
+    ``common_recall``) ``<kind>@T``, ``fp@T``, ``missed@T``, ``precision@T``, ``recall@T``, ``tp_iou@T``; thresholds,
+    scores per kind, AP50 costs per FP kind.
     """
     if recall is None:
         recall = common_recall(diagnoses, baseline)
@@ -913,19 +766,10 @@ def _growth_text(row: Mapping[str, Any], base: Mapping[str, Any], t: str) -> str
 
 
 def findings(rows: Sequence[Mapping[str, Any]], baseline: str = "bce") -> list[str]:
-    """Short statements per non-baseline arm: which FP kind grows most against the baseline, and what AP50 it costs.
+    """One markdown bullet body per non-baseline arm: which FP kind grows most against the baseline and its AP50 cost.
 
-    Views, in order: equal recall (the baseline's F1-optimal recall: same number of TPs, so the extra FPs are what
-    costs the precision), each arm's F1-optimal threshold, conf >= 0.25 (scores on different scales make this one the
-    least comparable), and the AP50 gap to the baseline with one FP kind removed from both arms (the kind whose
-    removal narrows the gap most is the one that costs the points).
-
-    Args:
-        rows: ``aggregate`` rows.
-        baseline: the arm compared with.
-
-    Returns:
-        one markdown bullet body per arm (sub-bullets joined with newlines).
+    Views: equal recall (same TPs), each arm's F1-optimal threshold, conf >= 0.25, and the AP50 gap with one FP kind
+    removed from both arms.
     """
     base = next((r for r in rows if r["arm"] == baseline), None)
     if base is None:
@@ -947,11 +791,7 @@ def findings(rows: Sequence[Mapping[str, Any]], baseline: str = "bce") -> list[s
                 parts.append(f"{label}: {text}")
         ap, bap = row.get("ap50_mean"), base.get("ap50_mean")
         if ap is not None and bap is not None:
-            gaps = {}
-            for k in FP_KINDS:
-                a, b = row.get(f"ap50_without_{k}_mean"), base.get(f"ap50_without_{k}_mean")
-                if a is not None and b is not None:
-                    gaps[k] = a - b
+            gaps = _deltas(row, base, "ap50_without_{k}")
             text = f"AP50 {bap:.4f} → {ap:.4f} (gap {ap - bap:+.4f})"
             if gaps:
                 best = max(gaps, key=lambda k: gaps[k])
@@ -973,14 +813,12 @@ def findings(rows: Sequence[Mapping[str, Any]], baseline: str = "bce") -> list[s
 
 def diagnosis_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     """``diagnosis.csv``: one line per arm, every column of ``aggregate``."""
-    cols: list[str] = []
-    for row in rows:
-        cols += [k for k in row if k not in cols]
+    cols = _columns(rows)
     return _csv(cols, ([row.get(c) for c in cols] for row in rows))
 
 
 def _count(row: Mapping[str, Any], key: str, digits: int = 1) -> str:
-    return _pm(row.get(f"{key}_mean"), row.get(f"{key}_std"), digits)
+    return _stat(row, digits, key)
 
 
 _HEAD = "| arm | seeds | {extra}TP | duplicate | wrong_class | localization | background | FP | missed GT | precision |"
@@ -1017,8 +855,7 @@ def _value(v: Any, digits: int | None = None, reason: str = "not recorded") -> s
 
 
 def _cell(v: Any, digits: int = 4) -> str:
-    """A runs-table cell: ``v`` (floats with ``digits`` decimals), ``-`` when None or not finite."""
-    return _fmt(v, digits) or "-"
+    return _fmt(v, digits, "-")
 
 
 def _tp_score(row: Mapping[str, Any]) -> str:
@@ -1033,15 +870,9 @@ def diagnosis_markdown(
     diagnoses: Sequence[Mapping[str, Any]],
     meta: Mapping[str, Any] | None = None,
 ) -> str:
-    """``diagnosis.md``: findings, FP kinds per arm (conf 0.25, equal recall, F1 threshold), scores, AP50, runs.
+    """``diagnosis.md`` from ``aggregate`` rows and the per-run diagnoses.
 
-    Args:
-        rows: ``aggregate`` rows.
-        diagnoses: the per-run diagnoses (for the settings line and the runs table).
-        meta: ``name``, ``baseline``, ``out`` (the experiment directory), ``command``, ``missing``.
-
-    Returns:
-        the markdown (no blank value: ``n/a (why)`` or ``-`` with its legend).
+    ``meta``: ``name``, ``baseline``, ``out``, ``command``, ``missing``.
     """
     meta = meta or {}
     baseline = meta.get("baseline", "bce")
