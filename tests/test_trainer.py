@@ -174,11 +174,15 @@ def run_vanilla(det_data: Path, project: Path, weights: list[Path]) -> str:
 
 
 def assert_settings_recorded(weights: Path, **expected) -> None:
-    """The checkpoint's train_args carry every loss setting (defaults filled in) with the expected values."""
-    from yolo_vfl.criterion import SETTING_KEYS
+    """The checkpoint's train_args carry every loss setting (defaults filled in) with the expected values.
+
+    The assigner settings (``tal_*``) are recorded only when given: unset, they are the criterion's own.
+    """
+    from yolo_vfl.criterion import SETTING_KEYS, TAL_KEYS
 
     train_args = torch.load(weights, map_location="cpu", weights_only=False)["train_args"]
-    assert set(SETTING_KEYS) <= set(train_args), sorted(set(SETTING_KEYS) - set(train_args))
+    keys = {k for k in SETTING_KEYS if k not in TAL_KEYS or k in expected}
+    assert keys <= set(train_args), sorted(keys - set(train_args))
     assert {k: train_args[k] for k in expected} == expected
     assert train_args["cls_target"] == "tal" and train_args["cls_fg_negatives"] == "loss"
 
@@ -294,15 +298,19 @@ def test_ddp_worker_rebuild_keeps_settings(det_data, tmp_path):
 
 
 def test_bce_warmup_then_switch(det_data, tmp_path):
-    """cls_warmup=1: epoch 1 trains with stock BCE, epoch 2 with VFL, on the training and the EMA model."""
+    """cls_warmup=1: epoch 1 trains with stock BCE, epoch 2 with VFL, on the training and the EMA model.
+
+    The assigner setting (tal_topk=13) holds in both epochs: it chooses the positives whatever the loss.
+    """
     from ultralytics import YOLO
 
-    seen = []
+    seen, topk = [], set()
     model = YOLO("yolov8n.yaml")
     model.add_callback(
         "on_train_batch_end",
         lambda t: seen.append((t.epoch, installed_loss(t.model.criterion), installed_loss(t.ema.ema.criterion))),
     )
+    model.add_callback("on_train_batch_end", lambda t: topk.add((t.epoch, t.model.criterion.assigner.topk)))
     model.train(
         trainer=VFLDetectionTrainer,
         data=str(det_data),
@@ -316,9 +324,11 @@ def test_bce_warmup_then_switch(det_data, tmp_path):
         plots=False,
         loss="vfl",
         cls_warmup=1,
+        tal_topk=13,
         val=False,
     )
     assert {(e, m, ema) for e, m, ema in seen} == {(0, "bce", "bce"), (1, "vfl", "vfl")}
+    assert topk == {(0, 13), (1, 13)}
     args = yaml.safe_load((tmp_path / "warm" / "args.yaml").read_text())
     assert args["cls_warmup"] == 1 and args["cls_target"] == "tal"
-    assert_settings_recorded(tmp_path / "warm" / "weights" / "last.pt", loss="vfl", cls_warmup=1)
+    assert_settings_recorded(tmp_path / "warm" / "weights" / "last.pt", loss="vfl", cls_warmup=1, tal_topk=13)

@@ -18,6 +18,7 @@ positives (the bug of the recipe in ultralytics issue #3604); here they are nega
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,14 @@ from ultralytics.utils.loss import v8DetectionLoss
 
 from .losses import ClsLoss, get_loss_spec, list_losses
 
-__all__ = ["SETTING_KEYS", "ClsLossSettings", "VFLDetectionLoss", "install_cls_loss", "find_detection_losses"]
+__all__ = [
+    "SETTING_KEYS",
+    "TAL_KEYS",
+    "ClsLossSettings",
+    "VFLDetectionLoss",
+    "install_cls_loss",
+    "find_detection_losses",
+]
 
 #: Quality targets: TAL's normalized alignment metric (Ultralytics' ``target_scores``) or the IoU of the predicted box.
 CLS_TARGETS = ("tal", "iou")
@@ -38,14 +46,19 @@ CLS_TARGETS = ("tal", "iou")
 #: BCE's full weight, as BCE pushes them down.
 FG_NEGATIVES = ("loss", "bce")
 
+#: Task-aligned assigner settings (``topk``, ``alpha``, ``beta`` of Ultralytics' ``TaskAlignedAssigner``; YOLOv8
+#: uses 10, 0.5, 6.0, YOLOv6 and PP-YOLOE 13, 1.0, 6.0). Unset: the criterion's own values.
+TAL_KEYS = ("tal_topk", "tal_alpha", "tal_beta")
+
 #: Trainer / CLI settings owned by yolo_vfl: ``loss``, every registered hyperparameter (``vfl_alpha`` ...), the
-#: quality target, the weight of foreground negatives and the BCE warm-up.
+#: quality target, the weight of foreground negatives, the BCE warm-up and the assigner settings.
 SETTING_KEYS: tuple[str, ...] = (
     "loss",
     *(p.arg for spec in list_losses() for p in spec.params),
     "cls_target",
     "cls_fg_negatives",
     "cls_warmup",
+    *TAL_KEYS,
 )
 
 
@@ -64,6 +77,9 @@ class ClsLossSettings:
         fg_negatives: ``"loss"`` (the loss's own weight for every negative entry) or ``"bce"`` (the other classes of
             a foreground anchor keep BCE's full weight, so a confident wrong class there is pushed down as hard as
             BCE does; background anchors keep the loss's weight).
+        tal: the assigner settings given (``{"tal_topk": 13, "tal_alpha": 1.0}``); the others keep the criterion's
+            own values. They apply to the one-to-many assigners (an end-to-end head's ``one2one`` branch keeps its
+            own) and during a BCE warm-up too: they choose the positives, whatever the loss.
     """
 
     loss: str = "bce"
@@ -71,6 +87,7 @@ class ClsLossSettings:
     target: str = "tal"
     warmup: int = 0
     fg_negatives: str = "loss"
+    tal: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any] | Any) -> ClsLossSettings:
@@ -107,7 +124,8 @@ class ClsLossSettings:
                 f"cls_warmup={own['cls_warmup']} has no effect with loss='bce': it is the number of first epochs "
                 f"trained with BCE before switching to another loss ({others}). Remove it or set one of those losses."
             )
-        return cls(spec.name, values, own["cls_target"], own["cls_warmup"], own["cls_fg_negatives"])
+        tal = {key: _TAL_CHECKS[key](key, args[key]) for key in TAL_KEYS if key in args}
+        return cls(spec.name, values, own["cls_target"], own["cls_warmup"], own["cls_fg_negatives"], tal)
 
     def check_epochs(self, epochs: int) -> None:
         """Check that the BCE warm-up leaves epochs for the chosen loss (called before training and on resume).
@@ -126,13 +144,17 @@ class ClsLossSettings:
             )
 
     def to_args(self) -> dict[str, Any]:
-        """All settings as trainer arguments: ``{"loss": "vfl", "vfl_alpha": 0.75, ..., "cls_target": "tal"}``."""
+        """All settings as trainer arguments: ``{"loss": "vfl", "vfl_alpha": 0.75, ..., "cls_target": "tal"}``.
+
+        The assigner settings appear only when given (absent: the criterion's own values).
+        """
         return {
             "loss": self.loss,
             **self.values,
             "cls_target": self.target,
             "cls_fg_negatives": self.fg_negatives,
             "cls_warmup": self.warmup,
+            **self.tal,
         }
 
     @property
@@ -151,6 +173,7 @@ class ClsLossSettings:
         parts = [f"loss={self.loss}", *(f"{p.arg}={self.values.get(p.arg, p.default)}" for p in spec.params)]
         parts += [f"cls_target={self.target}", f"cls_fg_negatives={self.fg_negatives}"]
         parts += [f"cls_warmup={self.warmup}"] if self.warmup else []
+        parts += [f"{k}={v}" for k, v in self.tal.items()]
         return " ".join(parts)
 
 
@@ -177,6 +200,32 @@ def _check_warmup(value: Any) -> int:
     return value
 
 
+def _check_topk(key: str, value: Any) -> int:
+    """``tal_topk``: an int >= 1 (candidate anchors per ground truth)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{key} must be an integer >= 1 (anchors per ground truth), got {value!r} ({type(value).__name__})"
+        )
+    if value < 1:
+        raise ValueError(f"Invalid {key}={value}: valid values are integers >= 1 (YOLOv8 uses 10, YOLOv6 13)")
+    return value
+
+
+def _check_exponent(key: str, value: Any) -> float:
+    """``tal_alpha`` / ``tal_beta``: a finite number >= 0 (exponents of score and IoU in the alignment metric)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{key} must be a number >= 0, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"Invalid {key}={value}: valid values are finite numbers >= 0 (YOLOv8: alpha 0.5, beta 6.0)")
+    return float(value)
+
+
+_TAL_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "tal_topk": _check_topk,
+    "tal_alpha": _check_exponent,
+    "tal_beta": _check_exponent,
+}
+
 #: The settings that are not loss hyperparameters: ``key: (default, validator)``.
 _OWN_SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "cls_target": ("tal", _choice("cls_target", CLS_TARGETS)),
@@ -196,6 +245,8 @@ def normalize_setting(key: str, value: Any) -> Any:
         return _check_loss(value)
     if key in _OWN_SETTINGS:
         return _OWN_SETTINGS[key][1](value)
+    if key in _TAL_CHECKS:
+        return _TAL_CHECKS[key](key, value)
     for spec in list_losses():
         for p in spec.params:
             if p.arg == key:
@@ -346,13 +397,29 @@ def find_detection_losses(criterion: Any) -> list[v8DetectionLoss]:
     Returns:
         list of the detection losses whose classification term computes the loss.
     """
+    return [det for _, det in _named_detection_losses(criterion)]
+
+
+def _named_detection_losses(criterion: Any) -> list[tuple[str, v8DetectionLoss]]:
+    """``(attribute name, loss)`` of each detection loss in a criterion (``""`` for the criterion itself)."""
     if isinstance(criterion, v8DetectionLoss):
-        return [criterion]
-    found = []
-    for value in vars(criterion).values():
-        if isinstance(value, v8DetectionLoss) and all(value is not f for f in found):
-            found.append(value)
+        return [("", criterion)]
+    found: list[tuple[str, v8DetectionLoss]] = []
+    for name, value in vars(criterion).items():
+        if isinstance(value, v8DetectionLoss) and all(value is not f for _, f in found):
+            found.append((name, value))
     return found
+
+
+def _set_assigner(assigner: Any, tal: Mapping[str, Any]) -> None:
+    """Set ``topk`` / ``alpha`` / ``beta`` of a TaskAlignedAssigner; a ``topk2`` that followed ``topk`` follows it."""
+    if "tal_topk" in tal:
+        if getattr(assigner, "topk2", None) == assigner.topk:
+            assigner.topk2 = tal["tal_topk"]
+        assigner.topk = tal["tal_topk"]
+    for key, attr in (("tal_alpha", "alpha"), ("tal_beta", "beta")):
+        if key in tal:
+            setattr(assigner, attr, tal[key])
 
 
 def install_cls_loss(criterion: Any, settings: ClsLossSettings | ClsLoss) -> int:
@@ -368,7 +435,8 @@ def install_cls_loss(criterion: Any, settings: ClsLossSettings | ClsLoss) -> int
     Raises:
         TypeError: the criterion contains no ``v8DetectionLoss`` (e.g. classification or RT-DETR models).
     """
-    targets = find_detection_losses(criterion)
+    named = _named_detection_losses(criterion)
+    targets = [det for _, det in named]
     if not targets:
         raise TypeError(
             f"yolo_vfl supports detect, segment, pose and OBB YOLO models; criterion {type(criterion).__name__} has "
@@ -381,6 +449,10 @@ def install_cls_loss(criterion: Any, settings: ClsLossSettings | ClsLoss) -> int
         tap = det.assigner if isinstance(det.assigner, _AssignerTap) else _AssignerTap(det.assigner)
         det.assigner = tap
         det.bce = ClsLossTap(cls_loss, tap, det.nc, target, fg_negatives)
+    tal = {} if isinstance(settings, ClsLoss) else settings.tal
+    for name, det in named:
+        if tal and name != "one2one":
+            _set_assigner(det.assigner.assigner, tal)
     return len(targets)
 
 

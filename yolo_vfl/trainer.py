@@ -23,6 +23,7 @@ save, so ``last.pt`` and ``best.pt`` load where ``yolo_vfl`` is not installed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from collections.abc import Iterator
@@ -154,9 +155,9 @@ class VFLDetectionTrainer(DetectionTrainer):
         saved = {k: getattr(self.args, k) for k in SETTING_KEYS if hasattr(self.args, k)}
         settings = ClsLossSettings.from_args(saved)  # a plain Ultralytics checkpoint has none: BCE
         current = settings.to_args()
-        conflicts = [k for k, v in given.items() if normalize_setting(k, v) != current[k]]
+        conflicts = [k for k, v in given.items() if normalize_setting(k, v) != current.get(k)]
         if conflicts:
-            diff = ", ".join(f"{k}={given[k]!r} (checkpoint: {current[k]!r})" for k in conflicts)
+            diff = ", ".join(f"{k}={given[k]!r} (checkpoint: {current.get(k, 'unset')!r})" for k in conflicts)
             raise ValueError(
                 f"Cannot change the classification loss on resume: {diff}. Resume without these settings to continue "
                 "with the checkpoint's, or start a new training run."
@@ -202,7 +203,7 @@ class VFLDetectionTrainer(DetectionTrainer):
         """The loss settings in force at a (0-based) epoch: stock BCE during the ``cls_warmup`` epochs."""
         settings = self.cls_loss_settings
         if epoch < settings.warmup:
-            return ClsLossSettings("bce", dict(settings.values), "tal", settings.warmup, "loss")
+            return dataclasses.replace(settings, loss="bce", target="tal", fg_negatives="loss")
         return settings
 
     def install_cls_loss(self, epoch: int | None = None) -> None:
