@@ -1,27 +1,20 @@
 """Pure functions of a run's records (``yolo_vfl.ab.records``): false positives by kind, AP50 costs, ranking quality.
 
-Everything here is numpy on ``Records``; no model runs and no IoU is recomputed (``det_gt_iou`` holds Ultralytics'
-IoUs of the validation pass). Only the AP calls Ultralytics (``ultralytics.utils.metrics.compute_ap``, imported
-when an AP is computed), so the rest of the module imports without torch.
+Everything here is numpy on ``Records``; no IoU is recomputed (``det_gt_iou`` holds Ultralytics' IoUs of the
+validation pass). Only the AP imports Ultralytics (``compute_ap``), so the rest of the module imports without torch.
 
-Classification (``classify``): each image's detections are processed COCO-style, in descending confidence order
-(ties: record order):
+``classify`` processes each image's detections COCO-style, in descending confidence order (ties: record order):
 
-* ``tp``: IoU >= 0.5 (``protocol.IOU_MATCH``) with a ground-truth box of the same class that no higher-scored
-  detection has matched yet (the one with the highest IoU among those);
+* ``tp``: IoU >= 0.5 (``protocol.IOU_MATCH``) with a same-class ground truth that no higher-scored detection has
+  matched yet (the one with the highest IoU among those);
 * ``duplicate``: IoU >= 0.5 with a same-class ground truth, but all of those are already matched;
 * ``wrong_class``: not the above, and IoU >= 0.5 with a ground truth of another class;
 * ``localization``: not the above, and 0.1 (``protocol.IOU_BACKGROUND``) <= best IoU with any ground truth < 0.5;
 * ``background``: best IoU with any ground truth < 0.1.
 
-Because the matching is greedy in confidence order, the detections above any threshold are classified exactly as if
-the lower-scored ones did not exist: the counts at ``conf >= t`` and the ground truths missed at ``t`` all follow
-from one classification at the validation threshold.
-
-``diagnose`` summarizes the classification (counts per kind overall, at fixed thresholds, at the F1-optimal one and
-on a recall grid; scores per kind; AP50 and the AP50 each false-positive kind costs, TIDE-style, arXiv 2008.08115).
-``ranking_quality`` correlates each detection's confidence with its best IoU with a same-class ground truth of its
-image (GFL paper, arXiv 2006.04388).
+The matching is greedy in confidence order, so the detections above any threshold are classified as if the lower
+ones did not exist: the counts at ``conf >= t`` all follow from one classification at the validation threshold.
+The AP50 cost of each false-positive kind is TIDE-style (arXiv 2008.08115); ranking quality as in GFL (2006.04388).
 """
 
 from __future__ import annotations
@@ -34,24 +27,10 @@ import numpy as np
 
 from . import protocol
 from .records import Records
-from .stats import correlations  # Pearson / Spearman over all points and over those with IoU > 0
+from .stats import correlations
 
-__all__ = [
-    "KINDS",
-    "FP_KINDS",
-    "tally",
-    "THRESHOLDS",
-    "HIST_BINS",
-    "RECALL_LEVELS",
-    "DIAG_VERSION",
-    "classify",
-    "best_same_class_iou",
-    "ranking_quality",
-    "average_precision",
-    "map50",
-    "summarize_detections",
-    "diagnose",
-]
+__all__ = ["KINDS", "FP_KINDS", "tally", "THRESHOLDS", "HIST_BINS", "RECALL_LEVELS", "DIAG_VERSION", "classify"]
+__all__ += ["best_same_class_iou", "ranking_quality", "average_precision", "map50", "summarize_detections", "diagnose"]
 
 #: Detection kinds, true positives first.
 KINDS: tuple[str, ...] = ("tp", "duplicate", "wrong_class", "localization", "background")
@@ -65,20 +44,15 @@ HIST_BINS = 50
 RECALL_LEVELS: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(1, 101))
 #: Version of the ``diagnose`` output (3: computed from the records, AP by Ultralytics' ``compute_ap``).
 DIAG_VERSION = 3
-_TP = 0
-_DUPLICATE, _WRONG_CLASS, _LOCALIZATION, _BACKGROUND = 1, 2, 3, 4
+_TP, _DUPLICATE, _WRONG_CLASS, _LOCALIZATION, _BACKGROUND = range(len(KINDS))
 
 
-# ------------------------------------------------------------------------------------------------ classification
 def classify(
     records: Records,
     iou_match: float = protocol.IOU_MATCH,
     iou_background: float = protocol.IOU_BACKGROUND,
 ) -> dict[str, np.ndarray]:
-    """Classify every detection as ``tp`` or a false-positive kind (see the module docstring).
-
-    Per image, detections are processed in descending confidence (ties: record order); a true positive takes the
-    unmatched same-class ground truth with the highest IoU (>= ``iou_match``; ties: the first in ``gt`` order).
+    """Classify every detection as ``tp`` or a false-positive kind (module docstring; IoU ties: first in ``gt``).
 
     Args:
         records: the run's records.
@@ -96,20 +70,18 @@ def classify(
     gt_index = np.full(n, -1, dtype=np.int64)
     if n == 0 or records.n_gt == 0:
         return {"kind": kind, "iou": best, "gt": gt_index}
-    cols = records.gt_columns()  # (N, K) global GT index per column, -1 = padding
+    cols = records.gt_columns()
     iou_all = records.det_gt_iou.astype(np.float64)
     conf = records.det_conf.astype(np.float64)
-    gt_cls = records.gt_cls
     det_order = np.argsort(records.det_image, kind="stable")
     bounds = np.flatnonzero(np.diff(records.det_image[det_order])) + 1
     for dets in np.split(det_order, bounds):
-        valid = cols[dets[0]] >= 0
-        m = int(valid.sum())
+        m = int((cols[dets[0]] >= 0).sum())
         if m == 0:
             continue
         gts = cols[dets[0], :m]
         iou = iou_all[dets, :m]
-        same = records.det_cls[dets][:, None] == gt_cls[gts][None, :]
+        same = records.det_cls[dets][:, None] == records.gt_cls[gts][None, :]
         matched = np.zeros(m, dtype=bool)
         for r in np.argsort(-conf[dets], kind="stable"):
             i, row = dets[r], iou[r]
@@ -130,7 +102,6 @@ def classify(
     return {"kind": kind, "iou": best, "gt": gt_index}
 
 
-# ------------------------------------------------------------------------------------------------ ranking quality
 def best_same_class_iou(records: Records) -> np.ndarray:
     """(N,) float64: each detection's highest IoU with a same-class ground truth of its image (0 when none).
 
@@ -140,23 +111,17 @@ def best_same_class_iou(records: Records) -> np.ndarray:
     if records.n_det == 0 or records.n_gt == 0:
         return np.zeros(records.n_det)
     cols = records.gt_columns()
-    safe = np.where(cols >= 0, cols, 0)
-    same = (cols >= 0) & (records.det_cls[:, None] == records.gt_cls[safe])
+    same = (cols >= 0) & (records.det_cls[:, None] == records.gt_cls[np.where(cols >= 0, cols, 0)])
     return np.where(same, records.det_gt_iou.astype(np.float64), 0.0).max(axis=1).clip(min=0.0)
 
 
 def ranking_quality(records: Records, max_points: int = protocol.MAX_POINTS, seed: int = 0) -> dict[str, Any]:
     """Score-vs-IoU ranking quality of the recorded detections (IoU: ``best_same_class_iou``).
 
-    Args:
-        records: the run's records.
-        max_points: at most this many (confidence, IoU) points are returned for the scatter plot (a random subset
-            drawn with ``seed``, in record order); the correlations use all detections.
-        seed: seed of that subset.
-
     Returns:
-        ``correlations(...)`` plus ``n_images``, ``n_gt``, ``conf_threshold`` (the validation's ``conf``) and
-        ``points``: ``{"conf": [...], "iou": [...]}`` (rounded to 5 digits).
+        ``correlations(...)`` over all detections plus ``n_images``, ``n_gt``, ``conf_threshold`` (the validation's
+        ``conf``) and ``points``: ``{"conf": [...], "iou": [...]}`` rounded to 5 digits, for the scatter plot: at
+        most ``max_points``, a random subset drawn with ``seed``, in record order.
     """
     conf = records.det_conf.astype(np.float64)
     iou = best_same_class_iou(records)
@@ -173,19 +138,13 @@ def ranking_quality(records: Records, max_points: int = protocol.MAX_POINTS, see
     return out
 
 
-# ------------------------------------------------------------------------------------------------ AP
 def average_precision(tp: np.ndarray, n_gt: int) -> float:
-    """AP of detections sorted by descending score, by Ultralytics' ``compute_ap`` (101-point interpolation).
-
-    Args:
-        tp: (N,) true-positive flags of the detections in descending score order.
-        n_gt: ground-truth boxes (of the class).
+    """AP of detections sorted by descending score (``tp`` flags), by Ultralytics' ``compute_ap`` (101 points).
 
     Returns:
         the AP; 0 without detections (as Ultralytics' ``ap_per_class``), NaN without ground truth. The value is the
         installed Ultralytics' own: 8.4 ends the precision envelope at the highest recall reached (2 GT, one found
-        first: 0.495), 8.3 ran it on linearly to recall 1 (0.75); both read precision 0 at recall 1 exactly, so a
-        perfect ranking scores 0.995.
+        first: 0.495), 8.3 ran it on linearly to recall 1 (0.75); a perfect ranking scores 0.995.
     """
     if n_gt <= 0:
         return math.nan
@@ -195,36 +154,26 @@ def average_precision(tp: np.ndarray, n_gt: int) -> float:
     from ultralytics.utils.metrics import compute_ap
 
     ctp = np.cumsum(tp)
-    recall = ctp / n_gt
-    precision = ctp / np.arange(1, tp.size + 1)
-    return float(compute_ap(recall, precision)[0])
+    return float(compute_ap(ctp / n_gt, ctp / np.arange(1, tp.size + 1))[0])
 
 
 def map50(scores: np.ndarray, kinds: np.ndarray, cls: np.ndarray, gt_counts: Mapping[int, int]) -> float:
-    """AP50 averaged over the classes that have ground truth (as Ultralytics), TPs from ``classify``.
-
-    Args:
-        scores: (N,) confidences.
-        kinds: (N,) indices into ``KINDS``.
-        cls: (N,) predicted classes.
-        gt_counts: ground-truth boxes per class.
-
-    Returns:
-        the mean AP50; NaN without ground truth.
-    """
+    """AP50 (TPs from ``classify``) averaged over the classes with ground truth, as Ultralytics; NaN without any."""
     aps = []
     for c, n in gt_counts.items():
-        if n <= 0:
-            continue
-        sel = cls == c
-        order = np.argsort(-scores[sel], kind="stable")
-        aps.append(average_precision((kinds[sel][order] == _TP).astype(np.float64), n))
+        if n > 0:
+            sel = cls == c
+            order = np.argsort(-scores[sel], kind="stable")
+            aps.append(average_precision((kinds[sel][order] == _TP).astype(np.float64), n))
     return float(np.mean(aps)) if aps else math.nan
 
 
-# ------------------------------------------------------------------------------------------------ summary
 def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
+
+
+def _counts(kinds: np.ndarray) -> dict[str, int]:
+    return {k: int((kinds == i).sum()) for i, k in enumerate(KINDS)}
 
 
 def tally(counts: dict[str, int], n_gt: int) -> dict[str, Any]:
@@ -239,22 +188,14 @@ def tally(counts: dict[str, int], n_gt: int) -> dict[str, Any]:
     }
 
 
-def _at(scores: np.ndarray, kinds: np.ndarray, n_gt: int, t: float) -> dict[str, Any]:
-    sel = scores >= t
-    return tally({k: int((kinds[sel] == i).sum()) for i, k in enumerate(KINDS)}, n_gt)
-
-
 def _f1_threshold(scores: np.ndarray, kinds: np.ndarray, n_gt: int) -> float | None:
     """Confidence threshold with the highest F1, detections and ground truths pooled over classes."""
     if scores.size == 0 or n_gt == 0:
         return None
     order = np.argsort(-scores, kind="stable")
     s = scores[order]
-    ctp = np.cumsum(kinds[order] == _TP)
-    k = np.arange(1, s.size + 1)
-    f1 = 2 * ctp / (k + n_gt)  # 2PR / (P + R) with P = ctp / k, R = ctp / n_gt
-    last_of_tie = np.r_[s[1:] != s[:-1], True]  # a threshold keeps all detections with equal score
-    f1 = np.where(last_of_tie, f1, -1.0)
+    f1 = 2 * np.cumsum(kinds[order] == _TP) / (np.arange(1, s.size + 1) + n_gt)  # 2PR / (P + R)
+    f1 = np.where(np.r_[s[1:] != s[:-1], True], f1, -1.0)  # a threshold keeps all detections with equal score
     return float(s[int(np.argmax(f1))])
 
 
@@ -263,21 +204,19 @@ def _recall_grid(scores: np.ndarray, kinds: np.ndarray, n_gt: int) -> dict[str, 
     grid: dict[str, Any] = {"recall": list(RECALL_LEVELS), "threshold": [], "counts": {k: [] for k in KINDS}}
     order = np.argsort(-scores, kind="stable")
     s = scores[order]
-    onehot = kinds[order][:, None] == np.arange(len(KINDS))[None, :]
-    cum = np.cumsum(onehot, axis=0)
+    cum = np.cumsum(kinds[order][:, None] == np.arange(len(KINDS))[None, :], axis=0)
     ctp = cum[:, _TP] if s.size else np.zeros(0, dtype=np.int64)
     for r in RECALL_LEVELS:
         need = math.ceil(r * n_gt - 1e-9)
         if n_gt == 0 or s.size == 0 or need > ctp[-1]:
-            grid["threshold"].append(None)
-            for k in KINDS:
-                grid["counts"][k].append(None)
-            continue
-        i = int(np.searchsorted(ctp, need))  # the detection that brings the need-th TP
-        last = int(np.searchsorted(-s, -s[i], side="right")) - 1  # keep all detections with the same score
-        grid["threshold"].append(float(s[i]))
-        for j, k in enumerate(KINDS):
-            grid["counts"][k].append(int(cum[last, j]))
+            threshold, row = None, [None] * len(KINDS)
+        else:
+            i = int(np.searchsorted(ctp, need))  # the detection that brings the need-th TP
+            last = int(np.searchsorted(-s, -s[i], side="right")) - 1  # keep all detections with the same score
+            threshold, row = float(s[i]), cum[last].tolist()
+        grid["threshold"].append(threshold)
+        for k, v in zip(KINDS, row):
+            grid["counts"][k].append(v)
     return grid
 
 
@@ -300,13 +239,12 @@ def summarize_detections(
         thresholds: confidence thresholds for the ``at`` counts (the F1-optimal one is added as ``f1``).
 
     Returns:
-        dict with ``n_det``, ``n_gt``, ``counts`` (per kind, all detections), ``at`` (per threshold ``"0.25"`` ...
-        and ``"f1"``: ``counts``, ``fp``, ``missed_gt``, ``precision``, ``recall``; ``f1`` also ``threshold`` and
-        ``f1``), ``mean_score`` and ``median_score`` per kind, ``tp_mean_iou`` (all, and per threshold), ``hist``
-        (``edges`` and counts per kind), ``recall_grid`` (``recall`` levels 0.01 ... 1, and per level the
-        ``threshold`` and ``counts`` per kind at the highest threshold reaching it, None where unreached), ``ap50``,
-        ``ap50_without`` and ``ap50_cost`` per FP kind, and ``ap50_tp_only`` (all false positives removed: the
-        recall ceiling).
+        dict with ``n_det``, ``n_gt``, ``counts`` (per kind), ``at`` (per threshold ``"0.25"`` ... and ``"f1"``:
+        ``tally`` output; ``f1`` also ``threshold`` and ``f1``), ``mean_score`` and ``median_score`` per kind,
+        ``tp_mean_iou`` (all, and per threshold), ``hist`` (``edges`` and counts per kind), ``recall_grid``
+        (``recall`` levels 0.01 ... 1, and per level the ``threshold`` and ``counts`` per kind at the highest
+        threshold reaching it, None where unreached), ``ap50``, ``ap50_without`` and ``ap50_cost`` per FP kind, and
+        ``ap50_tp_only`` (all false positives removed: the recall ceiling).
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     kinds = np.asarray(kinds, dtype=np.int64).reshape(-1)
@@ -314,42 +252,40 @@ def summarize_detections(
     ious = np.asarray(ious, dtype=np.float64).reshape(-1)
     gt_counts = {int(c): int(n) for c, n in gt_counts.items()}
     n_gt = sum(gt_counts.values())
-    out: dict[str, Any] = {
+    t_f1 = _f1_threshold(scores, kinds, n_gt)
+    cuts = {**{f"{t:g}": t for t in thresholds}, "f1": t_f1}
+    at = {key: tally(_counts(kinds[scores >= (math.inf if t is None else t)]), n_gt) for key, t in cuts.items()}
+    p, r = at["f1"]["precision"] or 0.0, at["f1"]["recall"] or 0.0
+    at["f1"].update(threshold=t_f1, f1=2 * p * r / (p + r) if p + r > 0 else 0.0)
+    by_kind = [scores[kinds == i] for i in range(len(KINDS))]
+    tp = kinds == _TP
+    edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
+    ap = map50(scores, kinds, cls, gt_counts)
+    without = {}
+    for i, k in enumerate(KINDS[1:], 1):
+        keep = kinds != i
+        without[k] = map50(scores[keep], kinds[keep], cls[keep], gt_counts)
+    return {
         "n_det": int(scores.size),
         "n_gt": n_gt,
-        "counts": {k: int((kinds == i).sum()) for i, k in enumerate(KINDS)},
-        "at": {},
+        "counts": _counts(kinds),
+        "at": at,
+        "mean_score": {k: _mean(v) for k, v in zip(KINDS, by_kind)},
+        "median_score": {k: float(np.median(v)) if v.size else None for k, v in zip(KINDS, by_kind)},
+        "tp_mean_iou": {
+            "all": _mean(ious[tp]),
+            **{key: None if t is None else _mean(ious[tp & (scores >= t)]) for key, t in cuts.items()},
+        },
+        "hist": {
+            "edges": [round(float(e), 6) for e in edges],
+            **{k: np.histogram(np.clip(v, 0.0, 1.0), bins=edges)[0].tolist() for k, v in zip(KINDS, by_kind)},
+        },
+        "recall_grid": _recall_grid(scores, kinds, n_gt),
+        "ap50": ap,
+        "ap50_without": without,
+        "ap50_cost": {k: v - ap for k, v in without.items()},
+        "ap50_tp_only": map50(scores[tp], kinds[tp], cls[tp], gt_counts),
     }
-    for t in thresholds:
-        out["at"][f"{t:g}"] = _at(scores, kinds, n_gt, t)
-    t_f1 = _f1_threshold(scores, kinds, n_gt)
-    f1 = _at(scores, kinds, n_gt, t_f1) if t_f1 is not None else _at(scores, kinds, n_gt, math.inf)
-    p, r = f1["precision"] or 0.0, f1["recall"] or 0.0
-    f1.update(threshold=t_f1, f1=2 * p * r / (p + r) if p + r > 0 else 0.0)
-    out["at"]["f1"] = f1
-    out["mean_score"] = {k: _mean(scores[kinds == i]) for i, k in enumerate(KINDS)}
-    out["median_score"] = {
-        k: float(np.median(scores[kinds == i])) if (kinds == i).any() else None for i, k in enumerate(KINDS)
-    }
-    tp = kinds == _TP
-    out["tp_mean_iou"] = {"all": _mean(ious[tp])}
-    for key, t in [*((f"{t:g}", t) for t in thresholds), ("f1", t_f1)]:
-        out["tp_mean_iou"][key] = _mean(ious[tp & (scores >= t)]) if t is not None else None
-    edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
-    out["hist"] = {"edges": [round(float(e), 6) for e in edges]}
-    for i, k in enumerate(KINDS):
-        out["hist"][k] = np.histogram(np.clip(scores[kinds == i], 0.0, 1.0), bins=edges)[0].tolist()
-    out["recall_grid"] = _recall_grid(scores, kinds, n_gt)
-    ap = map50(scores, kinds, cls, gt_counts)
-    out["ap50"] = ap
-    out["ap50_without"], out["ap50_cost"] = {}, {}
-    for k in FP_KINDS:
-        keep = kinds != KINDS.index(k)
-        without = map50(scores[keep], kinds[keep], cls[keep], gt_counts)
-        out["ap50_without"][k] = without
-        out["ap50_cost"][k] = without - ap
-    out["ap50_tp_only"] = map50(scores[tp], kinds[tp], cls[tp], gt_counts)
-    return out
 
 
 def diagnose(
@@ -360,31 +296,20 @@ def diagnose(
 ) -> dict[str, Any]:
     """The false-positive diagnosis of one run: ``classify`` then ``summarize_detections``, all images pooled.
 
-    Args:
-        records: the run's records.
-        iou_match: IoU for a match (TP, duplicate, wrong class).
-        iou_background: best IoU below which a false positive is background.
-        thresholds: confidence thresholds for the ``at`` counts.
-
     Returns:
         ``summarize_detections(...)`` plus ``version`` (``DIAG_VERSION``), ``n_images``, ``params`` (the records'
         params plus ``iou_match``, ``iou_background``, ``thresholds``) and ``ultralytics`` (the validation's own
-        ``precision``, ``recall``, ``mAP50``, ``mAP50-95`` of the same pass): the structure of
-        the first runner's ``diagnose_run``.
+        ``precision``, ``recall``, ``mAP50``, ``mAP50-95`` of the same pass).
     """
     c = classify(records, iou_match=iou_match, iou_background=iou_background)
     out = summarize_detections(
         records.det_conf, c["kind"], records.det_cls, c["iou"], records.gt_counts(), thresholds=thresholds
     )
-    out.update(
-        version=DIAG_VERSION,
-        n_images=records.n_images,
-        params={
-            **records.params,
-            "iou_match": iou_match,
-            "iou_background": iou_background,
-            "thresholds": list(thresholds),
-        },
-        ultralytics=dict(records.metrics),
-    )
+    params = {
+        **records.params,
+        "iou_match": iou_match,
+        "iou_background": iou_background,
+        "thresholds": list(thresholds),
+    }
+    out.update(version=DIAG_VERSION, n_images=records.n_images, params=params, ultralytics=dict(records.metrics))
     return out

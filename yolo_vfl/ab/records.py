@@ -1,15 +1,11 @@
 """The one inference pass per finished run: every detection and ground-truth box of Ultralytics' validation.
 
-``record_detections`` runs Ultralytics' own validator for the model's task (its dataloader, letterboxing and
-multi-label NMS), with a subclass that records, image by image, the detections and ground-truth boxes the validator
-scores and the IoU matrix between them (Ultralytics' ``box_iou``), together with the metrics of that same pass.
-Everything downstream (ranking quality, false positives by kind, AP) is a numpy function of these records
-(``yolo_vfl.ab.evaluation``), so all numbers of a run describe the same detections.
+``record_detections`` records, image by image, what Ultralytics' own validator scores, with the IoUs between them
+(Ultralytics' ``box_iou``) and the metrics of that pass; everything downstream is a numpy function of these records
+(``yolo_vfl.ab.evaluation``). ``Records.save`` writes ``detections.npz`` (``protocol.RECORDS_FILE``);
+``load_records`` reads it without torch or Ultralytics.
 
-``Records.save`` writes them as ``detections.npz`` (``protocol.RECORDS_FILE``); ``load_records`` reads them back
-without torch or Ultralytics.
-
-File format (``RECORDS_VERSION`` 1): a compressed ``.npz`` (``np.savez_compressed``) holding the arrays
+File format (``RECORDS_VERSION`` 1): a compressed ``.npz`` holding the arrays
 
 * ``det_boxes`` (N, 4) float32 xyxy, ``det_conf`` (N,) float32, ``det_cls`` (N,) int64, ``det_image`` (N,) int64;
 * ``gt_boxes`` (M, 4) float32 xyxy, ``gt_cls`` (M,) int64, ``gt_image`` (M,) int64;
@@ -45,8 +41,6 @@ RECORDS_VERSION = 1
 #: Tasks whose validators score axis-aligned boxes (segment and pose: their box part).
 BOX_TASKS: tuple[str, ...] = ("detect", "segment", "pose")
 
-_FLOAT_ARRAYS = ("det_boxes", "det_conf", "gt_boxes")
-_INT_ARRAYS = ("det_cls", "det_image", "gt_cls", "gt_image", "orig_shapes", "input_shapes")
 _ARRAYS = ("det_boxes", "det_conf", "det_cls", "det_image", "gt_boxes", "gt_cls", "gt_image", "det_gt_iou")
 _ARRAYS += ("orig_shapes", "input_shapes")
 
@@ -62,10 +56,8 @@ def _float_array(a: Any, shape: tuple[int, ...]) -> np.ndarray:
     return a.reshape(shape)
 
 
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    a.setflags(write=False)
-    return a
+def _int_array(a: Any, shape: tuple[int, ...]) -> np.ndarray:
+    return np.asarray(a).reshape(shape).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,25 +105,24 @@ class Records:
     def __post_init__(self) -> None:
         n_images = int(self.n_images)
         det_conf = _float_array(self.det_conf, (-1,))
-        gt_cls = np.asarray(self.gt_cls).reshape(-1).astype(np.int64)
+        gt_cls = _int_array(self.gt_cls, (-1,))
         n, m = det_conf.size, gt_cls.size
         values: dict[str, Any] = {
             "det_boxes": _float_array(self.det_boxes, (n, 4)),
             "det_conf": det_conf,
-            "det_cls": np.asarray(self.det_cls).reshape(n).astype(np.int64),
-            "det_image": np.asarray(self.det_image).reshape(n).astype(np.int64),
+            "det_cls": _int_array(self.det_cls, (n,)),
+            "det_image": _int_array(self.det_image, (n,)),
             "gt_boxes": _float_array(self.gt_boxes, (m, 4)),
             "gt_cls": gt_cls,
-            "gt_image": np.asarray(self.gt_image).reshape(m).astype(np.int64),
+            "gt_image": _int_array(self.gt_image, (m,)),
+            "det_gt_iou": np.asarray(self.det_gt_iou, dtype=np.float32),
         }
-        iou = np.asarray(self.det_gt_iou, dtype=np.float32)
+        iou = values["det_gt_iou"]
         if iou.ndim != 2 or iou.shape[0] != n or iou.shape[1] < 1:
             raise ValueError(f"det_gt_iou must be (N={n}, K>=1), got {iou.shape}")
-        values["det_gt_iou"] = iou
         for key in ("orig_shapes", "input_shapes"):
             shapes = getattr(self, key)
-            shapes = np.zeros((n_images, 2), dtype=np.int64) if shapes is None else np.asarray(shapes)
-            values[key] = shapes.reshape(n_images, 2).astype(np.int64)
+            values[key] = _int_array(np.zeros((n_images, 2)) if shapes is None else shapes, (n_images, 2))
         for key in ("det_image", "gt_image"):
             idx = values[key]
             if idx.size and (idx.min() < 0 or idx.max() >= n_images):
@@ -143,7 +134,9 @@ class Records:
         if image_files and len(image_files) != n_images:
             raise ValueError(f"image_files has {len(image_files)} entries for n_images={n_images}")
         for key, value in values.items():
-            object.__setattr__(self, key, _readonly(value))
+            value = np.ascontiguousarray(value)
+            value.setflags(write=False)
+            object.__setattr__(self, key, value)
         object.__setattr__(self, "n_images", n_images)
         object.__setattr__(self, "image_files", image_files)
         object.__setattr__(self, "names", {int(k): str(v) for k, v in dict(self.names).items()})
@@ -151,7 +144,6 @@ class Records:
         object.__setattr__(self, "metrics", {str(k): float(v) for k, v in dict(self.metrics).items()})
         object.__setattr__(self, "versions", {str(k): str(v) for k, v in dict(self.versions).items()})
 
-    # ---------------------------------------------------------------------------------------------- views
     @property
     def n_det(self) -> int:
         """Number of detections N."""
@@ -180,25 +172,20 @@ class Records:
         pos = np.where(valid, starts[self.det_image][:, None] + col, 0)
         return np.where(valid, order[pos], -1).astype(np.int64)
 
-    # ---------------------------------------------------------------------------------------------- file
-    def _meta(self) -> dict[str, Any]:
-        return json_safe(
-            {
-                "version": RECORDS_VERSION,
-                "names": {str(k): v for k, v in self.names.items()},
-                "n_images": self.n_images,
-                "params": self.params,
-                "metrics": self.metrics,
-                "versions": self.versions,
-                "image_files": list(self.image_files),
-            }
-        )
-
     def to_bytes(self) -> bytes:
         """The ``detections.npz`` content (compressed npz; metadata as a JSON string array ``meta``)."""
+        meta = {
+            "version": RECORDS_VERSION,
+            "names": {str(k): v for k, v in self.names.items()},
+            "n_images": self.n_images,
+            "params": self.params,
+            "metrics": self.metrics,
+            "versions": self.versions,
+            "image_files": list(self.image_files),
+        }
         buf = io.BytesIO()
         arrays = {k: getattr(self, k) for k in _ARRAYS}
-        np.savez_compressed(buf, meta=np.array([json.dumps(self._meta(), sort_keys=True)]), **arrays)
+        np.savez_compressed(buf, meta=np.array([json.dumps(json_safe(meta), sort_keys=True)]), **arrays)
         return buf.getvalue()
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -217,8 +204,7 @@ def load_records(path: str | os.PathLike[str]) -> Records:
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            files = set(npz.files)
-            if "meta" not in files:
+            if "meta" not in npz.files:
                 raise RecordsFormatError(f"{path}: not a detections file (no 'meta' entry)")
             meta = json.loads(str(npz["meta"].reshape(-1)[0]))
             version = meta.get("version") if isinstance(meta, dict) else None
@@ -227,13 +213,11 @@ def load_records(path: str | os.PathLike[str]) -> Records:
                     f"{path}: detections format version {version!r}, this yolo_vfl reads version {RECORDS_VERSION}; "
                     "re-record the run (delete the file and evaluate again)"
                 )
-            missing = [k for k in _ARRAYS if k not in files]
+            missing = [k for k in _ARRAYS if k not in npz.files]
             if missing:
                 raise RecordsFormatError(f"{path}: missing arrays {', '.join(missing)}")
             arrays = {k: npz[k] for k in _ARRAYS}
-    except FileNotFoundError:
-        raise
-    except RecordsFormatError:
+    except (FileNotFoundError, RecordsFormatError):
         raise
     except (OSError, ValueError, KeyError, IndexError) as e:
         raise RecordsFormatError(f"{path}: unreadable detections file ({type(e).__name__}: {e})") from e
@@ -275,9 +259,8 @@ def _recording_validator(base: type, sink: list[dict[str, Any]]) -> type:
     """A subclass of the task's validator ``base`` that appends each image's boxes to ``sink``.
 
     Ultralytics 8.3.x (late) and 8.4 call ``_process_batch(preds, batch)`` once per image from ``update_metrics``
-    with the post-NMS predictions (dict with ``bboxes``, ``conf``, ``cls``) and the prepared ground truth (dict with
-    ``bboxes``, ``cls``, ``ori_shape``, ``imgsz``, ``im_file``), both in input-image pixels; ``self.seen`` counts the
-    images so far.
+    with the post-NMS predictions (``bboxes``, ``conf``, ``cls``) and the prepared ground truth (``bboxes``, ``cls``,
+    ``ori_shape``, ``imgsz``, ``im_file``), both in input-image pixels; ``self.seen`` counts the images so far.
     """
     from ultralytics.utils.metrics import box_iou
 
@@ -315,24 +298,23 @@ def _assemble(sink: Sequence[dict[str, Any]], **meta: Any) -> Records:
     if images != list(range(len(sink))):
         raise RuntimeError(f"the validator reported images {images[:10]} ...; expected each image once, in order")
     k = max([1, *(e["gt_cls"].size for e in sink)])
-    ious = []
-    for e in sink:
-        pad = np.full((e["det_conf"].size, k), -1.0, dtype=np.float32)
-        pad[:, : e["iou"].shape[1]] = e["iou"]
-        ious.append(pad)
+    ious = [np.pad(e["iou"], ((0, 0), (0, k - e["iou"].shape[1])), constant_values=-1.0) for e in sink]
 
     def cat(key: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
         parts = [e[key] for e in sink]
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype=dtype)
 
+    def image_index(key: str) -> np.ndarray:
+        return np.repeat(np.arange(len(sink)), [e[key].size for e in sink]).astype(np.int64)
+
     return Records(
         det_boxes=cat("det_boxes", np.float32, (0, 4)),
         det_conf=cat("det_conf", np.float32, (0,)),
         det_cls=cat("det_cls", np.int64, (0,)),
-        det_image=np.repeat(np.arange(len(sink)), [e["det_conf"].size for e in sink]).astype(np.int64),
+        det_image=image_index("det_conf"),
         gt_boxes=cat("gt_boxes", np.float32, (0, 4)),
         gt_cls=cat("gt_cls", np.int64, (0,)),
-        gt_image=np.repeat(np.arange(len(sink)), [e["gt_cls"].size for e in sink]).astype(np.int64),
+        gt_image=image_index("gt_cls"),
         det_gt_iou=np.concatenate(ious) if ious else np.zeros((0, k), dtype=np.float32),
         n_images=len(sink),
         image_files=tuple(e["im_file"] for e in sink) if all(e["im_file"] for e in sink) else (),
@@ -392,39 +374,22 @@ def record_detections(
         raise ValueError(f"{weights}: task {task!r} has no boxes to record (detect, segment and pose models only)")
     sink: list[dict[str, Any]] = []
     validator = _recording_validator(model.task_map[task]["validator"], sink)
-    params = json.loads(
-        json.dumps(
-            json_safe(
-                {
-                    "weights": str(weights),
-                    "data": str(data_yaml),
-                    "imgsz": imgsz,
-                    "conf": conf,
-                    "iou": iou,
-                    "max_det": max_det,
-                    "task": task,
-                    **{
-                        k: v if isinstance(v, (bool, int, float, str, type(None))) else str(v)
-                        for k, v in val_args.items()
-                    },
-                }
-            )
-        )
-    )
+    simple = (bool, int, float, str, type(None))
+    params = {
+        "weights": str(weights),
+        "data": str(data_yaml),
+        "imgsz": imgsz,
+        "conf": conf,
+        "iou": iou,
+        "max_det": max_det,
+        "task": task,
+        **{k: v if isinstance(v, simple) else str(v) for k, v in val_args.items()},
+    }
     level = LOGGER.level
     LOGGER.setLevel(max(level, 30))  # WARNING: no validation table in the middle of the caller's output
     try:
         with tempfile.TemporaryDirectory(prefix="yolo_vfl_records_") as tmp:
-            args: dict[str, Any] = {
-                "split": "val",
-                "plots": False,
-                "save_json": False,
-                "verbose": False,
-                "project": tmp,
-                "name": "val",
-                "exist_ok": True,
-            }
-            args.update(val_args)
+            args = {"split": "val", "plots": False, "save_json": False, "verbose": False, "project": tmp, "name": "val"}
             metrics = model.val(
                 validator=validator,
                 data=str(data_yaml),
@@ -435,16 +400,15 @@ def record_detections(
                 conf=conf,
                 iou=iou,
                 max_det=max_det,
-                **args,
+                **{**args, "exist_ok": True, **val_args},
             )
     finally:
         LOGGER.setLevel(level)
     rd = getattr(metrics, "results_dict", {}) or {}
-    names = getattr(model, "names", None) or {}
     return _assemble(
         sink,
-        names=dict(names),
-        params=params,
+        names=dict(getattr(model, "names", None) or {}),
+        params=json.loads(json.dumps(json_safe(params))),
         metrics={m: float(rd[key]) for m, key in protocol.ULTRALYTICS_KEYS.items() if key in rd},
         versions=_versions(),
     )

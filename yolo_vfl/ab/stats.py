@@ -1,20 +1,12 @@
 """The statistics of the A/B report, each written once: Student t, means, paired differences, verdicts, correlations.
 
-Pure numpy and ``math`` (no SciPy, no torch):
-
-* per arm and metric: mean and sample standard deviation over seeds (``mean_std``; undefined for one seed);
-* per arm and metric, against the baseline arm: the paired difference ``arm - baseline`` seed by seed (same seed =
-  same initialization and data order), its mean and a two-sided Student-t interval over the seeds
-  (``mean +- t(0.975, n - 1) * sd / sqrt(n)``, ``paired_difference``). The ``verdict`` is ``better`` or ``worse`` only
-  when that interval excludes zero, otherwise ``no clear difference``; with one paired seed the interval is undefined
-  and the verdict is ``no clear difference (1 seed)``. The half-width of the interval is the smallest difference the
-  experiment can resolve;
-* ranking quality (GFL paper, arXiv 2006.04388): the Pearson and Spearman correlations between each detection's
-  confidence and its IoU with the best same-class ground truth, over all detections and over those with IoU > 0
-  (``correlations``).
-
-The Student-t distribution is computed here (regularized incomplete beta by a continued fraction; the quantile by
-bisection).
+Pure numpy and ``math`` (no SciPy, no torch). Per arm and metric: mean and sample std over seeds (``mean_std``).
+Against the baseline arm: the paired difference ``arm - baseline`` seed by seed (same seed = same initialization and
+data order), its mean and two-sided Student-t interval ``mean +- t(0.975, n - 1) * sd / sqrt(n)``
+(``paired_difference``); the ``verdict`` is ``better`` or ``worse`` only when the interval excludes zero. Its
+half-width is the smallest difference the experiment can resolve. Ranking quality (GFL paper, arXiv 2006.04388):
+Pearson and Spearman between confidence and IoU (``correlations``). The Student-t distribution is computed here
+(regularized incomplete beta by a continued fraction; the quantile by bisection).
 """
 
 from __future__ import annotations
@@ -26,71 +18,48 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "t_cdf",
-    "t_ppf",
-    "finite",
-    "mean_std",
-    "PairedDifference",
-    "paired_difference",
-    "verdict",
-    "rankdata",
-    "pearson",
-    "spearman",
-    "correlations",
-]
+__all__ = ["t_cdf", "t_ppf", "finite", "mean_std", "PairedDifference", "paired_difference", "verdict", "rankdata"]
+__all__ += ["pearson", "spearman", "correlations"]
+
+_TINY = 1e-300
 
 
 # ---------------------------------------------------------------------------------------------------- Student t
+def _nonzero(v: float) -> float:
+    return v if abs(v) > _TINY else _TINY
+
+
 def _betacf(a: float, b: float, x: float) -> float:
     """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 1e-15
     qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
+    c, d = 1.0, 1.0 / _nonzero(1.0 - qab * x / qap)
     h = d
     for m in range(1, 1000):
         m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
+        even = m * (b - m) * x / ((qam + m2) * (a + m2))
+        odd = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        for aa in (even, odd):
+            d = 1.0 / _nonzero(1.0 + aa * d)
+            c = _nonzero(1.0 + aa / c)
+            delta = d * c
+            h *= delta
+        if abs(delta - 1.0) < 1e-15:
             break
     return h
 
 
 def _betainc(a: float, b: float, x: float) -> float:
     """Regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_bt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    bt = math.exp(log_bt)
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    bt = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
     if x < (a + 1.0) / (a + b + 2.0):
         return bt * _betacf(a, b, x) / a
     return 1.0 - bt * _betacf(b, a, 1.0 - x) / b
 
 
 def t_cdf(t: float, df: float) -> float:
-    """Cumulative distribution function of Student's t.
-
-    Args:
-        t: the value.
-        df: degrees of freedom (> 0).
-
-    Returns:
-        ``P(T <= t)``.
+    """``P(T <= t)`` for Student's t with ``df`` degrees of freedom.
 
     Raises:
         ValueError: ``df <= 0``.
@@ -104,16 +73,7 @@ def t_cdf(t: float, df: float) -> float:
 
 
 def t_ppf(p: float, df: float) -> float:
-    """Quantile of Student's t: the ``t`` with ``t_cdf(t, df) == p`` (bisection to 1e-12).
-
-    Example: ``t_ppf(0.975, 2)`` is 4.3027, ``t_ppf(0.975, 1e9)`` is 1.9600.
-
-    Args:
-        p: probability in (0, 1).
-        df: degrees of freedom (> 0).
-
-    Returns:
-        the quantile.
+    """Quantile of Student's t: the ``t`` with ``t_cdf(t, df) == p`` (bisection to 1e-12; ``t_ppf(0.975, 2)`` 4.3027).
 
     Raises:
         ValueError: ``p`` outside (0, 1) or ``df <= 0``.
@@ -178,7 +138,7 @@ class PairedDifference:
         diffs: ``arm[seed] - baseline[seed]`` per seed.
         mean: mean difference (None without a pair).
         std: sample std of the differences (None for fewer than 2 pairs).
-        lo: lower end of the two-sided interval (None for fewer than 2 pairs: one pair gives no interval).
+        lo: lower end of the interval (None for fewer than 2 pairs).
         hi: upper end.
         level: confidence level of the interval.
     """
@@ -207,9 +167,6 @@ def paired_difference(values: Mapping[int, Any], baseline: Mapping[int, Any], le
         values: metric by seed for the arm (None or NaN: not measured, that seed is left out).
         baseline: metric by seed for the baseline arm.
         level: confidence level of the two-sided interval ``mean +- t((1 + level) / 2, n - 1) * std / sqrt(n)``.
-
-    Returns:
-        the ``PairedDifference`` (no interval with fewer than 2 pairs).
     """
     seeds = tuple(sorted(s for s in values if s in baseline and _is_finite(values[s]) and _is_finite(baseline[s])))
     diffs = tuple(float(values[s]) - float(baseline[s]) for s in seeds)
@@ -234,25 +191,21 @@ def verdict(diff: PairedDifference) -> str:
         return "no clear difference (1 seed)"
     if diff.lo > 0:
         return "better"
-    if diff.hi < 0:
-        return "worse"
-    return "no clear difference"
+    return "worse" if diff.hi < 0 else "no clear difference"
 
 
 # ---------------------------------------------------------------------------------------------------- correlations
 def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
     """Ranks 1..n of ``x`` (flattened); ties get the average of their ranks (as ``scipy.stats.rankdata``)."""
     x = np.asarray(x, dtype=np.float64).ravel()
-    n = x.size
-    if n == 0:
+    if x.size == 0:
         return np.zeros(0)
     order = np.argsort(x, kind="mergesort")
     xs = x[order]
     starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])  # start index of each run of equal values
-    ends = np.r_[starts[1:], n]
-    avg = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
-    ranks = np.empty(n)
-    ranks[order] = np.repeat(avg, ends - starts)
+    ends = np.r_[starts[1:], x.size]
+    ranks = np.empty(x.size)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # mean of ranks start+1 .. end
     return ranks
 
 
@@ -275,9 +228,7 @@ def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) ->
         return None
     dx, dy = x - x.mean(), y - y.mean()
     denom = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
-    if denom == 0.0:
-        return None
-    return float(np.clip((dx * dy).sum() / denom, -1.0, 1.0))
+    return None if denom == 0.0 else float(np.clip((dx * dy).sum() / denom, -1.0, 1.0))
 
 
 def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float | None:
