@@ -230,13 +230,9 @@ def summarize_detections(
 ) -> dict[str, Any]:
     """Counts, scores, missed ground truths and AP50 costs of classified detections (all images of a run pooled).
 
-    Args:
-        scores: (N,) confidences.
-        kinds: (N,) indices into ``KINDS`` (``classify``).
-        cls: (N,) predicted classes.
-        ious: (N,) the ``iou`` of ``classify``.
-        gt_counts: ground-truth boxes per class.
-        thresholds: confidence thresholds for the ``at`` counts (the F1-optimal one is added as ``f1``).
+    ``scores``, ``kinds`` (indices into ``KINDS``), ``cls`` and ``ious`` hold one value per detection, ``kinds`` and
+    ``ious`` as ``classify`` gives them; ``gt_counts``: ground-truth boxes per class; ``thresholds``: confidence
+    thresholds for the ``at`` counts (the F1-optimal one is added as ``f1``).
 
     Returns:
         dict with ``n_det``, ``n_gt``, ``counts`` (per kind), ``at`` (per threshold ``"0.25"`` ... and ``"f1"``:
@@ -246,10 +242,8 @@ def summarize_detections(
         threshold reaching it, None where unreached), ``ap50``, ``ap50_without`` and ``ap50_cost`` per FP kind, and
         ``ap50_tp_only`` (all false positives removed: the recall ceiling).
     """
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    kinds = np.asarray(kinds, dtype=np.int64).reshape(-1)
-    cls = np.asarray(cls, dtype=np.int64).reshape(-1)
-    ious = np.asarray(ious, dtype=np.float64).reshape(-1)
+    scores, ious = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (scores, ious))
+    kinds, cls = (np.asarray(a, dtype=np.int64).reshape(-1) for a in (kinds, cls))
     gt_counts = {int(c): int(n) for c, n in gt_counts.items()}
     n_gt = sum(gt_counts.values())
     t_f1 = _f1_threshold(scores, kinds, n_gt)
@@ -260,11 +254,12 @@ def summarize_detections(
     by_kind = [scores[kinds == i] for i in range(len(KINDS))]
     tp = kinds == _TP
     edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
+
+    def ap_of(keep: np.ndarray) -> float:
+        return map50(scores[keep], kinds[keep], cls[keep], gt_counts)
+
     ap = map50(scores, kinds, cls, gt_counts)
-    without = {}
-    for i, k in enumerate(KINDS[1:], 1):
-        keep = kinds != i
-        without[k] = map50(scores[keep], kinds[keep], cls[keep], gt_counts)
+    without = {k: ap_of(kinds != i) for i, k in enumerate(FP_KINDS, 1)}
     return {
         "n_det": int(scores.size),
         "n_gt": n_gt,
@@ -284,7 +279,7 @@ def summarize_detections(
         "ap50": ap,
         "ap50_without": without,
         "ap50_cost": {k: v - ap for k, v in without.items()},
-        "ap50_tp_only": map50(scores[tp], kinds[tp], cls[tp], gt_counts),
+        "ap50_tp_only": ap_of(tp),
     }
 
 
@@ -305,11 +300,6 @@ def diagnose(
     out = summarize_detections(
         records.det_conf, c["kind"], records.det_cls, c["iou"], records.gt_counts(), thresholds=thresholds
     )
-    params = {
-        **records.params,
-        "iou_match": iou_match,
-        "iou_background": iou_background,
-        "thresholds": list(thresholds),
-    }
+    params = dict(records.params, iou_match=iou_match, iou_background=iou_background, thresholds=list(thresholds))
     out.update(version=DIAG_VERSION, n_images=records.n_images, params=params, ultralytics=dict(records.metrics))
     return out

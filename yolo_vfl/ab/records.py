@@ -5,16 +5,9 @@
 (``yolo_vfl.ab.evaluation``). ``Records.save`` writes ``detections.npz`` (``protocol.RECORDS_FILE``);
 ``load_records`` reads it without torch or Ultralytics.
 
-File format (``RECORDS_VERSION`` 1): a compressed ``.npz`` holding the arrays
-
-* ``det_boxes`` (N, 4) float32 xyxy, ``det_conf`` (N,) float32, ``det_cls`` (N,) int64, ``det_image`` (N,) int64;
-* ``gt_boxes`` (M, 4) float32 xyxy, ``gt_cls`` (M,) int64, ``gt_image`` (M,) int64;
-* ``det_gt_iou`` (N, K) float32, K = max(1, most ground truths in one image);
-* ``orig_shapes`` (I, 2) and ``input_shapes`` (I, 2) int64: (height, width) of each image on disk and as validated;
-
-and ``meta``, a 1-element string array with a JSON object: ``version``, ``names``, ``n_images``, ``params``,
-``metrics``, ``versions``, ``image_files``. Boxes are in the pixels of the validator's (letterboxed) input image of
-each image, detections and ground truths alike; the IoUs do not depend on that scale.
+File format (``RECORDS_VERSION`` 1): a compressed ``.npz`` holding the ten array fields of ``Records`` under their
+names (as recorded: boxes, confidences and IoUs float32, the rest int64) and ``meta``, a 1-element string array with a
+JSON object: ``version``, ``names``, ``n_images``, ``params``, ``metrics``, ``versions``, ``image_files``.
 """
 
 from __future__ import annotations
@@ -65,7 +58,7 @@ class Records:
     """Every detection and ground-truth box of one validation pass (numpy only; arrays are read-only).
 
     Attributes:
-        det_boxes: (N, 4) float xyxy detections, in the validator's input-image pixels.
+        det_boxes: (N, 4) float xyxy detections, in the pixels of the validator's (letterboxed) input image.
         det_conf: (N,) their confidences.
         det_cls: (N,) int their classes.
         det_image: (N,) int index of their image (0 ... n_images - 1, validation order).
@@ -73,7 +66,8 @@ class Records:
         gt_cls: (M,) int their classes.
         gt_image: (M,) int index of their image.
         det_gt_iou: (N, K) float32 IoU of each detection with each ground truth of its own image: column j is the
-            j-th ground truth of that image in ``gt`` order; -1 where the image has fewer than j + 1; K >= 1.
+            j-th ground truth of that image in ``gt`` order; -1 where the image has fewer than j + 1; K = max(1,
+            most ground truths in one image).
         names: class names by class index.
         n_images: images validated (also those without detections or ground truth).
         params: how the detections were made (``weights``, ``data``, ``imgsz``, ``conf``, ``iou``, ``max_det``,
@@ -226,10 +220,8 @@ def load_records(path: str | os.PathLike[str]) -> Records:
             **arrays,
             names={int(k): v for k, v in (meta.get("names") or {}).items()},
             n_images=int(meta["n_images"]),
-            params=meta.get("params") or {},
-            metrics=meta.get("metrics") or {},
-            versions=meta.get("versions") or {},
             image_files=tuple(meta.get("image_files") or ()),
+            **{key: meta.get(key) or {} for key in ("params", "metrics", "versions")},
         )
     except (KeyError, TypeError, ValueError) as e:
         raise RecordsFormatError(f"{path}: inconsistent detections file ({e})") from e
@@ -374,33 +366,17 @@ def record_detections(
         raise ValueError(f"{weights}: task {task!r} has no boxes to record (detect, segment and pose models only)")
     sink: list[dict[str, Any]] = []
     validator = _recording_validator(model.task_map[task]["validator"], sink)
-    simple = (bool, int, float, str, type(None))
-    params = {
-        "weights": str(weights),
-        "data": str(data_yaml),
-        "imgsz": imgsz,
-        "conf": conf,
-        "iou": iou,
-        "max_det": max_det,
-        "task": task,
-        **{k: v if isinstance(v, simple) else str(v) for k, v in val_args.items()},
-    }
+    shared = {"imgsz": imgsz, "conf": conf, "iou": iou, "max_det": max_det}
+    extra = {k: v if isinstance(v, (bool, int, float, str, type(None))) else str(v) for k, v in val_args.items()}
+    params = {"weights": str(weights), "data": str(data_yaml), **shared, "task": task, **extra}
     level = LOGGER.level
     LOGGER.setLevel(max(level, 30))  # WARNING: no validation table in the middle of the caller's output
     try:
         with tempfile.TemporaryDirectory(prefix="yolo_vfl_records_") as tmp:
             args = {"split": "val", "plots": False, "save_json": False, "verbose": False, "project": tmp, "name": "val"}
+            args = {**args, "exist_ok": True, **val_args}
             metrics = model.val(
-                validator=validator,
-                data=str(data_yaml),
-                imgsz=imgsz,
-                batch=batch,
-                device=device,
-                workers=workers,
-                conf=conf,
-                iou=iou,
-                max_det=max_det,
-                **{**args, "exist_ok": True, **val_args},
+                validator=validator, data=str(data_yaml), batch=batch, device=device, workers=workers, **shared, **args
             )
     finally:
         LOGGER.setLevel(level)

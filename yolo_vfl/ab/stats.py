@@ -59,11 +59,7 @@ def _betainc(a: float, b: float, x: float) -> float:
 
 
 def t_cdf(t: float, df: float) -> float:
-    """``P(T <= t)`` for Student's t with ``df`` degrees of freedom.
-
-    Raises:
-        ValueError: ``df <= 0``.
-    """
+    """``P(T <= t)`` for Student's t with ``df`` degrees of freedom (ValueError when ``df <= 0``)."""
     if df <= 0:
         raise ValueError(f"degrees of freedom must be > 0, got {df}")
     if math.isinf(t):
@@ -75,8 +71,7 @@ def t_cdf(t: float, df: float) -> float:
 def t_ppf(p: float, df: float) -> float:
     """Quantile of Student's t: the ``t`` with ``t_cdf(t, df) == p`` (bisection to 1e-12; ``t_ppf(0.975, 2)`` 4.3027).
 
-    Raises:
-        ValueError: ``p`` outside (0, 1) or ``df <= 0``.
+    ValueError when ``p`` is outside (0, 1) or ``df <= 0``.
     """
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
@@ -114,11 +109,7 @@ def finite(values: Iterable[Any]) -> list[float]:
 
 
 def mean_std(values: Iterable[Any]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof=1) of the finite values.
-
-    Returns:
-        ``(mean, std)``: ``(None, None)`` without a finite value; std is None for a single value (undefined).
-    """
+    """``(mean, sample std with ddof=1)`` of the finite values; ``(None, None)`` without one, std None for one."""
     vals = finite(values)
     if not vals:
         return None, None
@@ -179,11 +170,9 @@ def paired_difference(values: Mapping[int, Any], baseline: Mapping[int, Any], le
 
 
 def verdict(diff: PairedDifference) -> str:
-    """``better`` / ``worse`` when the interval excludes zero, else ``no clear difference`` (with why, if no interval).
+    """``better`` / ``worse`` when the interval excludes zero, else ``no clear difference``.
 
-    Returns:
-        ``better``, ``worse``, ``no clear difference``, ``no clear difference (1 seed)`` or
-        ``n/a (no paired baseline run)``.
+    Without an interval: ``no clear difference (1 seed)``, or ``n/a (no paired baseline run)`` without a pair.
     """
     if diff.n == 0:
         return "n/a (no paired baseline run)"
@@ -220,8 +209,7 @@ def _pair(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> t
 def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float | None:
     """Pearson correlation of (N,) ``x`` and ``y``; None with fewer than 2 points or a constant variable.
 
-    Raises:
-        ValueError: ``x`` and ``y`` differ in length.
+    ValueError when ``x`` and ``y`` differ in length (also ``spearman``).
     """
     x, y = _pair(x, y)
     if x.size < 2:
@@ -232,11 +220,7 @@ def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) ->
 
 
 def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float | None:
-    """Spearman rank correlation (Pearson of the tie-averaged ranks); None where Pearson is undefined.
-
-    Raises:
-        ValueError: ``x`` and ``y`` differ in length.
-    """
+    """Spearman rank correlation (Pearson of the tie-averaged ranks); None where Pearson is undefined."""
     x, y = _pair(x, y)
     return pearson(rankdata(x), rankdata(y))
 
@@ -244,9 +228,7 @@ def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -
 def correlations(conf: Sequence[float] | np.ndarray, iou: Sequence[float] | np.ndarray) -> dict[str, Any]:
     """Pearson and Spearman between confidence (N,) and IoU (N,), over all points and over those with IoU > 0.
 
-    Returns:
-        dict with ``n``, ``pearson``, ``spearman``, ``n_matched``, ``pearson_matched``, ``spearman_matched`` and
-        ``mean_iou`` (None where undefined).
+    Keys ``n``, ``pearson``, ``spearman``, ``n_matched``, ``pearson_matched``, ``spearman_matched``, ``mean_iou``.
     """
     conf, iou = _pair(conf, iou)
     m = iou > 0
