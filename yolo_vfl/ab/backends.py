@@ -52,29 +52,23 @@ def _child_env(extra: Mapping[str, str] | None = None, drop: Sequence[str] = ())
     return env
 
 
-def _spawn(job: Job, env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen, Any]:
+def _spawn(job: Job, env: Mapping[str, str] | None = None) -> subprocess.Popen:
     """Start ``python -m yolo_vfl.ab.run JOB.json`` with its output appended to the run's log."""
-    out = Path(job.out_dir)
-    job_path = out / "jobs" / f"{job.run}.json"
+    job_path = Path(job.out_dir) / "jobs" / f"{job.run}.json"
     atomic_write_json(job_path, job.to_dict())
-    log_path = Path(job.log)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    logf = open(log_path, "ab")  # noqa: SIM115 - closed by the caller when the process ends
-    stamp = datetime.now().isoformat(timespec="seconds")
-    logf.write(f"\n===== {stamp} {job.run} on device {job.device} =====\n".encode())
-    logf.flush()
-    kwargs: dict[str, Any] = {}
-    if sys.platform.startswith("linux"):
-        kwargs["preexec_fn"] = _die_with_parent
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "yolo_vfl.ab.run", str(job_path)],
-        stdout=logf,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=dict(env or _child_env()),
-        **kwargs,
-    )
-    return proc, logf
+    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+    with open(job.log, "ab") as logf:  # the child keeps its own copy of the file descriptor
+        stamp = datetime.now().isoformat(timespec="seconds")
+        logf.write(f"\n===== {stamp} {job.run} on device {job.device} =====\n".encode())
+        logf.flush()
+        return subprocess.Popen(
+            [sys.executable, "-m", "yolo_vfl.ab.run", str(job_path)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env or _child_env()),
+            **({"preexec_fn": _die_with_parent} if sys.platform.startswith("linux") else {}),
+        )
 
 
 def _log_tail(path: str | os.PathLike[str], lines: int = 15) -> str:
@@ -92,14 +86,12 @@ def execute_job(job: Job, env: Mapping[str, str] | None = None) -> dict[str, Any
     Raises:
         RuntimeError: the run failed (the message has the end of its log).
     """
-    proc, logf = _spawn(job, env)
+    proc = _spawn(job, env)
     try:
         rc = proc.wait()
     except BaseException:
         _terminate([proc])
         raise
-    finally:
-        logf.close()
     result = read_json(job.result)
     if rc != 0 or result is None:
         raise RuntimeError(f"{job.run} failed (exit code {rc}); log {job.log}:\n{_log_tail(job.log)}")
@@ -166,8 +158,7 @@ class Progress:
                 self.durations.append(took)
             m = ((result or {}).get("metrics") or {}).get("mAP50-95")
             score = f"mAP50-95 {m:.3f}" if isinstance(m, (int, float)) and math.isfinite(m) else "mAP50-95 n/a"
-            left = self.total - self.done
-            eta = "ETA 0s" if left == 0 else f"ETA {_fmt_duration(self.eta())}"
+            eta = "ETA 0s" if self.done == self.total else f"ETA {_fmt_duration(self.eta())}"
             self.log(
                 f"[{self.done}/{self.total}] {run} done in {_fmt_duration(took)} ({score}); running: {running}; {eta}"
             )
@@ -181,7 +172,7 @@ def _run_local(jobs: list[Job], spec: ABSpec, progress: Progress) -> list[Failur
     """A pool of local subprocesses, one per device slot."""
     pending = deque(jobs)
     free = list(range(len(spec.device)))
-    running: dict[int, tuple[subprocess.Popen, Any, Job]] = {}
+    running: dict[int, tuple[subprocess.Popen, Job]] = {}
     failed: list[Failure] = []
     env = _child_env()
     try:
@@ -189,32 +180,26 @@ def _run_local(jobs: list[Job], spec: ABSpec, progress: Progress) -> list[Failur
             while pending and free and (spec.keep_going or not failed):
                 slot = free.pop(0)
                 job = pending.popleft().on(spec.device[slot])
-                proc, logf = _spawn(job, env)
-                running[slot] = (proc, logf, job)
+                running[slot] = (_spawn(job, env), job)
                 progress.start(job.run, f"device {job.device or 'default'}", job.log)
             if not running:
                 break
             time.sleep(0.5)
-            for slot, (proc, logf, job) in list(running.items()):
+            for slot, (proc, job) in list(running.items()):
                 rc = proc.poll()
                 if rc is None:
                     continue
-                logf.close()
                 del running[slot]
-                free.append(slot)
-                free.sort()
+                free = sorted([*free, slot])
                 result = read_json(job.result)
                 if rc == 0 and result is not None:
                     progress.finish(job.run, result)
                 else:
                     why = "another process holds its lock" if rc == EXIT_BUSY else f"exit code {rc}"
-                    msg = f"  {job.run} failed ({why}); log {job.log}:\n{_log_tail(job.log)}"
                     failed.append((job.run, why, str(job.log)))
-                    progress.finish(job.run, None, msg)
+                    progress.finish(job.run, None, f"  {job.run} failed ({why}); log {job.log}:\n{_log_tail(job.log)}")
     except BaseException:
-        _terminate([p for p, _, _ in running.values()])
-        for _, logf, _ in running.values():
-            logf.close()
+        _terminate([p for p, _ in running.values()])
         raise
     if pending:
         progress.log(
@@ -227,77 +212,58 @@ def _ray_task(job: Job, num_gpus: float) -> dict[str, Any]:  # pragma: no cover 
     """The Ray task: run one job in its own subprocess on the node Ray placed it on."""
     import ray
 
-    drop: list[str] = []
-    extra: dict[str, str] = {}
-    if num_gpus > 0:
-        ids = [str(i) for i in ray.get_gpu_ids()]
-        job = job.on(",".join(ids) if ids else None)
-        drop = ["CUDA_VISIBLE_DEVICES"]  # pass Ray's physical GPU ids as the device (Ultralytics 8.3 and 8.4 alike)
-        extra = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    else:
-        job = job.on("cpu")
-    result = execute_job(job, _child_env(extra, drop))
-    return result
-
-
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError as e:
-        raise UserError("backend=ray needs Ray: pip install 'yolo-vfl[ray]' (or pip install ray).") from e
-    return ray
+    if num_gpus <= 0:
+        return execute_job(job.on("cpu"), _child_env())
+    ids = ",".join(str(i) for i in ray.get_gpu_ids())
+    # Ray's physical GPU ids as the device, CUDA_VISIBLE_DEVICES dropped (Ultralytics 8.3 and 8.4 alike)
+    return execute_job(job.on(ids or None), _child_env({"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, ["CUDA_VISIBLE_DEVICES"]))
 
 
 def _run_ray(jobs: list[Job], spec: ABSpec, progress: Progress) -> list[Failure]:
     """Every job as a Ray task with the spec's resource request; progress as they complete (``ray.wait``)."""
-    ray = _import_ray()
-    started_here = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"address": spec.ray["address"] or None}
-        if spec.ray["runtime_env"]:
-            kwargs["runtime_env"] = spec.ray["runtime_env"]
-        ray.init(**kwargs)
-        started_here = True
     try:
+        import ray
+    except ImportError as e:
+        raise UserError("backend=ray needs Ray: pip install 'yolo-vfl[ray]' (or pip install ray).") from e
+    started_here = not ray.is_initialized()
+    if started_here:
+        runtime_env = {"runtime_env": spec.ray["runtime_env"]} if spec.ray["runtime_env"] else {}
+        ray.init(address=spec.ray["address"] or None, **runtime_env)
+    refs: dict[Any, Job] = {}
+    failed: list[Failure] = []
+    try:
+        cpus, gpus = spec.ray["num_cpus"], spec.ray["num_gpus"]
         resources = ray.cluster_resources()
-        if spec.ray["num_gpus"] > 0:
-            slots = int(resources.get("GPU", 0) // spec.ray["num_gpus"])
-        else:
-            slots = int(resources.get("CPU", 1) // max(spec.ray["num_cpus"], 1e-9))
-        progress.slots = max(1, slots)
-        remote = ray.remote(num_cpus=spec.ray["num_cpus"], num_gpus=spec.ray["num_gpus"], max_retries=0)(_ray_task)
-        refs: dict[Any, Job] = {}
+        slots = resources.get("GPU", 0) // gpus if gpus > 0 else resources.get("CPU", 1) // max(cpus, 1e-9)
+        progress.slots = max(1, int(slots))
+        remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_ray_task)
         for job in jobs:
-            refs[remote.remote(job, spec.ray["num_gpus"])] = job
-            progress.start(
-                job.run, f"ray (num_cpus={spec.ray['num_cpus']:g}, num_gpus={spec.ray['num_gpus']:g})", job.log
-            )
-        failed: list[Failure] = []
-        try:
-            while refs:
-                done, _ = ray.wait(list(refs), num_returns=1)
-                job = refs.pop(done[0])
-                try:
-                    result = ray.get(done[0])
-                except Exception as e:  # noqa: BLE001 - a failed task is reported, the others go on
-                    failed.append((job.run, str(e).splitlines()[0] if str(e) else type(e).__name__, str(job.log)))
-                    progress.finish(job.run, None, f"  {e}")
-                    if not spec.keep_going:
-                        for ref in refs:
-                            ray.cancel(ref, force=True)
-                        for other in refs.values():
-                            progress.finish(other.run, None, "  cancelled after the failure")
-                        refs.clear()
-                    continue
-                if not Path(job.result).is_file():  # the node that ran it may not share this filesystem
-                    atomic_write_json(job.result, result)
-                progress.finish(job.run, result)
-        except BaseException:
-            for ref in refs:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
-            raise
+            refs[remote.remote(job, gpus)] = job
+            progress.start(job.run, f"ray (num_cpus={cpus:g}, num_gpus={gpus:g})", job.log)
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            job = refs.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except Exception as e:  # noqa: BLE001 - a failed task is reported, the others go on
+                failed.append((job.run, str(e).splitlines()[0] if str(e) else type(e).__name__, str(job.log)))
+                progress.finish(job.run, None, f"  {e}")
+                if not spec.keep_going:
+                    for ref in refs:
+                        ray.cancel(ref, force=True)
+                    for other in refs.values():
+                        progress.finish(other.run, None, "  cancelled after the failure")
+                    refs.clear()
+                continue
+            if not Path(job.result).is_file():  # the node that ran it may not share this filesystem
+                atomic_write_json(job.result, result)
+            progress.finish(job.run, result)
         return failed
+    except BaseException:
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        raise
     finally:
         if started_here:
             ray.shutdown()

@@ -7,6 +7,7 @@ happens to an interrupted one). Everything a refused command would need is check
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shlex
@@ -24,15 +25,7 @@ from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, same_fingerpri
 from .results import RunResult
 from .spec import DEFAULT_MODEL, ABSpec
 
-__all__ = [
-    "ABRunError",
-    "run_ab",
-    "regenerate_report",
-    "diagnose_experiment",
-    "load_results",
-    "check_devices",
-    "plan",
-]
+__all__ = ["ABRunError", "run_ab", "regenerate_report", "diagnose_experiment", "load_results", "check_devices", "plan"]
 
 Log = Callable[[str], None]
 
@@ -48,15 +41,32 @@ class ABRunError(RuntimeError):
 def load_results(out_dir: str | os.PathLike[str]) -> list[RunResult]:
     """Every finished run under ``out_dir/runs/*/`` (unreadable or foreign ``result.json`` files are skipped)."""
     results = []
-    for f in sorted(Path(out_dir).glob(f"runs/*/{protocol.RESULT_FILE}")):
-        d = read_json(f)
-        if d is None:
-            continue
-        try:
+    for d in filter(None, map(read_json, sorted(Path(out_dir).glob(f"runs/*/{protocol.RESULT_FILE}")))):
+        with contextlib.suppress(ValueError):
             results.append(RunResult.from_dict(d))
-        except ValueError:
-            continue
     return results
+
+
+def _finished(out_dir: str | os.PathLike[str], what: str) -> tuple[Path, dict[str, Any], list[RunResult]]:
+    """An experiment directory (resolved), its ``experiment.json`` and its finished runs.
+
+    Raises:
+        UserError: the directory does not exist, or has no finished runs (nothing to ``what``).
+    """
+    out = Path(out_dir).expanduser().resolve()
+    if not out.is_dir():
+        raise UserError(f"Experiment directory '{out_dir}' not found.")
+    meta = read_json(out / "experiment.json") or {}
+    results = load_results(out)
+    if not results:
+        raise UserError(f"No finished runs (runs/*/result.json) in {out}: nothing to {what}.")
+    return out, meta, results
+
+
+def _missing(runs: Sequence[str], results: Sequence[RunResult]) -> list[str]:
+    """The ``runs`` without a finished result."""
+    have = {r.run for r in results}
+    return [r for r in runs if r not in have]
 
 
 def plan(jobs: list[Job], out: Path) -> tuple[list[Job], list[Job]]:
@@ -68,16 +78,13 @@ def plan(jobs: list[Job], out: Path) -> tuple[list[Job], list[Job]]:
     done, todo = [], []
     for job in jobs:
         existing = read_json(job.result)
-        if existing is None:
-            todo.append(job)
-            continue
-        if not same_fingerprint(existing.get("fingerprint"), job.fingerprint):
+        if existing is not None and not same_fingerprint(existing.get("fingerprint"), job.fingerprint):
             raise UserError(
                 f"Run {job.run} in {out} finished with other settings "
                 f"({fingerprint_diff(existing.get('fingerprint') or {}, job.fingerprint)}). Use another out= "
                 f"directory, or remove {job.run_dir} to retrain it."
             )
-        done.append(job)
+        (todo if existing is None else done).append(job)
     return done, todo
 
 
@@ -117,10 +124,8 @@ def _preflight(spec: ABSpec, data: str) -> None:
     check_devices(spec.device)
 
 
-def _pretrained(spec: ABSpec, log: Log) -> dict[str, Any] | None:
-    """Build (or find) the pretrained checkpoint of ``pretrain:``; its record for the report (None: no pretrain)."""
-    if spec.pretrain is None:
-        return None
+def _pretrained(spec: ABSpec, log: Log) -> dict[str, Any]:
+    """Build (or find) the pretrained checkpoint of ``pretrain:``; its record for the report."""
     from ..pretrain import pretrained_checkpoint
 
     device = next((d for d in spec.device if d is not None), None)
@@ -143,14 +148,8 @@ def _record_experiment(spec: ABSpec, out: Path, command: str) -> dict[str, Any]:
     import yaml
 
     history = list((read_json(out / "experiment.json") or {}).get("history") or [])
-    history.append(
-        {
-            "command": command,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(),
-        }
-    )
-    commands = list(dict.fromkeys(h["command"] for h in history))
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    history.append({"command": command, "started_at": now, "host": platform.node()})
     meta = {
         "name": spec.name,
         "baseline": spec.baseline,
@@ -158,7 +157,7 @@ def _record_experiment(spec: ABSpec, out: Path, command: str) -> dict[str, Any]:
         "seeds": spec.seeds,
         "data": spec.data_token,
         "train": {k: v for k, v in spec.train.items() if k != "data"},
-        "commands": commands,
+        "commands": list(dict.fromkeys(h["command"] for h in history)),
         "runs": [f"{a}-s{s}" for s in spec.seeds for a in spec.arm_names],
     }
     atomic_write_json(out / "experiment.json", {**meta, "spec": spec.to_dict(), "history": history})
@@ -200,7 +199,7 @@ def run_ab(
 
     Raises:
         UserError: invalid settings, missing model, data or device, finished runs trained with other settings, or
-            another runner working on the same directory; raised before anything is written.
+            another runner on the same directory; raised before anything is written.
         ABRunError: some runs failed (the report is written for the finished ones).
     """
     from .run import planned_state
@@ -243,11 +242,9 @@ def run_ab(
             except KeyboardInterrupt:
                 log("yolo-vfl ab: interrupted; finished runs are kept. Run the same command again to resume.")
                 raise
-        results = load_results(out)
-        have = {r.run for r in results}
-        results = [r for r in results if r.run in {j.run for j in jobs}]
-        meta["missing"] = [j.run for j in jobs if j.run not in have]
-        meta["level"] = 0.95
+        runs = [j.run for j in jobs]
+        results = [r for r in load_results(out) if r.run in runs]
+        meta.update(missing=_missing(runs, results), level=0.95)
         if results:
             _write_report(out, results, meta, log)
         if failed:
@@ -261,26 +258,28 @@ def run_ab(
 
 def regenerate_report(out_dir: str | os.PathLike[str], baseline: str | None = None) -> dict[str, Path]:
     """Rewrite the report of an experiment directory from its ``result.json`` files."""
-    out = Path(out_dir).expanduser().resolve()
-    if not out.is_dir():
-        raise UserError(f"Experiment directory '{out_dir}' not found.")
-    meta = {k: v for k, v in (read_json(out / "experiment.json") or {}).items() if k not in ("spec", "history")}
+    out, meta, results = _finished(out_dir, "report")
+    meta = {k: v for k, v in meta.items() if k not in ("spec", "history")}
     if (out / "pretrain.json").is_file():
         meta["pretrain"] = read_json(out / "pretrain.json")
     if baseline:
         meta["baseline"] = baseline
-    results = load_results(out)
-    if not results:
-        raise UserError(f"No finished runs (runs/*/result.json) in {out}: nothing to report.")
-    have = {r.run for r in results}
-    meta["missing"] = [r for r in meta.get("runs") or [] if r not in have]
+    meta["missing"] = _missing(meta.get("runs") or [], results)
     meta.setdefault("level", 0.95)
     return _write_report(out, results, meta, lambda msg: None)
 
 
-def _run_inputs(run_dir: Path, result: RunResult) -> tuple[Path, str, Any]:
-    """best.pt (last.pt if none), dataset YAML and imgsz of a finished run (args.yaml first, then result.json)."""
+def _records(
+    run_dir: Path, result: RunResult, settings: dict[str, Any], force: bool, record_dir: Path | None, log: Log
+) -> Any:
+    """The run's records: its ``detections.npz`` if made with these thresholds after the weights, else recorded now.
+
+    A new recording validates best.pt (last.pt if none) on the dataset and imgsz of args.yaml (else result.json),
+    and is saved next to the run's result, or under ``record_dir``.
+    """
     import yaml
+
+    from .records import RecordsFormatError, load_records, record_detections
 
     weights = run_dir / "weights" / "best.pt"
     if not weights.is_file():
@@ -294,19 +293,7 @@ def _run_inputs(run_dir: Path, result: RunResult) -> tuple[Path, str, Any]:
     data = args.get("data") or result.data
     if not data:
         raise UserError(f"{run_dir.name}: no dataset in args.yaml or result.json.")
-    return weights, str(data), args.get("imgsz") or result.train.get("imgsz") or 640
-
-
-def _records(
-    run_dir: Path, result: RunResult, settings: dict[str, Any], force: bool, record_dir: Path | None, log: Log
-) -> Any:
-    """The run's records: its ``detections.npz`` if made with these thresholds after the weights, else recorded now.
-
-    New records are saved next to the run's result, or under ``record_dir``.
-    """
-    from .records import RecordsFormatError, load_records, record_detections
-
-    weights, data, imgsz = _run_inputs(run_dir, result)
+    imgsz = args.get("imgsz") or result.train.get("imgsz") or 640
     path = (record_dir / run_dir.name if record_dir else run_dir) / protocol.RECORDS_FILE
     for found in dict.fromkeys([run_dir / protocol.RECORDS_FILE, path]):  # the runner's records, then earlier ones
         if force or not found.is_file() or found.stat().st_mtime < weights.stat().st_mtime:
@@ -319,7 +306,7 @@ def _records(
         if all(records.params.get(k) == v for k, v in settings.items() if k in ("conf", "iou", "max_det")):
             return records
     log(f"{run_dir.name}: recording the detections of {weights}")
-    records = record_detections(weights, data, imgsz=imgsz, **settings)
+    records = record_detections(weights, str(data), imgsz=imgsz, **settings)
     records.save(path)
     return records
 
@@ -342,9 +329,8 @@ def diagnose_experiment(
 ) -> dict[str, Path]:
     """Diagnose the finished runs of an experiment: ``diagnosis.md/.csv``, ``fp_scores.png``, ``pr_curves.png``.
 
-    The detections are each run's records (``detections.npz``, written by the runner's recording pass, the same pass
-    that gave the run's metrics and ranking quality); a run without them (an older runner's) or with records of
-    other thresholds is recorded once now.
+    The detections are each run's records (``detections.npz``, from the runner's recording pass, which also gave the
+    run's metrics); a run without them, or with records of other thresholds, is recorded once now.
 
     Args:
         out_dir: the experiment directory.
@@ -372,15 +358,8 @@ def diagnose_experiment(
     from .run import read_results_csv
 
     log = log or (lambda msg: None)
-    out = Path(out_dir).expanduser().resolve()
-    if not out.is_dir():
-        raise UserError(f"Experiment directory '{out_dir}' not found.")
+    out, meta, results = _finished(out_dir, "diagnose")
     dest_dir = Path(dest).expanduser().resolve() if dest else out
-    meta = read_json(out / "experiment.json") or {}
-    baseline = baseline or meta.get("baseline") or "bce"
-    results = load_results(out)
-    if not results:
-        raise UserError(f"No finished runs (runs/*/result.json) in {out}: nothing to diagnose.")
     have = sorted({r.arm for r in results})
     if arms:
         unknown = [a for a in arms if a not in have]
@@ -394,16 +373,12 @@ def diagnose_experiment(
     diagnoses, curves = [], []
     for res in results:
         run_dir = out / "runs" / res.run
-        d = diagnose(_records(run_dir, res, settings, force, record_dir, log))
-        d.update(run=res.run, arm=res.arm, seed=res.seed)
-        diagnoses.append(d)
+        ids = {"run": res.run, "arm": res.arm, "seed": res.seed}
+        diagnoses.append({**diagnose(_records(run_dir, res, settings, force, record_dir, log)), **ids})
         rows = read_results_csv(run_dir / "results.csv")
-        curve = {
-            "epoch": [int(r["epoch"]) for r in rows if "epoch" in r],
-            "precision": [r.get(protocol.ULTRALYTICS_KEYS["precision"]) for r in rows],
-            "recall": [r.get(protocol.ULTRALYTICS_KEYS["recall"]) for r in rows],
-        }
-        curves.append({"run": res.run, "arm": res.arm, "seed": res.seed, "curve": curve})
+        curve = {"epoch": [int(r["epoch"]) for r in rows if "epoch" in r]}
+        curve.update({m: [r.get(protocol.ULTRALYTICS_KEYS[m]) for r in rows] for m in ("precision", "recall")})
+        curves.append({**ids, "curve": curve})
     expected = [r for r in meta.get("runs") or [] if not arms or r.rsplit("-s", 1)[0] in arms]
     command = ["yolo-vfl ab diagnose", f"out={out}"]
     command += ([f"dest={dest_dir}"] if dest_dir != out else []) + ([f"arms={','.join(arms)}"] if arms else [])
@@ -413,10 +388,10 @@ def diagnose_experiment(
         curves,
         {
             "name": meta.get("name", out.name),
-            "baseline": baseline,
+            "baseline": baseline or meta.get("baseline") or "bce",
             "arms": list(arms) if arms else meta.get("arms"),
             "out": str(out),
-            "missing": [r for r in expected if r not in {d["run"] for d in diagnoses}],
+            "missing": _missing(expected, results),
             "command": " ".join(command),
         },
     )

@@ -37,18 +37,11 @@ from . import protocol
 from .jobs import Job, fingerprint, fingerprint_diff, same_fingerprint
 from .results import Curve, RunResult
 
-__all__ = [
-    "inspect_run",
-    "planned_state",
-    "read_results_csv",
-    "train_time",
-    "run_one",
-    "versions",
-    "main",
-    "EXIT_BUSY",
-]
+__all__ = ["inspect_run", "planned_state", "read_results_csv", "train_time", "run_one", "versions", "main", "EXIT_BUSY"]
 
 EXIT_BUSY = 75  # another process holds the run's lock
+#: What a run's result copies from its job.
+_JOB_FIELDS = ("run", "arm", "seed", "loss", "overrides", "settings", "model", "data", "train", "fingerprint", "device")
 
 Log = Callable[[str], None]
 
@@ -69,6 +62,13 @@ def versions() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ run directory
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _csv_rows(path: Path) -> list[dict[str, str]]:
     """The raw rows of a ``results.csv`` in file order (stripped keys), re-run epochs included."""
     import csv
@@ -84,12 +84,7 @@ def read_results_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
     rows: dict[int, dict[str, float]] = {}
     order: list[dict[str, float]] = []
     for raw in _csv_rows(Path(path)):
-        row = {}
-        for k, v in raw.items():
-            try:
-                row[k] = float(v)
-            except (TypeError, ValueError):
-                row[k] = math.nan
+        row = {k: _float(v) for k, v in raw.items()}
         order.append(row)
         if "epoch" in row and math.isfinite(row["epoch"]):
             rows[int(row["epoch"])] = row
@@ -97,11 +92,7 @@ def read_results_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
 
 
 def _record_segment(run_dir: Path, how: str, first_epoch: int) -> None:
-    """Append one training segment (``fresh`` or ``resume``) to the run's ``segments.json`` before it trains.
-
-    The record holds how many rows ``results.csv`` had when the segment started, so the rows (and the training
-    time) of each segment are known without guessing from the ``time`` column.
-    """
+    """Append a training segment (``fresh``/``resume``, ``results.csv`` rows before it) to ``segments.json``."""
     path = run_dir / protocol.SEGMENTS_FILE
     segments = []
     if how == "resume":  # a run trained before this record existed had one segment so far
@@ -121,17 +112,11 @@ def _record_segment(run_dir: Path, how: str, first_epoch: int) -> None:
 def train_time(run_dir: str | os.PathLike[str]) -> tuple[float | None, int]:
     """Training time in seconds and the number of training segments (1 + resumes) of a run directory.
 
-    Ultralytics' ``time`` column restarts at 0 on resume; the segments come from the runner's ``segments.json``
-    (rows of ``results.csv`` before each resume), so a resumed epoch slower than the ones before it still counts.
-    A run without that record (trained by an older runner) is one segment.
+    Ultralytics' ``time`` column restarts at 0 on resume: each segment of ``segments.json`` adds its last time (a
+    run without that record, from an older runner, is one segment).
     """
     run_dir = Path(run_dir)
-    times = []
-    for row in _csv_rows(run_dir / "results.csv"):
-        try:
-            times.append(float(row["time"]))
-        except (KeyError, TypeError, ValueError):
-            times.append(math.nan)
+    times = [_float(row.get("time")) for row in _csv_rows(run_dir / "results.csv")]
     if not any(math.isfinite(t) for t in times):
         return None, 0
     segments = (read_json(run_dir / protocol.SEGMENTS_FILE) or {}).get("segments") or [{"csv_rows_before": 0}]
@@ -199,11 +184,7 @@ def inspect_run(job: Job) -> tuple[str, str]:
 
 
 def planned_state(job: Job) -> tuple[str, str]:
-    """What the runner will do with a run: ``inspect_run``'s state, except that an interrupted run restarts.
-
-    An interrupted run restarts from zero unless the job allows resuming (``resume_interrupted``): Ultralytics'
-    resume does not restore the data order, so a resumed run's numbers differ from an uninterrupted run's.
-    """
+    """What the runner will do: ``inspect_run``'s state, ``resume`` turned ``restart`` unless ``resume_interrupted``."""
     state, reason = inspect_run(job)
     if state == "resume" and not job.resume_interrupted:
         return "restart", f"{reason}; restarts from zero to stay reproducible (resume_interrupted=true resumes)"
@@ -231,34 +212,25 @@ def _train(job: Job, state: str, log: Log) -> dict[str, Any] | None:
     from ..trainer import VFLDetectionTrainer
 
     run_dir, last = job.run_dir, job.run_dir / "weights" / "last.pt"
+    device = {"device": job.device} if job.device is not None else {}
     if state == "resume":
-        started = {"flag": False}
-
-        def mark(_trainer: Any) -> None:
-            started["flag"] = True
-
+        started: list[bool] = []
         model = YOLO(str(last))
-        model.add_callback("on_train_start", mark)
-        extra: dict[str, Any] = {"device": job.device} if job.device is not None else {}
-        if "workers" in job.train:
-            extra["workers"] = job.train["workers"]
+        model.add_callback("on_train_start", lambda _trainer: started.append(True))
+        workers = {k: job.train[k] for k in ("workers",) if k in job.train}
         try:
             log(f"resuming {last}")
             _record_segment(run_dir, "resume", int((_load_checkpoint(last) or {}).get("epoch", -1)) + 2)
-            model.train(trainer=VFLDetectionTrainer, resume=True, **extra)
+            model.train(trainer=VFLDetectionTrainer, resume=True, **device, **workers)
             return dict(getattr(model.trainer, "metrics", None) or {})
-        except KeyboardInterrupt:
-            raise
         except Exception as e:  # noqa: BLE001 - a resume that could not start restarts cleanly
-            if started["flag"]:
+            if started:
                 raise
             log(f"resume failed before training started ({type(e).__name__}: {str(e).strip()[:300]}); restarting")
         state = "restart"
     if state == "restart" and run_dir.exists():
         log(f"moved the partial run to {_move_aside(job)}")
-    args = dict(job.train)
-    if job.device is not None:
-        args["device"] = job.device
+    args = {**job.train, **device}
     model = YOLO(job.model)
     _record_segment(run_dir, "fresh", 1)
     model.train(
@@ -354,22 +326,12 @@ def run_one(job: Job, log: Log | None = None) -> RunResult:
     evaluation = _evaluate(job, log, final)
     last = rows[-1] if rows else {}
     result = RunResult(
-        run=job.run,
-        arm=job.arm,
-        seed=job.seed,
-        loss=job.loss,
-        overrides=job.overrides,
-        settings=job.settings,
-        model=job.model,
-        data=job.data,
-        train=job.train,
-        fingerprint=job.fingerprint,
+        **{k: getattr(job, k) for k in _JOB_FIELDS},
         **evaluation,
         final_losses={k: v for k, v in last.items() if k.startswith(("train/", "val/")) and "loss" in k},
         curve=Curve(
             tuple(int(r["epoch"]) for r in rows if "epoch" in r),
-            tuple(r.get(protocol.ULTRALYTICS_KEYS["mAP50-95"], math.nan) for r in rows),
-            tuple(r.get(protocol.ULTRALYTICS_KEYS["mAP50"], math.nan) for r in rows),
+            *(tuple(r.get(protocol.ULTRALYTICS_KEYS[m], math.nan) for r in rows) for m in ("mAP50-95", "mAP50")),
         ),
         epochs_done=len(rows),
         train_time_s=seconds,
@@ -377,7 +339,6 @@ def run_one(job: Job, log: Log | None = None) -> RunResult:
         resumed=segments > 1,
         restarts=len(list((Path(job.out_dir) / "aside").glob(f"{job.run}.*"))),
         wall_time_s=time.time() - t0,
-        device=job.device,
         host=platform.node(),
         versions=versions(),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
