@@ -282,9 +282,8 @@ def _evaluate(job: Job, log: Log, final: Mapping[str, Any] | None) -> dict[str, 
             weights, job.data, conf=conf, iou=iou, max_det=max_det or protocol.MAX_DET, **_validation_args(job)
         )
         records.save(job.run_dir / protocol.RECORDS_FILE)
-        out["records"] = protocol.RECORDS_FILE
+        out.update(records=protocol.RECORDS_FILE, metrics_source="yolo-vfl ab recording pass (Ultralytics validator)")
         out["metrics"] = {m: float(records.metrics.get(m, math.nan)) for m in protocol.METRICS}
-        out["metrics_source"] = "yolo-vfl ab recording pass (Ultralytics validator)"
         out["ranking"] = ranking_quality(records, max_points=rk.get("max_points", protocol.MAX_POINTS), seed=job.seed)
         return out
     if final and protocol.ULTRALYTICS_KEYS["mAP50-95"] in final:
