@@ -1,8 +1,6 @@
 """The text of the A/B report: ``summary.md`` / ``summary.csv`` and ``diagnosis.md`` / ``diagnosis.csv``.
 
-Pure functions (no torch, Ultralytics or matplotlib): ``summarize`` turns the runs' ``RunResult`` into one ``ArmRow``
-per arm (means over seeds, paired differences to the baseline with verdicts, convergence, warnings); ``aggregate``
-turns per-run diagnoses into one flat row per arm. Every ``-``, ``n/a`` and ``(n=1)`` in a table has a legend line.
+Pure functions (no torch, Ultralytics or matplotlib). Every ``-``, ``n/a`` and ``(n=1)`` in a table has a legend line.
 """
 
 from __future__ import annotations
@@ -10,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -74,8 +72,7 @@ class MeanStd:
     def of(cls, values: Iterable[Any]) -> MeanStd:
         """From values (None and NaN left out)."""
         vals = finite(values)
-        mean, std = mean_std(vals)
-        return cls(mean, std, len(vals))
+        return cls(*mean_std(vals), len(vals))
 
 
 @dataclass(frozen=True)
@@ -98,23 +95,19 @@ class Convergence:
 
 @dataclass(frozen=True)
 class ArmRow:
-    """One arm of the summary (``summarize``).
-
-    ``metrics`` per ``METRICS`` name, ``final_losses`` per ``LOSS_KEYS``, ``ranking`` per ``RANK_KEYS``; times over
-    seeds; ``warnings``: the experiment's (the same in every row).
-    """
+    """One arm of the summary (``summarize``); ``warnings``: the experiment's (the same in every row)."""
 
     arm: str
     loss: str
     overrides: str
     seeds: tuple[int, ...]
     is_baseline: bool
-    metrics: dict[str, MetricRow]
+    metrics: dict[str, MetricRow]  # per METRICS name
     epochs_done: MeanStd
     train_time_s: MeanStd
     wall_time_s: MeanStd
-    final_losses: dict[str, MeanStd]
-    ranking: dict[str, MeanStd]
+    final_losses: dict[str, MeanStd]  # per LOSS_KEYS
+    ranking: dict[str, MeanStd]  # per RANK_KEYS
     convergence: Convergence
     warnings: tuple[str, ...] = ()
 
@@ -125,19 +118,12 @@ class ArmRow:
 
     def csv_columns(self) -> dict[str, Any]:
         """The ``summary.csv`` columns of this row, in order (the first runner's, then the convergence ones)."""
-        c: dict[str, Any] = {
-            "arm": self.arm,
-            "loss": self.loss,
-            "overrides": self.overrides,
-            "n_seeds": self.n_seeds,
-            "seeds": list(self.seeds),
-        }
+        c: dict[str, Any] = {"arm": self.arm, "loss": self.loss, "overrides": self.overrides}
+        c.update(n_seeds=self.n_seeds, seeds=list(self.seeds))
         for m in METRICS:
-            row = self.metrics[m]
-            d = row.diff
+            row, d = self.metrics[m], self.metrics[m].diff
             c[f"{m}_mean"], c[f"{m}_std"] = row.value.mean, row.value.std
-            c[f"{m}_diff"] = d.mean if d else None
-            c[f"{m}_diff_lo"], c[f"{m}_diff_hi"] = (d.lo, d.hi) if d else (None, None)
+            c[f"{m}_diff"], c[f"{m}_diff_lo"], c[f"{m}_diff_hi"] = (d.mean, d.lo, d.hi) if d else (None, None, None)
             c[f"{m}_n_pairs"], c[f"{m}_verdict"] = (d.n if d else 0), row.verdict
         c["verdict"] = self.verdict
         gain = f"{PRIMARY_METRIC}_gain_last{CONVERGENCE_EPOCHS}"
@@ -170,21 +156,17 @@ def group_by_arm(items: Iterable[T], order: Sequence[str] | None = None, baselin
     for item in items:
         by_arm.setdefault(_arm_seed(item)[0], []).append(item)
     names = [a for a in (order or []) if a in by_arm]
-    rest = [a for a in by_arm if a not in names]
-    if baseline in rest:
-        rest.remove(baseline)
-        rest.insert(0, baseline)
-    return {a: sorted(by_arm[a], key=lambda x: _arm_seed(x)[1]) for a in names + rest}
+    names += sorted((a for a in by_arm if a not in names), key=lambda a: a != baseline)  # stable: baseline first
+    return {a: sorted(by_arm[a], key=lambda x: _arm_seed(x)[1]) for a in names}
 
 
 def get_path(d: Any, *keys: str) -> Any:
     """``d[k0][k1]...``, None where a level is missing or not a mapping."""
-    v: Any = d
     for k in keys:
-        if not isinstance(v, Mapping) or k not in v:
+        if not isinstance(d, Mapping) or k not in d:
             return None
-        v = v[k]
-    return v
+        d = d[k]
+    return d
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -196,9 +178,9 @@ def curve_gain(
 ) -> tuple[float | None, float | None, int | None]:
     """``(absolute gain, relative gain, epochs spanned)`` of ``metric`` over the curve's last ``epochs`` epochs.
 
-    The last value is compared with the latest one at least ``epochs`` before it (else the first); e.g. 0.2, 0.3,
-    0.4, 0.44 at epochs 1-4 give ``(0.24, 1.2, 3)``. Relative: None when the earlier value is not positive; all None
-    below 2 values.
+    The last value against the latest one at least ``epochs`` before it (else the first); e.g. 0.2, 0.3, 0.4, 0.44
+    at epochs 1-4 give ``(0.24, 1.2, 3)``. Relative: None when the earlier value is not positive; all None below 2
+    values.
     """
     values = getattr(curve, _CURVE_FIELDS[metric])
     pts = sorted((int(e), float(v)) for e, v in zip(curve.epoch, values) if finite([v]))
@@ -218,10 +200,7 @@ def _convergence(runs: Sequence[RunResult]) -> Convergence:
 
 
 def summarize(
-    results: Iterable[RunResult],
-    baseline: str = "bce",
-    order: Sequence[str] | None = None,
-    level: float = 0.95,
+    results: Iterable[RunResult], baseline: str = "bce", order: Sequence[str] | None = None, level: float = 0.95
 ) -> list[ArmRow]:
     """One ``ArmRow`` per arm, in arm order (``group_by_arm``); ``level``: confidence level of the intervals."""
     groups = group_by_arm(results, order, baseline)
@@ -231,14 +210,9 @@ def summarize(
         is_base = arm == baseline
         metrics = {}
         for m in METRICS:
-            value = MeanStd.of(r.metric(m) for r in runs)
-            if is_base:
-                metrics[m] = MetricRow(value, None, "baseline")
-            else:
-                d = paired_difference(
-                    {r.seed: r.metric(m) for r in runs}, {r.seed: r.metric(m) for r in base_runs}, level
-                )
-                metrics[m] = MetricRow(value, d, verdict(d))
+            by_seed = [{r.seed: r.metric(m) for r in g} for g in (runs, base_runs)]
+            d = None if is_base else paired_difference(*by_seed, level)
+            metrics[m] = MetricRow(MeanStd.of(r.metric(m) for r in runs), d, "baseline" if is_base else verdict(d))
         rows.append(
             ArmRow(
                 arm=arm,
@@ -273,19 +247,16 @@ def experiment_warnings(rows: Sequence[ArmRow], baseline: str = "bce") -> list[s
             f"nothing learned: every arm's {PRIMARY_METRIC} is below {NOTHING_LEARNED:g} (highest: {top} "
             f"{means[top]:.4f}); the comparison says nothing (train longer, or check the data and labels)"
         ]
-    out = []
+    out, reasons = [], []
     base = means.get(baseline)
-    near_zero = base is not None and base < NOTHING_LEARNED
-    if near_zero:
+    if base is not None and base < NOTHING_LEARNED:
         out.append(
             f"baseline `{baseline}` near 0: its mean {PRIMARY_METRIC} {base:.4f} is below {NOTHING_LEARNED:g}, so a "
             "difference says that the other arm learned something, not that its loss is better"
         )
-    base_row = next((r for r in rows if r.arm == baseline), None)
-    reasons = []
-    if base is not None and not near_zero and base < CONVERGED_MIN:
+    elif base is not None and base < CONVERGED_MIN:
         reasons.append(f"its mean {PRIMARY_METRIC} {base:.4f} is below {CONVERGED_MIN:g}")
-    conv = base_row.convergence if base_row else Convergence()
+    conv = next((r.convergence for r in rows if r.arm == baseline), Convergence())
     rise = conv.gain_rel.mean
     if rise is not None and rise > CONVERGED_RISE:
         reasons.append(
@@ -315,34 +286,27 @@ def resolution(rows: Sequence[ArmRow]) -> str | None:
         )
     ns = sorted({d.n for d in diffs if d.half_width is not None})
     n_text = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
-    level = int(round(100 * diffs[0].level))
-    lo, hi = min(widths), max(widths)
-    span = f"±{lo:.4f}" if f"{lo:.4f}" == f"{hi:.4f}" else f"±{lo:.4f} to ±{hi:.4f}"
+    lo, hi = f"{min(widths):.4f}", f"{max(widths):.4f}"
+    span = f"±{lo}" if lo == hi else f"±{lo} to ±{hi}"
     text = (
-        f"with {n_text} paired seeds the paired {level}% intervals of {PRIMARY_METRIC} are {span}: differences "
-        "smaller than that cannot be seen"
+        f"with {n_text} paired seeds the paired {int(round(100 * diffs[0].level))}% intervals of {PRIMARY_METRIC} are "
+        f"{span}: differences smaller than that cannot be seen"
     )
-    if len(widths) < len(diffs):
-        text += " (arms with 1 paired seed have no interval)"
-    return text
+    return text + (" (arms with 1 paired seed have no interval)" if len(widths) < len(diffs) else "")
 
 
 def verdict_lines(rows: Sequence[ArmRow]) -> list[str]:
     """What the runner prints: ``  vfl            mAP50-95 0.4523  better`` per arm, then each warning."""
-    out = []
-    for r in rows:
-        mean = r.primary.value.mean
-        out.append(f"  {r.arm:<14} {PRIMARY_METRIC} {_fmt(mean) or '-':<6}  {r.verdict}")
-    out += [f"  Warning: {w}." for w in (rows[0].warnings if rows else ())]
-    return out
+    out = [f"  {r.arm:<14} {PRIMARY_METRIC} {_fmt(r.primary.value.mean) or '-':<6}  {r.verdict}" for r in rows]
+    return out + [f"  Warning: {w}." for w in (rows[0].warnings if rows else ())]
 
 
 # ------------------------------------------------------------------------------------------------ formatting
-def _fmt(v: Any, digits: int = 4, none: str = "") -> str:
-    """A float with ``digits`` decimals, other values as text; ``none`` for None and non-finite floats."""
+def _fmt(v: Any, digits: int | None = 4, none: str = "") -> str:
+    """A float with ``digits`` decimals (None: as text), other values as text; ``none`` for None and NaN/inf."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return none
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    return f"{v:.{digits}f}" if isinstance(v, float) and digits is not None else str(v)
 
 
 def _pairs(d: Mapping[str, Any] | None, sep: str = " ", join: str = ", ") -> str:
@@ -350,46 +314,35 @@ def _pairs(d: Mapping[str, Any] | None, sep: str = " ", join: str = ", ") -> str
     return join.join(f"{k}{sep}{v}" for k, v in (d or {}).items())
 
 
-def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Every key of the rows, in first-seen order."""
-    return list(dict.fromkeys(k for row in rows for k in row))
-
-
-def _csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def _csv(rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> str:
+    """Every key of the rows (first-seen order), then the ``extra`` columns (the same in every line)."""
+    header = [*dict.fromkeys(k for row in rows for k in row), *(extra or {})]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
-        writer.writerow([" ".join(map(str, v)) if isinstance(v, (list, tuple)) else _fmt(v, 6) for v in row])
+        values = [{**row, **(extra or {})}.get(c) for c in header]
+        writer.writerow([" ".join(map(str, v)) if isinstance(v, (list, tuple)) else _fmt(v, 6) for v in values])
     return buf.getvalue()
 
 
 def summary_csv_text(rows: Sequence[ArmRow], meta: Mapping[str, Any] | None = None) -> str:
     """``summary.csv``: one line per arm, ``ArmRow.csv_columns`` plus ``versions`` and ``command``."""
     meta = meta or {}
-    flat = [r.csv_columns() for r in rows]
-    cols = _columns(flat)
-    extra = [_pairs(meta.get("versions")), " ; ".join(meta.get("commands") or [])]
-    return _csv([*cols, "versions", "command"], ([*(row.get(c) for c in cols), *extra] for row in flat))
+    extra = {"versions": _pairs(meta.get("versions")), "command": " ; ".join(meta.get("commands") or [])}
+    return _csv([r.csv_columns() for r in rows], extra)
 
 
-def _pm(mean: Any, std: Any, digits: int = 4, signed: bool = False, percent: bool = False) -> str:
+def _stat(s: MeanStd, digits: int = 4, signed: bool = False, percent: bool = False) -> str:
     """``mean ± std``; one value (std undefined) is shown as itself with ``(n=1)``; ``-`` when there is none."""
-    if mean is None or not math.isfinite(mean):
+    if s.mean is None or not math.isfinite(s.mean):
         return "-"
     scale, unit = (100.0, "%") if percent else (1.0, "")
     sign = "+" if signed else ""
-    text = f"{mean * scale:{sign}.{digits}f}{unit}"
-    if std is None or not math.isfinite(std):
+    text = f"{s.mean * scale:{sign}.{digits}f}{unit}"
+    if s.std is None or not math.isfinite(s.std):
         return f"{text} (n=1)"
-    return f"{text} ± {std * scale:.{digits}f}{unit}"
-
-
-def _stat(s: MeanStd | Mapping[str, Any], digits: int = 4, key: str = "") -> str:
-    """``_pm`` of a ``MeanStd``, or of ``<key>_mean`` / ``<key>_std`` of an ``aggregate`` row."""
-    if isinstance(s, MeanStd):
-        return _pm(s.mean, s.std, digits)
-    return _pm(s.get(f"{key}_mean"), s.get(f"{key}_std"), digits)
+    return f"{text} ± {s.std * scale:.{digits}f}{unit}"
 
 
 #: What a cell of ``_diff_text`` with one paired seed means.
@@ -414,28 +367,31 @@ def _duration(seconds: Any) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-Note = tuple[Callable[[str], bool], str]
+def _table(head: str, body: Iterable[Sequence[Any]], *notes: str) -> list[str]:
+    """A markdown table (``head``: ``a | b``; a list of cells per row), then each note that a body cell calls for.
+
+    A note starts with its marker and a colon (```-`:``, ``n/a:``, ```(n=1)`:``); a cell calls for it when it is the
+    marker or, for a marker longer than one character, contains it.
+    """
+    lines = [[str(c) for c in row] for row in body]
+    cells = {c.strip() for row in lines for c in row}
+    legend = []
+    for text in notes:
+        mark = text.split(":", 1)[0].strip("`")
+        if any(c == mark or (len(mark) > 1 and mark in c) for c in cells):
+            legend += ["", text]
+    return [f"| {head} |", "|" + " --- |" * (head.count(" | ") + 1), *(f"| {' | '.join(r)} |" for r in lines), *legend]
 
 
-def _table(head: str, body: Sequence[str], notes: Sequence[Note]) -> list[str]:
-    """A markdown table (header, separator, body), then a paragraph per ``(test, text)`` note a body cell matches."""
-    cells = [c.strip() for line in body if line.startswith("|") for c in line.strip().strip("|").split("|")]
-    legend = [x for test, text in notes if any(test(c) for c in cells) for x in ("", text)]
-    return [head, "|" + " --- |" * head.count(" | ") + " --- |", *body, *legend]
+_N1_NOTE = "`(n=1)`: one seed: that seed's value, not a mean; no standard deviation."
 
 
-def _dash(c: str) -> bool:
-    return c == "-"
-
-
-def _na(c: str) -> bool:
-    return c.startswith("n/a (")
-
-
-_N1_NOTE: Note = (
-    lambda c: c.endswith("(n=1)"),
-    "`(n=1)`: one seed: that seed's value, not a mean; no standard deviation.",
-)
+def _half_width(d: PairedDifference | None) -> str:
+    if d is None:
+        return "(baseline)"
+    if d.half_width is None:
+        return "n/a (1 paired seed)" if d.n == 1 else "n/a (no paired seed)"
+    return f"±{d.half_width:.4f}"
 
 
 def _convergence_section(rows: Sequence[ArmRow], baseline: str, level: int) -> list[str]:
@@ -449,51 +405,30 @@ def _convergence_section(rows: Sequence[ArmRow], baseline: str, level: int) -> l
         f"then describes an early stage of training. The baseline counts as not converged when its final "
         f"{PRIMARY_METRIC} is below {CONVERGED_MIN:g} or it still rises more than {CONVERGED_RISE:.0%}. Resolution: "
         f"the half-width of each arm's paired {level}% interval against `{baseline}` (arm − {baseline}, by seed); "
-        "a smaller difference cannot be told from zero.",
-        "",
+        "a smaller difference cannot be told from zero.\n",
     ]
     res = resolution(rows)
     if res:
-        out += [f"**Resolution: {res}.**", ""]
+        out.append(f"**Resolution: {res}.**\n")
     body = []
     for r in rows:
         c = r.convergence
-        d = r.primary.diff
-        if d is None:
-            width = "(baseline)"
-        elif d.half_width is None:
-            width = "n/a (1 paired seed)" if d.n == 1 else "n/a (no paired seed)"
-        else:
-            width = f"±{d.half_width:.4f}"
-        body.append(
-            f"| {r.arm} | {_stat(r.primary.value)} | {c.epochs if c.epochs is not None else '-'} | "
-            f"{_pm(c.gain.mean, c.gain.std, 4, signed=True)} | {_pm(c.gain_rel.mean, c.gain_rel.std, 1, True, True)} "
-            f"| {width} |"
-        )
+        gains = [_stat(c.gain, signed=True), _stat(c.gain_rel, 1, signed=True, percent=True)]
+        body.append([r.arm, _stat(r.primary.value), _fmt(c.epochs, none="-"), *gains, _half_width(r.primary.diff)])
     out += _table(
-        f"| arm | final {PRIMARY_METRIC} | epochs spanned | gain | relative gain | ± {level}% CI vs {baseline} |",
+        f"arm | final {PRIMARY_METRIC} | epochs spanned | gain | relative gain | ± {level}% CI vs {baseline}",
         body,
-        [
-            (
-                _dash,
-                "`-`: not measured: no seed of the arm has a curve with 2 epochs or more (relative gain: the earlier "
-                "value is 0), or no final value.",
-            ),
-            (
-                _na,
-                "n/a: no paired interval; the reason is in the cell (an interval needs ≥ 2 seeds that both this arm "
-                f"and `{baseline}` finished).",
-            ),
-            _N1_NOTE,
-        ],
+        "`-`: not measured: no seed of the arm has a curve with 2 epochs or more (relative gain: the earlier value is "
+        "0), or no final value.",
+        "n/a: no paired interval; the reason is in the cell (an interval needs ≥ 2 seeds that both this arm and "
+        f"`{baseline}` finished).",
+        _N1_NOTE,
     )
     return out + [""]
 
 
 def summary_markdown(
-    rows: Sequence[ArmRow],
-    results: Sequence[RunResult],
-    meta: Mapping[str, Any] | None = None,
+    rows: Sequence[ArmRow], results: Sequence[RunResult], meta: Mapping[str, Any] | None = None
 ) -> str:
     """``summary.md`` from ``summarize`` rows and the runs.
 
@@ -503,20 +438,15 @@ def summary_markdown(
     meta = meta or {}
     baseline = meta.get("baseline", "bce")
     level = int(round(100 * meta.get("level", 0.95)))
-    out: list[str] = [f"# A/B experiment: {meta.get('name', 'ab')}", ""]
-    warnings = rows[0].warnings if rows else ()
-    for w in warnings:
-        out += [f"> **Warning: {w}.**", ""]
-    for cmd in meta.get("commands") or []:
-        out.append(f"- Command: `{cmd}`")
+    warnings = [f"> **Warning: {w}.**\n" for w in (rows[0].warnings if rows else ())]
+    out = [f"# A/B experiment: {meta.get('name', 'ab')}", "", *warnings]
+    out += [f"- Command: `{cmd}`" for cmd in meta.get("commands") or []]
     if meta.get("versions"):
         out.append(f"- Versions: {_pairs(meta['versions'])}")
     for key, label in (("data", "Data"), ("train", "Shared training arguments"), ("seeds", "Seeds")):
-        if meta.get(key) not in (None, "", {}):
-            value = meta[key]
-            if isinstance(value, Mapping):
-                value = _pairs(value, "=", " ")
-            out.append(f"- {label}: `{value}`")
+        value = meta.get(key)
+        if value not in (None, "", {}):
+            out.append(f"- {label}: `{_pairs(value, '=', ' ') if isinstance(value, Mapping) else value}`")
     out.append(
         f"- Baseline arm: `{baseline}`; every arm x seed trains with the same data, epochs, image size and seed "
         "(Ultralytics deterministic mode)."
@@ -535,123 +465,90 @@ def summary_markdown(
             f"- **Resumed runs** (continued from last.pt after an interruption, so not bit-identical to an "
             f"uninterrupted run): {', '.join(resumed)}."
         )
-    missing = meta.get("missing") or []
-    if missing:
+    if meta.get("missing"):
         out.append(
-            f"- **Missing runs (not finished)**: {', '.join(missing)}; the statistics below use the finished ones."
+            f"- **Missing runs (not finished)**: {', '.join(meta['missing'])}; the statistics below use the finished "
+            "ones."
         )
-    not_measured: Note = (_dash, "`-`: not measured: no value in any run of this arm.")
-    out += [
-        "",
-        "## Accuracy",
-        "",
-        "Final validation of each run's `best.pt` on the val split; mean ± sample std over seeds (one seed: its value, "
-        "marked `(n=1)`).",
-        "",
-        *_table(
-            "| arm | loss | overrides | seeds | mAP50 | mAP50-95 | precision | recall |",
-            [
-                f"| {r.arm} | {r.loss or '-'} | {r.overrides or '(none)'} | {r.n_seeds} | "
-                + " | ".join(_stat(r.metrics[m].value) for m in METRICS)
-                + " |"
-                for r in rows
-            ],
-            [not_measured, _N1_NOTE],
-        ),
-        "",
-        f"## Difference to `{baseline}`",
-        "",
+    accuracy = [
+        [r.arm, r.loss or "-", r.overrides or "(none)", r.n_seeds, *(_stat(r.metrics[m].value) for m in METRICS)]
+        for r in rows
     ]
-    out += [f"> **Warning: {w}.**\n" for w in warnings]
+    diffs = []
+    for r in rows:
+        pairs = r.primary.diff.n if r.primary.diff is not None else "(baseline)"
+        map50 = [_diff_text(r.metrics["mAP50"]), r.metrics["mAP50"].verdict]
+        rest = [_diff_text(r.metrics[m]) for m in ("precision", "recall")]
+        diffs.append([r.arm, pairs, _diff_text(r.primary), f"**{r.verdict}**", *map50, *rest])
+    times = [
+        [r.arm, _fmt(r.epochs_done.mean, 1) or "-", _duration(r.train_time_s.mean), _duration(r.wall_time_s.mean)]
+        + [_stat(r.final_losses[k]) for k in LOSS_KEYS]
+        for r in rows
+    ]
+    order = {r.arm: i for i, r in enumerate(rows)}
+    runs = [
+        [x.run or "-", x.arm, x.seed, *(_fmt(x.metric(m), 4, "-") for m in METRICS), _duration(x.train_time_s)]
+        + [x.segments, *(_fmt(get_path(x.ranking, k), 3, "-") for k in ("pearson", "spearman"))]
+        for x in sorted(results, key=lambda x: (order.get(x.arm, 1e9), x.seed))
+    ]
     out += [
-        f"Paired by seed (arm − {baseline}, same seed), mean and {level}% Student-t interval over the seeds. "
-        f"The verdict says better or worse only when the interval excludes zero; it is decided on {PRIMARY_METRIC}.",
-        "",
+        "\n## Accuracy\n",
+        "Final validation of each run's `best.pt` on the val split; mean ± sample std over seeds (one seed: its value, "
+        "marked `(n=1)`).\n",
         *_table(
-            f"| arm | pairs | Δ{PRIMARY_METRIC} [{level}% CI] | verdict | ΔmAP50 [{level}% CI] | verdict (mAP50) "
-            "| Δprecision [CI] | Δrecall [CI] |",
-            [
-                f"| {r.arm} | {r.primary.diff.n if r.primary.diff is not None else '(baseline)'} | "
-                f"{_diff_text(r.primary)} | **{r.verdict}** | {_diff_text(r.metrics['mAP50'])} | "
-                f"{r.metrics['mAP50'].verdict} | {_diff_text(r.metrics['precision'])} | "
-                f"{_diff_text(r.metrics['recall'])} |"
-                for r in rows
-            ],
-            [
-                (
-                    lambda c: _NO_INTERVAL in c,
-                    f"`{_NO_INTERVAL}`: one paired seed; the paired interval needs ≥ 2 paired seeds (a t-interval "
-                    "from one difference is undefined), so the verdict cannot be better or worse.",
-                ),
-                (_dash, f"`-`: no paired value: no seed with this metric in both this arm and `{baseline}`."),
-                (
-                    _na,
-                    f"n/a: the reason is in the cell (no seed that both this arm and `{baseline}` finished).",
-                ),
-            ],
+            "arm | loss | overrides | seeds | mAP50 | mAP50-95 | precision | recall",
+            accuracy,
+            "`-`: not measured: no value in any run of this arm.",
+            _N1_NOTE,
+        ),
+        f"\n## Difference to `{baseline}`\n",
+        *warnings,
+        f"Paired by seed (arm − {baseline}, same seed), mean and {level}% Student-t interval over the seeds. "
+        f"The verdict says better or worse only when the interval excludes zero; it is decided on {PRIMARY_METRIC}.\n",
+        *_table(
+            f"arm | pairs | Δ{PRIMARY_METRIC} [{level}% CI] | verdict | ΔmAP50 [{level}% CI] | verdict (mAP50) "
+            "| Δprecision [CI] | Δrecall [CI]",
+            diffs,
+            f"`{_NO_INTERVAL}`: one paired seed; the paired interval needs ≥ 2 paired seeds (a t-interval from one "
+            "difference is undefined), so the verdict cannot be better or worse.",
+            f"`-`: no paired value: no seed with this metric in both this arm and `{baseline}`.",
+            f"n/a: the reason is in the cell (no seed that both this arm and `{baseline}` finished).",
         ),
         "",
         *_convergence_section(rows, baseline, level),
-        "## Ranking quality (confidence vs IoU)",
-        "",
+        "## Ranking quality (confidence vs IoU)\n",
         "Each detection of the final model on the val images (confidence ≥ the threshold used by validation) is "
         "matched to the ground-truth box of the same class with the highest IoU (0 if none). Higher correlation = "
         "scores rank localization quality better (GFL, arXiv 2006.04388). Mean ± std over seeds; "
         '"IoU>0" uses only detections that overlap a same-class ground truth (the ranking of localization quality '
         "among real detections; the all-detections columns mix in the background ones at IoU 0). Scatter plots: "
-        "`ranking.png` (titles: IoU>0 first, all detections below).",
-        "",
+        "`ranking.png` (titles: IoU>0 first, all detections below).\n",
         *_table(
-            "| arm | Pearson | Spearman | Pearson (IoU>0) | Spearman (IoU>0) |",
-            [f"| {r.arm} | " + " | ".join(_stat(r.ranking[k], 3) for k in RANK_KEYS) + " |" for r in rows],
-            [
-                (
-                    _dash,
-                    "`-`: not measured: no ranking in the runs' result.json, or the correlation is undefined (fewer "
-                    "than 2 detections, or a constant confidence or IoU).",
-                ),
-                _N1_NOTE,
-            ],
+            "arm | Pearson | Spearman | Pearson (IoU>0) | Spearman (IoU>0)",
+            [[r.arm, *(_stat(r.ranking[k], 3) for k in RANK_KEYS)] for r in rows],
+            "`-`: not measured: no ranking in the runs' result.json, or the correlation is undefined (fewer than 2 "
+            "detections, or a constant confidence or IoU).",
+            _N1_NOTE,
         ),
-        "",
-        "## Training time and final losses",
-        "",
+        "\n## Training time and final losses\n",
         "Training time is Ultralytics' epoch time summed over the run's training segments (resumed runs included); "
         "wall time is the last attempt's time including final validation and the ranking measurement; both are "
         "means over seeds. `cls_loss` is each arm's own classification loss (BCE, VFL, QFL ...): its values are not "
-        "comparable across losses.",
-        "",
+        "comparable across losses.\n",
         *_table(
-            "| arm | epochs | train time | wall time | box_loss | cls_loss | dfl_loss |",
-            [
-                f"| {r.arm} | {_fmt(r.epochs_done.mean, 1) or '-'} | {_duration(r.train_time_s.mean)} | "
-                f"{_duration(r.wall_time_s.mean)} | "
-                + " | ".join(_stat(r.final_losses[k], 4) for k in LOSS_KEYS)
-                + " |"
-                for r in rows
-            ],
-            [(_dash, "`-`: not recorded in any run of this arm (result.json or results.csv)."), _N1_NOTE],
+            "arm | epochs | train time | wall time | box_loss | cls_loss | dfl_loss",
+            times,
+            "`-`: not recorded in any run of this arm (result.json or results.csv).",
+            _N1_NOTE,
         ),
-        "",
-        "## Runs",
-        "",
+        "\n## Runs\n",
+        *_table(
+            "run | arm | seed | mAP50 | mAP50-95 | precision | recall | train time | segments | Pearson | Spearman",
+            runs,
+            "`-`: not measured in that run (or the correlation is undefined).",
+        ),
+        "\n## Curves\n\n![mAP50-95 per epoch](curves.png)\n\n![confidence vs IoU](ranking.png)\n",
     ]
-    order = {r.arm: i for i, r in enumerate(rows)}
-    body = []
-    for res in sorted(results, key=lambda x: (order.get(x.arm, 1e9), x.seed)):
-        body.append(
-            f"| {res.run or '-'} | {res.arm} | {res.seed} | "
-            + " | ".join(_fmt(res.metric(m)) or "-" for m in METRICS)
-            + f" | {_duration(res.train_time_s)} | {res.segments} | "
-            + " | ".join(_fmt(get_path(res.ranking, k), 3) or "-" for k in ("pearson", "spearman"))
-            + " |"
-        )
-    out += _table(
-        "| run | arm | seed | mAP50 | mAP50-95 | precision | recall | train time | segments | Pearson | Spearman |",
-        body,
-        [(_dash, "`-`: not measured in that run (or the correlation is undefined).")],
-    )
-    out += ["", "## Curves", "", "![mAP50-95 per epoch](curves.png)", "", "![confidence vs IoU](ranking.png)", ""]
     return "\n".join(out)
 
 
@@ -710,12 +607,8 @@ def aggregate(
         recall = common_recall(diagnoses, baseline)
     rows = []
     for arm, runs in group_by_arm(diagnoses, order, baseline).items():
-        row: dict[str, Any] = {
-            "arm": arm,
-            "n_seeds": len(runs),
-            "seeds": [r["seed"] for r in runs],
-            "eq_recall": recall,
-        }
+        row: dict[str, Any] = {"arm": arm, "n_seeds": len(runs), "seeds": [r["seed"] for r in runs]}
+        row["eq_recall"] = recall
         for key in ("n_gt", "n_images", "n_det", "ap50", "ap50_tp_only"):
             _set_stat(row, key, [r.get(key) for r in runs])
         _set_stat(row, "tp", [get_path(r, "counts", "tp") for r in runs])
@@ -741,12 +634,9 @@ def aggregate(
 
 
 def _deltas(row: Mapping[str, Any], base: Mapping[str, Any], fmt: str) -> dict[str, float]:
-    out = {}
-    for k in FP_KINDS:
-        a, b = row.get(fmt.format(k=k) + "_mean"), base.get(fmt.format(k=k) + "_mean")
-        if a is not None and b is not None:
-            out[k] = a - b
-    return out
+    """``row - base`` of the ``<fmt(k)>_mean`` column per FP kind ``k`` where both have it."""
+    pairs = {k: (row.get(fmt.format(k=k) + "_mean"), base.get(fmt.format(k=k) + "_mean")) for k in FP_KINDS}
+    return {k: a - b for k, (a, b) in pairs.items() if a is not None and b is not None}
 
 
 def _growth_text(row: Mapping[str, Any], base: Mapping[str, Any], t: str) -> str | None:
@@ -765,6 +655,23 @@ def _growth_text(row: Mapping[str, Any], base: Mapping[str, Any], t: str) -> str
     return f"{head}; by kind {by_kind}: {grows}"
 
 
+def _ap50_text(row: Mapping[str, Any], base: Mapping[str, Any]) -> str | None:
+    """``AP50 a → b (gap g)`` and the gap with each FP kind removed from both arms."""
+    ap, bap = row.get("ap50_mean"), base.get("ap50_mean")
+    if ap is None or bap is None:
+        return None
+    text = f"AP50 {bap:.4f} → {ap:.4f} (gap {ap - bap:+.4f})"
+    gaps = _deltas(row, base, "ap50_without_{k}")
+    if not gaps:
+        return text
+    best = max(gaps, key=lambda k: gaps[k])
+    by_kind = ", ".join(f"{k} {g:+.4f}" for k, g in gaps.items())
+    text += f"; with one FP kind removed from both arms the gap would be {by_kind}"
+    if gaps[best] > ap - bap:
+        return text + f": removing **{best}** narrows it most (by {gaps[best] - (ap - bap):.4f})"
+    return text + ": removing no single kind narrows it"
+
+
 def findings(rows: Sequence[Mapping[str, Any]], baseline: str = "bce") -> list[str]:
     """One markdown bullet body per non-baseline arm: which FP kind grows most against the baseline and its AP50 cost.
 
@@ -778,33 +685,15 @@ def findings(rows: Sequence[Mapping[str, Any]], baseline: str = "bce") -> list[s
     for row in rows:
         if row["arm"] == baseline:
             continue
-        parts = []
         recall = row.get("eq_recall")
         views = [
             ("eq", f"at equal recall {recall:.2f} (≈{_fmt(base.get('tp@eq_mean'), 0)} TPs per run)" if recall else ""),
             ("f1", "at each arm's F1-optimal threshold"),
             ("0.25", "at conf ≥ 0.25"),
         ]
-        for t, label in views:
-            text = _growth_text(row, base, t) if label else None
-            if text:
-                parts.append(f"{label}: {text}")
-        ap, bap = row.get("ap50_mean"), base.get("ap50_mean")
-        if ap is not None and bap is not None:
-            gaps = _deltas(row, base, "ap50_without_{k}")
-            text = f"AP50 {bap:.4f} → {ap:.4f} (gap {ap - bap:+.4f})"
-            if gaps:
-                best = max(gaps, key=lambda k: gaps[k])
-                text += (
-                    "; with one FP kind removed from both arms the gap would be "
-                    + ", ".join(f"{k} {g:+.4f}" for k, g in gaps.items())
-                    + (
-                        f": removing **{best}** narrows it most (by {gaps[best] - (ap - bap):.4f})"
-                        if gaps[best] > ap - bap
-                        else ": removing no single kind narrows it"
-                    )
-                )
-            parts.append(text)
+        parts = [f"{label}: {text}" for t, label in views if label and (text := _growth_text(row, base, t))]
+        ap50 = _ap50_text(row, base)
+        parts += [ap50] if ap50 else []
         if not parts:
             parts.append("n/a: no value to compare (the arm's or the baseline's diagnosis lacks the counts and AP50)")
         out.append(f"`{row['arm']}` vs `{baseline}`:\n" + "\n".join(f"  - {p}" for p in parts))
@@ -813,49 +702,29 @@ def findings(rows: Sequence[Mapping[str, Any]], baseline: str = "bce") -> list[s
 
 def diagnosis_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     """``diagnosis.csv``: one line per arm, every column of ``aggregate``."""
-    cols = _columns(rows)
-    return _csv(cols, ([row.get(c) for c in cols] for row in rows))
+    return _csv(rows)
 
 
 def _count(row: Mapping[str, Any], key: str, digits: int = 1) -> str:
-    return _stat(row, digits, key)
-
-
-_HEAD = "| arm | seeds | {extra}TP | duplicate | wrong_class | localization | background | FP | missed GT | precision |"
-
-#: Legend lines for the markers of the diagnosis tables.
-_NOTES: tuple[Note, ...] = (
-    (
-        _dash,
-        "`-`: not measured: no run of the arm has this value (the operating point was not reached, e.g. no detection "
-        "at that threshold for precision, or no ground truth for AP50, or the run's diagnosis lacks it).",
-    ),
-    _N1_NOTE,
-)
+    """``_stat`` of ``<key>_mean`` / ``<key>_std`` of an ``aggregate`` row."""
+    return _stat(MeanStd(row.get(f"{key}_mean"), row.get(f"{key}_std")), digits)
 
 
 def _kind_table(rows: Sequence[Mapping[str, Any]], t: str, threshold: bool) -> list[str]:
-    head = _HEAD.format(extra="threshold | " if threshold else "")
-    body = []
-    for r in rows:
-        body.append(
-            f"| {r['arm']} | {r['n_seeds']} | "
-            + (f"{_count(r, f'threshold@{t}', 3)} | " if threshold else "")
-            + " | ".join(_count(r, f"{k}@{t}") for k in KINDS)
-            + f" | {_count(r, f'fp@{t}')} | {_count(r, f'missed@{t}')} | {_count(r, f'precision@{t}', 3)} |"
-        )
-    return _table(head, body, _NOTES)
-
-
-def _value(v: Any, digits: int | None = None, reason: str = "not recorded") -> str:
-    """``v`` formatted (``digits`` decimals for a float), or ``n/a (reason)`` when it is None or not finite."""
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return f"n/a ({reason})"
-    return _fmt(v, digits) if digits is not None else str(v)
-
-
-def _cell(v: Any, digits: int = 4) -> str:
-    return _fmt(v, digits, "-")
+    body = [
+        [r["arm"], r["n_seeds"], *([_count(r, f"threshold@{t}", 3)] if threshold else [])]
+        + [_count(r, f"{k}@{t}") for k in (*KINDS, "fp", "missed")]
+        + [_count(r, f"precision@{t}", 3)]
+        for r in rows
+    ]
+    return _table(
+        f"arm | seeds | {'threshold | ' if threshold else ''}TP | duplicate | wrong_class | localization | background "
+        "| FP | missed GT | precision",
+        body,
+        "`-`: not measured: no run of the arm has this value (the operating point was not reached, e.g. no detection "
+        "at that threshold for precision, or no ground truth for AP50, or the run's diagnosis lacks it).",
+        _N1_NOTE,
+    )
 
 
 def _tp_score(row: Mapping[str, Any]) -> str:
@@ -866,9 +735,7 @@ def _tp_score(row: Mapping[str, Any]) -> str:
 
 
 def diagnosis_markdown(
-    rows: Sequence[Mapping[str, Any]],
-    diagnoses: Sequence[Mapping[str, Any]],
-    meta: Mapping[str, Any] | None = None,
+    rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None
 ) -> str:
     """``diagnosis.md`` from ``aggregate`` rows and the per-run diagnoses.
 
@@ -877,17 +744,18 @@ def diagnosis_markdown(
     meta = meta or {}
     baseline = meta.get("baseline", "bce")
     p = (diagnoses[0].get("params") if diagnoses else None) or {}
-    n_gt = rows[0].get("n_gt_mean") if rows else None
+    first = rows[0] if rows else {}
+    na = "n/a (not recorded)"
     out = [f"# Diagnosis: {meta.get('name', 'ab')}", ""]
-    if meta.get("out"):
-        out.append(f"- Experiment: `{meta['out']}`")
-    if meta.get("command"):
-        out.append(f"- Command: `{meta['command']}`")
+    out += [
+        f"- {label}: `{meta[key]}`" for key, label in (("out", "Experiment"), ("command", "Command")) if meta.get(key)
+    ]
     out += [
         f"- Detections of each run's `best.pt` as Ultralytics validation scores them (val split, "
-        f"{_value(rows[0].get('n_images_mean') if rows else None, 0)} images, {_value(n_gt, 0)} ground-truth boxes; "
-        f"imgsz {_value(p.get('imgsz'))}, conf ≥ {_value(p.get('conf'))}, NMS IoU {_value(p.get('iou'))}, "
-        f"max_det {_value(p.get('max_det'))}, multi-label NMS: a box can carry several classes).",
+        f"{_fmt(first.get('n_images_mean'), 0, na)} images, {_fmt(first.get('n_gt_mean'), 0, na)} ground-truth boxes; "
+        f"imgsz {_fmt(p.get('imgsz'), None, na)}, conf ≥ {_fmt(p.get('conf'), None, na)}, NMS IoU "
+        f"{_fmt(p.get('iou'), None, na)}, max_det {_fmt(p.get('max_det'), None, na)}, multi-label NMS: a box can carry "
+        "several classes).",
         "- Each image's detections, in descending confidence: **tp** (IoU ≥ 0.5 with an unmatched same-class ground "
         "truth), **duplicate** (IoU ≥ 0.5 with a same-class ground truth already matched), **wrong_class** (IoU ≥ 0.5 "
         "with a ground truth of another class), **localization** (best IoU with any ground truth in [0.1, 0.5)), "
@@ -897,105 +765,73 @@ def diagnosis_markdown(
     ]
     if meta.get("missing"):
         out.append(f"- Not diagnosed (no finished run): {', '.join(meta['missing'])}.")
-    scale = ", ".join(f"{r['arm']} {_tp_score(r)}" for r in rows)
-    out += ["", "## Findings", ""]
+    out.append("\n## Findings\n")
     out += [f"- {s}" for s in findings(rows, baseline)] if len(rows) > 1 else ["- Only one arm: no comparison."]
+    scale = ", ".join(f"{r['arm']} {_tp_score(r)}" for r in rows)
     out += [
-        "",
-        f"Mean TP score per arm: {scale}. Losses put scores on different scales, so counts at a fixed threshold "
+        f"\nMean TP score per arm: {scale}. Losses put scores on different scales, so counts at a fixed threshold "
         "compare different operating points; at equal recall every arm has found the same number of objects, and "
-        "the false positives that outrank them are what costs the precision.",
-        "",
-        "## Detections at conf ≥ 0.25",
-        "",
+        "the false positives that outrank them are what costs the precision.\n",
+        "## Detections at conf ≥ 0.25\n",
         *_kind_table(rows, "0.25", False),
     ]
-    recall = rows[0].get("eq_recall") if rows else None
-    out += ["", f"## Detections at equal recall ({_fmt(recall, 2) or 'n/a'})", ""]
+    recall = first.get("eq_recall")
+    out.append(f"\n## Detections at equal recall ({_fmt(recall, 2) or 'n/a'})\n")
     if recall is None:
         out.append("No recall level that every run reaches.")
     else:
         out += [
             f"Each run's highest threshold at which its recall (all classes pooled) reaches {recall:.2f}, the "
-            f"`{baseline}` runs' mean recall at their F1-optimal thresholds (capped at what every run reaches).",
-            "",
+            f"`{baseline}` runs' mean recall at their F1-optimal thresholds (capped at what every run reaches).\n",
             *_kind_table(rows, "eq", True),
         ]
-    out += [
-        "",
-        "## Detections at each run's F1-optimal threshold",
-        "",
-        "The threshold with the highest F1, all classes pooled (Ultralytics reports precision and recall at the "
-        "threshold that maximizes the F1 averaged over classes, so its numbers differ a little).",
-        "",
-        *_kind_table(rows, "f1", True),
-        "",
-        "## Scores and AP50 cost per kind",
-        "",
-        "Mean score of each kind over all detections; mean IoU of the TPs at conf ≥ 0.25 and at the F1-optimal "
-        "threshold. AP50 here uses the greedy matching above (101-point interpolation, mean over classes; close to "
-        "Ultralytics' mAP50). Cost of a FP kind: the AP50 gained if its detections were removed (TIDE-style). "
-        "TP only: AP50 with every FP removed, the ceiling that missed objects leave.",
-        "",
-        *_table(
-            "| arm | score TP | score duplicate | score wrong_class | score localization | score background "
-            "| TP IoU@0.25 | TP IoU@F1 | AP50 | cost duplicate | cost wrong_class | cost localization "
-            "| cost background | AP50 TP only |",
-            [
-                f"| {r['arm']} | "
-                + " | ".join(_count(r, f"score_{k}", 3) for k in KINDS)
-                + f" | {_count(r, 'tp_iou@0.25', 3)} | {_count(r, 'tp_iou@f1', 3)} | {_count(r, 'ap50', 4)} | "
-                + " | ".join(_count(r, f"ap50_cost_{k}", 4) for k in FP_KINDS)
-                + f" | {_count(r, 'ap50_tp_only', 4)} |"
-                for r in rows
-            ],
-            (
-                (
-                    _dash,
-                    "`-`: not measured: no detection of that kind (score, TP IoU), no ground truth (AP50 and costs), "
-                    "or the run's diagnosis lacks the value.",
-                ),
-                _N1_NOTE,
-            ),
-        ),
-        "",
-        "## Runs",
-        "",
+    scores = [
+        [r["arm"], *(_count(r, f"score_{k}", 3) for k in KINDS), _count(r, "tp_iou@0.25", 3), _count(r, "tp_iou@f1", 3)]
+        + [_count(r, key, 4) for key in ("ap50", *(f"ap50_cost_{k}" for k in FP_KINDS), "ap50_tp_only")]
+        for r in rows
     ]
     arm_order = {r["arm"]: i for i, r in enumerate(rows)}
-    body = []
+    runs = []
     for d in sorted(diagnoses, key=lambda x: (arm_order.get(x["arm"], 1e9), x["seed"])):
         at = get_path(d, "at", "0.25") or {}
         counts = at.get("counts") or {}
-        body.append(
-            f"| {d.get('run') or '-'} | {d['arm']} | {d['seed']} | {_cell(counts.get('tp'))} | {_cell(at.get('fp'))} | "
-            + " | ".join(_cell(counts.get(k)) for k in FP_KINDS)
-            + f" | {_cell(at.get('missed_gt'))} | {_cell(get_path(d, 'at', 'f1', 'threshold'), 3)} "
-            f"| {_cell(d.get('ap50'))} "
-            f"| {_cell(get_path(d, 'ultralytics', 'mAP50'))} |"
-        )
-    out += _table(
-        "| run | arm | seed | TP@0.25 | FP@0.25 | duplicate | wrong_class | localization | background | missed@0.25 "
-        "| F1 threshold | AP50 | Ultralytics mAP50 |",
-        body,
-        (
-            (
-                _dash,
-                "`-`: not measured in that run (no F1 threshold without detections or ground truth, no AP50 without "
-                "ground truth, or the run's diagnosis lacks the value).",
-            ),
-        ),
-    )
+        cells = [counts.get("tp"), at.get("fp"), *(counts.get(k) for k in FP_KINDS), at.get("missed_gt")]
+        cells += [
+            _fmt(get_path(d, "at", "f1", "threshold"), 3, "-"),
+            d.get("ap50"),
+            get_path(d, "ultralytics", "mAP50"),
+        ]
+        runs.append([d.get("run") or "-", d["arm"], d["seed"], *(_fmt(c, 4, "-") for c in cells)])
     out += [
-        "",
-        "## Plots",
-        "",
-        "![FP kinds and score distributions](fp_scores.png)",
-        "",
-        "![precision and recall per epoch](pr_curves.png)",
-        "",
+        "\n## Detections at each run's F1-optimal threshold\n",
+        "The threshold with the highest F1, all classes pooled (Ultralytics reports precision and recall at the "
+        "threshold that maximizes the F1 averaged over classes, so its numbers differ a little).\n",
+        *_kind_table(rows, "f1", True),
+        "\n## Scores and AP50 cost per kind\n",
+        "Mean score of each kind over all detections; mean IoU of the TPs at conf ≥ 0.25 and at the F1-optimal "
+        "threshold. AP50 here uses the greedy matching above (101-point interpolation, mean over classes; close to "
+        "Ultralytics' mAP50). Cost of a FP kind: the AP50 gained if its detections were removed (TIDE-style). "
+        "TP only: AP50 with every FP removed, the ceiling that missed objects leave.\n",
+        *_table(
+            "arm | score TP | score duplicate | score wrong_class | score localization | score background "
+            "| TP IoU@0.25 | TP IoU@F1 | AP50 | cost duplicate | cost wrong_class | cost localization "
+            "| cost background | AP50 TP only",
+            scores,
+            "`-`: not measured: no detection of that kind (score, TP IoU), no ground truth (AP50 and costs), or the "
+            "run's diagnosis lacks the value.",
+            _N1_NOTE,
+        ),
+        "\n## Runs\n",
+        *_table(
+            "run | arm | seed | TP@0.25 | FP@0.25 | duplicate | wrong_class | localization | background | missed@0.25 "
+            "| F1 threshold | AP50 | Ultralytics mAP50",
+            runs,
+            "`-`: not measured in that run (no F1 threshold without detections or ground truth, no AP50 without "
+            "ground truth, or the run's diagnosis lacks the value).",
+        ),
+        "\n## Plots\n\n![FP kinds and score distributions](fp_scores.png)\n\n"
+        "![precision and recall per epoch](pr_curves.png)\n\n"
         "mAP50-95 per epoch and the score-IoU correlation are in the experiment report (`curves.png`, `ranking.png`, "
-        "`summary.md`).",
-        "",
+        "`summary.md`).\n",
     ]
     return "\n".join(out)
