@@ -131,10 +131,7 @@ class ArmRow:
         stats += [*self.final_losses.items(), *((f"rank_{k}", self.ranking[k]) for k in RANK_KEYS), ("warning", None)]
         stats += [(gain, self.convergence.gain), (f"{gain}_rel", self.convergence.gain_rel)]
         for key, s in stats:
-            if s is None:
-                c[key] = self.warning
-            else:
-                c[f"{key}_mean"], c[f"{key}_std"] = s.mean, s.std
+            c.update({key: self.warning} if s is None else {f"{key}_mean": s.mean, f"{key}_std": s.std})
         c["gain_epochs"] = self.convergence.epochs
         c[f"{PRIMARY_METRIC}_diff_halfwidth"] = self.primary.diff.half_width if self.primary.diff else None
         return c
@@ -142,16 +139,12 @@ class ArmRow:
 
 # ------------------------------------------------------------------------------------------------ grouping
 def _arm_seed(item: Any) -> tuple[str, int]:
-    if isinstance(item, Mapping):
-        return str(item["arm"]), int(item["seed"])
-    return str(item.arm), int(item.seed)
+    arm, seed = (item["arm"], item["seed"]) if isinstance(item, Mapping) else (item.arm, item.seed)
+    return str(arm), int(seed)
 
 
 def group_by_arm(items: Iterable[T], order: Sequence[str] | None = None, baseline: str = "bce") -> dict[str, list[T]]:
-    """Items (``RunResult`` or mappings with ``arm`` and ``seed``) by arm, each sorted by seed.
-
-    Arms follow ``order``; the others follow in the order found, the baseline first among them.
-    """
+    """Items (``RunResult`` or ``arm``/``seed`` mappings) by arm, by seed: ``order``, the baseline, then as found."""
     by_arm: dict[str, list[T]] = {}
     for item in items:
         by_arm.setdefault(_arm_seed(item)[0], []).append(item)
@@ -178,9 +171,8 @@ def curve_gain(
 ) -> tuple[float | None, float | None, int | None]:
     """``(absolute gain, relative gain, epochs spanned)`` of ``metric`` over the curve's last ``epochs`` epochs.
 
-    The last value against the latest one at least ``epochs`` before it (else the first); e.g. 0.2, 0.3, 0.4, 0.44
-    at epochs 1-4 give ``(0.24, 1.2, 3)``. Relative: None when the earlier value is not positive; all None below 2
-    values.
+    The last value against the latest one at least ``epochs`` before it (else the first): 0.2, 0.3, 0.4, 0.44 at
+    epochs 1-4 give ``(0.24, 1.2, 3)``. Relative: None for an earlier value <= 0; all None below 2 values.
     """
     values = getattr(curve, _CURVE_FIELDS[metric])
     pts = sorted((int(e), float(v)) for e, v in zip(curve.epoch, values) if finite([v]))
@@ -234,10 +226,7 @@ def summarize(
 
 
 def experiment_warnings(rows: Sequence[ArmRow], baseline: str = "bce") -> list[str]:
-    """Plain-text warnings: ``nothing learned`` (alone), else ``baseline ... near 0`` and ``not converged``.
-
-    See ``NOTHING_LEARNED``, ``CONVERGED_MIN`` (not repeated for a baseline near 0) and ``CONVERGED_RISE``.
-    """
+    """Plain-text warnings: ``nothing learned`` (alone), else ``baseline ... near 0`` and ``not converged``."""
     means = {r.arm: r.primary.value.mean for r in rows if r.primary.value.mean is not None}
     if not means:
         return []
@@ -368,10 +357,9 @@ def _duration(seconds: Any) -> str:
 
 
 def _table(head: str, body: Iterable[Sequence[Any]], *notes: str) -> list[str]:
-    """A markdown table (``head``: ``a | b``; a list of cells per row), then each note that a body cell calls for.
+    """A markdown table (``head``: ``a | b``; cells per row), then each note whose marker a cell is or contains.
 
-    A note starts with its marker and a colon (```-`:``, ``n/a:``, ```(n=1)`:``); a cell calls for it when it is the
-    marker or, for a marker longer than one character, contains it.
+    A note starts with its marker and a colon (```-`:``, ``n/a:``, ```(n=1)`:``); ``-`` must be the whole cell.
     """
     lines = [[str(c) for c in row] for row in body]
     cells = {c.strip() for row in lines for c in row}
@@ -392,39 +380,6 @@ def _half_width(d: PairedDifference | None) -> str:
     if d.half_width is None:
         return "n/a (1 paired seed)" if d.n == 1 else "n/a (no paired seed)"
     return f"±{d.half_width:.4f}"
-
-
-def _convergence_section(rows: Sequence[ArmRow], baseline: str, level: int) -> list[str]:
-    k = CONVERGENCE_EPOCHS
-    out = [
-        "## Convergence and resolution",
-        "",
-        f"Gain of {PRIMARY_METRIC} over each run's last {k} epochs (`curves.png`: the last epoch with a value against "
-        f"the one {k} epochs before it, or the first epoch of a shorter run), absolute and relative to the earlier "
-        "value, mean ± std over seeds. A run whose metric still rises has not converged: a difference between arms "
-        f"then describes an early stage of training. The baseline counts as not converged when its final "
-        f"{PRIMARY_METRIC} is below {CONVERGED_MIN:g} or it still rises more than {CONVERGED_RISE:.0%}. Resolution: "
-        f"the half-width of each arm's paired {level}% interval against `{baseline}` (arm − {baseline}, by seed); "
-        "a smaller difference cannot be told from zero.\n",
-    ]
-    res = resolution(rows)
-    if res:
-        out.append(f"**Resolution: {res}.**\n")
-    body = []
-    for r in rows:
-        c = r.convergence
-        gains = [_stat(c.gain, signed=True), _stat(c.gain_rel, 1, signed=True, percent=True)]
-        body.append([r.arm, _stat(r.primary.value), _fmt(c.epochs, none="-"), *gains, _half_width(r.primary.diff)])
-    out += _table(
-        f"arm | final {PRIMARY_METRIC} | epochs spanned | gain | relative gain | ± {level}% CI vs {baseline}",
-        body,
-        "`-`: not measured: no seed of the arm has a curve with 2 epochs or more (relative gain: the earlier value is "
-        "0), or no final value.",
-        "n/a: no paired interval; the reason is in the cell (an interval needs ≥ 2 seeds that both this arm and "
-        f"`{baseline}` finished).",
-        _N1_NOTE,
-    )
-    return out + [""]
 
 
 def summary_markdown(
@@ -480,6 +435,12 @@ def summary_markdown(
         map50 = [_diff_text(r.metrics["mAP50"]), r.metrics["mAP50"].verdict]
         rest = [_diff_text(r.metrics[m]) for m in ("precision", "recall")]
         diffs.append([r.arm, pairs, _diff_text(r.primary), f"**{r.verdict}**", *map50, *rest])
+    conv = []
+    for r in rows:
+        c = r.convergence
+        gains = [_stat(c.gain, signed=True), _stat(c.gain_rel, 1, signed=True, percent=True)]
+        conv.append([r.arm, _stat(r.primary.value), _fmt(c.epochs, none="-"), *gains, _half_width(r.primary.diff)])
+    res, k = resolution(rows), CONVERGENCE_EPOCHS
     times = [
         [r.arm, _fmt(r.epochs_done.mean, 1) or "-", _duration(r.train_time_s.mean), _duration(r.wall_time_s.mean)]
         + [_stat(r.final_losses[k]) for k in LOSS_KEYS]
@@ -514,9 +475,25 @@ def summary_markdown(
             f"`-`: no paired value: no seed with this metric in both this arm and `{baseline}`.",
             f"n/a: the reason is in the cell (no seed that both this arm and `{baseline}` finished).",
         ),
-        "",
-        *_convergence_section(rows, baseline, level),
-        "## Ranking quality (confidence vs IoU)\n",
+        "\n## Convergence and resolution\n",
+        f"Gain of {PRIMARY_METRIC} over each run's last {k} epochs (`curves.png`: the last epoch with a value against "
+        f"the one {k} epochs before it, or the first epoch of a shorter run), absolute and relative to the earlier "
+        "value, mean ± std over seeds. A run whose metric still rises has not converged: a difference between arms "
+        f"then describes an early stage of training. The baseline counts as not converged when its final "
+        f"{PRIMARY_METRIC} is below {CONVERGED_MIN:g} or it still rises more than {CONVERGED_RISE:.0%}. Resolution: "
+        f"the half-width of each arm's paired {level}% interval against `{baseline}` (arm − {baseline}, by seed); "
+        "a smaller difference cannot be told from zero.\n",
+        *([f"**Resolution: {res}.**\n"] if res else []),
+        *_table(
+            f"arm | final {PRIMARY_METRIC} | epochs spanned | gain | relative gain | ± {level}% CI vs {baseline}",
+            conv,
+            "`-`: not measured: no seed of the arm has a curve with 2 epochs or more (relative gain: the earlier value "
+            "is 0), or no final value.",
+            "n/a: no paired interval; the reason is in the cell (an interval needs ≥ 2 seeds that both this arm and "
+            f"`{baseline}` finished).",
+            _N1_NOTE,
+        ),
+        "\n## Ranking quality (confidence vs IoU)\n",
         "Each detection of the final model on the val images (confidence ≥ the threshold used by validation) is "
         "matched to the ground-truth box of the same class with the highest IoU (0 if none). Higher correlation = "
         "scores rank localization quality better (GFL, arXiv 2006.04388). Mean ± std over seeds; "
@@ -565,10 +542,9 @@ def _max_recall(d: Mapping[str, Any]) -> float:
 
 
 def common_recall(diagnoses: Sequence[Mapping[str, Any]], baseline: str = "bce") -> float | None:
-    """The recall level at which the arms are compared: the baseline's recall at its F1-optimal threshold.
+    """The baseline runs' (else all runs') mean recall at their F1-optimal thresholds, the level the arms share.
 
-    The baseline runs' mean recall at their F1-optimal thresholds (all runs' when no baseline run is given), rounded
-    down to the 0.01 grid and capped at the highest level every run reaches; None when that is below 0.01.
+    Rounded down to the 0.01 grid and capped at the highest level every run reaches; None when below 0.01.
     """
     runs = [d for d in diagnoses if d.get("arm") == baseline] or list(diagnoses)
     mean, _ = mean_std(get_path(d, "at", "f1", "recall") for d in runs)
@@ -675,8 +651,7 @@ def _ap50_text(row: Mapping[str, Any], base: Mapping[str, Any]) -> str | None:
 def findings(rows: Sequence[Mapping[str, Any]], baseline: str = "bce") -> list[str]:
     """One markdown bullet body per non-baseline arm: which FP kind grows most against the baseline and its AP50 cost.
 
-    Views: equal recall (same TPs), each arm's F1-optimal threshold, conf >= 0.25, and the AP50 gap with one FP kind
-    removed from both arms.
+    At equal recall, each arm's F1-optimal threshold and conf >= 0.25; the AP50 gap with one FP kind removed.
     """
     base = next((r for r in rows if r["arm"] == baseline), None)
     if base is None:
@@ -737,10 +712,7 @@ def _tp_score(row: Mapping[str, Any]) -> str:
 def diagnosis_markdown(
     rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None
 ) -> str:
-    """``diagnosis.md`` from ``aggregate`` rows and the per-run diagnoses.
-
-    ``meta``: ``name``, ``baseline``, ``out``, ``command``, ``missing``.
-    """
+    """``diagnosis.md`` from ``aggregate`` rows and the diagnoses; ``meta``: name, baseline, out, command, missing."""
     meta = meta or {}
     baseline = meta.get("baseline", "bce")
     p = (diagnoses[0].get("params") if diagnoses else None) or {}
