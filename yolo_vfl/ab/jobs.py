@@ -12,36 +12,12 @@ from typing import Any
 from . import protocol
 from .spec import DEFAULT_MODEL, ABSpec
 
-__all__ = [
-    "Job",
-    "make_jobs",
-    "start_model",
-    "resolve_data",
-    "fingerprint",
-    "same_fingerprint",
-    "fingerprint_diff",
-    "NON_SEMANTIC",
-]
+__all__ = ["Job", "make_jobs", "start_model", "resolve_data", "NON_SEMANTIC"]
+__all__ += ["fingerprint", "same_fingerprint", "fingerprint_diff"]
 
 #: Arguments that do not change what is trained: ignored when checking a finished or partial run's settings.
-NON_SEMANTIC = (
-    "device",
-    "workers",
-    "verbose",
-    "plots",
-    "save_period",
-    "cache",
-    "project",
-    "name",
-    "exist_ok",
-    "resume",
-    "model",
-    "data",
-    "save_dir",
-    "mode",
-    "val",
-    "save",
-)
+NON_SEMANTIC = ("device", "workers", "verbose", "plots", "save_period", "cache", "project", "name", "exist_ok")
+NON_SEMANTIC += ("resume", "model", "data", "save_dir", "mode", "val", "save")
 
 
 @dataclass(frozen=True)
@@ -50,17 +26,12 @@ class Job:
 
     Attributes:
         run: ``<arm>-s<seed>``.
-        arm, seed, loss: the arm, its seed and classification loss.
         overrides: the arm's own settings (loss hyperparameters and Ultralytics arguments).
-        model: model YAML or checkpoint every arm starts from.
-        data: the resolved dataset YAML.
+        model, data: the start model (YAML or checkpoint) and the resolved dataset YAML.
         train: Ultralytics train arguments of this run (shared ones, the arm's, ``seed``, ``deterministic``).
         settings: the validated loss settings (``ClsLossSettings.to_args()``).
         fingerprint: what defines the training (compared before a finished or partial run is reused).
-        out_dir: the experiment directory.
-        ranking: the ``ranking`` section (recording pass settings).
         device: the device slot (None: Ultralytics' default).
-        resume_interrupted: continue an interrupted run from ``last.pt`` instead of restarting it.
     """
 
     run: str
@@ -119,21 +90,18 @@ def resolve_data(spec: ABSpec) -> str:
     return str(generated if generated is not None else data)
 
 
+def _json(d: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
 def fingerprint(train: Mapping[str, Any], settings: Mapping[str, Any], model: str, data: str) -> dict[str, Any]:
     """What defines a run's training: its semantic train arguments, loss settings, model and dataset name."""
-    fp = {k: v for k, v in train.items() if k not in NON_SEMANTIC}
-    fp.update(settings)
-    fp["model"] = str(model)
-    fp["data"] = data
-    return json.loads(json.dumps(fp, sort_keys=True, default=str))
+    semantic = {k: v for k, v in train.items() if k not in NON_SEMANTIC}
+    return _json({**semantic, **settings, "model": str(model), "data": data})
 
 
 def _normalized(fp: Mapping[str, Any]) -> dict[str, Any]:
-    """A fingerprint with its loss settings completed by their defaults.
-
-    A run recorded before a setting existed (e.g. ``cls_fg_negatives``) trained with that setting's default, so it
-    must compare equal to a job that states the default explicitly.
-    """
+    """A fingerprint with its loss settings completed by their defaults (a run from before a setting used it)."""
     from ..criterion import SETTING_KEYS, ClsLossSettings
 
     out = dict(fp)
@@ -141,7 +109,7 @@ def _normalized(fp: Mapping[str, Any]) -> dict[str, Any]:
         out.update(ClsLossSettings.from_args({k: v for k, v in fp.items() if k in SETTING_KEYS}).to_args())
     except (KeyError, TypeError, ValueError):
         pass  # invalid recorded settings: compare as recorded (they will differ)
-    return json.loads(json.dumps(out, sort_keys=True, default=str))
+    return _json(out)
 
 
 def same_fingerprint(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
@@ -158,11 +126,7 @@ def fingerprint_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
 
 
 def start_model(spec: ABSpec) -> str:
-    """The model every arm starts from: ``train.model``, or the pretrained checkpoint ``pretrain:`` names.
-
-    The checkpoint's path is known before it is built (``<cache>/pretrained/<fingerprint>/best.pt``); the
-    orchestrator builds it before the first run.
-    """
+    """The model every arm starts from: ``train.model``, or the checkpoint ``pretrain:`` names (maybe not built yet)."""
     if spec.pretrain is None:
         return str(spec.train.get("model", DEFAULT_MODEL))
     from ..pretrain import CHECKPOINT, pretrain_dir
@@ -171,22 +135,15 @@ def start_model(spec: ABSpec) -> str:
 
 
 def make_jobs(spec: ABSpec, out_dir: str | os.PathLike[str], data: str | None = None) -> list[Job]:
-    """Every arm x seed as a ``Job`` (seed-major order, so that early results pair up across arms).
-
-    Args:
-        spec: the experiment.
-        out_dir: the experiment directory.
-        data: the resolved dataset YAML (default: resolved from the spec; a generated dataset is generated).
-    """
+    """Every arm x seed as a ``Job``, seed-major (early results pair up across arms); ``data`` default: resolved."""
     out = Path(out_dir).resolve()
     data = data if data is not None else resolve_data(spec)
     model = start_model(spec)
+    shared = {k: v for k, v in spec.train.items() if k not in ("model", "data")}
     jobs = []
     for seed in spec.seeds:
         for arm in spec.arms:
-            train = {k: v for k, v in spec.train.items() if k not in ("model", "data")}
-            train.update(arm.ultralytics_overrides())
-            train.update(seed=seed, deterministic=True)
+            train = {**shared, **arm.ultralytics_overrides(), "seed": seed, "deterministic": True}
             settings = arm.loss_settings().to_args()
             jobs.append(
                 Job(

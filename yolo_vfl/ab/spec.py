@@ -17,9 +17,8 @@ A spec (YAML, see ``experiments/ab_*.yaml``) names the arms (a loss plus optiona
       vfl: {loss: vfl}
       qfl_cls1: {loss: qfl, cls: 1.0}
 
-Every key the runner itself reads is a row of ``RUNNER_KEYS`` or of a section in ``SECTION_KEYS``: its default, its
-check and its help line live there and nowhere else (``to_dict``, the CLI's key list and ``yolo-vfl ab help`` are
-built from the table).
+Every key the runner reads is a row of ``RUNNER_KEYS`` or of a section in ``SECTION_KEYS`` (default, check, help);
+``to_dict``, the CLI's key list and ``yolo-vfl ab help`` are built from the table.
 """
 
 from __future__ import annotations
@@ -35,18 +34,8 @@ from typing import Any
 from ..errors import UserError
 from . import protocol
 
-__all__ = [
-    "Arm",
-    "ABSpec",
-    "Key",
-    "RUNNER_KEYS",
-    "SECTION_KEYS",
-    "spec_from_dict",
-    "load_spec",
-    "keys_help",
-    "DEFAULT_MODEL",
-    "EMBEDDED",
-]
+__all__ = ["Arm", "ABSpec", "Key", "RUNNER_KEYS", "SECTION_KEYS", "DEFAULT_MODEL", "EMBEDDED"]
+__all__ += ["spec_from_dict", "load_spec", "keys_help"]
 
 DEFAULT_MODEL = "yolov8n.yaml"
 EMBEDDED = "embedded"
@@ -212,6 +201,10 @@ _RUNNER = {k.name: k for k in RUNNER_KEYS}
 SPEC_KEYS = (*_RUNNER, *SECTION_KEYS, "pretrain", "train", "arms")
 
 
+def _defaults(section: str) -> dict[str, Any]:
+    return {k.name: k.default for k in SECTION_KEYS[section]}
+
+
 def keys_help() -> str:
     """One line per runner and section key (``yolo-vfl ab help``)."""
     from ..pretrain import PretrainSpec
@@ -219,10 +212,9 @@ def keys_help() -> str:
     lines = [f"  {k.name}=  {k.help} (default {k.default!r})" for k in RUNNER_KEYS]
     for section, keys in SECTION_KEYS.items():
         lines += [f"  {section}.{k.name}=  {k.help} (default {k.default!r})" for k in keys]
-    defaults = PretrainSpec().to_dict()
     lines.append(
         "  pretrain.<key>=  fine-tune every arm from the project-made pretrained checkpoint: "
-        + ", ".join(f"{k} ({v!r})" for k, v in defaults.items() if k != "train_args")
+        + ", ".join(f"{k} ({v!r})" for k, v in PretrainSpec().to_dict().items() if k != "train_args")
     )
     return "\n".join(lines)
 
@@ -230,56 +222,42 @@ def keys_help() -> str:
 # ----------------------------------------------------------------------------------------------------- arms and spec
 @dataclass
 class Arm:
-    """One arm of the experiment.
+    """One arm: its directory-safe name (runs are ``<name>-s<seed>``), its loss and its ``overrides``.
 
-    Attributes:
-        name: arm name (directory-safe; runs are ``<name>-s<seed>``).
-        loss: classification loss (``bce``, ``focal``, ``vfl``, ``qfl``).
-        overrides: per-arm settings: loss hyperparameters (``vfl_gamma``) and Ultralytics train arguments (``cls``,
-            ``lr0`` ...), applied on top of the shared ``train`` arguments.
+    ``overrides`` holds loss settings (``vfl_gamma``) and Ultralytics train arguments (``cls``, ``lr0`` ...), applied
+    on top of the shared ``train`` arguments.
     """
 
     name: str
     loss: str
     overrides: dict[str, Any] = field(default_factory=dict)
 
+    def _overrides(self, loss_settings: bool) -> dict[str, Any]:
+        from ..criterion import SETTING_KEYS
+
+        return {k: v for k, v in self.overrides.items() if (k in SETTING_KEYS) == loss_settings}
+
     def loss_settings(self) -> Any:
         """The validated ``ClsLossSettings`` of this arm."""
-        from ..criterion import SETTING_KEYS, ClsLossSettings
+        from ..criterion import ClsLossSettings
 
-        return ClsLossSettings.from_args(
-            {"loss": self.loss, **{k: v for k, v in self.overrides.items() if k in SETTING_KEYS}}
-        )
+        return ClsLossSettings.from_args({"loss": self.loss, **self._overrides(True)})
 
     def ultralytics_overrides(self) -> dict[str, Any]:
         """The per-arm Ultralytics train arguments."""
-        from ..criterion import SETTING_KEYS
-
-        return {k: v for k, v in self.overrides.items() if k not in SETTING_KEYS}
+        return self._overrides(False)
 
 
 @dataclass
 class ABSpec:
-    """A validated A/B experiment (see the module docstring for the YAML form).
+    """A validated A/B experiment: the runner keys of ``RUNNER_KEYS``, the sections of ``SECTION_KEYS``, and these.
 
     Attributes:
-        name: experiment name (default output directory ``runs/ab/<name>``).
         arms: the arms, in report order.
-        seeds: the seeds; every arm trains once per seed.
         train: shared Ultralytics train arguments, incl. ``model`` and ``data`` (None: the embedded dataset).
-        baseline: arm every other arm is compared with.
-        device: device slots: one run per slot at a time (``[None]``: Ultralytics' default device).
-        backend: ``local`` or ``ray``.
-        keep_going: after a failed run, keep starting the remaining runs (default: stop starting new ones).
-        resume_interrupted: continue an interrupted run from its ``last.pt`` (faster, but the run's numbers then
-            differ from an uninterrupted run's: Ultralytics' resume does not restore the data order and augmentation
-            state). Default False: an interrupted run restarts from zero, so every run of a comparison is
-            reproducible.
-        ray: the ``ray`` section (``address``, ``num_cpus``, ``num_gpus``, ``runtime_env``).
-        ranking: the ``ranking`` section (``enabled``, ``conf``, ``iou``, ``max_det``, ``max_points``).
-        pretrain: the ``pretrain`` section (a ``yolo_vfl.pretrain.PretrainSpec``): every arm fine-tunes from the
-            project-made pretrained checkpoint it names (built once on first use, cached). None: ``train.model``.
-        out: output directory (None: ``runs/ab/<name>``).
+        device: device slots, one run per slot at a time (``[None]``: Ultralytics' default device).
+        pretrain: a ``yolo_vfl.pretrain.PretrainSpec``: every arm fine-tunes from the project-made checkpoint it
+            names (built once, cached). None: ``train.model``.
         source: the spec file, if any.
     """
 
@@ -292,8 +270,8 @@ class ABSpec:
     backend: str = "local"
     keep_going: bool = False
     resume_interrupted: bool = False
-    ray: dict[str, Any] = field(default_factory=lambda: {k.name: k.default for k in SECTION_KEYS["ray"]})
-    ranking: dict[str, Any] = field(default_factory=lambda: {k.name: k.default for k in SECTION_KEYS["ranking"]})
+    ray: dict[str, Any] = field(default_factory=lambda: _defaults("ray"))
+    ranking: dict[str, Any] = field(default_factory=lambda: _defaults("ranking"))
     pretrain: Any = None
     out: str | None = None
     source: str | None = None
@@ -396,24 +374,19 @@ def _check_train_keys(train: Mapping[str, Any], where: str) -> None:
 
 def _section(name: str, given: Any) -> dict[str, Any]:
     """A section's values: defaults from the table, then ``given``, unknown keys refused."""
+    values = _defaults(name)
     if given is not None and not isinstance(given, Mapping):
-        raise UserError(f"Invalid {name}: {given!r}: a mapping of {', '.join(k.name for k in SECTION_KEYS[name])}.")
-    keys = {k.name: k for k in SECTION_KEYS[name]}
+        raise UserError(f"Invalid {name}: {given!r}: a mapping of {', '.join(values)}.")
     for key in given or {}:
-        if key not in keys:
-            raise UserError(f"Unknown {name} key '{key}'.{suggest(key, list(keys))} Valid: {', '.join(keys)}.")
-    return {**{k: v.default for k, v in keys.items()}, **dict(given or {})}
+        if key not in values:
+            raise UserError(f"Unknown {name} key '{key}'.{suggest(key, list(values))} Valid: {', '.join(values)}.")
+    return {**values, **dict(given or {})}
 
 
 def _apply_overrides(
-    overrides: Mapping[str, Any],
-    top: dict[str, Any],
-    sections: dict[str, dict[str, Any]],
-    train: dict[str, Any],
-    arms: list[Arm],
-    pretrain: dict[str, Any],
+    overrides: Mapping[str, Any], top: dict[str, Any], targets: dict[str, dict[str, Any]], arms: list[Arm]
 ) -> list[str] | None:
-    """Apply ``key=value`` overrides in place; returns the ``arms=`` selection (None: all the spec's arms)."""
+    """Apply ``key=value`` overrides in place (``targets``: train, pretrain, sections); returns the ``arms=`` choice."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
     from ..criterion import SETTING_KEYS
@@ -422,43 +395,35 @@ def _apply_overrides(
     selected = None
     for key, value in overrides.items():
         section, dot, sub = key.partition(".")
-        if dot:
-            if section == "train":
-                train[sub] = value
-            elif section == "pretrain":
-                pretrain[sub] = value
-            elif section in SECTION_KEYS:
-                valid = [k.name for k in SECTION_KEYS[section]]
-                if sub not in valid:
-                    raise UserError(
-                        f"Unknown key '{key}'.{suggest(sub, valid)} Valid: {section}.{f', {section}.'.join(valid)}."
-                    )
-                sections[section][sub] = value
-            elif section in arm_by_name:
-                if sub == "loss":
-                    arm_by_name[section].loss = str(value).lower()
-                else:
-                    arm_by_name[section].overrides[sub] = value
-            else:
-                names = ["train", "pretrain", *SECTION_KEYS, *arm_by_name]
+        if dot and section in targets:
+            if section in SECTION_KEYS and sub not in targets[section]:
+                valid = list(targets[section])
                 raise UserError(
-                    f"Unknown section '{section}' in '{key}'.{suggest(section, names)} "
-                    f"Sections: train, pretrain, {', '.join(SECTION_KEYS)} and the arms ({', '.join(arm_by_name)})."
+                    f"Unknown key '{key}'.{suggest(sub, valid)} Valid: {section}.{f', {section}.'.join(valid)}."
                 )
+            targets[section][sub] = value
+        elif dot and section in arm_by_name:
+            if sub == "loss":
+                arm_by_name[section].loss = str(value).lower()
+            else:
+                arm_by_name[section].overrides[sub] = value
+        elif dot:
+            raise UserError(
+                f"Unknown section '{section}' in '{key}'.{suggest(section, [*targets, *arm_by_name])} "
+                f"Sections: train, pretrain, {', '.join(SECTION_KEYS)} and the arms ({', '.join(arm_by_name)})."
+            )
         elif key == "arms":
             selected = [str(a) for a in _as_list(value)]
-        elif key == "dry_run":
-            continue  # the caller's
-        elif key in _RUNNER:
+        elif key in _RUNNER or key == "dry_run":  # dry_run is the caller's (stored, never read)
             if key == "device":
-                train.pop("device", None)
+                targets["train"].pop("device", None)
             top[key] = value
         elif key in ("ray_address", "ray_num_cpus", "ray_num_gpus"):  # the first runner's spelling
-            sections["ray"][key[4:]] = value
+            targets["ray"][key[4:]] = value
         elif key in SETTING_KEYS:
             raise UserError(f"'{key}' is a loss setting of an arm: write <arm>.{key}={value} (e.g. vfl.{key}={value}).")
         elif key in DEFAULT_CFG_DICT and key not in RUNNER_OWNED:
-            train[key] = value
+            targets["train"][key] = value
         else:
             valid = [*_RUNNER, "arms", "dry_run", *(k for k in DEFAULT_CFG_DICT if k not in RUNNER_OWNED)]
             valid += [f"{s}.{k.name}" for s, keys in SECTION_KEYS.items() for k in keys]
@@ -474,13 +439,9 @@ def spec_from_dict(
 
     Args:
         raw: the spec (YAML) mapping.
-        overrides: ``key=value`` overrides: runner keys (``RUNNER_KEYS``), ``<section>.<key>`` (``ray.num_gpus``,
-            ``ranking.conf``, ``train.epochs``, ``<arm>.cls``), ``arms=`` (a subset, or plain losses) and any
-            Ultralytics train argument (shared by all arms).
+        overrides: ``key=value`` overrides: runner keys, ``<section>.<key>`` (``ray.num_gpus``, ``train.epochs``,
+            ``<arm>.cls``), ``arms=`` (a subset, or plain losses) and any Ultralytics train argument (all arms).
         source: the spec file (for the record).
-
-    Returns:
-        the validated spec.
 
     Raises:
         UserError: unknown keys (with a close-match suggestion), bad values, arms or losses that do not validate.
@@ -505,7 +466,7 @@ def spec_from_dict(
     if given_pretrain is not None and not isinstance(given_pretrain, Mapping):
         raise UserError(f"Invalid pretrain: {given_pretrain!r}: a mapping of pretrain keys ({{}} for the defaults).")
     pretrain_raw = dict(given_pretrain or {})
-    selected = _apply_overrides(overrides or {}, top, sections, train, arms, pretrain_raw)
+    selected = _apply_overrides(overrides or {}, top, {"train": train, "pretrain": pretrain_raw, **sections}, arms)
     pretrain = None
     if given_pretrain is not None or pretrain_raw:
         from ..pretrain import PretrainSpec
@@ -543,8 +504,7 @@ def spec_from_dict(
 
     _check_train_keys(train, "train")
     train.setdefault("model", DEFAULT_MODEL)
-    train.setdefault("data", None)
-    if train.get("data") in ("", EMBEDDED):
+    if train.setdefault("data", None) in ("", EMBEDDED):
         train["data"] = None
     if train.get("data") is None:
         train.setdefault("imgsz", DEFAULT_SPEC["train"]["imgsz"])
