@@ -79,9 +79,7 @@ def _bool(value: Any, label: str) -> bool:
 def _number(low: float, high: float | None = None, *, open_high: bool = False) -> Callable[[Any, str], float]:
     def check(value: Any, label: str) -> float:
         ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value >= low
-        if ok and high is not None:
-            ok = value < high if open_high else value <= high
-        if not ok:
+        if not ok or (high is not None and not (value < high if open_high else value <= high)):
             rng = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}{')' if open_high else ']'}"
             raise UserError(f"Invalid {label}={value!r}: a number {rng}.")
         return float(value)
