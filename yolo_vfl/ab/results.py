@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .protocol import METRICS
 
 __all__ = ["Curve", "RunResult"]
+
+#: Curve field -> its ``result.json`` key.
+_CURVE_KEYS = {"map50_95": "mAP50-95", "map50": "mAP50"}
 
 
 def _num(value: Any) -> float:
@@ -25,8 +28,7 @@ class Curve:
 
     Attributes:
         epoch: (E,) 1-based epochs.
-        map50_95: (E,) mAP50-95 per epoch (NaN where Ultralytics wrote none).
-        map50: (E,) mAP50 per epoch.
+        map50_95, map50: (E,) mAP50-95 and mAP50 per epoch (NaN where Ultralytics wrote none).
     """
 
     epoch: tuple[int, ...] = ()
@@ -37,15 +39,12 @@ class Curve:
     def from_dict(cls, d: Mapping[str, Any] | None) -> Curve:
         """From ``result.json``'s ``curve`` (keys ``epoch``, ``mAP50-95``, ``mAP50``)."""
         d = d or {}
-        return cls(
-            tuple(int(e) for e in d.get("epoch") or ()),
-            tuple(_num(v) for v in d.get("mAP50-95") or ()),
-            tuple(_num(v) for v in d.get("mAP50") or ()),
-        )
+        values = {f: tuple(_num(v) for v in d.get(k) or ()) for f, k in _CURVE_KEYS.items()}
+        return cls(tuple(int(e) for e in d.get("epoch") or ()), **values)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``result.json`` form."""
-        return {"epoch": list(self.epoch), "mAP50-95": list(self.map50_95), "mAP50": list(self.map50)}
+        return {"epoch": list(self.epoch), **{k: list(getattr(self, f)) for f, k in _CURVE_KEYS.items()}}
 
 
 @dataclass(frozen=True)
@@ -53,21 +52,17 @@ class RunResult:
     """One finished arm x seed.
 
     Attributes:
-        run: ``<arm>-s<seed>``.
-        arm: arm name.
-        seed: training seed.
-        loss: classification loss of the arm.
+        run, arm, seed, loss: ``<arm>-s<seed>``, the arm's name, the training seed, the arm's classification loss.
         metrics: final validation metrics (``mAP50``, ``mAP50-95``, ``precision``, ``recall``; NaN if missing).
-        metrics_source: which validation gave them (the recording pass, or Ultralytics' final validation).
-        metrics_model: the checkpoint validated (``best.pt``, or ``last.pt`` when there is no best).
+        metrics_source, metrics_model: the validation that gave them (the recording pass, or Ultralytics' final one)
+            and the checkpoint validated (``best.pt``, or ``last.pt`` when there is no best).
         ranking: confidence-vs-IoU correlations of the final model's detections (None: not measured).
         final_losses: last epoch's ``train/*`` and ``val/*`` losses.
         curve: per-epoch mAP.
         epochs_done: epochs in ``results.csv``.
         train_time_s: training time over all segments (None: unknown).
-        segments: training segments (1 + resumes).
-        resumed: continued from a checkpoint after an interruption (numbers not bit-identical to an uninterrupted
-            run's).
+        segments, resumed: training segments (1 + resumes); continued from a checkpoint after an interruption (so not
+            bit-identical to an uninterrupted run).
         restarts: earlier attempts moved aside (interrupted, unusable or with other settings) before this one.
         overrides, settings, model, data, train, fingerprint: what was trained.
         records: detections file of the recording pass, relative to the run directory (None: none recorded).
@@ -110,7 +105,7 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunResult:
-        """From a ``result.json`` mapping (any runner version: missing keys take their defaults).
+        """From a ``result.json`` mapping (any runner version: missing or null keys take their defaults).
 
         Raises:
             ValueError: ``run``, ``arm`` or ``seed`` missing.
@@ -125,14 +120,9 @@ class RunResult:
         kw["metrics"] = {m: _num((d.get("metrics") or {}).get(m)) for m in METRICS}
         kw["final_losses"] = {str(k): _num(v) for k, v in (d.get("final_losses") or {}).items()}
         kw["curve"] = Curve.from_dict(d.get("curve"))
-        kw["ranking"] = d.get("ranking")
-        kw["train_time_s"] = d.get("train_time_s")
-        kw["extra"] = {k: v for k, v in d.items() if k not in names}
-        return cls(**kw)
+        return cls(**kw, extra={k: v for k, v in d.items() if k not in names})
 
     def to_dict(self) -> dict[str, Any]:
         """The ``result.json`` form (``curve`` with its report keys; unknown keys kept)."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        d["curve"] = self.curve.to_dict()
-        d = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in d.items()}
-        return {**self.extra, **d}
+        return {**self.extra, **d, "curve": self.curve.to_dict()}
