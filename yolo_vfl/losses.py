@@ -16,7 +16,7 @@ RF-DETR's IA-BCE detaches its positive target ``p ** alpha * q ** (1 - alpha)`` 
 
 Three implementations compute the same numbers:
 
-* ``impl="fused"`` (default): a ``torch.autograd.Function`` per loss with a hand-derived backward that saves only
+* ``impl="fused"`` (default): a ``torch.autograd.Function`` running each loss's hand-derived backward, saving only
   its inputs (plus the positive mask for VFL, MAL and IA-BCE), so memory stays near BCE's and time about 2x BCE's
   instead of ~3.5x for plain autograd (CPU, (16, 8400, 80), measured for VFL and QFL; ``experiments/bench_losses.py``).
 * ``impl="autograd"``: the formula written with ordinary tensor ops; autograd differentiates everything. Used as the
@@ -110,16 +110,10 @@ def _check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def _check_reduction(reduction: Any) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"Invalid reduction={reduction!r}: valid values are {', '.join(map(repr, REDUCTIONS))}")
-    return reduction
-
-
-def _check_impl(impl: Any) -> str:
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"Invalid impl={impl!r}: valid values are {', '.join(map(repr, IMPLEMENTATIONS))}")
-    return impl
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"Invalid {name}={value!r}: valid values are {', '.join(map(repr, choices))}")
+    return value
 
 
 def _check_inputs(logits: Any, targets: Any, labels: Any = None, *, values: bool = True) -> None:
@@ -212,13 +206,6 @@ _IABCE_GAMMA = HyperParam("gamma", "iabce_gamma", 2.0, _check_nonnegative, "nega
 #: IA-BCE's floor of the positive target: RF-DETR clamps ``p^alpha q^(1-alpha)`` to at least 0.01 (not a setting).
 IABCE_MIN_TARGET = 0.01
 
-_FOCAL_PARAMS = (_FL_ALPHA, _FL_GAMMA)
-_VFL_PARAMS = (_VFL_ALPHA, _VFL_GAMMA, _VFL_IOU_WEIGHTED)
-_QFL_PARAMS = (_QFL_BETA,)  # the registered (trainer-setting) ones; _QFL_ALPHA is a function keyword only
-_MAL_PARAMS = (_MAL_ALPHA, _MAL_GAMMA)
-_IABCE_PARAMS = (_IABCE_ALPHA, _IABCE_GAMMA)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Reference formulas (plain autograd). These are the maths; the fused functions below must agree with them.
 
@@ -307,6 +294,12 @@ def _bce_and_logsigmoid(x: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
     return bce, log_p
 
 
+def _bce_of_target_(t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """In place ``t = BCE(x, t) = (1 - t) x - log sigmoid(x)``; returns it and a new tensor ``log sigmoid(x)``."""
+    log_p = F.softplus(x, beta=-1.0)
+    return t.mul_(x).neg_().add_(x).sub_(log_p), log_p
+
+
 def _set_positive_weight_(weight: Tensor, q: Tensor, pos: Tensor, iou_weighted: bool) -> Tensor:
     """In place: ``weight = q`` (``iou_weighted``) or 1 where ``pos``."""
     return torch.where(pos, q, weight, out=weight) if iou_weighted else weight.masked_fill_(pos, 1.0)
@@ -334,7 +327,11 @@ def _vfl_forward(x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamm
 def _vfl_backward(
     grad_out: Tensor, x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float, iou_weighted: bool
 ) -> Tensor:
-    """VFL gradient w.r.t. the logits: ``weight * (g (1 - p) B [negatives only] + p - q) * grad_out``."""
+    """VFL gradient w.r.t. the logits: ``weight * (g (1 - p) B [negatives only] + p - q) * grad_out``.
+
+    Negative: ``L = a p^g B`` with ``B = BCE(x, q)``, ``dB/dx = p - q``, ``dp/dx = p (1 - p)``, so
+    ``dL/dx = a p^g (g (1 - p) B + p - q)``. Positive: the weight ``q`` (or 1) is constant, ``dL/dx = w (p - q)``.
+    """
     pos = _positives(q, labels)
     grad, p = _bce_and_logsigmoid(x, q)
     torch.sigmoid(x, out=p)
@@ -354,7 +351,11 @@ def _qfl_forward(x: Tensor, q: Tensor, beta: float, alpha: float | None) -> Tens
 
 
 def _qfl_backward(grad_out: Tensor, x: Tensor, q: Tensor, beta: float, alpha: float | None) -> Tensor:
-    """QFL gradient w.r.t. the logits: ``c sign(d) |d|^(b-1) (b p (1 - p) B + d^2) * grad_out``, 0 where ``d == 0``."""
+    """QFL gradient w.r.t. the logits: ``c sign(d) |d|^(b-1) (b p (1 - p) B + d^2) * grad_out``, 0 where ``d == 0``.
+
+    With ``d = p - q`` and ``L = c |d|^b B`` (``c`` the optional YOLOv5 alpha factor, constant in ``x``):
+    ``dL/dx = c (b |d|^(b-1) sign(d) p (1 - p) B + |d|^b d)``.
+    """
     grad, d = _bce_and_logsigmoid(x, q)
     p = torch.sigmoid(x, out=d)
     grad.mul_(p).addcmul_(grad, p, value=-1.0).mul_(beta)  # b p (1 - p) B
@@ -376,16 +377,14 @@ def _qfl_backward(grad_out: Tensor, x: Tensor, q: Tensor, beta: float, alpha: fl
 def _mal_forward(x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float) -> Tensor:
     """MAL values: ``BCE(x, q^g)`` on positives, ``a p^g BCE(x, 0)`` on negatives."""
     pos = _positives(q, labels)
-    loss = _pow_(q.clone(), gamma).mul_(pos)  # target t = q^g on positives, 0 on negatives (also for g = 0)
-    loss.mul_(x).neg_().add_(x)  # (1 - t) x
-    weight = F.softplus(x, beta=-1.0)  # log sigmoid(x)
-    loss.sub_(weight)  # BCE(x, t) = (1 - t) x - log sigmoid(x)
+    target = _pow_(q.clone(), gamma).mul_(pos)  # t = q^g on positives, 0 on negatives (also for g = 0)
+    loss, weight = _bce_of_target_(target, x)
     weight.mul_(gamma).exp_().mul_(alpha).masked_fill_(pos, 1.0)  # a p^g on negatives, 1 on positives
     return loss.mul_(weight)
 
 
 def _mal_backward(grad_out: Tensor, x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float) -> Tensor:
-    """MAL gradient w.r.t. the logits, weight detached: ``weight * (p - t) * grad_out``."""
+    """MAL gradient w.r.t. the logits: ``weight * (p - t) * grad_out`` (DEIM detaches the weight ``a p^g``)."""
     pos = _positives(q, labels)
     grad = _pow_(q.clone(), gamma).mul_(pos)  # t
     p = torch.sigmoid(x)
@@ -403,10 +402,7 @@ def _iabce_target(p: Tensor, q: Tensor, pos: Tensor, alpha: float) -> Tensor:
 def _iabce_forward(x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float) -> Tensor:
     """IA-BCE values: ``BCE(x, t)`` on positives, ``p^g BCE(x, 0)`` on negatives."""
     pos = _positives(q, labels)
-    loss = _iabce_target(torch.sigmoid(x), q, pos, alpha)  # t
-    loss.mul_(x).neg_().add_(x)  # (1 - t) x
-    weight = F.softplus(x, beta=-1.0)  # log sigmoid(x)
-    loss.sub_(weight)  # BCE(x, t)
+    loss, weight = _bce_of_target_(_iabce_target(torch.sigmoid(x), q, pos, alpha), x)
     weight.mul_(gamma).exp_().masked_fill_(pos, 1.0)  # p^g on negatives, 1 on positives
     return loss.mul_(weight)
 
@@ -414,7 +410,11 @@ def _iabce_forward(x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, ga
 def _iabce_backward(
     grad_out: Tensor, x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float
 ) -> Tensor:
-    """IA-BCE gradient w.r.t. the logits: ``weight * (g (1 - p) B [negatives only] + p - t) * grad_out``."""
+    """IA-BCE gradient w.r.t. the logits: ``weight * (g (1 - p) B [negatives only] + p - t) * grad_out``.
+
+    Positive: ``t`` comes from a detached ``p`` (RF-DETR), so ``dL/dx = p - t``. Negative: ``L = p^g B`` with
+    ``B = BCE(x, 0)``, ``dB/dx = p`` and the weight not detached: ``dL/dx = p^g (g (1 - p) B + p)``.
+    """
     pos = _positives(q, labels)
     p = torch.sigmoid(x)
     grad = F.softplus(x)  # B = BCE(x, 0)
@@ -439,143 +439,74 @@ def _kernel(fn: Callable, compiled: bool) -> Callable:
     return _compiled(fn.__name__, fn) if compiled else fn
 
 
-class _VarifocalFunction(torch.autograd.Function):
-    """VFL with a hand-derived gradient w.r.t. the logits (targets and labels are constants).
+class _FusedFunction(torch.autograd.Function):
+    """A loss's fused forward kernel with its hand-derived backward w.r.t. the logits (targets and labels constant).
 
-    For a negative, ``L = a p^g B`` with ``B = BCE(x, q)``, ``dB/dx = p - q`` and ``dp/dx = p (1 - p)``, so
-    ``dL/dx = a p^g (g (1 - p) B + p - q)``. For a positive the weight ``w = q`` (or 1) does not depend on ``x``:
-    ``dL/dx = w (p - q)``. Both are ``weight * (g (1 - p) B [negatives only] + p - q)`` with the forward's weight.
+    ``apply(x, q, loss, compiled, *args)``: ``loss`` is the ``_Elementwise`` holding the kernels, ``args`` the
+    kernels' arguments after ``(x, q)``: the positive mask first for losses that use labels, then the hyperparameters.
     """
 
     @staticmethod
-    def forward(
-        ctx, x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float, iou_weighted: bool, compiled: bool
-    ) -> Tensor:
-        if not compiled:  # eager: build the positive mask once for both passes (a compiled kernel computes it inline)
-            labels = _positives(q, labels)
-        ctx.save_for_backward(x, q, labels)
-        ctx.hyp = (alpha, gamma, iou_weighted, compiled)
-        return _kernel(_vfl_forward, compiled)(x, q, labels, alpha, gamma, iou_weighted)
+    def forward(ctx, x: Tensor, q: Tensor, loss: _Elementwise, compiled: bool, *args: Any) -> Tensor:
+        n_masks = int(loss.uses_labels)
+        if loss.uses_labels and not compiled:  # eager: build the mask once for both passes (compiled: inline)
+            args = (_positives(q, args[0]), *args[1:])
+        ctx.save_for_backward(x, q, *args[:n_masks])
+        ctx.hyp = (loss.backward, compiled, args[n_masks:])
+        return _kernel(loss.forward, compiled)(x, q, *args)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        x, q, labels = ctx.saved_tensors
-        alpha, gamma, iou_weighted, compiled = ctx.hyp
-        grad = _kernel(_vfl_backward, compiled)(grad_out, x, q, labels, alpha, gamma, iou_weighted)
-        return grad, None, None, None, None, None, None
+        backward, compiled, hyperparameters = ctx.hyp
+        grad = _kernel(backward, compiled)(grad_out, *ctx.saved_tensors, *hyperparameters)
+        return grad, *[None] * (len(ctx.needs_input_grad) - 1)
 
 
-class _QualityFocalFunction(torch.autograd.Function):
-    """QFL with a hand-derived gradient w.r.t. the logits (targets are constants).
+@dataclass(frozen=True)
+class _Elementwise:
+    """A loss's elementwise kernel ``f(x, q, labels, impl, **hyperparameters)``, without input validation.
 
-    With ``d = p - q`` and ``L = c |d|^b B`` (``c`` the optional YOLOv5 alpha factor, constant in ``x``):
-    ``dL/dx = c (b |d|^(b-1) sign(d) p (1 - p) B + |d|^b d) = c sign(d) |d|^(b-1) (b p (1 - p) B + d^2)``.
-    Where ``d == 0`` the gradient is 0.
+    Dispatches to the fused Function (eager or compiled) or to the autograd formula ``reference`` (``impl="autograd"``,
+    a gradient w.r.t. the targets, or a loss without fused kernels). ``reference`` and the kernels take
+    ``(x, q, [labels,] *hyperparameters)``, hyperparameters in the order of ``params``.
     """
 
-    @staticmethod
-    def forward(ctx, x: Tensor, q: Tensor, beta: float, alpha: float | None, compiled: bool) -> Tensor:
-        ctx.save_for_backward(x, q)
-        ctx.hyp = (beta, alpha, compiled)
-        return _kernel(_qfl_forward, compiled)(x, q, beta, alpha)
+    name: str
+    reference: Callable[..., Tensor]
+    params: tuple[HyperParam, ...]
+    uses_labels: bool = False
+    forward: Callable[..., Tensor] | None = None
+    backward: Callable[..., Tensor] | None = None
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        x, q = ctx.saved_tensors
-        beta, alpha, compiled = ctx.hyp
-        return _kernel(_qfl_backward, compiled)(grad_out, x, q, beta, alpha), None, None, None, None
-
-
-class _MatchabilityAwareFunction(torch.autograd.Function):
-    """MAL with a hand-derived gradient w.r.t. the logits (targets and labels are constants, the weight detached).
-
-    ``L = w BCE(x, t)`` with ``t = q^g`` (positives) or 0 (negatives) and ``w = 1`` (positives) or ``a p^g``
-    (negatives). DEIM computes ``w`` from a detached ``p``, so ``dL/dx = w (p - t)``.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float, compiled: bool) -> Tensor:
-        if not compiled:  # eager: build the positive mask once for both passes
-            labels = _positives(q, labels)
-        ctx.save_for_backward(x, q, labels)
-        ctx.hyp = (alpha, gamma, compiled)
-        return _kernel(_mal_forward, compiled)(x, q, labels, alpha, gamma)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        x, q, labels = ctx.saved_tensors
-        alpha, gamma, compiled = ctx.hyp
-        return _kernel(_mal_backward, compiled)(grad_out, x, q, labels, alpha, gamma), None, None, None, None, None
+    def __call__(self, x: Tensor, q: Tensor, labels: Tensor | None, impl: str, **hyperparameters: Any) -> Tensor:
+        labels_arg = (labels,) if self.uses_labels else ()
+        args = (*labels_arg, *(hyperparameters.get(p.name, p.default) for p in self.params))
+        if self.forward is None or impl == "autograd" or (q.requires_grad and impl == "fused"):
+            return self.reference(x, q, *args)
+        if q.requires_grad:  # compiled, with a gradient w.r.t. the targets: compile the autograd formula instead
+            return _compiled(self.name, self.reference)(x, q, *args)
+        return _FusedFunction.apply(x, q, self, impl == "compiled", *args)
 
 
-class _IoUAwareBCEFunction(torch.autograd.Function):
-    """IA-BCE with a hand-derived gradient w.r.t. the logits (targets and labels are constants, the target detached).
-
-    Positive: ``L = BCE(x, t)`` with ``t = max(p^a q^(1-a), 0.01)`` computed from a detached ``p`` (RF-DETR), so
-    ``dL/dx = p - t``. Negative: ``L = p^g B`` with ``B = BCE(x, 0)``, ``dB/dx = p`` and the weight not detached:
-    ``dL/dx = p^g (g (1 - p) B + p)``. Both are ``weight * (g (1 - p) B [negatives only] + p - t)``.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, q: Tensor, labels: Tensor | None, alpha: float, gamma: float, compiled: bool) -> Tensor:
-        if not compiled:
-            labels = _positives(q, labels)
-        ctx.save_for_backward(x, q, labels)
-        ctx.hyp = (alpha, gamma, compiled)
-        return _kernel(_iabce_forward, compiled)(x, q, labels, alpha, gamma)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        x, q, labels = ctx.saved_tensors
-        alpha, gamma, compiled = ctx.hyp
-        return _kernel(_iabce_backward, compiled)(grad_out, x, q, labels, alpha, gamma), None, None, None, None, None
-
-
-def _run(
-    name: str, impl: str, function: type[torch.autograd.Function], reference: Callable, x: Tensor, q: Tensor, *args
-) -> Tensor:
-    """Dispatch to the fused Function (eager or compiled) or, for a gradient w.r.t. the targets, the formula."""
-    if impl == "autograd" or (q.requires_grad and impl == "fused"):
-        return reference(x, q, *args)
-    if q.requires_grad:  # compiled, with a gradient w.r.t. the targets: compile the autograd formula instead
-        return _compiled(name, reference)(x, q, *args)
-    return function.apply(x, q, *args, impl == "compiled")
-
-
-def _bce_elementwise(x: Tensor, q: Tensor, labels: Tensor | None, impl: str) -> Tensor:
+def _bce_autograd(x: Tensor, q: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(x, q, reduction="none")
 
 
-def _focal_elementwise(x: Tensor, q: Tensor, labels: Tensor | None, impl: str, alpha: float, gamma: float) -> Tensor:
-    return _focal_autograd(x, q, alpha, gamma)
-
-
-def _vfl_elementwise(
-    x: Tensor, q: Tensor, labels: Tensor | None, impl: str, alpha: float, gamma: float, iou_weighted: bool
-) -> Tensor:
-    return _run("vfl", impl, _VarifocalFunction, _vfl_autograd, x, q, labels, alpha, gamma, iou_weighted)
-
-
-def _qfl_elementwise(
-    x: Tensor, q: Tensor, labels: Tensor | None, impl: str, beta: float, alpha: float | None = None
-) -> Tensor:
-    return _run("qfl", impl, _QualityFocalFunction, _qfl_autograd, x, q, beta, alpha)
-
-
-def _mal_elementwise(x: Tensor, q: Tensor, labels: Tensor | None, impl: str, alpha: float, gamma: float) -> Tensor:
-    return _run("mal", impl, _MatchabilityAwareFunction, _mal_autograd, x, q, labels, alpha, gamma)
-
-
-def _iabce_elementwise(x: Tensor, q: Tensor, labels: Tensor | None, impl: str, alpha: float, gamma: float) -> Tensor:
-    return _run("iabce", impl, _IoUAwareBCEFunction, _iabce_autograd, x, q, labels, alpha, gamma)
+_bce_elementwise = _Elementwise("bce", _bce_autograd, ())
+_focal_elementwise = _Elementwise("focal", _focal_autograd, (_FL_ALPHA, _FL_GAMMA))
+_vfl_elementwise = _Elementwise(
+    "vfl", _vfl_autograd, (_VFL_ALPHA, _VFL_GAMMA, _VFL_IOU_WEIGHTED), True, _vfl_forward, _vfl_backward
+)
+_qfl_elementwise = _Elementwise("qfl", _qfl_autograd, (_QFL_BETA, _QFL_ALPHA), False, _qfl_forward, _qfl_backward)
+_mal_elementwise = _Elementwise("mal", _mal_autograd, (_MAL_ALPHA, _MAL_GAMMA), True, _mal_forward, _mal_backward)
+_iabce_elementwise = _Elementwise(
+    "iabce", _iabce_autograd, (_IABCE_ALPHA, _IABCE_GAMMA), True, _iabce_forward, _iabce_backward
+)
 
 
 def _compute(
-    elementwise: Callable[..., Tensor],
+    elementwise: _Elementwise,
     logits: Tensor,
     targets: Tensor,
     labels: Tensor | None,
@@ -584,15 +515,6 @@ def _compute(
     impl: str,
 ) -> Tensor:
     """Float32 with autocast off, the elementwise kernel, the reduction (inputs and hyperparameters already valid).
-
-    Args:
-        elementwise: ``f(x, q, labels, impl, **hyperparameters) -> Tensor[...]``.
-        logits (Tensor[...]): raw scores, any floating dtype.
-        targets (Tensor[...]): soft targets, same shape.
-        labels (Tensor[...] | None): positive mask, same shape (VFL, MAL and IA-BCE use it).
-        hyperparameters: validated keywords of the loss.
-        reduction (str): ``"none"``, ``"mean"`` or ``"sum"``.
-        impl (str): ``"fused"``, ``"autograd"`` or ``"compiled"`` (BCE and focal have one implementation).
 
     Returns:
         Tensor[...] float32 (float64 for float64 inputs), or a scalar when reduced.
@@ -603,8 +525,7 @@ def _compute(
 
 
 def _loss(
-    elementwise: Callable[..., Tensor],
-    params: tuple[HyperParam, ...],
+    elementwise: _Elementwise,
     logits: Tensor,
     targets: Tensor,
     labels: Tensor | None,
@@ -613,9 +534,9 @@ def _loss(
     impl: str,
 ) -> Tensor:
     """The public functions' one wrapper: validate everything (values included), then ``_compute``."""
-    hyperparameters = {p.name: p.check(p.name, hyperparameters[p.name]) for p in params}
-    reduction = _check_reduction(reduction)
-    impl = _check_impl(impl)
+    hyperparameters = {p.name: p.check(p.name, hyperparameters[p.name]) for p in elementwise.params}
+    reduction = _check_choice("reduction", reduction, REDUCTIONS)
+    impl = _check_choice("impl", impl, IMPLEMENTATIONS)
     _check_inputs(logits, targets, labels)
     return _compute(elementwise, logits, targets, labels, hyperparameters, reduction, impl)
 
@@ -637,7 +558,7 @@ def binary_cross_entropy(logits: Tensor, targets: Tensor, *, reduction: str = "n
     Returns:
         Tensor[...] float32 elementwise loss, or a scalar when reduced.
     """
-    return _loss(_bce_elementwise, (), logits, targets, None, {}, reduction, "fused")
+    return _loss(_bce_elementwise, logits, targets, None, {}, reduction, "fused")
 
 
 def sigmoid_focal_loss(
@@ -670,7 +591,7 @@ def sigmoid_focal_loss(
         Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017, arXiv:1708.02002.
     """
     hyperparameters = {"alpha": alpha, "gamma": gamma}
-    return _loss(_focal_elementwise, _FOCAL_PARAMS, logits, targets, None, hyperparameters, reduction, "fused")
+    return _loss(_focal_elementwise, logits, targets, None, hyperparameters, reduction, "fused")
 
 
 def varifocal_loss(
@@ -714,7 +635,7 @@ def varifocal_loss(
         Zhang et al., "VarifocalNet: An IoU-aware Dense Object Detector", CVPR 2021, arXiv:2008.13367.
     """
     hyperparameters = {"alpha": alpha, "gamma": gamma, "iou_weighted": iou_weighted}
-    return _loss(_vfl_elementwise, _VFL_PARAMS, logits, targets, labels, hyperparameters, reduction, impl)
+    return _loss(_vfl_elementwise, logits, targets, labels, hyperparameters, reduction, impl)
 
 
 def quality_focal_loss(
@@ -749,7 +670,7 @@ def quality_focal_loss(
         Li et al., "Generalized Focal Loss", NeurIPS 2020, arXiv:2006.04388.
     """
     hyperparameters = {"beta": beta, "alpha": alpha}
-    return _loss(_qfl_elementwise, (*_QFL_PARAMS, _QFL_ALPHA), logits, targets, None, hyperparameters, reduction, impl)
+    return _loss(_qfl_elementwise, logits, targets, None, hyperparameters, reduction, impl)
 
 
 def matchability_aware_loss(
@@ -796,7 +717,7 @@ def matchability_aware_loss(
         github.com/ShihuaHuang95/DEIM ``engine/deim/deim_criterion.py`` ``DEIMCriterion.loss_labels_mal``.
     """
     hyperparameters = {"alpha": alpha, "gamma": gamma}
-    return _loss(_mal_elementwise, _MAL_PARAMS, logits, targets, labels, hyperparameters, reduction, impl)
+    return _loss(_mal_elementwise, logits, targets, labels, hyperparameters, reduction, impl)
 
 
 def iou_aware_bce_loss(
@@ -842,7 +763,7 @@ def iou_aware_bce_loss(
         (``ia_bce_loss=True``, the default of its configs).
     """
     hyperparameters = {"alpha": alpha, "gamma": gamma}
-    return _loss(_iabce_elementwise, _IABCE_PARAMS, logits, targets, labels, hyperparameters, reduction, impl)
+    return _loss(_iabce_elementwise, logits, targets, labels, hyperparameters, reduction, impl)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -897,72 +818,42 @@ class LossSpec:
 _REGISTRY: dict[str, LossSpec] = {}
 
 
-def _register(spec: LossSpec) -> None:
-    _REGISTRY[spec.name] = spec
+def _register(function: Callable[..., Tensor], elementwise: _Elementwise, formula: str, reference: str) -> None:
+    params = tuple(p for p in elementwise.params if p.arg is not None)  # not QFL's alpha, a function keyword only
+    name, uses_labels = elementwise.name, elementwise.uses_labels
+    _REGISTRY[name] = LossSpec(name, function, params, formula, reference, uses_labels, elementwise)
 
 
+_register(binary_cross_entropy, _bce_elementwise, "-(q log p + (1-q) log(1-p))", "stock YOLOv8 classification loss")
 _register(
-    LossSpec(
-        name="bce",
-        function=binary_cross_entropy,
-        params=(),
-        formula="-(q log p + (1-q) log(1-p))",
-        reference="stock YOLOv8 classification loss",
-        elementwise=_bce_elementwise,
-    )
+    sigmoid_focal_loss,
+    _focal_elementwise,
+    "alpha_t (1-p_t)^gamma BCE(x, q)",
+    "Lin et al. 2017, Focal Loss (arXiv:1708.02002)",
 )
 _register(
-    LossSpec(
-        name="focal",
-        function=sigmoid_focal_loss,
-        params=_FOCAL_PARAMS,
-        formula="alpha_t (1-p_t)^gamma BCE(x, q)",
-        reference="Lin et al. 2017, Focal Loss (arXiv:1708.02002)",
-        elementwise=_focal_elementwise,
-    )
+    varifocal_loss,
+    _vfl_elementwise,
+    "pos: q BCE(x, q); neg: alpha p^gamma BCE(x, 0)",
+    "Zhang et al. 2021, VarifocalNet (arXiv:2008.13367)",
 )
 _register(
-    LossSpec(
-        name="vfl",
-        function=varifocal_loss,
-        params=_VFL_PARAMS,
-        formula="pos: q BCE(x, q); neg: alpha p^gamma BCE(x, 0)",
-        reference="Zhang et al. 2021, VarifocalNet (arXiv:2008.13367)",
-        uses_labels=True,
-        elementwise=_vfl_elementwise,
-    )
+    quality_focal_loss,
+    _qfl_elementwise,
+    "|q - p|^beta BCE(x, q)",
+    "Li et al. 2020, Generalized Focal Loss (arXiv:2006.04388)",
 )
 _register(
-    LossSpec(
-        name="qfl",
-        function=quality_focal_loss,
-        params=_QFL_PARAMS,
-        formula="|q - p|^beta BCE(x, q)",
-        reference="Li et al. 2020, Generalized Focal Loss (arXiv:2006.04388)",
-        elementwise=_qfl_elementwise,
-    )
+    matchability_aware_loss,
+    _mal_elementwise,
+    "pos: BCE(x,q^gamma); neg: alpha p^gamma BCE(x,0)",
+    "Huang et al. 2025, DEIM (arXiv:2412.04234)",
 )
 _register(
-    LossSpec(
-        name="mal",
-        function=matchability_aware_loss,
-        params=_MAL_PARAMS,
-        formula="pos: BCE(x,q^gamma); neg: alpha p^gamma BCE(x,0)",
-        reference="Huang et al. 2025, DEIM (arXiv:2412.04234)",
-        uses_labels=True,
-        elementwise=_mal_elementwise,
-    )
-)
-_register(
-    LossSpec(
-        name="iabce",
-        function=iou_aware_bce_loss,
-        params=_IABCE_PARAMS,
-        formula="pos: BCE(x, p^alpha q^(1-alpha)); neg: p^gamma BCE(x, 0)",
-        reference="LW-DETR/RF-DETR IA-BCE (arXiv:2406.03459)",
-        uses_labels=True,
-        elementwise=_iabce_elementwise,
-    )
+    iou_aware_bce_loss,
+    _iabce_elementwise,
+    "pos: BCE(x, p^alpha q^(1-alpha)); neg: p^gamma BCE(x, 0)",
+    "LW-DETR/RF-DETR IA-BCE (arXiv:2406.03459)",
 )
 
 
@@ -1001,7 +892,7 @@ class ClsLoss(nn.Module):
         super().__init__()
         self.spec = get_loss_spec(name)
         self.hyperparameters = self.spec.validate(**hyperparameters)
-        self.impl = _check_impl(impl)
+        self.impl = _check_choice("impl", impl, IMPLEMENTATIONS)
 
     @property
     def name(self) -> str:
