@@ -6,17 +6,14 @@ resolution, verdict lines, legends for every ``-``, ``n/a`` and ``(n=1)``, the f
 
 from __future__ import annotations
 
-import ast
 import csv
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from yolo_vfl.ab import plots
-from yolo_vfl.ab import report as ab_report
 from yolo_vfl.ab.evaluation import summarize_detections
 from yolo_vfl.ab.plots import plot_curves, plot_fp_scores, plot_pr_curves, plot_ranking, write_diagnosis, write_report
 from yolo_vfl.ab.report import (
@@ -528,24 +525,6 @@ def test_diagnosis_without_true_positives_has_no_blank_values():
             assert "" not in [c.strip() for c in text.strip("|").split("|")], text  # no blank table cell
     assert "None" not in md and "nan" not in md
     assert "n/a (not recorded)" in md  # the unrecorded NMS IoU and max_det
-
-
-# ----------------------------------------------------------------------------------------------- layers
-def _imported_roots(module) -> set[str]:
-    tree = ast.parse(Path(module.__file__).read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            roots.add(node.module.split(".")[0])
-    return roots
-
-
-def test_report_is_text_only_and_plots_need_no_torch():
-    """ab.report imports no torch, Ultralytics or matplotlib (not even lazily); ab.plots no torch or Ultralytics."""
-    assert not _imported_roots(ab_report) & {"torch", "ultralytics", "matplotlib"}
-    assert not _imported_roots(plots) & {"torch", "ultralytics"}
 
 
 def test_markdown_names_the_pretrained_start_and_the_resumed_runs():
