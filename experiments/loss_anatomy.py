@@ -214,7 +214,7 @@ def markdown(rows: list[dict[str, Any]], stats: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True, help="a trained detection checkpoint (best.pt / last.pt)")
-    ap.add_argument("--data", default=None, help="dataset YAML (default: the embedded dataset)")
+    ap.add_argument("--data", default=None, help="dataset YAML or embedded name (default: embedded)")
     ap.add_argument("--split", default="train", choices=("train", "val"))
     ap.add_argument("--imgsz", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
@@ -224,11 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if not Path(a.weights).is_file():
         raise SystemExit(f"loss_anatomy: --weights {a.weights!r} is not a file")
-    data = a.data
-    if data is None:
-        from yolo_vfl.data import embedded_dataset
+    from yolo_vfl.data import resolve_embedded
 
-        data = str(embedded_dataset())
+    data = str(resolve_embedded(a.data or "embedded") or a.data)  # embedded names as in `yolo-vfl train data=...`
     settings = [parse_setting(t) for t in a.settings]
     torch.manual_seed(0)
     records = record_batches(a.weights, data, a.imgsz, a.batch, a.batches, a.split)
