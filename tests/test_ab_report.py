@@ -163,6 +163,7 @@ NEW_COLUMNS = [
     "mAP50-95_gain_last3_rel_std",
     "gain_epochs",
     "mAP50-95_diff_halfwidth",
+    *(f"mAP50-95_curve_diff_{when}{end}" for when in ("earlier", "last") for end in ("", "_lo", "_hi")),
 ]
 
 
@@ -185,7 +186,7 @@ def test_csv_keeps_the_columns_and_values_of_the_first_runner():
     assert (
         vfl[OLD_COLUMNS.index("mAP50-95_verdict")] == "no clear difference" and vfl[OLD_COLUMNS.index("n_seeds")] == "2"
     )
-    assert bce[n:] == ["0.000000", "0.000000", "0.000000", "0.000000", "3", "", "u 1", "c"]
+    assert bce[n:] == ["0.000000", "0.000000", "0.000000", "0.000000", "3", "", *[""] * 6, "u 1", "c"]
     assert vfl[n + 5] == "0.000000"  # identical values: a zero-width interval
 
 
@@ -305,6 +306,28 @@ def test_still_rising_baseline_is_not_converged():
     assert table[0]["gain_epochs"] == "3" and NOT_CONVERGED in table[1]["warning"]
 
 
+def test_curve_differences_show_whether_the_gap_moved_at_the_end():
+    """The paired arm - baseline difference of the curves 3 epochs before the end and at the last epoch.
+
+    bce ends at 0.30 rising 20% (0.25 at epoch 7), vfl at 0.27 rising 8% (0.25 at epoch 7), both seeds alike: the
+    difference is 0.00 at epoch 7 and -0.03 at epoch 10 (the gap opened at the end); the baseline has none.
+    """
+    results = [result("bce", s, 0.30, rising(0.30, 0.20)) for s in (0, 1)]
+    results += [result("vfl", s, 0.27, rising(0.27, 0.08)) for s in (0, 1)]
+    bce, vfl = summarize(results, baseline="bce")
+    assert bce.convergence.earlier is None and bce.convergence.last is None
+    assert vfl.convergence.earlier.mean == pytest.approx(0.0, abs=1e-12) and vfl.convergence.earlier.n == 2
+    assert vfl.convergence.last.mean == pytest.approx(-0.03)
+    md = summary_markdown([bce, vfl], results, {"name": "t", "baseline": "bce"})
+    conv = table_rows(md, "## Convergence and resolution")
+    assert conv[0].endswith("| (baseline) | (baseline) | (baseline) |")
+    assert conv[1].endswith("| +0.0000 [+0.0000, +0.0000] | -0.0300 [-0.0300, -0.0300] |"), conv[1]
+    table = list(csv.DictReader(summary_csv_text([bce, vfl]).splitlines()))
+    assert table[0]["mAP50-95_curve_diff_last"] == "" and float(table[1]["mAP50-95_curve_diff_last"]) == -0.03
+    one = summarize([result("bce", 0, 0.3, rising(0.3, 0.2)), result("vfl", 0, 0.3, rising(0.3, 0.2))])
+    assert one[1].convergence.last.n == 1 and one[1].convergence.last.lo is None  # one pair: no interval
+
+
 def test_low_baseline_is_not_converged_and_small_rise_is_fine():
     """A flat baseline at 0.05 (< 0.10) is not converged; at 0.30 rising 2% (< 3%) it is."""
     low = [result("bce", s, 0.05) for s in (0, 1)] + [result("vfl", s, 0.06) for s in (0, 1)]
@@ -337,7 +360,7 @@ def test_resolution_by_hand():
     md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
     assert f"**Resolution: {text}.**" in md
     conv = table_rows(md, "## Convergence and resolution")
-    assert conv[1].endswith("| ±0.0124 |") and conv[2].endswith("| ±0.0248 |")
+    assert "| ±0.0124 | +0.0550 [" in conv[1] and "| ±0.0248 | " in conv[2]
     table = list(csv.DictReader(summary_csv_text(rows).splitlines()))
     assert float(table[1]["mAP50-95_diff_halfwidth"]) == pytest.approx(0.012421, abs=1e-6)
     assert table[0]["mAP50-95_diff_halfwidth"] == ""

@@ -86,11 +86,17 @@ class MetricRow:
 
 @dataclass(frozen=True)
 class Convergence:
-    """An arm's gain at the end of training (``curve_gain`` per seed): absolute, relative, epochs spanned (fewest)."""
+    """An arm's gain at the end of training (``curve_gain`` per seed): absolute, relative, epochs spanned (fewest).
+
+    ``earlier`` / ``last``: the paired differences to the baseline of the curves' values at the epoch the gain is
+    measured from and at the last epoch (None for the baseline): whether the gap still moved at the end.
+    """
 
     gain: MeanStd = field(default_factory=MeanStd)
     gain_rel: MeanStd = field(default_factory=MeanStd)
     epochs: int | None = None
+    earlier: PairedDifference | None = None
+    last: PairedDifference | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,10 @@ class ArmRow:
             c.update({key: self.warning} if s is None else {f"{key}_mean": s.mean, f"{key}_std": s.std})
         c["gain_epochs"] = self.convergence.epochs
         c[f"{PRIMARY_METRIC}_diff_halfwidth"] = self.primary.diff.half_width if self.primary.diff else None
+        for when in ("earlier", "last"):
+            d = getattr(self.convergence, when)
+            for key, value in (("", "mean"), ("_lo", "lo"), ("_hi", "hi")):
+                c[f"{PRIMARY_METRIC}_curve_diff_{when}{key}"] = getattr(d, value) if d else None
         return c
 
 
@@ -174,21 +184,38 @@ def curve_gain(
     The last value against the latest one at least ``epochs`` before it (else the first): 0.2, 0.3, 0.4, 0.44 at
     epochs 1-4 give ``(0.24, 1.2, 3)``. Relative: None for an earlier value <= 0; all None below 2 values.
     """
-    values = getattr(curve, _CURVE_FIELDS[metric])
-    pts = sorted((int(e), float(v)) for e, v in zip(curve.epoch, values) if finite([v]))
-    if len(pts) < 2:
+    window = _window(curve, metric, epochs)
+    if window is None:
         return None, None, None
-    e_last, v_last = pts[-1]
-    earlier = [p for p in pts if p[0] <= e_last - epochs]
-    e0, v0 = earlier[-1] if earlier else pts[0]
+    (e0, v0), (e_last, v_last) = window
     gain = v_last - v0
     return gain, (gain / v0 if v0 > 0 else None), e_last - e0
 
 
-def _convergence(runs: Sequence[RunResult]) -> Convergence:
+def _window(curve: Curve, metric: str, epochs: int) -> tuple[tuple[int, float], tuple[int, float]] | None:
+    """``((epoch, value) the gain is measured from, (last epoch, value))`` of a curve; None below 2 values."""
+    values = getattr(curve, _CURVE_FIELDS[metric])
+    pts = sorted((int(e), float(v)) for e, v in zip(curve.epoch, values) if finite([v]))
+    if len(pts) < 2:
+        return None
+    earlier = [p for p in pts if p[0] <= pts[-1][0] - epochs]
+    return (earlier[-1] if earlier else pts[0]), pts[-1]
+
+
+def _window_values(runs: Sequence[RunResult], end: int) -> dict[int, float | None]:
+    """By seed, the curve value the convergence gain is measured from (``end=0``) or its last one (``end=1``)."""
+    windows = {r.seed: _window(r.curve, PRIMARY_METRIC, CONVERGENCE_EPOCHS) for r in runs}
+    return {seed: w[end][1] if w else None for seed, w in windows.items()}
+
+
+def _convergence(runs: Sequence[RunResult], base_window: Sequence[Mapping] | None, level: float) -> Convergence:
+    """The arm's gains; with the baseline's window values (``_window_values``) also its paired curve differences."""
     gains = [curve_gain(r.curve) for r in runs]
     spans = [g[2] for g in gains if g[2] is not None]
-    return Convergence(MeanStd.of(g[0] for g in gains), MeanStd.of(g[1] for g in gains), min(spans, default=None))
+    diffs = [paired_difference(_window_values(runs, e), base_window[e], level) for e in (0, 1)] if base_window else []
+    return Convergence(
+        MeanStd.of(g[0] for g in gains), MeanStd.of(g[1] for g in gains), min(spans, default=None), *diffs
+    )
 
 
 def summarize(
@@ -197,6 +224,7 @@ def summarize(
     """One ``ArmRow`` per arm, in arm order (``group_by_arm``); ``level``: confidence level of the intervals."""
     groups = group_by_arm(results, order, baseline)
     base_runs = groups.get(baseline, [])
+    base_window = [_window_values(base_runs, end) for end in (0, 1)]
     rows = []
     for arm, runs in groups.items():
         is_base = arm == baseline
@@ -218,7 +246,7 @@ def summarize(
                 wall_time_s=MeanStd.of(r.wall_time_s for r in runs),
                 final_losses={k: MeanStd.of(r.final_losses.get(k) for r in runs) for k in LOSS_KEYS},
                 ranking={k: MeanStd.of(get_path(r.ranking, k) for r in runs) for k in RANK_KEYS},
-                convergence=_convergence(runs),
+                convergence=_convergence(runs, None if is_base else base_window, level),
             )
         )
     warnings = tuple(experiment_warnings(rows, baseline))
@@ -338,8 +366,7 @@ def _stat(s: MeanStd, digits: int = 4, signed: bool = False, percent: bool = Fal
 _NO_INTERVAL = "n=1, no interval"
 
 
-def _diff_text(row: MetricRow) -> str:
-    d = row.diff
+def _diff_text(d: PairedDifference | None) -> str:
     if d is None:
         return "(baseline)"
     if d.mean is None:
@@ -432,14 +459,15 @@ def summary_markdown(
     diffs = []
     for r in rows:
         pairs = r.primary.diff.n if r.primary.diff is not None else "(baseline)"
-        map50 = [_diff_text(r.metrics["mAP50"]), r.metrics["mAP50"].verdict]
-        rest = [_diff_text(r.metrics[m]) for m in ("precision", "recall")]
-        diffs.append([r.arm, pairs, _diff_text(r.primary), f"**{r.verdict}**", *map50, *rest])
+        map50 = [_diff_text(r.metrics["mAP50"].diff), r.metrics["mAP50"].verdict]
+        rest = [_diff_text(r.metrics[m].diff) for m in ("precision", "recall")]
+        diffs.append([r.arm, pairs, _diff_text(r.primary.diff), f"**{r.verdict}**", *map50, *rest])
     conv = []
     for r in rows:
         c = r.convergence
         gains = [_stat(c.gain, signed=True), _stat(c.gain_rel, 1, signed=True, percent=True)]
-        conv.append([r.arm, _stat(r.primary.value), _fmt(c.epochs, none="-"), *gains, _half_width(r.primary.diff)])
+        row = [r.arm, _stat(r.primary.value), _fmt(c.epochs, none="-"), *gains, _half_width(r.primary.diff)]
+        conv.append([*row, _diff_text(c.earlier), _diff_text(c.last)])
     res, k = resolution(rows), CONVERGENCE_EPOCHS
     times = [
         [r.arm, _fmt(r.epochs_done.mean, 1) or "-", _duration(r.train_time_s.mean), _duration(r.wall_time_s.mean)]
@@ -482,10 +510,13 @@ def summary_markdown(
         f"then describes an early stage of training. The baseline counts as not converged when its final "
         f"{PRIMARY_METRIC} is below {CONVERGED_MIN:g} or it still rises more than {CONVERGED_RISE:.0%}. Resolution: "
         f"the half-width of each arm's paired {level}% interval against `{baseline}` (arm − {baseline}, by seed); "
-        "a smaller difference cannot be told from zero.\n",
+        "a smaller difference cannot be told from zero. The last two columns: the paired difference to "
+        f"`{baseline}` on the curves {k} epochs before the end (the epoch each gain is measured from) and at their "
+        "last epoch; when the two agree, the gap between the arms did not move while training went on.\n",
         *([f"**Resolution: {res}.**\n"] if res else []),
         *_table(
-            f"arm | final {PRIMARY_METRIC} | epochs spanned | gain | relative gain | ± {level}% CI vs {baseline}",
+            f"arm | final {PRIMARY_METRIC} | epochs spanned | gain | relative gain | ± {level}% CI vs {baseline} "
+            f"| Δ vs {baseline}, {k} epochs earlier [CI] | Δ vs {baseline}, last epoch [CI]",
             conv,
             "`-`: not measured: no seed of the arm has a curve with 2 epochs or more (relative gain: the earlier value "
             "is 0), or no final value.",
