@@ -18,7 +18,6 @@ positives (the bug of the recipe in ultralytics issue #3604); here they are nega
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from ultralytics.utils.loss import v8DetectionLoss
 
-from .losses import ClsLoss, get_loss_spec, list_losses
+from .losses import ClsLoss, _check_nonnegative, get_loss_spec, list_losses
 
 __all__ = [
     "SETTING_KEYS",
@@ -211,19 +210,10 @@ def _check_topk(key: str, value: Any) -> int:
     return value
 
 
-def _check_exponent(key: str, value: Any) -> float:
-    """``tal_alpha`` / ``tal_beta``: a finite number >= 0 (exponents of score and IoU in the alignment metric)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{key} must be a number >= 0, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"Invalid {key}={value}: valid values are finite numbers >= 0 (YOLOv8: alpha 0.5, beta 6.0)")
-    return float(value)
-
-
 _TAL_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "tal_topk": _check_topk,
-    "tal_alpha": _check_exponent,
-    "tal_beta": _check_exponent,
+    "tal_alpha": _check_nonnegative,  # exponents of score and IoU in the alignment metric, as the losses' own
+    "tal_beta": _check_nonnegative,
 }
 
 #: The settings that are not loss hyperparameters: ``key: (default, validator)``.
