@@ -1,0 +1,53 @@
+"""experiments/finetune_table.py: the cross-target table is the cells of the targets' summary.csv files."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "finetune_table.py"
+COLUMNS = "arm,loss,overrides,n_seeds,mAP50-95_mean,mAP50-95_std,mAP50-95_diff,mAP50-95_diff_lo,mAP50-95_diff_hi,"
+COLUMNS += "mAP50-95_verdict"
+
+
+@pytest.fixture(scope="module")
+def ft():
+    spec = importlib.util.spec_from_file_location("finetune_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(path: Path, *rows: str) -> Path:
+    path.write_text("\n".join([COLUMNS, *rows]) + "\n")
+    return path
+
+
+def test_rows_per_arm_and_missing_arms(ft, tmp_path):
+    a = _summary(
+        tmp_path / "a.csv",
+        "bce,bce,,5,0.7,0.006,,,,baseline",
+        "vfl,vfl,vfl_gamma=1.0,5,0.65,0.01,-0.05,-0.06,-0.04,worse",
+    )
+    b = _summary(tmp_path / "b.csv", "bce,bce,,3,0.35,,,,,baseline", "qfl,qfl,,2,0.36,0.01,0.01,-0.002,0.022,no clear")
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"before\n{ft.START}\nold\n{ft.END}\nafter\n")
+    assert ft.main([f"digits={a}", f"glyphs={b}", "--write", str(doc)]) == 0
+    lines = doc.read_text().splitlines()
+    assert lines[0] == "before" and lines[-1] == "after" and "old" not in lines
+    rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| `")}
+    assert rows["| `bce`"].endswith("| 0.7000 ± 0.0060 | 0.3500 (n=3) |")
+    assert rows["| `vfl`"] == "| `vfl` | vfl | vfl_gamma=1.0 | -0.0500 [-0.0600, -0.0400] worse | not run |"
+    assert rows["| `qfl`"].endswith("| not run | +0.0100 [-0.0020, +0.0220] no clear (n=2) |")
+
+
+def test_bad_target_and_missing_markers(ft, tmp_path):
+    with pytest.raises(SystemExit, match="name=path"):
+        ft.main([str(tmp_path / "nope.csv")])
+    a = _summary(tmp_path / "a.csv", "bce,bce,,5,0.7,0.006,,,,baseline")
+    doc = tmp_path / "doc.md"
+    doc.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="markers"):
+        ft.main([f"digits={a}", "--write", str(doc)])
