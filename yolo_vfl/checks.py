@@ -13,7 +13,20 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["check_model", "check_data", "is_offline", "first_line"]
+__all__ = ["check_model", "check_data", "is_offline", "first_line", "versions"]
+
+
+def versions(**extra: str) -> dict[str, str]:
+    """yolo_vfl, Ultralytics, torch and Python versions of this process, then ``extra`` (what a record adds)."""
+    import platform
+
+    import torch
+    import ultralytics
+
+    from . import __version__
+
+    base = {"yolo_vfl": __version__, "ultralytics": ultralytics.__version__, "torch": torch.__version__}
+    return {**base, "python": platform.python_version(), **extra}
 
 
 def is_offline() -> bool:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import data as _data
+from .checks import versions
 from .errors import InvalidSettingError
 from .fileio import atomic_write_json
 
@@ -324,20 +325,6 @@ def _ultralytics_version() -> str:
 
 def _ultralytics_minor() -> str:
     return ".".join(_ultralytics_version().split(".")[:2])
-
-
-def _versions() -> dict[str, Any]:
-    import torch
-
-    from . import __version__
-
-    return {
-        "yolo_vfl": __version__,
-        "ultralytics": _ultralytics_version(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "generator_version": _data.GENERATOR_VERSION,
-    }
 
 
 def pretrain_dir() -> Path:
@@ -635,7 +622,7 @@ def _build(
             "names": dataset.get("names"),
         },
         "train": {"model": spec.model, **spec.train_overrides()},
-        "versions": _versions(),
+        "versions": versions(generator_version=_data.GENERATOR_VERSION),
         "created_at": state.get("created_at"),
         "published_at": _now(),
         "host": platform.node(),

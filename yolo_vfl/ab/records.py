@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import platform
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import versions
 from ..fileio import atomic_write_bytes, json_safe
 from . import protocol
 
@@ -228,21 +228,6 @@ def load_records(path: str | os.PathLike[str]) -> Records:
 
 
 # ---------------------------------------------------------------------------------------------- recording
-def _versions() -> dict[str, str]:
-    import torch
-    import ultralytics
-
-    from .. import __version__
-
-    return {
-        "yolo_vfl": __version__,
-        "ultralytics": ultralytics.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def _numpy(t: Any, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
     return t.detach().cpu().numpy().astype(dtype).reshape(shape)
 
@@ -386,5 +371,5 @@ def record_detections(
         names=dict(getattr(model, "names", None) or {}),
         params=json.loads(json.dumps(json_safe(params))),
         metrics={m: float(rd[key]) for m, key in protocol.ULTRALYTICS_KEYS.items() if key in rd},
-        versions=_versions(),
+        versions=versions(numpy=np.__version__),
     )

@@ -32,33 +32,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..checks import versions
 from ..fileio import atomic_write_json, file_lock, read_json
 from . import protocol
 from .jobs import Job, fingerprint, fingerprint_diff, same_fingerprint
 from .results import Curve, RunResult
 
-__all__ = ["inspect_run", "planned_state", "read_results_csv", "train_time", "run_one", "versions", "main", "EXIT_BUSY"]
+__all__ = ["inspect_run", "planned_state", "read_results_csv", "train_time", "run_one", "main", "EXIT_BUSY"]
 
 EXIT_BUSY = 75  # another process holds the run's lock
 #: What a run's result copies from its job.
 _JOB_FIELDS = ("run", "arm", "seed", "loss", "overrides", "settings", "model", "data", "train", "fingerprint", "device")
 
 Log = Callable[[str], None]
-
-
-def versions() -> dict[str, str]:
-    """yolo_vfl, Ultralytics, torch and Python versions of this process."""
-    import torch
-    import ultralytics
-
-    from .. import __version__
-
-    return {
-        "yolo_vfl": __version__,
-        "ultralytics": ultralytics.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 # ------------------------------------------------------------------------------------------------ run directory
