@@ -8,7 +8,9 @@ replaces the table between ``<!-- finetune-table -->`` and ``<!-- /finetune-tabl
         glyphs=experiments/results/ab_finetune_glyphs/summary.csv \
         --write README.md --write experiments/README.md
 
-An arm missing from a target's summary is written ``not run``. Every number is a cell of a ``summary.csv``.
+An arm missing from a target's summary is written ``not run``. Where a ``diagnosis.csv`` (``yolo-vfl ab diagnose``)
+lies next to a ``summary.csv``, a second table gives each arm's false positives at equal recall against the
+baseline's, by kind. Every number is a cell of a ``summary.csv`` or ``diagnosis.csv``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,31 @@ def cell(row: dict[str, str] | None, metric: str = METRIC) -> str:
     return f"{d:+.4f}{interval} {row[f'{metric}_verdict']}{seeds}"
 
 
+FP_KINDS = ("wrong_class", "background", "localization", "duplicate")
+
+
+def fp_cell(row: dict[str, str] | None, base: dict[str, str] | None) -> str:
+    """``fp a (wrong_class +x, background +y, ...)``: an arm's FPs per run at equal recall and the change by kind."""
+    if row is None or base is None or _num(row, "fp@eq_mean") is None:
+        return "not run" if row is None else "n/a"
+    if row is base:
+        return f"{_num(row, 'fp@eq_mean'):.1f} FPs at recall {_num(row, 'eq_recall'):.2f}"
+    deltas = [(k, _num(row, f"{k}@eq_mean"), _num(base, f"{k}@eq_mean")) for k in FP_KINDS]
+    kinds = ", ".join(f"{k} {a - b:+.1f}" for k, a, b in deltas if a is not None and b is not None)
+    return f"{_num(row, 'fp@eq_mean') - _num(base, 'fp@eq_mean'):+.1f} ({kinds})"
+
+
+def fp_table(diagnoses: dict[str, dict[str, dict[str, str]]], baselines: dict[str, str]) -> str:
+    """Markdown: per arm and target, the FPs per run at equal recall (baseline) or their change by kind (others)."""
+    arms = list(dict.fromkeys(arm for rows in diagnoses.values() for arm in rows))
+    head = f"| arm | {' | '.join(f'{t}: FPs per run at equal recall, Δ vs {baselines[t]}' for t in diagnoses)} |"
+    lines = [head, "| " + " | ".join(["---"] * (1 + len(diagnoses))) + " |"]
+    for arm in arms:
+        cells = [fp_cell(rows.get(arm), rows.get(baselines[t])) for t, rows in diagnoses.items()]
+        lines.append(f"| `{arm}` | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def table(summaries: dict[str, dict[str, dict[str, str]]], metric: str = METRIC) -> str:
     """Markdown: one row per arm (first-seen order over the targets), one column per target."""
     arms: dict[str, dict[str, str]] = {}
@@ -80,13 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", default=METRIC, choices=["mAP50-95", "mAP50"])
     p.add_argument("--write", action="append", default=[], type=Path, help="file with the table markers")
     args = p.parse_args(argv)
-    summaries = {}
+    summaries, diagnoses = {}, {}
     for item in args.targets:
         name, sep, path = item.partition("=")
         if not sep or not Path(path).is_file():
             raise SystemExit(f"invalid target {item!r}: give name=path/to/summary.csv (an existing file)")
         summaries[name] = read_summary(Path(path))
+        diagnosis = Path(path).with_name("diagnosis.csv")
+        if diagnosis.is_file():
+            diagnoses[name] = read_summary(diagnosis)
     text = table(summaries, args.metric)
+    if diagnoses:
+        baselines = {
+            t: next(a for a, r in summaries[t].items() if r[f"{METRIC}_verdict"] == "baseline") for t in summaries
+        }
+        text += "\n\n" + fp_table(diagnoses, baselines)
     for path in args.write:
         write_between_markers(path, text)
     print(text)

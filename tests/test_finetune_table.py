@@ -51,3 +51,28 @@ def test_bad_target_and_missing_markers(ft, tmp_path):
     doc.write_text("no markers\n")
     with pytest.raises(SystemExit, match="markers"):
         ft.main([f"digits={a}", "--write", str(doc)])
+
+
+def test_fp_table_from_the_diagnosis_next_to_the_summary(ft, tmp_path):
+    a = _summary(
+        tmp_path / "summary.csv", "bce,bce,,5,0.7,0.006,,,,baseline", "vfl,vfl,,5,0.65,0.01,-0.05,-0.06,-0.04,worse"
+    )
+    kinds = ",".join(f"{k}@eq_mean" for k in ft.FP_KINDS)
+    (tmp_path / "diagnosis.csv").write_text(
+        f"arm,eq_recall,fp@eq_mean,{kinds}\nbce,0.76,43.0,10,20,8,5\nvfl,0.76,158.4,98.2,39.6,12.8,7.8\n"
+    )
+    lines = ft.table({"digits": ft.read_summary(a)}).splitlines()
+    assert len(lines) == 4  # the accuracy table alone
+    text = ft.fp_table({"digits": ft.read_summary(tmp_path / "diagnosis.csv")}, {"digits": "bce"})
+    rows = text.splitlines()[2:]
+    assert rows[0] == "| `bce` | 43.0 FPs at recall 0.76 |"
+    assert rows[1] == "| `vfl` | +115.4 (wrong_class +88.2, background +19.6, localization +4.8, duplicate +2.8) |"
+
+
+def test_main_appends_the_fp_table_when_a_diagnosis_exists(ft, tmp_path, capsys):
+    a = _summary(tmp_path / "summary.csv", "bce,bce,,5,0.7,0.006,,,,baseline")
+    ft.main([f"digits={a}"])
+    assert "equal recall" not in capsys.readouterr().out
+    (tmp_path / "diagnosis.csv").write_text("arm,eq_recall,fp@eq_mean\nbce,0.5,12.0\n")
+    ft.main([f"digits={a}"])
+    assert "| `bce` | 12.0 FPs at recall 0.50 |" in capsys.readouterr().out
