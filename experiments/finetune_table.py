@@ -1,4 +1,4 @@
-"""The cross-target table of the fine-tuning study: one row per arm, the paired difference to BCE on each target.
+"""The fine-tuning study's cross-target table: one row per arm, the paired difference to the baseline per target.
 
 Reads the ``summary.csv`` that ``yolo-vfl ab`` wrote for each target and prints a markdown table; ``--write FILE``
 replaces the table between ``<!-- finetune-table -->`` and ``<!-- /finetune-table -->`` in each file given::
@@ -24,10 +24,15 @@ START, END = "<!-- finetune-table -->", "<!-- /finetune-table -->"
 METRIC = "mAP50-95"
 
 
-def read_summary(path: Path) -> dict[str, dict[str, str]]:
-    """The rows of a ``summary.csv`` by arm, in file order."""
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    """The rows of a ``summary.csv`` or ``diagnosis.csv`` by arm, in file order."""
     with open(path, newline="") as f:
         return {row["arm"]: row for row in csv.DictReader(f)}
+
+
+def baseline_arm(rows: dict[str, dict[str, str]], metric: str = METRIC) -> str:
+    """The arm a summary compares with (its verdict column says ``baseline``)."""
+    return next(arm for arm, row in rows.items() if row[f"{metric}_verdict"] == "baseline")
 
 
 def _num(row: dict[str, str], key: str) -> float | None:
@@ -82,7 +87,9 @@ def table(summaries: dict[str, dict[str, dict[str, str]]], metric: str = METRIC)
     for rows in summaries.values():
         for arm, row in rows.items():
             arms.setdefault(arm, row)
-    head = f"| arm | loss | overrides | {' | '.join(f'{t}: {metric} (BCE) / Δ vs BCE [95% CI]' for t in summaries)} |"
+    baselines = {t: baseline_arm(rows, metric) for t, rows in summaries.items()}
+    titles = [f"{t}: {metric} ({b}) / Δ vs {b} [95% CI]" for t, b in baselines.items()]
+    head = f"| arm | loss | overrides | {' | '.join(titles)} |"
     lines = [head, "| " + " | ".join(["---"] * (3 + len(summaries))) + " |"]
     for arm, first in arms.items():
         cells = [cell(rows.get(arm), metric) for rows in summaries.values()]
@@ -112,16 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         name, sep, path = item.partition("=")
         if not sep or not Path(path).is_file():
             raise SystemExit(f"invalid target {item!r}: give name=path/to/summary.csv (an existing file)")
-        summaries[name] = read_summary(Path(path))
+        summaries[name] = read_csv(Path(path))
         diagnosis = Path(path).with_name("diagnosis.csv")
         if diagnosis.is_file():
-            diagnoses[name] = read_summary(diagnosis)
+            diagnoses[name] = read_csv(diagnosis)
     text = table(summaries, args.metric)
     if diagnoses:
-        baselines = {
-            t: next(a for a, r in summaries[t].items() if r[f"{METRIC}_verdict"] == "baseline") for t in summaries
-        }
-        text += "\n\n" + fp_table(diagnoses, baselines)
+        text += "\n\n" + fp_table(diagnoses, {t: baseline_arm(summaries[t], args.metric) for t in diagnoses})
     for path in args.write:
         write_between_markers(path, text)
     print(text)

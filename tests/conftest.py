@@ -80,6 +80,17 @@ def task_data(det_data, tmp_path_factory):
     return get
 
 
+def load_experiment_script(name: str):
+    """An ``experiments/<name>.py`` script imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def train_tiny(model_cfg, data, project: Path, name: str = "run", **kwargs):
     """Train a tiny model with VFLDetectionTrainer (1 epoch at 64 px on CPU unless overridden); returns the YOLO."""
     from ultralytics import YOLO

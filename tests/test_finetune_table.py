@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import load_experiment_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "finetune_table.py"
 COLUMNS = "arm,loss,overrides,n_seeds,mAP50-95_mean,mAP50-95_std,mAP50-95_diff,mAP50-95_diff_lo,mAP50-95_diff_hi,"
 COLUMNS += "mAP50-95_verdict"
 
 
 @pytest.fixture(scope="module")
 def ft():
-    spec = importlib.util.spec_from_file_location("finetune_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment_script("finetune_table")
 
 
 def _summary(path: Path, *rows: str) -> Path:
@@ -61,9 +57,9 @@ def test_fp_table_from_the_diagnosis_next_to_the_summary(ft, tmp_path):
     (tmp_path / "diagnosis.csv").write_text(
         f"arm,eq_recall,fp@eq_mean,{kinds}\nbce,0.76,43.0,10,20,8,5\nvfl,0.76,158.4,98.2,39.6,12.8,7.8\n"
     )
-    lines = ft.table({"digits": ft.read_summary(a)}).splitlines()
+    lines = ft.table({"digits": ft.read_csv(a)}).splitlines()
     assert len(lines) == 4  # the accuracy table alone
-    text = ft.fp_table({"digits": ft.read_summary(tmp_path / "diagnosis.csv")}, {"digits": "bce"})
+    text = ft.fp_table({"digits": ft.read_csv(tmp_path / "diagnosis.csv")}, {"digits": "bce"})
     rows = text.splitlines()[2:]
     assert rows[0] == "| `bce` | 43.0 FPs at recall 0.76 |"
     assert rows[1] == "| `vfl` | +115.4 (wrong_class +88.2, background +19.6, localization +4.8, duplicate +2.8) |"
@@ -76,3 +72,11 @@ def test_main_appends_the_fp_table_when_a_diagnosis_exists(ft, tmp_path, capsys)
     (tmp_path / "diagnosis.csv").write_text("arm,eq_recall,fp@eq_mean\nbce,0.5,12.0\n")
     ft.main([f"digits={a}"])
     assert "| `bce` | 12.0 FPs at recall 0.50 |" in capsys.readouterr().out
+
+
+def test_the_header_names_each_target_s_own_baseline(ft, tmp_path):
+    a = _summary(
+        tmp_path / "a.csv", "bce_cls1,bce,cls=1.0,5,0.68,0.004,,,,baseline", "vfl,vfl,,5,0.69,0.01,0.01,0.0,0.02,better"
+    )
+    head = ft.table({"digits": ft.read_csv(a)}).splitlines()[0]
+    assert head == "| arm | loss | overrides | digits: mAP50-95 (bce_cls1) / Δ vs bce_cls1 [95% CI] |"

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import IMGSZ, train_tiny
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "loss_anatomy.py"
+from conftest import IMGSZ, load_experiment_script, train_tiny
 
 
 @pytest.fixture(scope="module")
 def la():
-    spec = importlib.util.spec_from_file_location("loss_anatomy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment_script("loss_anatomy")
 
 
 def hand_record():
