@@ -26,6 +26,7 @@ from yolo_vfl.ab import (
     train_time,
 )
 from yolo_vfl.ab.jobs import resolve_data, same_fingerprint
+from yolo_vfl.checks import source_hash
 from yolo_vfl.cli import cli_ab
 from yolo_vfl.errors import UserError as CLIError
 
@@ -258,6 +259,7 @@ def test_end_to_end_two_arms(ab_done):
         assert res.curve.epoch == (1,) and res.epochs_done == 1 and res.train_time_s > 0
         assert {"train/box_loss", "train/cls_loss", "train/dfl_loss"} <= set(res.final_losses)
         assert res.versions["ultralytics"] and res.versions["torch"]
+        assert res.versions["yolo_vfl_source"] == source_hash()  # the code the run started with
         assert res.ranking["n_images"] > 0 and "points" in res.ranking
         args = yaml.safe_load((out / "runs" / run / "args.yaml").read_text())
         assert args["seed"] == 0 and args["deterministic"] is True and args["loss"] == run.split("-")[0]

@@ -26,12 +26,14 @@ from yolo_vfl.ab.report import (
     findings,
     group_by_arm,
     resolution,
+    source_warning,
     summarize,
     summary_csv_text,
     summary_markdown,
     verdict_lines,
 )
 from yolo_vfl.ab.results import Curve, RunResult
+from yolo_vfl.checks import source_hash
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NOT_CONVERGED = "not converged: conclusions are about an early stage of training"
@@ -252,6 +254,45 @@ def test_written_csv_carries_the_warning(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
     assert "nothing learned" in rows[1]["warning"]
     assert "nothing learned" in (tmp_path / "summary.md").read_text().lower()
+
+
+def test_source_hash_follows_the_code_not_the_place(tmp_path):
+    """Same files elsewhere: same hash; one changed byte, a new file or a renamed file: another hash."""
+    for name in ("a", "b"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "m.py").write_text("x = 1\n")
+        (tmp_path / name / "sub" / "n.py").write_text("y = 2\n")
+        (tmp_path / name / "notes.txt").write_text(name)  # not code: not counted
+    a, b = tmp_path / "a", tmp_path / "b"
+    first = source_hash(a)
+    assert re.fullmatch(r"[0-9a-f]{12}", first) and source_hash(b) == first
+    (b / "m.py").write_text("x = 2\n")
+    assert source_hash(b) != first
+    (b / "m.py").write_text("x = 1\n")
+    (b / "sub" / "n.py").rename(b / "sub" / "o.py")
+    assert source_hash(b) != first
+    (b / "sub" / "o.py").rename(b / "sub" / "n.py")
+    (b / "extra.py").write_text("")
+    assert source_hash(b) != first
+    assert re.fullmatch(r"[0-9a-f]{12}", source_hash())  # the installed package
+
+
+def test_runs_of_different_code_are_flagged():
+    """Two recorded sources: a warning naming both with their runs; one source or unrecorded ones: none."""
+    old = [result(a, s, 0.3, versions={"yolo_vfl_source": "aaaaaaaaaaaa"}) for a in ("bce", "vfl") for s in (0, 1)]
+    new = [result("qfl", s, 0.3, versions={"yolo_vfl_source": "bbbbbbbbbbbb"}) for s in (0, 1)]
+    unrecorded = [result("mal", s, 0.3, versions={"ultralytics": "8.4.190"}) for s in (0, 1)]
+    assert source_warning(old) is None and source_warning(old + unrecorded) is None
+    text = source_warning(old + new + unrecorded)
+    assert text.startswith("code changed during the experiment: the runs ran 2 different yolo_vfl sources")
+    assert (
+        "aaaaaaaaaaaa: 4 runs (bce-s0, bce-s1, vfl-s0, ...)" in text and "bbbbbbbbbbbb: 2 runs (qfl-s0, qfl-s1)" in text
+    )
+    rows = summarize(old + new, baseline="bce")
+    assert all(source_warning(old + new) in r.warnings for r in rows)
+    md = summary_markdown(rows, old + new, {"name": "t", "baseline": "bce"})
+    assert "> **Warning: code changed during the experiment" in md
+    assert any("code changed" in line for line in verdict_lines(rows))
 
 
 # ----------------------------------------------------------------------------------------------- convergence

@@ -6,6 +6,7 @@ Shared by ``yolo-vfl train`` and the A/B runner; every failure is a ``UserError`
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +14,26 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["check_model", "check_data", "is_offline", "first_line", "versions"]
+__all__ = ["check_model", "check_data", "is_offline", "first_line", "versions", "source_hash"]
+
+
+def source_hash(root: Path | None = None) -> str:
+    """The first 12 hex digits of a SHA-256 over the ``*.py`` files under ``root`` (default: this package).
+
+    Each file counts with its path relative to ``root`` and its bytes, in sorted order.
+
+    Two runs with the same hash ran the same yolo_vfl code; an edit of the working tree changes it even when
+    ``__version__`` stays the same.
+    """
+    root = Path(root) if root is not None else Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def versions(**extra: str) -> dict[str, str]:
-    """yolo_vfl, Ultralytics, torch and Python versions of this process, then ``extra`` (what a record adds)."""
+    """yolo_vfl (version and ``source_hash``), Ultralytics, torch and Python versions, then ``extra``."""
     import platform
 
     import torch
@@ -25,8 +41,8 @@ def versions(**extra: str) -> dict[str, str]:
 
     from . import __version__
 
-    base = {"yolo_vfl": __version__, "ultralytics": ultralytics.__version__, "torch": torch.__version__}
-    return {**base, "python": platform.python_version(), **extra}
+    base = {"yolo_vfl": __version__, "yolo_vfl_source": source_hash(), "ultralytics": ultralytics.__version__}
+    return {**base, "torch": torch.__version__, "python": platform.python_version(), **extra}
 
 
 def is_offline() -> bool:

@@ -33,6 +33,7 @@ __all__ = [
     "curve_gain",
     "summarize",
     "experiment_warnings",
+    "source_warning",
     "resolution",
     "verdict_lines",
     "summary_csv_text",
@@ -249,7 +250,8 @@ def summarize(
                 convergence=_convergence(runs, None if is_base else base_window, level),
             )
         )
-    warnings = tuple(experiment_warnings(rows, baseline))
+    source = source_warning([r for runs in groups.values() for r in runs])
+    warnings = (*experiment_warnings(rows, baseline), *([source] if source else []))
     return [replace(r, warnings=warnings) for r in rows]
 
 
@@ -287,6 +289,29 @@ def experiment_warnings(rows: Sequence[ArmRow], baseline: str = "bce") -> list[s
             + " (train longer)"
         )
     return out
+
+
+def source_warning(results: Sequence[RunResult]) -> str | None:
+    """A warning when the runs ran different yolo_vfl code (``versions["yolo_vfl_source"]``); None: one or unknown.
+
+    Runs from before the source was recorded have no hash and are not counted.
+    """
+    by_source: dict[str, list[str]] = {}
+    for r in results:
+        source = (r.versions or {}).get("yolo_vfl_source")
+        if source:
+            by_source.setdefault(str(source), []).append(r.run or f"{r.arm}-s{r.seed}")
+    if len(by_source) < 2:
+        return None
+    parts = [
+        f"{h}: {len(runs)} run{'s' if len(runs) != 1 else ''} ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''})"
+        for h, runs in by_source.items()
+    ]
+    return (
+        f"code changed during the experiment: the runs ran {len(by_source)} different yolo_vfl sources "
+        f"({'; '.join(parts)}); a difference between arms may come from the code, not the loss (delete the runs "
+        "of the older source to retrain them)"
+    )
 
 
 def resolution(rows: Sequence[ArmRow]) -> str | None:

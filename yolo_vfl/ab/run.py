@@ -302,7 +302,7 @@ def run_one(job: Job, log: Log | None = None) -> RunResult:
     existing = read_json(job.result)
     if existing is not None:
         return RunResult.from_dict(existing)
-    t0 = time.time()
+    t0, started_with = time.time(), versions()  # the code this run starts with (an edit later does not count)
     state, reason = planned_state(job)
     log(f"{job.run}: {state} ({reason})")
     final = _train(job, state, log) if state != "trained" else None
@@ -325,7 +325,7 @@ def run_one(job: Job, log: Log | None = None) -> RunResult:
         restarts=len(list((Path(job.out_dir) / "aside").glob(f"{job.run}.*"))),
         wall_time_s=time.time() - t0,
         host=platform.node(),
-        versions=versions(),
+        versions=started_with,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     atomic_write_json(job.result, result.to_dict())
