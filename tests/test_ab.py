@@ -69,6 +69,24 @@ def test_ready_specs_load(name):
     assert {a.loss for a in spec.arms} <= {"bce", "vfl", "qfl"}
 
 
+@pytest.mark.parametrize("target", ["digits", "glyphs"])
+def test_finetune_specs_and_their_30_epoch_copies(target):
+    """The fine-tuning specs (issue 12): 5 seeds, the default pretrained start, BCE baseline, their target's data.
+
+    Each ``_e30`` copy is its 15-epoch spec at 30 epochs: the same shared training arguments but ``epochs``, the
+    same pretraining, and every arm defined exactly as in the 15-epoch spec.
+    """
+    base = load_spec(EXPERIMENTS / f"ab_finetune_{target}.yaml")
+    long = load_spec(EXPERIMENTS / f"ab_finetune_{target}_e30.yaml")
+    for spec in (base, long):
+        assert spec.baseline == "bce" and spec.seeds == [0, 1, 2, 3, 4] and spec.pretrain is not None
+        assert spec.train["data"] == f"embedded-{target}" and spec.name == Path(spec.out).name
+    assert base.train["epochs"] == 15 and long.train["epochs"] == 30
+    assert {**long.train, "epochs": 15} == base.train and long.pretrain == base.pretrain
+    arms = {a.name: a for a in base.arms}
+    assert all(a == arms[a.name] for a in long.arms), [a.name for a in long.arms if a != arms.get(a.name)]
+
+
 def test_embedded_spec_uses_embedded_data_and_coco_spec_gpu():
     """ab_embedded trains yolov8n.yaml on the embedded data on CPU; the coco128 spec uses GPU 0 at 640 px."""
     emb = load_spec(EXPERIMENTS / "ab_embedded.yaml")
