@@ -8,9 +8,14 @@ replaces the table between ``<!-- finetune-table -->`` and ``<!-- /finetune-tabl
         glyphs=experiments/results/ab_finetune_glyphs/summary.csv \
         --write README.md --write experiments/README.md
 
-An arm missing from a target's summary is written ``not run``. Where a ``diagnosis.csv`` (``yolo-vfl ab diagnose``)
-lies next to a ``summary.csv``, a second table gives each arm's false positives at equal recall against the
-baseline's, by kind. Every number is a cell of a ``summary.csv`` or ``diagnosis.csv``.
+A target may name several reports, comma-separated (``digits=round1/summary.csv,round2/summary.csv``): later
+rounds that re-ran the baseline with the same seeds and added arms. Each arm's row comes from the first report that
+has it, and its difference is the one paired against that report's own baseline; the baseline cell adds a later
+round's baseline where its value differs. An arm missing from every report of a target is written ``not run``.
+
+Where a ``diagnosis.csv`` (``yolo-vfl ab diagnose``) lies next to a ``summary.csv``, a second table gives each arm's
+false positives at equal recall against its report's baseline, by kind (a later round's recall level is named in
+its cells). Every number is a cell of a ``summary.csv`` or ``diagnosis.csv``.
 """
 
 from __future__ import annotations
@@ -59,40 +64,88 @@ def cell(row: dict[str, str] | None, metric: str = METRIC) -> str:
 FP_KINDS = ("wrong_class", "background", "localization", "duplicate")
 
 
-def fp_cell(row: dict[str, str] | None, base: dict[str, str] | None) -> str:
-    """``fp a (wrong_class +x, background +y, ...)``: an arm's FPs per run at equal recall and the change by kind."""
+def fp_cell(row: dict[str, str] | None, base: dict[str, str] | None, recall: float | None = None) -> str:
+    """``fp a (wrong_class +x, background +y, ...)``: an arm's FPs per run at equal recall and the change by kind.
+
+    ``recall``: the recall level of the table's first report; a cell measured at another level names its own.
+    """
     if row is None or base is None or _num(row, "fp@eq_mean") is None:
         return "not run" if row is None else "n/a"
+    own = _num(row, "eq_recall")
     if row is base:
-        return f"{_num(row, 'fp@eq_mean'):.1f} FPs at recall {_num(row, 'eq_recall'):.2f}"
+        return f"{_num(row, 'fp@eq_mean'):.1f} FPs at recall {own:.2f}"
     deltas = [(k, _num(row, f"{k}@eq_mean"), _num(base, f"{k}@eq_mean")) for k in FP_KINDS]
     kinds = ", ".join(f"{k} {a - b:+.1f}" for k, a, b in deltas if a is not None and b is not None)
-    return f"{_num(row, 'fp@eq_mean') - _num(base, 'fp@eq_mean'):+.1f} ({kinds})"
+    at = "" if recall is None or own is None or round(own, 2) == round(recall, 2) else f" at recall {own:.2f}"
+    return f"{_num(row, 'fp@eq_mean') - _num(base, 'fp@eq_mean'):+.1f}{at} ({kinds})"
 
 
-def fp_table(diagnoses: dict[str, dict[str, dict[str, str]]], baselines: dict[str, str]) -> str:
-    """Markdown: per arm and target, the FPs per run at equal recall (baseline) or their change by kind (others)."""
-    arms = list(dict.fromkeys(arm for rows in diagnoses.values() for arm in rows))
-    head = f"| arm | {' | '.join(f'{t}: FPs per run at equal recall, Δ vs {baselines[t]}' for t in diagnoses)} |"
-    lines = [head, "| " + " | ".join(["---"] * (1 + len(diagnoses))) + " |"]
-    for arm in arms:
-        cells = [fp_cell(rows.get(arm), rows.get(baselines[t])) for t, rows in diagnoses.items()]
+Rounds = list[dict[str, dict[str, str]]]  # one target's reports (summary or diagnosis rows by arm), in round order
+
+
+def _rounds(value: dict[str, dict[str, str]] | Rounds) -> Rounds:
+    return value if isinstance(value, list) else [value]
+
+
+def _find(rounds: Rounds, arm: str) -> tuple[int, dict[str, str]] | None:
+    """The first report (its index and row) that has ``arm``."""
+    return next(((i, rows[arm]) for i, rows in enumerate(rounds) if arm in rows), None)
+
+
+def _arms(targets: dict[str, Rounds]) -> list[str]:
+    return list(dict.fromkeys(arm for rounds in targets.values() for rows in rounds for arm in rows))
+
+
+def fp_table(diagnoses: dict[str, dict[str, dict[str, str]] | Rounds], baselines: dict[str, str | list[str]]) -> str:
+    """Markdown: per arm and target, the FPs per run at equal recall (baseline) or their change by kind (others).
+
+    Each arm is compared with its own report's baseline; a later round's baseline that differs is added to the
+    baseline cell.
+    """
+    targets = {t: _rounds(d) for t, d in diagnoses.items()}
+    bases = {t: [b] * len(targets[t]) if isinstance(b, str) else b for t, b in baselines.items()}
+    head = f"| arm | {' | '.join(f'{t}: FPs per run at equal recall, Δ vs {bases[t][0]}' for t in targets)} |"
+    lines = [head, "| " + " | ".join(["---"] * (1 + len(targets))) + " |"]
+    for arm in _arms(targets):
+        cells = []
+        for t, rounds in targets.items():
+            found = _find(rounds, arm)
+            if found is None:
+                cells.append("not run")
+                continue
+            i, row = found
+            base = rounds[i].get(bases[t][i])
+            recall = _num(rounds[0][bases[t][0]], "eq_recall") if bases[t][0] in rounds[0] else None
+            text = fp_cell(row, base, recall)
+            if row is base:
+                later = [fp_cell(r[bases[t][j]], r[bases[t][j]]) for j, r in enumerate(rounds) if j > i]
+                text += "".join(f" (round {i + j + 2}: {c})" for j, c in enumerate(later) if c != text)
+            cells.append(text)
         lines.append(f"| `{arm}` | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
-def table(summaries: dict[str, dict[str, dict[str, str]]], metric: str = METRIC) -> str:
-    """Markdown: one row per arm (first-seen order over the targets), one column per target."""
-    arms: dict[str, dict[str, str]] = {}
-    for rows in summaries.values():
-        for arm, row in rows.items():
-            arms.setdefault(arm, row)
-    baselines = {t: baseline_arm(rows, metric) for t, rows in summaries.items()}
-    titles = [f"{t}: {metric} ({b}) / Δ vs {b} [95% CI]" for t, b in baselines.items()]
+def table(summaries: dict[str, dict[str, dict[str, str]] | Rounds], metric: str = METRIC) -> str:
+    """Markdown: one row per arm (first-seen order over the targets and rounds), one column per target."""
+    targets = {t: _rounds(s) for t, s in summaries.items()}
+    baselines = {t: [baseline_arm(rows, metric) for rows in rounds] for t, rounds in targets.items()}
+    titles = [f"{t}: {metric} ({b[0]}) / Δ vs {b[0]} [95% CI]" for t, b in baselines.items()]
     head = f"| arm | loss | overrides | {' | '.join(titles)} |"
-    lines = [head, "| " + " | ".join(["---"] * (3 + len(summaries))) + " |"]
-    for arm, first in arms.items():
-        cells = [cell(rows.get(arm), metric) for rows in summaries.values()]
+    lines = [head, "| " + " | ".join(["---"] * (3 + len(targets))) + " |"]
+    for arm in _arms(targets):
+        first = next(found[1] for rounds in targets.values() if (found := _find(rounds, arm)) is not None)
+        cells = []
+        for t, rounds in targets.items():
+            found = _find(rounds, arm)
+            if found is None:
+                cells.append("not run")
+                continue
+            i, row = found
+            text = cell(row, metric)
+            if row[f"{metric}_verdict"] == "baseline":
+                later = [cell(r[baselines[t][j]], metric) for j, r in enumerate(rounds) if j > i]
+                text += "".join(f" (round {i + j + 2}: {c})" for j, c in enumerate(later) if c != text)
+            cells.append(text)
         lines.append(f"| `{arm}` | {first['loss']} | {first['overrides'] or '(none)'} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -110,22 +163,31 @@ def write_between_markers(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Print (and optionally write) the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("targets", nargs="+", help="name=path/to/summary.csv, one per target, in column order")
+    p.add_argument(
+        "targets",
+        nargs="+",
+        help="name=path/to/summary.csv[,path/to/round2/summary.csv ...], one per target, in column order",
+    )
     p.add_argument("--metric", default=METRIC, choices=["mAP50-95", "mAP50"])
     p.add_argument("--write", action="append", default=[], type=Path, help="file with the table markers")
     args = p.parse_args(argv)
-    summaries, diagnoses = {}, {}
+    summaries: dict[str, Rounds] = {}
+    diagnoses: dict[str, Rounds] = {}
     for item in args.targets:
-        name, sep, path = item.partition("=")
-        if not sep or not Path(path).is_file():
-            raise SystemExit(f"invalid target {item!r}: give name=path/to/summary.csv (an existing file)")
-        summaries[name] = read_csv(Path(path))
-        diagnosis = Path(path).with_name("diagnosis.csv")
-        if diagnosis.is_file():
-            diagnoses[name] = read_csv(diagnosis)
+        name, sep, paths = item.partition("=")
+        files = [Path(x) for x in paths.split(",")] if sep else []
+        if not files or not all(f.is_file() for f in files):
+            raise SystemExit(f"invalid target {item!r}: give name=path/to/summary.csv[,...] (existing files)")
+        summaries[name] = [read_csv(f) for f in files]
+        found = [f.with_name("diagnosis.csv") for f in files]
+        if all(d.is_file() for d in found):
+            diagnoses[name] = [read_csv(d) for d in found]
+        elif any(d.is_file() for d in found):
+            raise SystemExit(f"target {name!r}: some of its reports have a diagnosis.csv and some not: {paths}")
     text = table(summaries, args.metric)
     if diagnoses:
-        text += "\n\n" + fp_table(diagnoses, {t: baseline_arm(summaries[t], args.metric) for t in diagnoses})
+        bases = {t: [baseline_arm(rows, args.metric) for rows in summaries[t]] for t in diagnoses}
+        text += "\n\n" + fp_table(diagnoses, bases)
     for path in args.write:
         write_between_markers(path, text)
     print(text)

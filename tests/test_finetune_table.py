@@ -80,3 +80,56 @@ def test_the_header_names_each_target_s_own_baseline(ft, tmp_path):
     )
     head = ft.table({"digits": ft.read_csv(a)}).splitlines()[0]
     assert head == "| arm | loss | overrides | digits: mAP50-95 (bce_cls1) / Δ vs bce_cls1 [95% CI] |"
+
+
+def _diagnosis(path: Path, *rows: str) -> None:
+    kinds = ",".join(f"{k}@eq_mean" for k in ("wrong_class", "background", "localization", "duplicate"))
+    path.write_text("\n".join([f"arm,eq_recall,fp@eq_mean,{kinds}", *rows]) + "\n")
+
+
+def test_rounds_merge_each_arm_from_its_first_report_against_that_report_s_baseline(ft, tmp_path):
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r2").mkdir()
+    r1 = _summary(
+        tmp_path / "r1" / "summary.csv",
+        "bce,bce,,5,0.7,0.006,,,,baseline",
+        "vfl,vfl,,5,0.65,0.01,-0.05,-0.06,-0.04,worse",
+    )
+    r2 = _summary(
+        tmp_path / "r2" / "summary.csv",
+        "bce,bce,,5,0.7,0.006,,,,baseline",
+        "vfl,vfl,,5,0.6,0.01,-0.1,-0.11,-0.09,worse",
+        "bce_iou,bce,cls_target=iou,5,0.71,0.005,0.01,0.002,0.018,better",
+    )
+    _diagnosis(tmp_path / "r1" / "diagnosis.csv", "bce,0.76,43.0,10,20,8,5", "vfl,0.76,58.0,20,22,10,6")
+    _diagnosis(tmp_path / "r2" / "diagnosis.csv", "bce,0.78,50.0,12,24,9,5", "bce_iou,0.78,45.0,10,22,8,5")
+    ft.main([f"digits={r1},{r2}"])
+    lines = ft.table({"digits": [ft.read_csv(r1), ft.read_csv(r2)]}).splitlines()
+    rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| `")}
+    assert rows["| `bce`"].endswith("| 0.7000 ± 0.0060 |")  # the same baseline twice: written once
+    assert rows["| `vfl`"].endswith("| -0.0500 [-0.0600, -0.0400] worse |")  # round 1's row, not round 2's
+    assert rows["| `bce_iou`"] == "| `bce_iou` | bce | cls_target=iou | +0.0100 [+0.0020, +0.0180] better |"
+    fp = ft.fp_table({"digits": [ft.read_csv(p.with_name("diagnosis.csv")) for p in (r1, r2)]}, {"digits": "bce"})
+    fp_rows = {line.split(" | ")[0]: line for line in fp.splitlines() if line.startswith("| `")}
+    assert fp_rows["| `bce`"] == "| `bce` | 43.0 FPs at recall 0.76 (round 2: 50.0 FPs at recall 0.78) |"
+    assert (
+        fp_rows["| `vfl`"]
+        == "| `vfl` | +15.0 (wrong_class +10.0, background +2.0, localization +2.0, duplicate +1.0) |"
+    )
+    assert fp_rows["| `bce_iou`"] == (
+        "| `bce_iou` | -5.0 at recall 0.78 (wrong_class -2.0, background -2.0, localization -1.0, duplicate +0.0) |"
+    )
+
+
+def test_a_later_round_s_different_baseline_is_shown_and_mixed_diagnoses_are_refused(ft, tmp_path):
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r2").mkdir()
+    r1 = _summary(tmp_path / "r1" / "summary.csv", "bce,bce,,5,0.7,0.006,,,,baseline")
+    r2 = _summary(tmp_path / "r2" / "summary.csv", "bce,bce,,5,0.71,0.004,,,,baseline")
+    row = ft.table({"digits": [ft.read_csv(r1), ft.read_csv(r2)]}).splitlines()[2]
+    assert row == "| `bce` | bce | (none) | 0.7000 ± 0.0060 (round 2: 0.7100 ± 0.0040) |"
+    _diagnosis(tmp_path / "r1" / "diagnosis.csv", "bce,0.76,43.0,10,20,8,5")
+    with pytest.raises(SystemExit, match="some of its reports have a diagnosis.csv"):
+        ft.main([f"digits={r1},{r2}"])
+    with pytest.raises(SystemExit, match="existing files"):
+        ft.main([f"digits={r1},{tmp_path / 'missing.csv'}"])
