@@ -24,6 +24,7 @@ import argparse
 import csv
 import sys
 from pathlib import Path
+from typing import Callable, Optional
 
 START, END = "<!-- finetune-table -->", "<!-- /finetune-table -->"
 METRIC = "mAP50-95"
@@ -96,6 +97,32 @@ def _arms(targets: dict[str, Rounds]) -> list[str]:
     return list(dict.fromkeys(arm for rounds in targets.values() for rows in rounds for arm in rows))
 
 
+Render = Callable[[dict[str, str], Optional[dict[str, str]], Optional[dict[str, str]]], str]
+
+
+def _cells(targets: dict[str, Rounds], bases: dict[str, list[str]], arm: str, render: Render) -> list[str]:
+    """One cell per target: ``render(row, its report's baseline row, the first report's baseline row)``.
+
+    The row comes from the first report that has ``arm``; a baseline cell adds each later round's baseline that
+    renders differently, as ``(round N: ...)``.
+    """
+    cells = []
+    for t, rounds in targets.items():
+        found = _find(rounds, arm)
+        if found is None:
+            cells.append("not run")
+            continue
+        i, row = found
+        names = bases[t]
+        base = rounds[i].get(names[i])
+        text = render(row, base, rounds[0].get(names[0]))
+        if row is base:
+            later = [(j, r[names[j]]) for j, r in enumerate(rounds) if j > i and names[j] in r]
+            text += "".join(f" (round {j + 1}: {c})" for j, b in later if (c := render(b, b, b)) != text)
+        cells.append(text)
+    return cells
+
+
 def fp_table(diagnoses: dict[str, dict[str, dict[str, str]] | Rounds], baselines: dict[str, str | list[str]]) -> str:
     """Markdown: per arm and target, the FPs per run at equal recall (baseline) or their change by kind (others).
 
@@ -106,46 +133,25 @@ def fp_table(diagnoses: dict[str, dict[str, dict[str, str]] | Rounds], baselines
     bases = {t: [b] * len(targets[t]) if isinstance(b, str) else b for t, b in baselines.items()}
     head = f"| arm | {' | '.join(f'{t}: FPs per run at equal recall, Δ vs {bases[t][0]}' for t in targets)} |"
     lines = [head, "| " + " | ".join(["---"] * (1 + len(targets))) + " |"]
+
+    def render(row: dict[str, str], base: dict[str, str] | None, first: dict[str, str] | None) -> str:
+        return fp_cell(row, base, _num(first, "eq_recall") if first is not None else None)
+
     for arm in _arms(targets):
-        cells = []
-        for t, rounds in targets.items():
-            found = _find(rounds, arm)
-            if found is None:
-                cells.append("not run")
-                continue
-            i, row = found
-            base = rounds[i].get(bases[t][i])
-            recall = _num(rounds[0][bases[t][0]], "eq_recall") if bases[t][0] in rounds[0] else None
-            text = fp_cell(row, base, recall)
-            if row is base:
-                later = [fp_cell(r[bases[t][j]], r[bases[t][j]]) for j, r in enumerate(rounds) if j > i]
-                text += "".join(f" (round {i + j + 2}: {c})" for j, c in enumerate(later) if c != text)
-            cells.append(text)
-        lines.append(f"| `{arm}` | {' | '.join(cells)} |")
+        lines.append(f"| `{arm}` | {' | '.join(_cells(targets, bases, arm, render))} |")
     return "\n".join(lines)
 
 
 def table(summaries: dict[str, dict[str, dict[str, str]] | Rounds], metric: str = METRIC) -> str:
     """Markdown: one row per arm (first-seen order over the targets and rounds), one column per target."""
     targets = {t: _rounds(s) for t, s in summaries.items()}
-    baselines = {t: [baseline_arm(rows, metric) for rows in rounds] for t, rounds in targets.items()}
-    titles = [f"{t}: {metric} ({b[0]}) / Δ vs {b[0]} [95% CI]" for t, b in baselines.items()]
+    bases = {t: [baseline_arm(rows, metric) for rows in rounds] for t, rounds in targets.items()}
+    titles = [f"{t}: {metric} ({b[0]}) / Δ vs {b[0]} [95% CI]" for t, b in bases.items()]
     head = f"| arm | loss | overrides | {' | '.join(titles)} |"
     lines = [head, "| " + " | ".join(["---"] * (3 + len(targets))) + " |"]
     for arm in _arms(targets):
         first = next(found[1] for rounds in targets.values() if (found := _find(rounds, arm)) is not None)
-        cells = []
-        for t, rounds in targets.items():
-            found = _find(rounds, arm)
-            if found is None:
-                cells.append("not run")
-                continue
-            i, row = found
-            text = cell(row, metric)
-            if row[f"{metric}_verdict"] == "baseline":
-                later = [cell(r[baselines[t][j]], metric) for j, r in enumerate(rounds) if j > i]
-                text += "".join(f" (round {i + j + 2}: {c})" for j, c in enumerate(later) if c != text)
-            cells.append(text)
+        cells = _cells(targets, bases, arm, lambda row, base, first: cell(row, metric))
         lines.append(f"| `{arm}` | {first['loss']} | {first['overrides'] or '(none)'} | {' | '.join(cells)} |")
     return "\n".join(lines)
 

@@ -128,6 +128,10 @@ def test_a_later_round_s_different_baseline_is_shown_and_mixed_diagnoses_are_ref
     r2 = _summary(tmp_path / "r2" / "summary.csv", "bce,bce,,5,0.71,0.004,,,,baseline")
     row = ft.table({"digits": [ft.read_csv(r1), ft.read_csv(r2)]}).splitlines()[2]
     assert row == "| `bce` | bce | (none) | 0.7000 ± 0.0060 (round 2: 0.7100 ± 0.0040) |"
+    r3 = _summary(tmp_path / "r3.csv", "bce,bce,,5,0.7,0.006,,,,baseline")  # round 3 reproduces round 1: not shown
+    r4 = _summary(tmp_path / "r4.csv", "bce,bce,,5,0.69,0.005,,,,baseline")
+    row = ft.table({"digits": [ft.read_csv(p) for p in (r1, r2, r3, r4)]}).splitlines()[2]
+    assert row == "| `bce` | bce | (none) | 0.7000 ± 0.0060 (round 2: 0.7100 ± 0.0040) (round 4: 0.6900 ± 0.0050) |"
     _diagnosis(tmp_path / "r1" / "diagnosis.csv", "bce,0.76,43.0,10,20,8,5")
     with pytest.raises(SystemExit, match="some of its reports have a diagnosis.csv"):
         ft.main([f"digits={r1},{r2}"])
