@@ -10,8 +10,9 @@ replaces the table between ``<!-- finetune-table -->`` and ``<!-- /finetune-tabl
 
 A target may name several reports, comma-separated (``digits=round1/summary.csv,round2/summary.csv``): later
 rounds that re-ran the baseline with the same seeds and added arms. Each arm's row comes from the first report that
-has it, and its difference is the one paired against that report's own baseline; the baseline cell adds a later
-round's baseline where its value differs. An arm missing from every report of a target is written ``not run``.
+has it, and its difference is the one paired against that report's own baseline. A cell from a later round names
+it, and the baseline cell adds a later round's baseline where its value differs. An arm missing from every report of
+a target is written ``not run``.
 
 Where a ``diagnosis.csv`` (``yolo-vfl ab diagnose``) lies next to a ``summary.csv``, a second table gives each arm's
 false positives at equal recall against its report's baseline, by kind (a later round's recall level is named in
@@ -103,8 +104,8 @@ Render = Callable[[dict[str, str], Optional[dict[str, str]], Optional[dict[str, 
 def _cells(targets: dict[str, Rounds], bases: dict[str, list[str]], arm: str, render: Render) -> list[str]:
     """One cell per target: ``render(row, its report's baseline row, the first report's baseline row)``.
 
-    The row comes from the first report that has ``arm``; a baseline cell adds each later round's baseline that
-    renders differently, as ``(round N: ...)``.
+    The row comes from the first report that has ``arm``; a cell from a later report says ``(round N)``, and a
+    baseline cell adds each later round's baseline that renders differently, as ``(round N: ...)``.
     """
     cells = []
     for t, rounds in targets.items():
@@ -119,6 +120,8 @@ def _cells(targets: dict[str, Rounds], bases: dict[str, list[str]], arm: str, re
         if row is base:
             later = [(j, r[names[j]]) for j, r in enumerate(rounds) if j > i and names[j] in r]
             text += "".join(f" (round {j + 1}: {c})" for j, b in later if (c := render(b, b, b)) != text)
+        elif i > 0:
+            text += f" (round {i + 1})"
         cells.append(text)
     return cells
 
