@@ -154,7 +154,7 @@ def table(summaries: dict[str, dict[str, dict[str, str]] | Rounds], metric: str 
     lines = [head, "| " + " | ".join(["---"] * (3 + len(targets))) + " |"]
     for arm in _arms(targets):
         first = next(found[1] for rounds in targets.values() if (found := _find(rounds, arm)) is not None)
-        cells = _cells(targets, bases, arm, lambda row, base, first: cell(row, metric))
+        cells = _cells(targets, bases, arm, lambda row, *_: cell(row, metric))
         lines.append(f"| `{arm}` | {first['loss']} | {first['overrides'] or '(none)'} | {' | '.join(cells)} |")
     return "\n".join(lines)
 

@@ -103,8 +103,12 @@ def test_rounds_merge_each_arm_from_its_first_report_against_that_report_s_basel
     )
     _diagnosis(tmp_path / "r1" / "diagnosis.csv", "bce,0.76,43.0,10,20,8,5", "vfl,0.76,58.0,20,22,10,6")
     _diagnosis(tmp_path / "r2" / "diagnosis.csv", "bce,0.78,50.0,12,24,9,5", "bce_iou,0.78,45.0,10,22,8,5")
-    ft.main([f"digits={r1},{r2}"])
-    lines = ft.table({"digits": [ft.read_csv(r1), ft.read_csv(r2)]}).splitlines()
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"{ft.START}\n{ft.END}\n")
+    assert ft.main([f"digits={r1},{r2}", "--write", str(doc)]) == 0  # the CLI reads both rounds and their diagnoses
+    accuracy, fps = doc.read_text().split("\n\n")
+    lines = accuracy.splitlines()
+    assert "| `bce_iou` | -5.0 at recall 0.78 (" in fps
     rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| `")}
     assert rows["| `bce`"].endswith("| 0.7000 ± 0.0060 |")  # the same baseline twice: written once
     assert rows["| `vfl`"].endswith("| -0.0500 [-0.0600, -0.0400] worse |")  # round 1's row, not round 2's
