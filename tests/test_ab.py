@@ -450,3 +450,68 @@ def test_fingerprint_ignores_settings_added_later_at_their_default():
     assert not same_fingerprint(old, {**new, "cls_fg_negatives": "bce"})
     assert not same_fingerprint({**old, "epochs": 10}, new)
     assert not same_fingerprint(None, new)
+
+
+# ------------------------------------------------------------------------------- the pretrained start of an experiment
+def _finished_run(out: Path, run: str) -> None:
+    """A minimal finished run (``runs/<run>/result.json``) as the runner writes it."""
+    from test_ab_report import result as made
+
+    arm, seed = run.rsplit("-s", 1)
+    d = out / "runs" / run
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps(made(arm, int(seed), 0.5).to_dict()))
+
+
+def _start(sha: str | None, map5095: float = 0.4642) -> dict:
+    rec = {"fingerprint": "962ce1c1d0a4271a", "metrics": {"mAP50-95": map5095}, "path": "/cache/best.pt"}
+    return rec if sha is None else {**rec, "sha256": sha}
+
+
+@pytest.mark.parametrize(
+    "old, new, refused",
+    [
+        (_start("a" * 64), _start("a" * 64), False),
+        (_start("a" * 64), _start("b" * 64), True),  # same fingerprint and mAP, other weights
+        (_start(None, 0.4859), _start("b" * 64, 0.4642), True),  # an older record without sha256: by its metrics
+        (_start(None), _start("b" * 64), False),
+    ],
+)
+def test_rebuilt_pretrained_checkpoint_refuses_to_mix_with_finished_runs(
+    det_data, tmp_path, monkeypatch, old, new, refused
+):
+    """Finished runs that fine-tuned other weights under the same fingerprint: refused before anything is written."""
+    from yolo_vfl.ab import orchestrate
+
+    out = tmp_path / "ab"
+    _finished_run(out, "other-s0")
+    (out / "pretrain.json").write_text(json.dumps(old))
+    plain = tiny_spec(det_data, out, arms=("bce",)).to_dict()
+    raw = {
+        **plain,
+        "train": {k: v for k, v in plain["train"].items() if k != "model"},
+        "pretrain": {"n": 15, "imgsz": 32, "epochs": 1, "batch": 4, "workers": 0},
+    }
+    spec = spec_from_dict(raw)
+    monkeypatch.setattr(orchestrate, "_pretrained", lambda spec, log: dict(new))
+    trained: list[str] = []
+    monkeypatch.setattr(orchestrate, "run_jobs", lambda todo, spec, progress: trained.extend(j.run for j in todo) or [])
+    monkeypatch.setattr(orchestrate, "_preflight", lambda spec, data: None)
+    if refused:
+        match = (
+            r"finished runs in .* fine-tuned the pretrained checkpoint `962ce1c1d0a4271a` "
+            r"\(sha256 .*, mAP50-95 0\.\d{4}\), but the cache now holds .*new out="
+        )
+        with pytest.raises(CLIError, match=match):
+            run_ab(spec, command="refused")
+        assert not trained and not (out / "experiment.json").exists()
+        assert json.loads((out / "pretrain.json").read_text()) == old
+    else:
+        run_ab(spec, command="accepted")
+        assert trained == ["bce-s0"] and json.loads((out / "pretrain.json").read_text()) == new
+    # an experiment without finished runs takes the current checkpoint whatever the record says
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "pretrain.json").write_text(json.dumps(old))
+    run_ab(spec_from_dict({**raw, "out": str(empty)}), command="fresh")
+    assert trained[-1] == "bce-s0" and json.loads((empty / "pretrain.json").read_text()) == new

@@ -601,11 +601,13 @@ def test_markdown_names_the_pretrained_start_and_the_resumed_runs():
         "baseline": "bce",
         "pretrain": {
             "fingerprint": "c34e3690d919792a",
+            "sha256": "0123456789abcdef" * 4,
             "metrics": {"mAP50-95": 0.3671, "mAP50": 0.52},
             "train_time_s": 960,
         },
     }
     md = summary_markdown(summarize(results, baseline="bce"), results, meta)
     assert "`c34e3690d919792a`" in md and "mAP50-95 0.3671" in md and "16m00s" in md
+    assert "(stock BCE; weights sha256 `0123456789ab`; mAP50-95 0.3671," in md  # rebuilt weights differ by machine
     assert "**Resumed runs**" in md and "vfl-s0" in md.split("**Resumed runs**")[1].splitlines()[0]
     assert "Resumed runs" not in summary_markdown(summarize(results[:1]), results[:1], {"name": "x"})

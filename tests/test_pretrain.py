@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -178,6 +179,8 @@ def test_second_process_waits_for_the_lock_then_reuses(tmp_path, monkeypatch):
     assert not built
     assert result.built_now is False and result.path == final / "best.pt"
     assert result.metrics["mAP50-95"] == 0.3 and result.train_time_s == 12.5 and result.spec == spec
+    # a record without checkpoint_sha256 (caches published before it was recorded): the file is hashed on load
+    assert result.sha256 == hashlib.sha256(b"not a real checkpoint").hexdigest()
     assert "built by another process" in logs[-1]
 
 
@@ -205,7 +208,9 @@ def test_cli_pretrain_prints_result_and_routes_keys(tmp_path, monkeypatch, capsy
 
     def fake(spec, *, device=None, log=print):
         seen.update(spec=spec, device=device)
-        return PretrainResult(tmp_path / "best.pt", spec.fingerprint(), spec, {"mAP50-95": 0.367}, 960.0, {}, True)
+        return PretrainResult(
+            tmp_path / "best.pt", spec.fingerprint(), spec, {"mAP50-95": 0.367}, 960.0, {}, True, sha256="ab" * 32
+        )
 
     monkeypatch.setattr(pretrain, "pretrained_checkpoint", fake)
     assert cli_pretrain({"n": 40, "imgsz": 64, "device": "cpu", "lr0": 0.02}) == 0
@@ -213,6 +218,7 @@ def test_cli_pretrain_prints_result_and_routes_keys(tmp_path, monkeypatch, capsy
     assert (spec.n, spec.imgsz, dict(spec.train_args)["lr0"], seen["device"]) == (40, 64, 0.02, "cpu")
     out = capsys.readouterr().out
     assert str(tmp_path / "best.pt") in out and spec.fingerprint() in out and "0.3670" in out and "960 s" in out
+    assert f"sha256:      {'ab' * 32}" in out
     with pytest.raises(ValueError, match=r"Unknown pretrain key 'epoch'.*Did you mean 'epochs'\?"):
         cli_pretrain({"epoch": 2})
     from yolo_vfl.cli import main
@@ -257,6 +263,7 @@ def test_build_then_reuse_without_training(built, monkeypatch):
     assert set(meta["metrics"]) == {"mAP50", "mAP50-95", "precision", "recall"}
     assert 0.0 <= meta["metrics"]["mAP50-95"] <= meta["metrics"]["mAP50"] <= 1.0
     assert meta["metrics_source"] == "ultralytics final validation"
+    assert meta["checkpoint_sha256"] == result.sha256 == hashlib.sha256(result.path.read_bytes()).hexdigest()
     assert meta["train_time_s"] > 0 and result.train_time_s == meta["train_time_s"]
     assert [s["how"] for s in meta["segments"]] == ["fresh"] and meta["resumed"] == 0
     assert meta["versions"]["generator_version"] == data_mod.GENERATOR_VERSION

@@ -44,7 +44,7 @@ from typing import Any, Callable, Optional
 from . import data as _data
 from .checks import versions
 from .errors import InvalidSettingError
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, sha256_file
 
 __all__ = ["PretrainResult", "PretrainSpec", "cli_pretrain", "pretrain_dir", "pretrained_checkpoint"]
 
@@ -298,6 +298,8 @@ class PretrainResult:
         train_time_s: Training time in seconds (all segments of the build, including the final validation).
         versions: yolo_vfl, ultralytics, torch, python and the dataset generator version of the build.
         built_now: True when this call trained (or finished) it, False when it came from the cache.
+        sha256: Hex sha256 of the checkpoint file. Builds are not bit-reproducible across machines, so one fingerprint
+            can name different weights on two machines: this tells them apart.
         meta: The full metadata (``pretrain.json``).
     """
 
@@ -308,6 +310,7 @@ class PretrainResult:
     train_time_s: float
     versions: dict[str, Any]
     built_now: bool
+    sha256: str = ""
     meta: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -411,6 +414,7 @@ def _result_from_meta(final: Path, meta: Mapping[str, Any], built_now: bool) -> 
         train_time_s=float(meta.get("train_time_s") or 0.0),
         versions=dict(meta.get("versions") or {}),
         built_now=built_now,
+        sha256=str(meta.get("checkpoint_sha256") or sha256_file(final / CHECKPOINT)),  # older caches: hash it now
         meta=dict(meta),
     )
 
@@ -606,6 +610,7 @@ def _build(
         "spec": spec.to_dict(),
         "checkpoint": CHECKPOINT,
         "checkpoint_from": best.name,
+        "checkpoint_sha256": sha256_file(best),
         "metrics": _metrics(final_rd),
         "metrics_source": source,
         "train_time_s": round(segments.total_seconds, 3),
@@ -739,6 +744,7 @@ def cli_pretrain(args: Mapping[str, Any]) -> int:
     result = pretrained_checkpoint(spec, device=device)
     print(f"checkpoint:  {result.path}")
     print(f"fingerprint: {result.fingerprint}")
+    print(f"sha256:      {result.sha256}")
     print(f"mAP50-95:    {_fmt(result.metrics.get('mAP50-95'))}  (mAP50 {_fmt(result.metrics.get('mAP50'))})")
     print(f"train time:  {result.train_time_s:.0f} s{'' if result.built_now else ' (cached)'}")
     return 0

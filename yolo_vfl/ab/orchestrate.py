@@ -134,6 +134,7 @@ def _pretrained(spec: ABSpec, log: Log) -> dict[str, Any]:
         raise RuntimeError(f"pretrained checkpoint at {res.path}, expected {start_model(spec)}")
     return {
         "fingerprint": res.fingerprint,
+        "sha256": res.sha256,
         "path": str(res.path),
         "metrics": dict(res.metrics),
         "train_time_s": res.train_time_s,
@@ -141,6 +142,39 @@ def _pretrained(spec: ABSpec, log: Log) -> dict[str, Any]:
         "spec": res.spec.to_dict(),
         "versions": dict(res.versions),
     }
+
+
+def _same_start(out: Path, pre: dict[str, Any]) -> None:
+    """Refuse to add runs to an experiment whose finished runs fine-tuned other weights under the same fingerprint.
+
+    A pretrained checkpoint rebuilt on another machine keeps its fingerprint but not its weights (CPU training does not
+    repeat bit for bit across machines), so the paired comparison would silently mix two start models. The weights are
+    compared by sha256 where both records have one, else by the checkpoint's own metrics.
+
+    Raises:
+        UserError: ``out`` holds finished runs and its ``pretrain.json`` names another checkpoint.
+    """
+    old = read_json(out / "pretrain.json")
+    if not isinstance(old, dict) or not load_results(out):
+        return
+    if old.get("sha256") and pre.get("sha256"):
+        same = old["sha256"] == pre["sha256"]
+    else:
+        same = old.get("fingerprint") == pre.get("fingerprint") and old.get("metrics") == pre.get("metrics")
+    if same:
+        return
+
+    def what(rec: dict[str, Any]) -> str:
+        m = (rec.get("metrics") or {}).get("mAP50-95")
+        sha = str(rec.get("sha256") or "not recorded")[:12]
+        return f"`{rec.get('fingerprint')}` (sha256 {sha}, mAP50-95 {'n/a' if m is None else f'{float(m):.4f}'})"
+
+    raise UserError(
+        f"The finished runs in {out} fine-tuned the pretrained checkpoint {what(old)}, but the cache now holds "
+        f"{what(pre)} at {pre.get('path')} (rebuilt on another machine?). New runs would not be paired with the "
+        "finished ones: give a new out= (and name=) to run the experiment again from the current checkpoint, or "
+        "put the earlier checkpoint back in the cache."
+    )
 
 
 def _record_experiment(spec: ABSpec, out: Path, command: str) -> dict[str, Any]:
@@ -230,11 +264,15 @@ def run_ab(
         if not locked:
             raise UserError(f"Another 'yolo-vfl ab' is running on {out} (lock {out / '.ab.lock'}).")
         done, todo = plan(jobs, out)  # again under the lock: another runner may have finished some
+        pre = None
+        if spec.pretrain is not None:
+            pre = _pretrained(spec, log)
+            _same_start(out, pre)
         meta = _record_experiment(spec, out, command)
         failed: list[Failure] = []
-        if spec.pretrain is not None:
-            meta["pretrain"] = _pretrained(spec, log)
-            atomic_write_json(out / "pretrain.json", meta["pretrain"])
+        if pre is not None:
+            meta["pretrain"] = pre
+            atomic_write_json(out / "pretrain.json", pre)
         if todo:
             progress = Progress(len(jobs), len(done), len(spec.device), log)
             try:

@@ -462,7 +462,9 @@ def summary_markdown(
     if isinstance(pre, Mapping):
         m = pre.get("metrics") or {}
         out.append(
-            f"- Start model: the project-made pretrained checkpoint `{pre.get('fingerprint')}` (stock BCE; mAP50-95 "
+            f"- Start model: the project-made pretrained checkpoint `{pre.get('fingerprint')}` (stock BCE; "
+            + (f"weights sha256 `{str(pre['sha256'])[:12]}`; " if pre.get("sha256") else "")
+            + "mAP50-95 "
             f"{_fmt(m.get('mAP50-95')) or 'n/a'}, mAP50 {_fmt(m.get('mAP50')) or 'n/a'} on its own val split; built "
             f"in {_duration(pre.get('train_time_s'))}; `yolo-vfl pretrain`): every arm fine-tunes it."
         )
