@@ -105,7 +105,8 @@ def _cells(targets: dict[str, Rounds], bases: dict[str, list[str]], arm: str, re
     """One cell per target: ``render(row, its report's baseline row, the first report's baseline row)``.
 
     The row comes from the first report that has ``arm``; a cell from a later report says ``(round N)``, and a
-    baseline cell adds each later round's baseline that renders differently, as ``(round N: ...)``.
+    baseline cell adds each later round's baseline that renders differently, as ``(round N: ...)``, or
+    ``(rounds N, M: ...)`` for later rounds whose baselines render the same.
     """
     cells = []
     for t, rounds in targets.items():
@@ -119,7 +120,11 @@ def _cells(targets: dict[str, Rounds], bases: dict[str, list[str]], arm: str, re
         text = render(row, base, rounds[0].get(names[0]))
         if row is base:
             later = [(j, r[names[j]]) for j, r in enumerate(rounds) if j > i and names[j] in r]
-            text += "".join(f" (round {j + 1}: {c})" for j, b in later if (c := render(b, b, b)) != text)
+            groups: dict[str, list[str]] = {}  # a later baseline that differs from the first, by rendering
+            for j, b in later:
+                if (c := render(b, b, b)) != text:
+                    groups.setdefault(c, []).append(str(j + 1))
+            text += "".join(f" (round{'s' * (len(js) > 1)} {', '.join(js)}: {c})" for c, js in groups.items())
         elif i > 0:
             text += f" (round {i + 1})"
         cells.append(text)

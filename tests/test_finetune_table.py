@@ -135,6 +135,9 @@ def test_a_later_round_s_different_baseline_is_shown_and_mixed_diagnoses_are_ref
     r4 = _summary(tmp_path / "r4.csv", "bce,bce,,5,0.69,0.005,,,,baseline")
     row = ft.table({"digits": [ft.read_csv(p) for p in (r1, r2, r3, r4)]}).splitlines()[2]
     assert row == "| `bce` | bce | (none) | 0.7000 ± 0.0060 (round 2: 0.7100 ± 0.0040) (round 4: 0.6900 ± 0.0050) |"
+    r5 = _summary(tmp_path / "r5.csv", "bce,bce,,5,0.71,0.004,,,,baseline")  # round 5 reproduces round 2: one cell
+    row = ft.table({"digits": [ft.read_csv(p) for p in (r1, r2, r3, r4, r5)]}).splitlines()[2]
+    assert row == "| `bce` | bce | (none) | 0.7000 ± 0.0060 (rounds 2, 5: 0.7100 ± 0.0040) (round 4: 0.6900 ± 0.0050) |"
     _diagnosis(tmp_path / "r1" / "diagnosis.csv", "bce,0.76,43.0,10,20,8,5")
     with pytest.raises(SystemExit, match="some of its reports have a diagnosis.csv"):
         ft.main([f"digits={r1},{r2}"])
