@@ -3,8 +3,10 @@
 The stand-in for COCO weights in experiments that fine-tune instead of training from scratch. The default
 :class:`PretrainSpec` trains ``yolov8n.yaml`` with plain Ultralytics (stock BCE, no yolo-vfl loss) on 3,200 generated
 ``shapes`` images (seed 100, 160 px, 12 epochs, AdamW lr0 0.002, an optimizer step per batch): classes different
-from the A/B target datasets (``glyphs``, ``digits``). Measured: mAP50-95 0.486 on its own val split after 1,089 s
-of training on 2 CPU cores shared with other jobs (fingerprint ``962ce1c1d0a4271a``, Ultralytics 8.4).
+from the A/B target datasets (``glyphs``, ``digits``). Measured (fingerprint ``962ce1c1d0a4271a``, Ultralytics 8.4,
+2 CPU cores): mAP50-95 0.4642 on its own val split after 856 s of training (sha256 ``444e5eec356b``); two fresh
+machines built it with the same metrics to every digit and the same fine-tuning results. An earlier build of the same
+spec reached 0.4859, for a reason not established.
 
 Layout under ``cache_dir()/pretrained``::
 
@@ -298,8 +300,8 @@ class PretrainResult:
         train_time_s: Training time in seconds (all segments of the build, including the final validation).
         versions: yolo_vfl, ultralytics, torch, python and the dataset generator version of the build.
         built_now: True when this call trained (or finished) it, False when it came from the cache.
-        sha256: Hex sha256 of the checkpoint file. Builds are not bit-reproducible across machines, so one fingerprint
-            can name different weights on two machines: this tells them apart.
+        sha256: Hex sha256 of the checkpoint file. One fingerprint has named two different sets of weights (two
+            builds of the same spec on different machines), so the weights, not the spec, identify a start model.
         meta: The full metadata (``pretrain.json``).
     """
 

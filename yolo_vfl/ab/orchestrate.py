@@ -147,9 +147,9 @@ def _pretrained(spec: ABSpec, log: Log) -> dict[str, Any]:
 def _same_start(out: Path, pre: dict[str, Any]) -> None:
     """Refuse to add runs to an experiment whose finished runs fine-tuned other weights under the same fingerprint.
 
-    A pretrained checkpoint rebuilt on another machine keeps its fingerprint but not its weights (CPU training does not
-    repeat bit for bit across machines), so the paired comparison would silently mix two start models. The weights are
-    compared by sha256 where both records have one, else by the checkpoint's own metrics.
+    A pretrained checkpoint rebuilt on another machine keeps its fingerprint but need not keep its weights (two builds
+    of one spec have differed), and mixing runs from two start models would silently break the pairing. The weights
+    are compared by sha256 where both records have one, else by the checkpoint's own metrics.
 
     Raises:
         UserError: ``out`` holds finished runs and its ``pretrain.json`` names another checkpoint.
