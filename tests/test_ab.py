@@ -500,7 +500,7 @@ def test_rebuilt_pretrained_checkpoint_refuses_to_mix_with_finished_runs(
     if refused:
         match = (
             r"finished runs in .* fine-tuned the pretrained checkpoint `962ce1c1d0a4271a` "
-            r"\(sha256 .*, mAP50-95 0\.\d{4}\), but the cache now holds .*new out="
+            r"\(sha256 .*, mAP50-95 0\.\d{4}\), but the cache now holds .*new out=.*'yolo-vfl ab report out=.*ab'"
         )
         with pytest.raises(CLIError, match=match):
             run_ab(spec, command="refused")

@@ -173,7 +173,8 @@ def _same_start(out: Path, pre: dict[str, Any]) -> None:
         f"The finished runs in {out} fine-tuned the pretrained checkpoint {what(old)}, but the cache now holds "
         f"{what(pre)} at {pre.get('path')} (rebuilt on another machine?). New runs would not be paired with the "
         "finished ones: give a new out= (and name=) to run the experiment again from the current checkpoint, or "
-        "put the earlier checkpoint back in the cache."
+        f"put the earlier checkpoint back in the cache. 'yolo-vfl ab report out={out}' rewrites the report of the "
+        "finished runs without training."
     )
 
 
