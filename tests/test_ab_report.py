@@ -608,6 +608,6 @@ def test_markdown_names_the_pretrained_start_and_the_resumed_runs():
     }
     md = summary_markdown(summarize(results, baseline="bce"), results, meta)
     assert "`c34e3690d919792a`" in md and "mAP50-95 0.3671" in md and "16m00s" in md
-    assert "(stock BCE; weights sha256 `0123456789ab`; mAP50-95 0.3671," in md  # rebuilt weights differ by machine
+    assert "(stock BCE; weights sha256 `0123456789ab`; mAP50-95 0.3671," in md  # the weights, not only the spec
     assert "**Resumed runs**" in md and "vfl-s0" in md.split("**Resumed runs**")[1].splitlines()[0]
     assert "Resumed runs" not in summary_markdown(summarize(results[:1]), results[:1], {"name": "x"})
