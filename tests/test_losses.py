@@ -660,6 +660,9 @@ BAD_CALLS = [
     ("target > 1", lambda: binary_cross_entropy(X2, torch.full((2, 3), 1.5)), ValueError, r"\[0, 1\].*1\.5"),
     ("target < 0", lambda: sigmoid_focal_loss(X2, torch.full((2, 3), -0.25)), ValueError, r"-0\.25"),
     ("target NaN", lambda: quality_focal_loss(X2, torch.full((2, 3), math.nan)), ValueError, r"nan"),
+    ("logit NaN vfl", lambda: varifocal_loss(torch.full((2, 3), math.nan), Q2), ValueError, r"finite.*first: nan"),
+    ("logit inf qfl", lambda: quality_focal_loss(torch.full((2, 3), math.inf), Q2), ValueError, r"6 non-finite.*inf"),
+    ("logit -inf bce", lambda: binary_cross_entropy(X2.clone().fill_(-math.inf), Q2), ValueError, r"first: -inf"),
     ("labels 2", lambda: varifocal_loss(X2, Q2, torch.full((2, 3), 2)), ValueError, r"labels.*0 and 1"),
     ("labels shape", lambda: varifocal_loss(X2, Q2, torch.zeros(3, dtype=torch.bool)), ValueError, r"\(3,\)"),
     ("int logits", lambda: binary_cross_entropy(torch.zeros(2, 3, dtype=torch.long), Q2), TypeError, r"int64"),
@@ -886,3 +889,16 @@ def test_compiled_equals_fused():
         for fn, args in kernels:
             explained = torch._dynamo.explain(fn)(*args)
             assert explained.graph_break_count == 0, (fn.__name__, explained.break_reasons)
+
+
+@pytest.mark.parametrize("name", ["vfl", "qfl", "bce"])
+def test_training_path_propagates_non_finite_logits(name):
+    """ClsLoss (no host sync) lets a NaN logit give a NaN loss at that entry only, like torch's BCEWithLogitsLoss."""
+    x = torch.zeros(2, 3)
+    x[0, 1] = math.nan
+    q = torch.zeros(2, 3)
+    labels = torch.zeros(2, 3, dtype=torch.bool)
+    out = get_cls_loss(name)(x, q, labels)
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(x, q, reduction="none")
+    assert torch.isnan(out[0, 1]) and torch.isnan(ref[0, 1])
+    assert torch.isfinite(out).sum() == 5

@@ -10,11 +10,15 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 
-__all__ = ["check_model", "check_data", "is_offline", "first_line", "versions", "source_hash"]
+if TYPE_CHECKING:
+    from .criterion import ClsLossSettings
+
+__all__ = ["check_model", "check_data", "is_offline", "first_line", "versions", "source_hash", "load_checkpoint_dict"]
+__all__ += ["check_resumable"]
 
 
 def source_hash(root: Path | None = None) -> str:
@@ -60,6 +64,8 @@ def check_model(model: str) -> None:
     """
     path = Path(model).expanduser()
     if path.exists():
+        if path.suffix == ".pt":
+            load_checkpoint_dict(path)
         return
     if path.suffix in (".yaml", ".yml"):
         from ultralytics.nn.tasks import yaml_model_load  # resolves scaled names: yolov8n.yaml -> yolov8.yaml
@@ -178,3 +184,70 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
+    """Load an Ultralytics checkpoint file, refusing anything else with a clear message.
+
+    Args:
+        path: a ``.pt`` file written by Ultralytics (``last.pt``, ``best.pt``, ``yolov8n.pt``).
+
+    Returns:
+        The checkpoint dict (``model`` or ``ema`` holds the model, ``train_args`` the training arguments).
+
+    Raises:
+        UserError: the file is missing, empty, not a PyTorch file, or a PyTorch file without an Ultralytics model
+            (a saved tensor, a state dict).
+    """
+    import torch
+
+    if not Path(path).expanduser().is_file():
+        raise UserError(f"Model file '{path}' not found.")
+    path = Path(path).expanduser()
+    if path.stat().st_size == 0:
+        raise UserError(f"Checkpoint '{path}' is an empty file (an interrupted save?).")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a file that is not a checkpoint
+        raise UserError(f"'{path}' is not a readable PyTorch checkpoint: {first_line(e)}") from e
+    model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(model, torch.nn.Module):
+        what = f"a dict with keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UserError(
+            f"'{path}' is not an Ultralytics checkpoint: it holds {what}, not a model under 'model' or 'ema'."
+        )
+    return ckpt
+
+
+def check_resumable(path: str | Path, given: dict[str, Any]) -> ClsLossSettings:
+    """Check, before any training, that ``path`` is an unfinished run's checkpoint whose loss ``given`` agrees with.
+
+    Ultralytics turns ``resume=True`` on a finished checkpoint into a *new* run on its default dataset, with a
+    warning; this refuses it instead.
+
+    Args:
+        path: the checkpoint to resume (``last.pt``).
+        given: the loss settings passed with ``resume=True`` (``{"loss": "qfl"}``).
+
+    Returns:
+        The checkpoint's loss settings.
+
+    Raises:
+        UserError: not a training checkpoint, a finished run, or a loss setting that differs from the checkpoint's.
+    """
+    from .trainer import conflict_error, resume_conflicts
+
+    ckpt = load_checkpoint_dict(path)
+    train_args = ckpt.get("train_args") if isinstance(ckpt.get("train_args"), dict) else {}
+    epoch, epochs = ckpt.get("epoch", -1), train_args.get("epochs")
+    if not isinstance(epoch, int) or epoch < 0 or ckpt.get("optimizer") is None:
+        raise UserError(
+            f"Cannot resume '{path}': it is a finished run's checkpoint (no epoch or optimizer state). To train it "
+            f"further, start a new run from it: model={path} without resume=True."
+        )
+    if isinstance(epochs, int) and epoch + 1 >= epochs:
+        raise UserError(f"Cannot resume '{path}': its run trained all {epochs} epochs; start a new run from it.")
+    settings, conflicts = resume_conflicts(train_args, given)
+    if conflicts:
+        raise conflict_error(conflicts)
+    return settings

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .checks import check_data, check_model, first_line
+from .checks import check_data, check_model, check_resumable, first_line
 from .errors import UserError
 from .losses import UnknownLossError, list_losses
 
@@ -276,6 +276,7 @@ def _cmd_train(args: dict[str, Any]) -> int:
             theirs["model"] = resume
         if "model" not in theirs:
             raise CLIError("resume=True needs model=path/to/last.pt (or resume=path/to/last.pt).")
+        check_resumable(str(theirs["model"]), ours)  # Ultralytics would start a new run on a finished checkpoint
     elif theirs.get("data") in (None, ""):
         from .data import embedded_dataset
 
@@ -320,10 +321,17 @@ def _train_summary(model: Any, settings: Any) -> str:
     """
     trainer = getattr(model, "trainer", None)
     settings = getattr(trainer, "cls_loss_settings", None) or settings  # on resume: the checkpoint's settings
-    parts = [f"yolo-vfl: trained with {settings.describe()}"]
+    never = getattr(trainer, "never_switched", lambda which: False)
+    if never("last"):
+        ended = "the run ended within the BCE warm-up"
+        parts = [f"yolo-vfl: trained with BCE only: {settings.describe()} never took over ({ended})"]
+    else:
+        parts = [f"yolo-vfl: trained with {settings.describe()}"]
     best = getattr(trainer, "best", None)
     if best is not None:
         parts.append(f"best.pt: {best}" if Path(best).name == "best.pt" else f"weights: {best}")
+        if never("best") and not never("last"):
+            parts[-1] += " (saved during the BCE warm-up: trained BCE only)"
     metrics = getattr(trainer, "metrics", None)
     if isinstance(metrics, dict):
         shown = [

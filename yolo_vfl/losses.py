@@ -7,6 +7,10 @@ go in, the elementwise loss (same shape) comes out. Normalization (Ultralytics d
 Notation: ``x`` logit, ``p = sigmoid(x)``, ``q`` target quality (0 for negatives),
 ``BCE(x, q) = -(q log p + (1 - q) log(1 - p))``.
 
+Input contract: the public functions (``varifocal_loss`` ...) refuse non-finite logits, targets outside ``[0, 1]``
+(NaN included) and labels other than 0/1 with a ``ValueError``; ``ClsLoss``, the training path, checks only types and
+shapes (no host sync), so there a NaN or inf logit gives a NaN loss, as with torch's own BCE.
+
 Numerics: every loss casts its inputs to float32 (float64 stays float64) and runs with autocast disabled, whatever
 the input dtype, and returns float32 (float64 for float64 inputs). The modulating weights (``p ** gamma``,
 ``|q - p| ** beta``) are *not* detached: gradients flow through them, as in the reference implementations (mmdet
@@ -117,10 +121,12 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 
 
 def _check_inputs(logits: Any, targets: Any, labels: Any = None, *, values: bool = True) -> None:
-    """Check types and shapes of a loss call and, with ``values``, the target range and the labels' 0/1 values.
+    """Check types and shapes of a loss call and, with ``values``, finite logits, the target range and 0/1 labels.
 
     The value checks read tensor contents on the host (a device sync on GPU): the public functions do them, the
-    training path (``ClsLoss``) does not. Types and shapes are metadata and always checked.
+    training path (``ClsLoss``) does not. Types and shapes are metadata and always checked. On the training path a
+    NaN or inf logit propagates to a NaN loss, as in ``torch.nn.BCEWithLogitsLoss`` (Ultralytics' NaN recovery and
+    AMP's gradient scaler act on it there).
 
     Raises:
         TypeError / ValueError: naming the bad input.
@@ -142,6 +148,12 @@ def _check_inputs(logits: Any, targets: Any, labels: Any = None, *, values: bool
             raise ValueError(f"labels must have the shape of logits {tuple(logits.shape)}, got {tuple(labels.shape)}")
     if not values:
         return
+    if logits.numel() and not bool(torch.isfinite(logits.detach()).all()):
+        bad = logits.detach()[~torch.isfinite(logits.detach())]
+        raise ValueError(
+            f"logits must be finite, got {bad.numel()} non-finite value(s) (first: {bad.flatten()[0].item()}); "
+            "a NaN or inf logit makes every loss NaN"
+        )
     if targets.numel():
         lo, hi = torch.aminmax(targets.detach().float())
         lo, hi = lo.item(), hi.item()

@@ -39,6 +39,7 @@ from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, RANK, YAML
 
 from .criterion import SETTING_KEYS, ClsLossSettings, install_cls_loss, normalize_setting
+from .errors import InvalidSettingError, UserError
 
 __all__ = [
     "VFLDetectionTrainer",
@@ -47,7 +48,18 @@ __all__ = [
     "VFLOBBTrainer",
     "TASK_TRAINERS",
     "trainer_for_task",
+    "RECORD_KEY",
+    "GAIN_KEYS",
+    "resume_conflicts",
+    "conflict_error",
 ]
+
+#: The checkpoint record written next to the settings in ``train_args``: how many epochs had trained with ``loss``
+#: (after the ``cls_warmup`` BCE epochs) when the checkpoint was saved. 0 with ``loss != "bce"``: BCE only.
+RECORD_KEY = "cls_loss_epochs"
+
+#: Ultralytics' loss gains; a negative gain would train the model to increase that loss.
+GAIN_KEYS = ("box", "cls", "dfl", "pose", "kobj")
 
 
 def _unwrap(model: Any) -> Any:
@@ -59,10 +71,80 @@ def _cls_warmup_callback(trainer: Any) -> None:
     trainer.install_cls_loss(trainer.epoch)
 
 
+def _time_check_callback(trainer: Any) -> None:
+    """``on_fit_epoch_end``: warn once when ``time=`` leaves no epoch for the chosen loss after the BCE warm-up."""
+    settings = trainer.cls_loss_settings
+    if trainer.args.time and trainer.epochs <= settings.warmup and not getattr(trainer, "_warned_no_switch", False):
+        trainer._warned_no_switch = True
+        LOGGER.warning(
+            f"yolo_vfl: time={trainer.args.time} h allows about {trainer.epochs} epochs, but the first "
+            f"cls_warmup={settings.warmup} train BCE: this run will train BCE only, never loss={settings.loss}. "
+            f"Give more time or a smaller cls_warmup."
+        )
+
+
 def _check_epochs(settings: ClsLossSettings, args: Any) -> None:
-    """``cls_warmup < epochs`` (Ultralytics recomputes ``epochs`` from ``time=`` during training: not checkable)."""
-    if getattr(args, "time", None) is None:
+    """``cls_warmup < epochs``; with ``time=`` Ultralytics recomputes ``epochs`` while training.
+
+    With ``time=``, the number of epochs is not known before training: the trainer then records how many epochs
+    trained with the chosen loss (:data:`RECORD_KEY`) and says so when none did.
+    """
+    if not getattr(args, "time", None):
         settings.check_epochs(args.epochs)
+
+
+def _check_gains(args: Any) -> None:
+    """Refuse negative loss gains (``cls=-1``), which would train the model to increase that loss.
+
+    Raises:
+        InvalidSettingError: naming the gain and the valid range.
+    """
+    for key in GAIN_KEYS:
+        value = getattr(args, key, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= 0:
+            raise InvalidSettingError(
+                f"Invalid {key}={value}: loss gains must be >= 0 (Ultralytics' default is "
+                f"{DEFAULT_CFG_DICT.get(key)}); a negative gain trains the model to increase "
+                f"that loss."
+            )
+
+
+def resume_conflicts(saved: dict[str, Any], given: dict[str, Any]) -> tuple[ClsLossSettings, list[str]]:
+    """The checkpoint's loss settings, and the settings given with ``resume=True`` that disagree with them.
+
+    Args:
+        saved: the checkpoint's ``train_args`` (keys other than ``SETTING_KEYS`` are ignored; none: stock BCE).
+        given: the settings passed with ``resume=True``.
+
+    Returns:
+        ``(settings, conflicts)``: the validated saved settings and ``"key=value (checkpoint: value)"`` per conflict.
+    """
+    settings = ClsLossSettings.from_args({k: v for k, v in saved.items() if k in SETTING_KEYS})
+    current = settings.to_args()
+    conflicts = [
+        f"{k}={v!r} (checkpoint: {current.get(k, 'unset')!r})"
+        for k, v in given.items()
+        if normalize_setting(k, v) != current.get(k)
+    ]
+    return settings, conflicts
+
+
+def conflict_error(conflicts: list[str]) -> UserError:
+    """The error for loss settings given with ``resume=True`` that differ from the checkpoint's."""
+    return InvalidSettingError(
+        f"Cannot change the classification loss on resume: {', '.join(conflicts)}. Resume without these settings to "
+        "continue with the checkpoint's, or start a new training run."
+    )
+
+
+def _read_record(path: Path) -> int | None:
+    """The :data:`RECORD_KEY` of a checkpoint's ``train_args`` (tensors memory-mapped, not read), or None."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - an old-format or unreadable file has no record
+        return None
+    value = (ckpt.get("train_args") or {}).get(RECORD_KEY) if isinstance(ckpt, dict) else None
+    return value if isinstance(value, int) else None
 
 
 def _record_settings(path: Path, settings: dict[str, Any]) -> None:
@@ -136,15 +218,19 @@ class VFLDetectionTrainer(DetectionTrainer):
         preview = get_cfg(cfg, {k: v for k, v in overrides.items() if k in DEFAULT_CFG_DICT})
         if not preview.resume:
             _check_epochs(settings, preview)
+            _check_gains(preview)
         super().__init__(cfg, overrides, _callbacks)
         if self.resume:
             settings = self._resume_settings(given)
             _check_epochs(settings, self.args)
         self.cls_loss_settings = settings
+        #: :data:`RECORD_KEY` of ``last.pt`` and ``best.pt`` after the final evaluation (``{"best": 0, ...}``).
+        self.cls_loss_record: dict[str, int] = {}
         for key, value in settings.to_args().items():
             setattr(self.args, key, value)
         if settings.warmup:
             self.add_callback("on_train_epoch_start", _cls_warmup_callback)
+            self.add_callback("on_fit_epoch_end", _time_check_callback)
         if RANK in {-1, 0}:
             LOGGER.info(f"yolo_vfl: classification loss {settings.describe()}")
             if (self.save_dir / "args.yaml").exists():
@@ -153,16 +239,10 @@ class VFLDetectionTrainer(DetectionTrainer):
     def _resume_settings(self, given: dict[str, Any]) -> ClsLossSettings:
         """The checkpoint's settings; settings passed with ``resume=True`` must agree with them."""
         saved = {k: getattr(self.args, k) for k in SETTING_KEYS if hasattr(self.args, k)}
-        settings = ClsLossSettings.from_args(saved)  # a plain Ultralytics checkpoint has none: BCE
-        current = settings.to_args()
-        conflicts = [k for k, v in given.items() if normalize_setting(k, v) != current.get(k)]
+        settings, conflicts = resume_conflicts(saved, given)  # a plain Ultralytics checkpoint has none: BCE
         if conflicts:
-            diff = ", ".join(f"{k}={given[k]!r} (checkpoint: {current.get(k, 'unset')!r})" for k in conflicts)
-            raise ValueError(
-                f"Cannot change the classification loss on resume: {diff}. Resume without these settings to continue "
-                "with the checkpoint's, or start a new training run."
-            )
-        for key in SETTING_KEYS:  # get_cfg(ckpt_args) kept them; they are re-set from the validated settings
+            raise conflict_error(conflicts)
+        for key in (*SETTING_KEYS, RECORD_KEY):  # get_cfg(ckpt_args) kept them; settings are re-set validated
             if hasattr(self.args, key):
                 delattr(self.args, key)
         return settings
@@ -170,7 +250,7 @@ class VFLDetectionTrainer(DetectionTrainer):
     @contextlib.contextmanager
     def _plain_args(self) -> Iterator[None]:
         """Hide our settings from ``self.args`` (Ultralytics' validator re-checks args against its defaults)."""
-        stash = {k: getattr(self.args, k) for k in SETTING_KEYS if hasattr(self.args, k)}
+        stash = {k: getattr(self.args, k) for k in (*SETTING_KEYS, RECORD_KEY) if hasattr(self.args, k)}
         for key in stash:
             delattr(self.args, key)
         try:
@@ -225,18 +305,48 @@ class VFLDetectionTrainer(DetectionTrainer):
         super()._setup_train(*args, **kwargs)
         self.install_cls_loss()
 
+    @property
+    def cls_loss_epochs(self) -> int:
+        """Epochs trained with the chosen loss so far (the current one included): those after the BCE warm-up."""
+        return max(0, getattr(self, "epoch", -1) + 1 - self.cls_loss_settings.warmup)
+
+    def never_switched(self, which: str = "last") -> bool:
+        """Whether ``which`` checkpoint (``"last"`` or ``"best"``) trained BCE only although ``loss`` is not BCE."""
+        return self.cls_loss_settings.loss != "bce" and self.cls_loss_record.get(which) == 0
+
     def final_eval(self, *args: Any, **kwargs: Any) -> Any:
         """Ultralytics' final evaluation, then the loss settings back into the stripped ``last.pt`` / ``best.pt``."""
+        paths = {"last": self.last, "best": self.best}
+        if RANK in {-1, 0}:  # read before Ultralytics strips the unknown keys of train_args
+            self.cls_loss_record = {k: n for k, p in paths.items() if p.exists() and (n := _read_record(p)) is not None}
         try:
             return super().final_eval(*args, **kwargs)
         finally:
             if RANK in {-1, 0}:
-                for path in (self.last, self.best):
+                for which, path in paths.items():
                     if path.exists():
-                        _record_settings(path, self.cls_loss_settings.to_args())
+                        record = {RECORD_KEY: self.cls_loss_record[which]} if which in self.cls_loss_record else {}
+                        _record_settings(path, {**self.cls_loss_settings.to_args(), **record})
+                self._warn_never_switched()
+
+    def _warn_never_switched(self) -> None:
+        settings = self.cls_loss_settings
+        if self.never_switched("last"):
+            LOGGER.warning(
+                f"yolo_vfl: this run trained BCE only: loss={settings.loss} never took over, because it ended after "
+                f"{self.epoch + 1} epochs and the first cls_warmup={settings.warmup} train BCE. The checkpoints "
+                f"record {RECORD_KEY}=0."
+            )
+        elif self.never_switched("best"):
+            LOGGER.warning(
+                f"yolo_vfl: best.pt was saved during the BCE warm-up (cls_warmup={settings.warmup}): it trained BCE "
+                f"only ({RECORD_KEY}=0); last.pt trained loss={settings.loss} for {self.cls_loss_record['last']} "
+                "epochs."
+            )
 
     def save_model(self, *args: Any, **kwargs: Any) -> Any:
-        """Save checkpoints with the criteria detached (plain Ultralytics pickles)."""
+        """Save checkpoints with the criteria detached (plain Ultralytics pickles) and :data:`RECORD_KEY` recorded."""
+        setattr(self.args, RECORD_KEY, self.cls_loss_epochs)
         with self._criteria_detached():
             return super().save_model(*args, **kwargs)
 
