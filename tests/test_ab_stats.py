@@ -1,8 +1,10 @@
-"""yolo_vfl.ab.stats: Student t, means, paired differences and their intervals, verdicts, correlations (no model)."""
+"""yolo_vfl.ab.stats: means, paired differences and their Student-t intervals, verdicts, correlations (no model)."""
 
 from __future__ import annotations
 
 import math
+import statistics
+import warnings
 
 import numpy as np
 import pytest
@@ -14,32 +16,40 @@ from yolo_vfl.ab.stats import (
     mean_std,
     paired_difference,
     pearson,
-    rankdata,
     spearman,
-    t_cdf,
-    t_ppf,
     verdict,
 )
 
 
-def test_t_quantiles():
-    """Student-t quantiles match the tables (two-sided 95%: df 1, 2, 4, 9, 30, large)."""
-    for df, q in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423), (1e9, 1.9600)]:
-        assert t_ppf(0.975, df) == pytest.approx(q, abs=1e-4)
-    assert t_ppf(0.025, 4) == pytest.approx(-2.7764, abs=1e-4)
-    assert t_ppf(0.5, 3) == 0.0
+def _half_width_in_se(diffs: list[float], level: float = 0.95) -> float:
+    """The interval's half-width of ``diffs`` (arm minus a zero baseline) in standard errors: the t quantile used."""
+    d = paired_difference(dict(enumerate(diffs)), dict.fromkeys(range(len(diffs)), 0.0), level=level)
+    return d.half_width / (statistics.stdev(diffs) / math.sqrt(len(diffs)))
 
 
-def test_t_cdf_by_hand_and_errors():
-    """df=1 is the Cauchy distribution: cdf(t) = 1/2 + atan(t)/pi; symmetric; bad arguments are refused."""
-    for t in (-3.0, -0.5, 0.0, 1.0, 7.0):
-        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-10)
-    assert t_cdf(math.inf, 5) == 1.0 and t_cdf(-math.inf, 5) == 0.0
-    assert t_cdf(t_ppf(0.9, 7), 7) == pytest.approx(0.9, abs=1e-10)
-    with pytest.raises(ValueError):
-        t_cdf(1.0, 0)
-    with pytest.raises(ValueError):
-        t_ppf(1.0, 3)
+@pytest.mark.parametrize(
+    "n, level, table",
+    [(2, 0.95, 12.7062), (3, 0.95, 4.3027), (5, 0.95, 2.7764), (10, 0.95, 2.2622), (31, 0.95, 2.0423)]
+    + [(2, 0.90, 6.3138), (10, 0.90, 1.8331), (5, 0.99, 4.6041)],
+)
+def test_interval_uses_table_t_quantiles(n, level, table):
+    """The half-width is t((1 + level) / 2, n - 1) standard errors, t from printed tables (df = n - 1)."""
+    diffs = [math.sin(i) for i in range(n)]  # any non-constant numbers
+    assert _half_width_in_se(diffs, level) == pytest.approx(table, abs=1e-4)
+
+
+def test_interval_df1_is_cauchy_and_level_is_checked():
+    """df=1 is the Cauchy distribution: t(p, 1) = tan(pi (p - 1/2)); diffs -1, 1 have sd/sqrt(2) = 1.
+
+    So the half-width is tan(pi level / 2): 1 at level 0.5, tan(0.4 pi) = 3.0777 at 0.8. A level outside (0, 1) is
+    refused.
+    """
+    for level in (0.5, 0.8, 0.95):
+        d = paired_difference({0: -1.0, 1: 1.0}, {0: 0.0, 1: 0.0}, level=level)
+        assert d.half_width == pytest.approx(math.tan(math.pi * level / 2), rel=1e-10) and d.mean == 0.0
+    for level in (0.0, 1.0, 95):
+        with pytest.raises(ValueError, match="level"):
+            paired_difference({0: 1.0, 1: 2.0}, {0: 0.0, 1: 0.0}, level=level)
 
 
 def test_mean_std_one_value_has_no_std():
@@ -92,18 +102,33 @@ def test_verdict_rules():
     assert verdict(paired_difference({0: 0.4, 1: 0.4}, {0: 0.4, 1: 0.4})) == "no clear difference"
 
 
-def test_rankdata_ties_and_spearman_by_hand():
-    """Ties get average ranks; Spearman is Pearson of the ranks; monotone data gives 1."""
-    np.testing.assert_allclose(rankdata([10, 20, 20, 5]), [2, 3.5, 3.5, 1])
-    assert rankdata([]).size == 0
+def test_spearman_with_ties_and_pearson_by_hand():
+    """Spearman is Pearson of the tie-averaged ranks; monotone data gives 1.
+
+    x = (10, 20, 20, 5) ranks (2, 3.5, 3.5, 1); y = (1, 2, 3, 4). Centered: dx = (-0.5, 1, 1, -1.5),
+    dy = (-1.5, -0.5, 0.5, 1.5): sum dx dy = -1.5, sum dx^2 = 4.5, sum dy^2 = 5, r = -1.5 / sqrt(22.5) = -sqrt(0.1).
+    """
+    assert spearman([10, 20, 20, 5], [1, 2, 3, 4]) == pytest.approx(-math.sqrt(0.1))
     x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
     assert spearman(x, y) == pytest.approx(1 - 6 * (1 + 1 + 1 + 1) / (5 * 24))  # no ties: 1 - 6 sum d^2/(n(n^2-1))
     assert spearman([1, 2, 3], [1, 8, 27]) == pytest.approx(1.0)
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert pearson([1, 1, 1], [1, 2, 3]) is None and spearman([1], [2]) is None
+    # (1, 2, 3) vs (1, 3, 2): dx = (-1, 0, 1), dy = (-1, 1, 0): r = 1 / sqrt(2 * 2) = 0.5
+    assert pearson([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="differ in length"):
         pearson([1, 2], [1, 2, 3])
+
+
+def test_undefined_correlations_are_none_without_warnings():
+    """Fewer than 2 points, a constant variable or a NaN/inf give None, not NaN, an error or a SciPy warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for f in (pearson, spearman):
+            assert f([1, 1, 1], [1, 2, 3]) is None and f([1, 2, 3], [5, 5, 5]) is None
+            assert f([1], [2]) is None and f([], []) is None
+            assert f([1, 2, math.nan], [1, 2, 3]) is None and f([1, 2, 3], [1, math.inf, 3]) is None
+            assert f([1, 2], [2, 1]) == pytest.approx(-1.0)  # two points: defined
 
 
 def test_correlations_all_and_matched_points():
