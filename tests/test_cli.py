@@ -94,6 +94,15 @@ def test_version_and_losses(capfd):
         (["version", "x=1"], "takes no arguments"),
         (["train", "resume=True"], "resume=True needs model=path/to/last.pt"),
         (["train", "resume=missing/last.pt"], "Model file 'missing/last.pt' not found"),
+        (["train", "loss=vfl", "cls_target=foo"], "Invalid cls_target='foo': valid values are 'tal', 'iou'"),
+        (["train", "loss=vfl", "cls_fg_negatives=xyz"], "Invalid cls_fg_negatives='xyz': valid values are 'loss'"),
+        (["train", "tal_topk=0"], "Invalid tal_topk=0: valid values are integers >= 1"),
+        (["train", "tal_topk=2.5"], "tal_topk must be an integer >= 1"),
+        (["train", "loss=vfl", "cls_warmup=-1"], "Invalid cls_warmup=-1: valid values are integers >= 0"),
+        (["train", "loss=vfl", "cls_warmup=1.5"], "cls_warmup must be an integer number of epochs"),
+        (["train", "loss=vfl", "cls_warmup=True"], "cls_warmup must be an integer number of epochs"),
+        (["train", "loss=vfl", "cls_warmup=5", "epochs=5"], "Invalid cls_warmup=5 for epochs=5"),
+        (["data", "out=x", "n=-3"], "n must be"),
     ],
 )
 def test_user_errors_are_one_clear_line(argv, message, capfd, tmp_path, monkeypatch):

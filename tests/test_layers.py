@@ -31,7 +31,6 @@ LAYERS: list[tuple[str, ...]] = [
     ("ab.plots",),
     ("ab.orchestrate",),
     ("ab",),
-    ("experiment",),
     ("cli",),
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -7,9 +7,10 @@ Modes::
     yolo-vfl data out=DIR [n=600 seed=0 imgsz=192]
     yolo-vfl losses | version | help
 
-``main(argv)`` runs in-process and returns the exit code. User errors (see :func:`is_user_error`: bad arguments,
-unknown names, missing or unreadable files) print one clear line (no traceback unless ``verbose=True`` is given or
-``YOLO_VFL_DEBUG=1`` is set) and return 2; any other exception is a bug and propagates with its traceback.
+``main(argv)`` runs in-process and returns the exit code. User errors (see :func:`is_user_error`: the package's typed
+``UserError`` for bad arguments and unknown names, the system's verdict on missing or unwritable files) print one line
+(no traceback unless ``verbose=True`` is given or ``YOLO_VFL_DEBUG=1`` is set) and return 2; any other exception is a
+bug and propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
+import errno
 import os
 import shlex
 import sys
@@ -26,7 +28,7 @@ from typing import Any
 
 from .checks import check_data, check_model, check_resumable, first_line
 from .errors import UserError
-from .losses import UnknownLossError, list_losses
+from .losses import list_losses
 
 MODES = ("train", "ab", "pretrain", "val", "predict", "export", "data", "losses", "version", "help")
 ULTRALYTICS_MODES = ("val", "predict", "export")
@@ -66,48 +68,14 @@ class CLIError(UserError):
     """A user error: printed as one line, exit code 2."""
 
 
-# Functions of this package that validate user input but raise plain ValueError / TypeError (not a UserError yet):
-# an exception whose traceback ends in one of them is a user error. (module file, function name)
-_VALIDATORS = {
-    ("criterion.py", "from_args"),
-    ("criterion.py", "normalize_setting"),
-    ("trainer.py", "__init__"),
-    ("trainer.py", "_resume_settings"),
-    ("trainer.py", "trainer_for_task"),
-    ("data.py", "generate_dataset"),
-    ("data.py", "_check_args"),
-    ("data.py", "_check_int"),
-    ("data.py", "_check_variant"),
-    ("data.py", "_guard_overwrite"),
-}
-_PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def _raised_by_validator(e: BaseException) -> bool:
-    """Whether ``e`` was raised (not just passed through) by one of this package's validation functions."""
-    tb = e.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    code = tb.tb_frame.f_code
-    path = Path(code.co_filename).resolve()
-    if path.parent != _PACKAGE_DIR:
-        return False
-    if path.name == "losses.py":  # the hyperparameter checks (not the tensor checks of a loss call)
-        return code.co_name.startswith("_check_") and code.co_name != "_check_inputs"
-    return (path.name, code.co_name) in _VALIDATORS
-
-
 def is_user_error(e: BaseException) -> bool:
-    """Whether ``e`` is a user error (one line, exit 2) rather than a bug (traceback).
+    """Whether ``e`` is a user error (one line, exit 2) rather than a bug (traceback), by its type alone.
 
-    User errors: this package's :class:`~yolo_vfl.errors.UserError` (``CLIError`` included) and
-    :class:`~yolo_vfl.losses.UnknownLossError`; ``ValueError`` / ``TypeError`` raised by the package's validation
-    functions (loss settings, the trainer's resume and task checks); Ultralytics' ``SyntaxError`` for unknown or
-    misaligned keys (raised with a message, unlike a real syntax error, which has a line number); and the
-    operating system's verdict on a path or a download: ``FileNotFoundError``, ``FileExistsError``,
-    ``PermissionError``, ``ConnectionError``.
+    User errors: this package's :class:`~yolo_vfl.errors.UserError` (every validator raises one: ``CLIError``,
+    ``InvalidSettingError``, ``InvalidTypeError``, ``UnknownLossError``); Ultralytics' ``SyntaxError`` for unknown or
+    misaligned keys (raised with a message, unlike a real syntax error, which has a line number); and the operating
+    system's verdict on a path, the disk or a download: ``FileNotFoundError``, ``FileExistsError``, ``PermissionError``,
+    ``ConnectionError``, a full disk or a read-only filesystem.
 
     Args:
         e: the exception.
@@ -115,13 +83,11 @@ def is_user_error(e: BaseException) -> bool:
     Returns:
         True for a user error.
     """
-    if isinstance(e, (UserError, UnknownLossError, FileNotFoundError, FileExistsError, PermissionError)):
+    if isinstance(e, (UserError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError)):
         return True
-    if isinstance(e, ConnectionError):
-        return True
-    if isinstance(e, SyntaxError):
-        return e.lineno is None and e.filename is None
-    return isinstance(e, (ValueError, TypeError)) and _raised_by_validator(e)
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+    return isinstance(e, SyntaxError) and e.lineno is None and e.filename is None
 
 
 @contextlib.contextmanager

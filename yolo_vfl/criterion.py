@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from ultralytics.utils.loss import v8DetectionLoss
 
+from .errors import InvalidSettingError, InvalidTypeError
 from .losses import ClsLoss, _check_nonnegative, get_loss_spec, list_losses
 
 __all__ = [
@@ -111,7 +112,7 @@ class ClsLossSettings:
                     continue
                 value = p.check(p.arg, args[p.arg])
                 if other is not spec and value != p.default:
-                    raise ValueError(
+                    raise InvalidSettingError(
                         f"{p.arg}={args[p.arg]!r} has no effect with loss={spec.name!r}; it applies to "
                         f"loss={other.name!r}. Remove it or set loss={other.name}."
                     )
@@ -119,7 +120,7 @@ class ClsLossSettings:
         own = {key: check(args[key]) if key in args else default for key, (default, check) in _OWN_SETTINGS.items()}
         if own["cls_warmup"] and spec.name == "bce":
             others = ", ".join(s.name for s in list_losses() if s.name != "bce")
-            raise ValueError(
+            raise InvalidSettingError(
                 f"cls_warmup={own['cls_warmup']} has no effect with loss='bce': it is the number of first epochs "
                 f"trained with BCE before switching to another loss ({others}). Remove it or set one of those losses."
             )
@@ -137,7 +138,7 @@ class ClsLossSettings:
                 checkpoints say ``loss=vfl``.
         """
         if self.warmup and self.warmup >= epochs:
-            raise ValueError(
+            raise InvalidSettingError(
                 f"Invalid cls_warmup={self.warmup} for epochs={epochs} with loss={self.loss!r}: valid values are 0 to "
                 f"{epochs - 1} (the first cls_warmup epochs train BCE; {self.loss} must train at least one epoch)"
             )
@@ -184,7 +185,7 @@ def _check_loss(value: Any) -> str:
 def _choice(key: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if not isinstance(value, str) or value not in choices:
-            raise ValueError(f"Invalid {key}={value!r}: valid values are {', '.join(map(repr, choices))}")
+            raise InvalidSettingError(f"Invalid {key}={value!r}: valid values are {', '.join(map(repr, choices))}")
         return value
 
     return check
@@ -193,20 +194,22 @@ def _choice(key: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
 def _check_warmup(value: Any) -> int:
     """``cls_warmup``: an int >= 0 (a bool, ``None`` or float is a TypeError)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"cls_warmup must be an integer number of epochs >= 0, got {value!r} ({type(value).__name__})")
+        raise InvalidTypeError(
+            f"cls_warmup must be an integer number of epochs >= 0, got {value!r} ({type(value).__name__})"
+        )
     if value < 0:
-        raise ValueError(f"Invalid cls_warmup={value}: valid values are integers >= 0 (epochs of BCE first)")
+        raise InvalidSettingError(f"Invalid cls_warmup={value}: valid values are integers >= 0 (epochs of BCE first)")
     return value
 
 
 def _check_topk(key: str, value: Any) -> int:
     """``tal_topk``: an int >= 1 (candidate anchors per ground truth)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
+        raise InvalidTypeError(
             f"{key} must be an integer >= 1 (anchors per ground truth), got {value!r} ({type(value).__name__})"
         )
     if value < 1:
-        raise ValueError(f"Invalid {key}={value}: valid values are integers >= 1 (YOLOv8 uses 10, YOLOv6 13)")
+        raise InvalidSettingError(f"Invalid {key}={value}: valid values are integers >= 1 (YOLOv8 uses 10, YOLOv6 13)")
     return value
 
 
@@ -428,7 +431,7 @@ def install_cls_loss(criterion: Any, settings: ClsLossSettings | ClsLoss) -> int
     named = _named_detection_losses(criterion)
     targets = [det for _, det in named]
     if not targets:
-        raise TypeError(
+        raise InvalidTypeError(
             f"yolo_vfl supports detect, segment, pose and OBB YOLO models; criterion {type(criterion).__name__} has "
             "no v8DetectionLoss to patch"
         )
@@ -477,8 +480,27 @@ class VFLDetectionLoss(v8DetectionLoss):
                 settings[key] = value
             else:
                 base_kwargs[key] = value
+        _check_base_kwargs(spec.name, base_kwargs)
         if "cls_warmup" in settings:
-            raise TypeError("cls_warmup is a trainer setting (epochs of BCE first); a loss object has no epochs")
+            raise InvalidTypeError("cls_warmup is a trainer setting (epochs of BCE first); a loss object has no epochs")
         self.cls_loss_settings = ClsLossSettings.from_args(settings)
         super().__init__(model, **base_kwargs)
         install_cls_loss(self, self.cls_loss_settings)
+
+
+def _check_base_kwargs(loss: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse keywords that neither the loss nor ``v8DetectionLoss`` takes, naming both lists.
+
+    Raises:
+        InvalidTypeError: the first unknown keyword, the loss's own keywords and the criterion's.
+    """
+    import inspect
+
+    base = [k for k in inspect.signature(v8DetectionLoss.__init__).parameters if k not in ("self", "model")]
+    unknown = [k for k in kwargs if k not in base]
+    if unknown:
+        own = [p.name for p in get_loss_spec(loss).params] or ["none"]
+        raise InvalidTypeError(
+            f"VFLDetectionLoss(loss={loss!r}) got an unknown keyword {unknown[0]!r}; {loss}'s own keywords: "
+            f"{', '.join(own)}; v8DetectionLoss keywords: {', '.join(base)}; settings: {', '.join(SETTING_KEYS)}"
+        )

@@ -48,6 +48,8 @@ import cv2
 import numpy as np
 import yaml
 
+from .errors import InvalidSettingError, InvalidTypeError
+
 __all__ = [
     "CLASS_NAMES",
     "EMBEDDED_NAMES",
@@ -208,9 +210,9 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
     """Raise TypeError unless ``value`` is an int (not bool), ValueError unless ``low <= value <= high``."""
     valid = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be {valid}, got {value!r} ({type(value).__name__})")
+        raise InvalidTypeError(f"{name} must be {valid}, got {value!r} ({type(value).__name__})")
     if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be {valid}, got {value!r}")
+        raise InvalidSettingError(f"{name} must be {valid}, got {value!r}")
 
 
 def _check_variant(variant: Any) -> None:
@@ -218,7 +220,7 @@ def _check_variant(variant: Any) -> None:
     if not isinstance(variant, str) or variant not in _VARIANTS:
         close = difflib.get_close_matches(variant, VARIANTS, n=1, cutoff=0.6) if isinstance(variant, str) else []
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.{hint}")
+        raise InvalidSettingError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.{hint}")
 
 
 def _check_args(n: Any, seed: Any, imgsz: Any, val_fraction: Any, overwrite: Any, variant: Any = "shapes") -> None:
@@ -228,14 +230,14 @@ def _check_args(n: Any, seed: Any, imgsz: Any, val_fraction: Any, overwrite: Any
     _check_int("seed", seed, 0)
     _check_int("imgsz", imgsz, 32, 4096)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, np.integer, np.floating)):
-        raise TypeError(
+        raise InvalidTypeError(
             f"val_fraction must be a number with 0 <= val_fraction < 1, got {val_fraction!r} "
             f"({type(val_fraction).__name__})"
         )
     if not (math.isfinite(val_fraction) and 0 <= val_fraction < 1):
-        raise ValueError(f"val_fraction must satisfy 0 <= val_fraction < 1, got {val_fraction!r}")
+        raise InvalidSettingError(f"val_fraction must satisfy 0 <= val_fraction < 1, got {val_fraction!r}")
     if not isinstance(overwrite, (bool, np.bool_)):
-        raise TypeError(f"overwrite must be True or False, got {overwrite!r} ({type(overwrite).__name__})")
+        raise InvalidTypeError(f"overwrite must be True or False, got {overwrite!r} ({type(overwrite).__name__})")
 
 
 # ------------------------------------------------------------------------------------------------------ drawing
@@ -830,7 +832,9 @@ def _guard_overwrite(out: Path) -> None:
     resolved = out.resolve()
     cwd = Path.cwd().resolve()
     if resolved == Path(resolved.anchor) or resolved == Path.home().resolve() or resolved in (cwd, *cwd.parents):
-        raise ValueError(f"Refusing to overwrite {out}: it is the root, the home directory or contains the cwd.")
+        raise InvalidSettingError(
+            f"Refusing to overwrite {out}: it is the root, the home directory or contains the cwd."
+        )
 
 
 def _check_existing(out: Path, params: dict[str, Any], overwrite: bool) -> tuple[Path | None, bool]:
@@ -958,7 +962,7 @@ def generate_dataset(
             is False.
     """
     if not isinstance(out_dir, (str, os.PathLike)):
-        raise TypeError(f"out_dir must be a str or path, got {out_dir!r} ({type(out_dir).__name__})")
+        raise InvalidTypeError(f"out_dir must be a str or path, got {out_dir!r} ({type(out_dir).__name__})")
     _check_args(n, seed, imgsz, val_fraction, overwrite, variant)
     out = Path(os.path.abspath(os.path.expanduser(os.fspath(out_dir))))
     params = _params(n, seed, imgsz, val_fraction, variant)

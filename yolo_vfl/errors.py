@@ -4,13 +4,15 @@ A *user error* is a problem with what the user asked for (an unknown loss, a bad
 validation code: the command line prints it as one line and exits 2. Every other exception is a bug, or a failure
 nobody validated, and keeps its traceback.
 
-Raise :class:`UserError`, or :class:`InvalidSettingError` where callers already catch ``ValueError``, from
-validation code; do not raise them from deep inside computations.
+Every validator raises :class:`InvalidSettingError` (a bad value; also a ``ValueError``) or :class:`InvalidTypeError`
+(a value of the wrong type; also a ``TypeError``), or :class:`UserError` for anything else the user must fix (a missing
+file, a finished checkpoint). Python callers catch the built-in type they expect; the CLI tells a user error from a
+bug by the type alone. Do not raise them from deep inside computations.
 """
 
 from __future__ import annotations
 
-__all__ = ["InvalidSettingError", "UserError"]
+__all__ = ["InvalidSettingError", "InvalidTypeError", "UserError"]
 
 
 class UserError(Exception):
@@ -19,3 +21,7 @@ class UserError(Exception):
 
 class InvalidSettingError(UserError, ValueError):
     """A setting with an invalid value; also a ``ValueError`` for callers that catch that."""
+
+
+class InvalidTypeError(UserError, TypeError):
+    """A setting or argument of the wrong type; also a ``TypeError`` for callers that catch that."""

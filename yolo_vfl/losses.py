@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import InvalidSettingError, InvalidTypeError, UserError
+
 __all__ = [
     "REDUCTIONS",
     "IMPLEMENTATIONS",
@@ -63,7 +65,7 @@ REDUCTIONS = ("none", "mean", "sum")
 IMPLEMENTATIONS = ("fused", "autograd", "compiled")
 
 
-class UnknownLossError(KeyError, ValueError):
+class UnknownLossError(UserError, KeyError, ValueError):
     """Raised for a loss name that is not in the registry; the message lists the valid names."""
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it
@@ -76,31 +78,33 @@ class UnknownLossError(KeyError, ValueError):
 
 def _check_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+        raise InvalidTypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+        raise InvalidSettingError(f"{name} must be finite, got {value}")
     return value
 
 
 def _check_unit(name: str, value: Any) -> float:
     value = _check_number(name, value)
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"Invalid {name}={value}: valid values are between 0.0 and 1.0")
+        raise InvalidSettingError(f"Invalid {name}={value}: valid values are between 0.0 and 1.0")
     return value
 
 
 def _check_nonnegative(name: str, value: Any) -> float:
     value = _check_number(name, value)
     if value < 0.0:
-        raise ValueError(f"Invalid {name}={value}: valid values are >= 0.0")
+        raise InvalidSettingError(f"Invalid {name}={value}: valid values are >= 0.0")
     return value
 
 
 def _check_focal_alpha(name: str, value: Any) -> float:
     value = _check_number(name, value)
     if value > 1.0:
-        raise ValueError(f"Invalid {name}={value}: valid values are between 0.0 and 1.0, or negative to disable it")
+        raise InvalidSettingError(
+            f"Invalid {name}={value}: valid values are between 0.0 and 1.0, or negative to disable it"
+        )
     return value
 
 
@@ -110,13 +114,13 @@ def _check_optional_unit(name: str, value: Any) -> float | None:
 
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+        raise InvalidTypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
     return value
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"Invalid {name}={value!r}: valid values are {', '.join(map(repr, choices))}")
+        raise InvalidSettingError(f"Invalid {name}={value!r}: valid values are {', '.join(map(repr, choices))}")
     return value
 
 
@@ -132,25 +136,27 @@ def _check_inputs(logits: Any, targets: Any, labels: Any = None, *, values: bool
         TypeError / ValueError: naming the bad input.
     """
     if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
-        raise TypeError(
+        raise InvalidTypeError(
             f"logits and targets must be torch.Tensor, got {type(logits).__name__} and {type(targets).__name__}"
         )
     if not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating point tensor, got dtype {logits.dtype}")
+        raise InvalidTypeError(f"logits must be a floating point tensor, got dtype {logits.dtype}")
     if logits.shape != targets.shape:
-        raise ValueError(
+        raise InvalidSettingError(
             f"logits and targets must have the same shape, got {tuple(logits.shape)} and {tuple(targets.shape)}"
         )
     if labels is not None:
         if not isinstance(labels, Tensor):
-            raise TypeError(f"labels must be a torch.Tensor or None, got {type(labels).__name__}")
+            raise InvalidTypeError(f"labels must be a torch.Tensor or None, got {type(labels).__name__}")
         if labels.shape != logits.shape:
-            raise ValueError(f"labels must have the shape of logits {tuple(logits.shape)}, got {tuple(labels.shape)}")
+            raise InvalidSettingError(
+                f"labels must have the shape of logits {tuple(logits.shape)}, got {tuple(labels.shape)}"
+            )
     if not values:
         return
     if logits.numel() and not bool(torch.isfinite(logits.detach()).all()):
         bad = logits.detach()[~torch.isfinite(logits.detach())]
-        raise ValueError(
+        raise InvalidSettingError(
             f"logits must be finite, got {bad.numel()} non-finite value(s) (first: {bad.flatten()[0].item()}); "
             "a NaN or inf logit makes every loss NaN"
         )
@@ -158,10 +164,10 @@ def _check_inputs(logits: Any, targets: Any, labels: Any = None, *, values: bool
         lo, hi = torch.aminmax(targets.detach().float())
         lo, hi = lo.item(), hi.item()
         if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
-            raise ValueError(f"targets must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
+            raise InvalidSettingError(f"targets must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
     if labels is not None and labels.dtype != torch.bool and labels.numel():
         if not bool(((labels == 0) | (labels == 1)).all()):
-            raise ValueError("labels must be boolean or contain only 0 and 1")
+            raise InvalidSettingError("labels must be boolean or contain only 0 and 1")
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -820,7 +826,7 @@ class LossSpec:
         unknown = sorted(set(hyperparameters) - set(known))
         if unknown:
             valid = ", ".join(known) or "none"
-            raise TypeError(f"loss {self.name!r} got unknown hyperparameter(s) {unknown}; valid: {valid}")
+            raise InvalidTypeError(f"loss {self.name!r} got unknown hyperparameter(s) {unknown}; valid: {valid}")
         out = dict(self.defaults)
         for key, value in hyperparameters.items():
             out[key] = known[key].check(known[key].arg, value)

@@ -45,7 +45,7 @@ from typing import Any, Callable, Optional
 
 from . import data as _data
 from .checks import versions
-from .errors import InvalidSettingError
+from .errors import InvalidSettingError, InvalidTypeError
 from .fileio import atomic_write_json, sha256_file
 
 __all__ = ["PretrainResult", "PretrainSpec", "cli_pretrain", "pretrain_dir", "pretrained_checkpoint"]
@@ -97,22 +97,22 @@ def _suggest(key: str, choices: list[str]) -> str:
 
 def _check_int(name: str, value: Any, lo: int, hi: Optional[int] = None, multiple: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"PretrainSpec {name} must be an int, got {value!r} ({type(value).__name__})")
+        raise InvalidTypeError(f"PretrainSpec {name} must be an int, got {value!r} ({type(value).__name__})")
     if value < lo or (hi is not None and value > hi) or value % multiple:
         rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
         mult = f" and a multiple of {multiple}" if multiple > 1 else ""
-        raise ValueError(f"Invalid PretrainSpec {name}={value!r}: valid values are ints {rng}{mult}.")
+        raise InvalidSettingError(f"Invalid PretrainSpec {name}={value!r}: valid values are ints {rng}{mult}.")
 
 
 def _plain(value: Any, key: str) -> Any:
     """A train-argument value as a hashable, JSON-able plain value (lists become tuples)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"Invalid PretrainSpec train_args {key}={value!r}: must be finite.")
+            raise InvalidSettingError(f"Invalid PretrainSpec train_args {key}={value!r}: must be finite.")
         return value
     if isinstance(value, (list, tuple)):
         return tuple(_plain(v, key) for v in value)
-    raise TypeError(
+    raise InvalidTypeError(
         f"PretrainSpec train_args {key}={value!r} ({type(value).__name__}) must be a str, number, bool, None or a list"
     )
 
@@ -126,12 +126,12 @@ def _check_train_args(pairs: tuple[tuple[str, Any], ...]) -> None:
     valid = sorted(set(DEFAULT_CFG_DICT) - _RESERVED)
     for key, _ in pairs:
         if key in _RESERVED:
-            raise ValueError(
+            raise InvalidSettingError(
                 f"PretrainSpec train_args cannot set {key!r}: it is a PretrainSpec field, the device argument or "
                 "managed by the builder."
             )
         if key not in DEFAULT_CFG_DICT:
-            raise ValueError(
+            raise InvalidSettingError(
                 f"Unknown Ultralytics train argument {key!r} in PretrainSpec train_args.{_suggest(key, valid)}"
             )
     overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in pairs}
@@ -139,7 +139,7 @@ def _check_train_args(pairs: tuple[tuple[str, Any], ...]) -> None:
         get_cfg(DEFAULT_CFG_DICT, overrides)
     except (TypeError, ValueError, SyntaxError) as e:
         msg = " ".join(str(e).split())
-        raise (TypeError if isinstance(e, TypeError) else ValueError)(
+        raise (InvalidTypeError if isinstance(e, TypeError) else InvalidSettingError)(
             f"Invalid PretrainSpec train_args: {msg}"
         ) from None
 
@@ -179,14 +179,14 @@ class PretrainSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
-            raise TypeError(f"PretrainSpec model must be a model YAML name or path, got {self.model!r}")
+            raise InvalidTypeError(f"PretrainSpec model must be a model YAML name or path, got {self.model!r}")
         if not self.model.lower().endswith((".yaml", ".yml")):
-            raise ValueError(
+            raise InvalidSettingError(
                 f"Invalid PretrainSpec model={self.model!r}: valid values are model YAMLs (e.g. 'yolov8n.yaml', "
                 "'yolo11n.yaml'); a .pt would be a download and is never used here."
             )
         if not isinstance(self.variant, str) or self.variant not in _data.VARIANTS:
-            raise ValueError(
+            raise InvalidSettingError(
                 f"Invalid PretrainSpec variant={self.variant!r}: valid variants are {', '.join(_data.VARIANTS)}."
             )
         _check_int("n", self.n, 2)
@@ -197,7 +197,7 @@ class PretrainSpec:
         _check_int("train_seed", self.train_seed, 0)
         _check_int("workers", self.workers, 0)
         if not isinstance(self.deterministic, bool):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"PretrainSpec deterministic must be a bool (true or false), got {self.deterministic!r} "
                 f"({type(self.deterministic).__name__})"
             )
@@ -209,13 +209,15 @@ class PretrainSpec:
         elif isinstance(ta, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in ta):
             items = [tuple(p) for p in ta]
         else:
-            raise TypeError(f"PretrainSpec train_args must be a mapping of Ultralytics train arguments, got {ta!r}")
+            raise InvalidTypeError(
+                f"PretrainSpec train_args must be a mapping of Ultralytics train arguments, got {ta!r}"
+            )
         for k, _ in items:
             if not isinstance(k, str):
-                raise TypeError(f"PretrainSpec train_args keys must be str, got {k!r}")
+                raise InvalidTypeError(f"PretrainSpec train_args keys must be str, got {k!r}")
         keys = [k for k, _ in items]
         if len(set(keys)) != len(keys):
-            raise ValueError(f"PretrainSpec train_args has a repeated key: {sorted(keys)}")
+            raise InvalidSettingError(f"PretrainSpec train_args has a repeated key: {sorted(keys)}")
         pairs = tuple(sorted((k, _plain(v, k)) for k, v in {**DEFAULT_TRAIN_ARGS, **dict(items)}.items()))
         _check_train_args(pairs)
         object.__setattr__(self, "train_args", pairs)
@@ -243,7 +245,7 @@ class PretrainSpec:
         if mapping is None:
             mapping = {}
         if not isinstance(mapping, Mapping):
-            raise TypeError(f"A pretrain spec must be a mapping of {', '.join(cls.fields())}, got {mapping!r}")
+            raise InvalidTypeError(f"A pretrain spec must be a mapping of {', '.join(cls.fields())}, got {mapping!r}")
         names = list(cls.fields())
         for key in mapping:
             if key not in names:
@@ -577,7 +579,9 @@ def _build(
 
     task = YOLO(spec.model).task  # the YAML exists and is a detection model, before any data or training
     if task != "detect":
-        raise ValueError(f"Invalid PretrainSpec model={spec.model!r}: its task is {task!r}; valid task: detect.")
+        raise InvalidSettingError(
+            f"Invalid PretrainSpec model={spec.model!r}: its task is {task!r}; valid task: detect."
+        )
     building = root / f".building-{fp}"
     state = _read_json(building / BUILD_FILE)
     if state is None or state.get("fingerprint") != fp:
@@ -683,7 +687,7 @@ def pretrained_checkpoint(
     if spec is None:
         spec = PretrainSpec()
     if not isinstance(spec, PretrainSpec):
-        raise TypeError(f"spec must be a PretrainSpec (see PretrainSpec.from_dict), got {type(spec).__name__}")
+        raise InvalidTypeError(f"spec must be a PretrainSpec (see PretrainSpec.from_dict), got {type(spec).__name__}")
     fp = spec.fingerprint()
     root = pretrain_dir()
     final = root / fp
@@ -722,7 +726,7 @@ def cli_pretrain(args: Mapping[str, Any]) -> int:
         InvalidSettingError: an unknown key or an invalid value (a ``UserError``: one line on the CLI).
     """
     if not isinstance(args, Mapping):
-        raise TypeError(f"cli_pretrain expects a mapping of key=value arguments, got {type(args).__name__}")
+        raise InvalidTypeError(f"cli_pretrain expects a mapping of key=value arguments, got {type(args).__name__}")
     args = dict(args)
     device = args.pop("device", None)
     names = set(PretrainSpec.fields())

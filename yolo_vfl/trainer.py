@@ -199,8 +199,7 @@ class VFLDetectionTrainer(DetectionTrainer):
     def __new__(cls, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: Any = None):
         """Pick the trainer class of the model's task (``overrides["task"]``) when called as VFLDetectionTrainer."""
         if cls is VFLDetectionTrainer:
-            task = (overrides or {}).get("task") or getattr(cfg, "task", None) or "detect"
-            cls = trainer_for_task(task)
+            cls = trainer_for_task(_task_of(cfg, overrides or {}))
         return super().__new__(cls)
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: Any = None):
@@ -209,7 +208,7 @@ class VFLDetectionTrainer(DetectionTrainer):
         settings = ClsLossSettings.from_args(given)  # raises before any Ultralytics work
         task = overrides.get("task")
         if task is not None and task != self.task_name:
-            raise ValueError(
+            raise InvalidSettingError(
                 f"{type(self).__name__} trains task {self.task_name!r} but the model's task is {task!r}; use "
                 f"yolo_vfl.trainer_for_task({task!r}) or VFLDetectionTrainer, which picks it from the model"
             )
@@ -377,6 +376,16 @@ TASK_TRAINERS: dict[str, type[VFLDetectionTrainer]] = {
 }
 
 
+def _task_of(cfg: Any, overrides: dict[str, Any]) -> str:
+    """The task of the run: given, else guessed from the model (a ``-cls`` model is ``classify``), else cfg's."""
+    model = overrides.get("model")
+    if not overrides.get("task") and isinstance(model, (str, Path)):
+        from ultralytics.nn.tasks import guess_model_task
+
+        return guess_model_task(str(model))
+    return overrides.get("task") or getattr(cfg, "task", None) or "detect"
+
+
 def trainer_for_task(task: str) -> type[VFLDetectionTrainer]:
     """The trainer class for an Ultralytics task.
 
@@ -384,5 +393,5 @@ def trainer_for_task(task: str) -> type[VFLDetectionTrainer]:
         ValueError: a task without a detection-style classification loss (e.g. ``classify``).
     """
     if task not in TASK_TRAINERS:
-        raise ValueError(f"yolo_vfl trains tasks {', '.join(TASK_TRAINERS)}; got task {task!r}")
+        raise InvalidSettingError(f"yolo_vfl trains tasks {', '.join(TASK_TRAINERS)}; got task {task!r}")
     return TASK_TRAINERS[task]
