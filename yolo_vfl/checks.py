@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 
+if TYPE_CHECKING:
+    from .labels import LabelRules
+
 __all__ = ["check_model", "check_data", "is_offline", "first_line", "versions", "source_hash"]
+
+LOGGER = logging.getLogger(__name__)
 
 
 def source_hash(root: Path | None = None) -> str:
@@ -82,23 +88,32 @@ def check_model(model: str) -> None:
         )
 
 
-def check_data(data: str) -> None:
+def check_data(data: str, *, single_cls: bool = False, task: str | None = None) -> None:
     """Fail before training (before a run directory exists) when the dataset is missing or unusable.
 
     Missing and not downloadable (a near miss of a generated dataset's name gets a suggestion), a local data YAML
-    that Ultralytics rejects (says why), or a split whose images cannot be read at all (Ultralytics would skip them
-    one by one and fail after creating the run).
+    that Ultralytics rejects (says why), a split whose images cannot be read at all (Ultralytics would skip them one
+    by one and fail after creating the run), or a split whose labels Ultralytics would mostly drop (bad rows, class
+    ids outside ``[0, nc)``, coordinates outside [0, 1]) or that has no labels directory. Label files are read once,
+    images are not decoded; a few images with bad labels only get a warning with their count.
 
     Args:
         data: A data YAML path, a dataset directory or an Ultralytics dataset name.
+        single_cls: Whether training uses ``single_cls=True`` (any class id >= 0 is then valid).
+        task: The training task (``pose`` checks the keypoint columns); None or another task: box or polygon rows.
 
     Raises:
-        UserError: naming the dataset and what is wrong with it.
+        UserError: naming the dataset and what is wrong with it (for labels: the first bad file, line and range).
     """
+    from .labels import LabelRules
+
     info = _dataset_info(data)
+    rules = LabelRules.from_data(info, single_cls=single_cls, task=task)
     for split in ("train", "val"):
         if info.get(split):
-            _check_images(data, split, info[split], sorted(set(_image_files(info[split]))))
+            images = sorted(set(_image_files(info[split])))
+            _check_images(data, split, info[split], images)
+            _check_labels(data, split, images, rules)
 
 
 def _dataset_info(data: str) -> dict[str, Any]:
@@ -158,14 +173,15 @@ def _downloads(path: Path) -> bool:
     return isinstance(cfg, dict) and bool(cfg.get("download"))
 
 
-def _image_files(source: Any) -> Iterator[Path]:
+def _image_files(source: Any) -> Iterator[str]:
     """The image files of a dataset split, lazily and in no particular order.
 
     Args:
         source: a directory (searched recursively), a .txt list of files, an image file, or a list of these.
 
     Yields:
-        Paths of image files (by extension; not opened).
+        Paths of image files as strings (by extension; not opened): thousands of ``Path`` objects cost more time
+        than reading the label files.
     """
     from ultralytics.data.utils import IMG_FORMATS
 
@@ -173,15 +189,15 @@ def _image_files(source: Any) -> Iterator[Path]:
         path = Path(str(item)).expanduser()
         if path.is_dir():
             for root, _, files in os.walk(path):
-                yield from (Path(root) / f for f in files if f.rpartition(".")[2].lower() in IMG_FORMATS)
+                yield from (os.path.join(root, f) for f in files if f.rpartition(".")[2].lower() in IMG_FORMATS)
         elif path.suffix == ".txt" and path.is_file():
             for line in path.read_text(errors="replace").splitlines():
                 line = line.strip()
                 if line and line.rpartition(".")[2].lower() in IMG_FORMATS:
                     f = Path(line)
-                    yield f if f.is_absolute() else path.parent / line.removeprefix("./")
+                    yield str(f if f.is_absolute() else path.parent / line.removeprefix("./"))
         elif path.suffix[1:].lower() in IMG_FORMATS:
-            yield path
+            yield str(path)
 
 
 def _pil_open(path: Path) -> Callable[[Path], Any]:
@@ -216,7 +232,7 @@ def _unreadable(path: Path) -> str | None:
     return None if width > 1 and height > 1 else f"image size {width}x{height}"
 
 
-def _check_images(data: str, split: str, source: Any, images: Sequence[Path]) -> None:
+def _check_images(data: str, split: str, source: Any, images: Sequence[str]) -> None:
     """Raise UserError when the ``split`` of ``data`` has no image that can be read (stops at the first good one).
 
     Args:
@@ -227,7 +243,7 @@ def _check_images(data: str, split: str, source: Any, images: Sequence[Path]) ->
     """
     first_bad = None
     for path in images:
-        why = _unreadable(path)
+        why = _unreadable(Path(path))
         if why is None:
             return
         first_bad = first_bad or (path, why)
@@ -237,6 +253,44 @@ def _check_images(data: str, split: str, source: Any, images: Sequence[Path]) ->
         f"Dataset '{data}': none of the {len(images)} {split} images can be read (e.g. {first_bad[0]}: "
         f"{first_bad[1]}). Replace the broken image files or point the YAML at other images."
     )
+
+
+def _check_labels(data: str, split: str, images: Sequence[str], rules: LabelRules) -> None:
+    """Raise UserError when Ultralytics would drop most images of ``split`` for their labels, or find no labels.
+
+    A few dropped images, or labels directories without a label for any image, only get a warning.
+
+    Args:
+        data: The dataset, as the user named it.
+        split: ``train`` or ``val``.
+        images: The split's image files.
+        rules: Class count and row layout of the dataset.
+    """
+    from .labels import scan_labels
+
+    scan = scan_labels(images, rules)
+    more = len(scan.label_dirs) - 1
+    where = f"{scan.label_dirs[0]}" + (f" and {more} more directories" if more else "")
+    if not scan.labelled and not any(d.is_dir() for d in scan.label_dirs):
+        raise UserError(
+            f"Dataset '{data}': no labels for the {split} split: {where} {'do' if more else 'does'} not exist "
+            f"(Ultralytics reads the labels of images/.../x.jpg from labels/.../x.txt; e.g. {scan.expected})."
+        )
+    if not scan.labelled:
+        LOGGER.warning(
+            f"yolo_vfl: dataset '{data}': none of the {scan.images} {split} images has a label file in {where} "
+            f"(e.g. {scan.expected}): all are background images"
+        )
+    elif scan.dropped * 2 > scan.images:
+        raise UserError(
+            f"Dataset '{data}': Ultralytics would drop {scan.dropped} of the {scan.images} {split} images for bad "
+            f"labels; the first: {scan.problems[0]}."
+        )
+    elif scan.dropped:
+        LOGGER.warning(
+            f"yolo_vfl: dataset '{data}': Ultralytics will drop {scan.dropped} of the {scan.images} {split} images "
+            f"for bad labels; the first: {scan.problems[0]}"
+        )
 
 
 def first_line(e: BaseException) -> str:
