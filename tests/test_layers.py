@@ -16,6 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("criterion",),
     ("trainer",),
     ("data",),
+    ("labels",),
     ("checks",),
     ("pretrain",),
     ("ab.protocol",),

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +17,12 @@ from .errors import UserError
 
 if TYPE_CHECKING:
     from .criterion import ClsLossSettings
+    from .labels import LabelRules
 
 __all__ = ["check_model", "check_data", "is_offline", "first_line", "versions", "source_hash", "load_checkpoint_dict"]
 __all__ += ["check_resumable"]
+
+LOGGER = logging.getLogger(__name__)
 
 
 def source_hash(root: Path | None = None) -> str:
@@ -88,49 +92,100 @@ def check_model(model: str) -> None:
         )
 
 
-def check_data(data: str) -> None:
+def check_data(data: str, *, single_cls: bool = False, task: str | None = None) -> None:
     """Fail before training (before a run directory exists) when the dataset is missing or unusable.
 
-    Missing and not downloadable (a near miss of a generated dataset's name gets a suggestion), or a split whose
-    images cannot be read at all (Ultralytics would skip them one by one and fail after creating the run).
+    Missing and not downloadable (a near miss of a generated dataset's name gets a suggestion), a local data YAML
+    that Ultralytics rejects (says why), a split whose images cannot be read at all (Ultralytics would skip them one
+    by one and fail after creating the run), or a split whose labels Ultralytics would mostly drop (bad rows, class
+    ids outside ``[0, nc)``, coordinates outside [0, 1]) or that has no labels directory. Label files are read once,
+    images are not decoded; a few images with bad labels only get a warning with their count.
+
+    Args:
+        data: A data YAML path, a dataset directory or an Ultralytics dataset name.
+        single_cls: Whether training uses ``single_cls=True`` (any class id >= 0 is then valid).
+        task: The training task (``pose`` checks the keypoint columns); None or another task: box or polygon rows.
 
     Raises:
-        UserError: naming the dataset and what is wrong with it.
+        UserError: naming the dataset and what is wrong with it (for labels: the first bad file, line and range).
     """
-    from ultralytics.data.utils import check_det_dataset
+    from .labels import LabelRules
 
-    from .data import EMBEDDED_NAMES
+    info = _dataset_info(data)
+    rules = LabelRules.from_data(info, single_cls=single_cls, task=task)
+    for split in ("train", "val"):
+        if info.get(split):
+            images = sorted(set(_image_files(info[split])))
+            _check_images(data, split, info[split], images)
+            _check_labels(data, split, images, rules)
+
+
+def _dataset_info(data: str) -> dict[str, Any]:
+    """Ultralytics' ``check_det_dataset`` of ``data`` (downloads only when online), its errors as ``UserError``."""
+    from ultralytics.data.utils import check_det_dataset
 
     offline = is_offline()
     try:
-        info = check_det_dataset(data, autodownload=not offline)
-    except Exception as e:  # Ultralytics raises FileNotFoundError, or ConnectionError and others while downloading
-        close = difflib.get_close_matches(data, list(EMBEDDED_NAMES), n=1, cutoff=0.75)
-        if close and not Path(data).suffix:
-            raise UserError(
-                f"Dataset '{data}' not found. Did you mean '{close[0]}'? Generated datasets: "
-                f"{', '.join(EMBEDDED_NAMES)}; or give the path of a data YAML."
-            ) from e
-        if offline:
-            reason = first_line(e).rstrip(".")
-            raise UserError(
-                f"Dataset '{data}' is not on this machine and cannot be downloaded (offline): {reason}. "
-                "Run 'yolo-vfl train' without data= to use the embedded dataset, or point data= to a local YAML."
-            ) from e
-        raise UserError(f"Dataset '{data}' could not be prepared: {first_line(e)}") from e
-    for split in ("train", "val"):
-        if info.get(split):
-            _check_images(data, split, info[split])
+        return check_det_dataset(data, autodownload=not offline)
+    except Exception as e:  # Ultralytics raises FileNotFoundError, SyntaxError, TypeError, errors while downloading
+        raise _dataset_error(data, e, offline) from e
 
 
-def _image_files(source: Any) -> Iterator[Path]:
+def _dataset_error(data: str, e: Exception, offline: bool) -> UserError:
+    """The one-line ``UserError`` for an exception of ``check_det_dataset(data)``.
+
+    A local YAML (or directory) gets what Ultralytics says is wrong with it, unless its images are missing and its
+    ``download:`` would fetch them (then: offline). Only a dataset that is not on this machine gets the offline message.
+    """
+    from .data import EMBEDDED_NAMES
+
+    local = Path(data).expanduser()
+    reason = _their_reason(data, e)
+    if local.exists() and not (offline and isinstance(e, FileNotFoundError) and _downloads(local)):
+        what = "directory" if local.is_dir() else "data YAML"
+        return UserError(f"Dataset '{data}' (a local {what}) cannot be used: {reason}.")
+    close = difflib.get_close_matches(data, list(EMBEDDED_NAMES), n=1, cutoff=0.75)
+    if close and not Path(data).suffix:
+        return UserError(
+            f"Dataset '{data}' not found. Did you mean '{close[0]}'? Generated datasets: "
+            f"{', '.join(EMBEDDED_NAMES)}; or give the path of a data YAML."
+        )
+    if offline:
+        return UserError(
+            f"Dataset '{data}' is not on this machine and cannot be downloaded (offline): {reason}. "
+            "Run 'yolo-vfl train' without data= to use the embedded dataset, or point data= to a local YAML."
+        )
+    return UserError(f"Dataset '{data}' could not be prepared: {reason}.")
+
+
+def _their_reason(data: str, e: BaseException) -> str:
+    """Ultralytics' message for ``data``: first line, without emoji and without the dataset name it starts with."""
+    reason = first_line(e).replace("\u274c", "").strip().rstrip(".")
+    for prefix in (f"Dataset '{data}' ", data, f"'{data}' "):
+        reason = reason.removeprefix(prefix).strip()
+    return reason or type(e).__name__
+
+
+def _downloads(path: Path) -> bool:
+    """Whether the data YAML ``path`` has a ``download:`` entry (Ultralytics fetches missing images with it)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text(errors="replace")) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(cfg, dict) and bool(cfg.get("download"))
+
+
+def _image_files(source: Any) -> Iterator[str]:
     """The image files of a dataset split, lazily and in no particular order.
 
     Args:
         source: a directory (searched recursively), a .txt list of files, an image file, or a list of these.
 
     Yields:
-        Paths of image files (by extension; not opened).
+        Paths of image files as strings (by extension; not opened): thousands of ``Path`` objects cost more time
+        than reading the label files.
     """
     from ultralytics.data.utils import IMG_FORMATS
 
@@ -138,15 +193,30 @@ def _image_files(source: Any) -> Iterator[Path]:
         path = Path(str(item)).expanduser()
         if path.is_dir():
             for root, _, files in os.walk(path):
-                yield from (Path(root) / f for f in files if f.rpartition(".")[2].lower() in IMG_FORMATS)
+                yield from (os.path.join(root, f) for f in files if f.rpartition(".")[2].lower() in IMG_FORMATS)
         elif path.suffix == ".txt" and path.is_file():
             for line in path.read_text(errors="replace").splitlines():
                 line = line.strip()
                 if line and line.rpartition(".")[2].lower() in IMG_FORMATS:
                     f = Path(line)
-                    yield f if f.is_absolute() else path.parent / line.removeprefix("./")
+                    yield str(f if f.is_absolute() else path.parent / line.removeprefix("./"))
         elif path.suffix[1:].lower() in IMG_FORMATS:
-            yield path
+            yield str(path)
+
+
+def _pil_open(path: Path) -> Callable[[Path], Any]:
+    """Pillow's own ``Image.open`` for ``path``, not Ultralytics' replacement (except for HEIF and AVIF files).
+
+    Importing Ultralytics replaces ``PIL.Image.open`` with a function that, for any file Pillow cannot identify, tries
+    to install and import ``pi_heif`` and opens the file again: a broken ``.jpg`` then fails with ``No module named
+    'pi_heif'`` (after a pip attempt) instead of saying that it is no image.
+    """
+    from PIL import Image
+    from ultralytics.utils import patches
+
+    if path.suffix.lower() in getattr(patches, "PIL_FALLBACK_SUFFIXES", (".avif", ".heic", ".heif")):
+        return Image.open
+    return getattr(patches, "_image_open", Image.open)
 
 
 def _unreadable(path: Path) -> str | None:
@@ -154,30 +224,77 @@ def _unreadable(path: Path) -> str | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with _pil_open(path)(path) as im:
             im.verify()
             width, height = im.size
+    except Image.UnidentifiedImageError:
+        return "not an image file that can be read (Pillow cannot identify it)"
+    except ImportError as e:  # a HEIF file without pi_heif
+        return f"cannot be read without the module {e.name or first_line(e)}"
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file; all mean 'unreadable'
-        return first_line(e)
+        return f"cannot be read: {first_line(e)}"
     return None if width > 1 and height > 1 else f"image size {width}x{height}"
 
 
-def _check_images(data: str, split: str, source: Any) -> None:
-    """Raise UserError when the ``split`` of ``data`` has no image that can be read (stops at the first good one)."""
-    count, first_bad = 0, None
-    for path in _image_files(source):
-        count += 1
-        why = _unreadable(path)
+def _check_images(data: str, split: str, source: Any, images: Sequence[str]) -> None:
+    """Raise UserError when the ``split`` of ``data`` has no image that can be read (stops at the first good one).
+
+    Args:
+        data: The dataset, as the user named it.
+        split: ``train`` or ``val``.
+        source: The split's entry in the dataset dict (named when it holds no image).
+        images: The split's image files, sorted.
+    """
+    first_bad = None
+    for path in images:
+        why = _unreadable(Path(path))
         if why is None:
             return
-        if first_bad is None or str(path) < str(first_bad[0]):
-            first_bad = (path, why)
+        first_bad = first_bad or (path, why)
     if first_bad is None:
         raise UserError(f"Dataset '{data}': no images found for the {split} split ({source}).")
     raise UserError(
-        f"Dataset '{data}': none of the {count} {split} images can be read (e.g. {first_bad[0]}: {first_bad[1]}). "
-        "Replace the broken image files or point the YAML at other images."
+        f"Dataset '{data}': none of the {len(images)} {split} images can be read (e.g. {first_bad[0]}: "
+        f"{first_bad[1]}). Replace the broken image files or point the YAML at other images."
     )
+
+
+def _check_labels(data: str, split: str, images: Sequence[str], rules: LabelRules) -> None:
+    """Raise UserError when Ultralytics would drop most images of ``split`` for their labels, or find no labels.
+
+    A few dropped images, or labels directories without a label for any image, only get a warning.
+
+    Args:
+        data: The dataset, as the user named it.
+        split: ``train`` or ``val``.
+        images: The split's image files.
+        rules: Class count and row layout of the dataset.
+    """
+    from .labels import scan_labels
+
+    scan = scan_labels(images, rules)
+    more = len(scan.label_dirs) - 1
+    where = f"{scan.label_dirs[0]}" + (f" and {more} more directories" if more else "")
+    if not scan.labelled and not any(d.is_dir() for d in scan.label_dirs):
+        raise UserError(
+            f"Dataset '{data}': no labels for the {split} split: {where} {'do' if more else 'does'} not exist "
+            f"(Ultralytics reads the labels of images/.../x.jpg from labels/.../x.txt; e.g. {scan.expected})."
+        )
+    if not scan.labelled:
+        LOGGER.warning(
+            f"yolo_vfl: dataset '{data}': none of the {scan.images} {split} images has a label file in {where} "
+            f"(e.g. {scan.expected}): all are background images"
+        )
+    elif scan.dropped * 2 > scan.images:
+        raise UserError(
+            f"Dataset '{data}': Ultralytics would drop {scan.dropped} of the {scan.images} {split} images for bad "
+            f"labels; the first: {scan.problems[0]}."
+        )
+    elif scan.dropped:
+        LOGGER.warning(
+            f"yolo_vfl: dataset '{data}': Ultralytics will drop {scan.dropped} of the {scan.images} {split} images "
+            f"for bad labels; the first: {scan.problems[0]}"
+        )
 
 
 def first_line(e: BaseException) -> str:

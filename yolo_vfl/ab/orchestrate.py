@@ -119,8 +119,8 @@ def _preflight(spec: ABSpec, data: str) -> None:
     from ..checks import check_data, check_model
 
     check_model(str(spec.pretrain.model if spec.pretrain is not None else spec.train.get("model", DEFAULT_MODEL)))
-    if spec.train.get("data") is not None:
-        check_data(data)
+    if spec.train.get("data") is not None:  # class ids >= nc are fine only when every arm trains single_cls
+        check_data(data, single_cls=all({**spec.train, **arm.overrides}.get("single_cls") for arm in spec.arms))
     check_devices(spec.device)
 
 
