@@ -26,6 +26,7 @@ from .results import RunResult
 from .spec import DEFAULT_MODEL, ABSpec
 
 __all__ = ["ABRunError", "run_ab", "regenerate_report", "diagnose_experiment", "load_results", "check_devices", "plan"]
+__all__ += ["check_out_dir", "model_task"]
 
 Log = Callable[[str], None]
 
@@ -114,13 +115,65 @@ def check_devices(slots: Sequence[str | None]) -> None:
             raise UserError(f"Invalid device={slot!r}: {what} on this machine. Valid here: {', '.join(have)}.")
 
 
-def _preflight(spec: ABSpec, data: str) -> None:
-    """Model, dataset and devices available (or the model/data downloadable), before anything is written."""
-    from ..checks import check_data, check_model
+def model_task(model: str) -> str:
+    """The Ultralytics task of a model: a checkpoint's own, a YAML's head, else its file name (a weights download).
 
-    check_model(str(spec.pretrain.model if spec.pretrain is not None else spec.train.get("model", DEFAULT_MODEL)))
+    Raises:
+        UserError: a checkpoint or YAML that cannot be read (``yolo_vfl.checks.check_model``).
+    """
+    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+
+    from ..checks import check_model, load_checkpoint_dict
+
+    path = Path(model).expanduser()
+    if path.suffix == ".pt" and path.is_file():
+        ckpt = load_checkpoint_dict(path)
+        net = ckpt.get("ema") or ckpt.get("model")
+        return str(getattr(net, "task", None) or guess_model_task(net))
+    check_model(model)
+    if path.suffix in (".yaml", ".yml"):
+        return str(guess_model_task(yaml_model_load(model)))
+    return str(guess_model_task(model))
+
+
+def check_out_dir(out: Path) -> None:
+    """``out`` is a directory this process can write, or can be created in one (nothing is written here).
+
+    Raises:
+        UserError: ``out`` (or a parent) is a file, or the nearest existing directory is not writable.
+    """
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == out else f"is inside '{existing}', a file"
+        raise UserError(f"out={out} {what}: give a directory (created if missing).")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"out={out} is not writable ('{existing}' is read-only to this user): give another out=.")
+
+
+def _check_labels(data: str) -> None:
+    """Read the dataset's images and labels once, before any run (the hook for the label reader)."""
+    from ..checks import check_data
+
+    check_data(data)
+
+
+def _preflight(spec: ABSpec, data: str) -> None:
+    """Model (loadable, of a detection-family task), dataset and devices, before anything is written.
+
+    Raises:
+        UserError: naming the model, dataset or device and what is valid.
+    """
+    from ..trainer import TASK_TRAINERS
+
+    model = str(spec.pretrain.model if spec.pretrain is not None else spec.train.get("model", DEFAULT_MODEL))
+    task = model_task(model)
+    if task not in TASK_TRAINERS:
+        raise UserError(
+            f"Invalid model={model!r}: its task is {task!r}; the A/B runner trains tasks {', '.join(TASK_TRAINERS)} "
+            "(their criteria have the classification branch the losses replace)."
+        )
     if spec.train.get("data") is not None:
-        check_data(data)
+        _check_labels(data)
     check_devices(spec.device)
 
 
@@ -242,6 +295,7 @@ def run_ab(
     log = log or (lambda msg: print(msg, flush=True))
     out = Path(out_dir or spec.out_dir()).expanduser().resolve()
     command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    check_out_dir(out)
     data = resolve_data(spec)
     jobs = make_jobs(spec, out, data)
     done, todo = plan(jobs, out)
