@@ -74,7 +74,7 @@ def test_help_is_generated_from_the_tables():
     """``yolo-vfl ab help`` lists every runner, section and train key with its default, every loss and setting."""
     text = keys_help()
     for key in schema.RUNNER_KEYS:
-        assert f"  {key.name}=  " in text and repr(key.default) in text
+        assert f"  {key.name}=  " in text and (key.default is None or f"(default {key.default!r})" in text)
     for section, keys in schema.SECTION_KEYS.items():
         assert all(f"  {section}.{k.name}=  " in text for k in keys)
     assert all(f"train.{k.name}=" in text for k in schema.TRAIN_KEYS)
@@ -93,3 +93,13 @@ def test_every_key_in_the_help_is_accepted_at_its_default():
         for k in keys:
             if k.default is not None:
                 assert getattr(load_spec(None, {f"{section}.{k.name}": k.default}), section)[k.name] == k.default
+
+
+def test_cli_ab_help_lists_the_tables_and_the_diagnose_defaults(capsys):
+    """``yolo-vfl ab help``: the generated key list, and diagnose's defaults as its signature has them."""
+    from yolo_vfl.cli import main
+
+    assert main(["ab", "help"]) == 0
+    text = capsys.readouterr().out
+    assert keys_help() in text and "{" not in text.replace("{bce", "")
+    assert f"conf={protocol.CONF}  iou={protocol.NMS_IOU}  max_det={protocol.MAX_DET}" in text

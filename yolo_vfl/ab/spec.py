@@ -228,22 +228,27 @@ def _arm_keys_help() -> str:
     )
 
 
+def _key_line(name: str, key: Key) -> str:
+    return f"  {name}=  {key.help}" + ("" if key.default is None else f" (default {key.default!r})")
+
+
 def keys_help() -> str:
     """One line per runner, section, train and arm key with its default (``yolo-vfl ab help``)."""
+    import textwrap
+
     from ..pretrain import PretrainSpec
 
-    lines = [f"  {k.name}=  {k.help} (default {k.default!r})" for k in RUNNER_KEYS]
-    for section, keys in SECTION_KEYS.items():
-        lines += [f"  {section}.{k.name}=  {k.help} (default {k.default!r})" for k in keys]
-    lines += [f"  train.{k.name}= or {k.name}=  {k.help} (default {k.default!r})" for k in TRAIN_KEYS]
+    lines = [_key_line(k.name, k) for k in RUNNER_KEYS]
+    lines += [_key_line(f"{section}.{k.name}", k) for section, keys in SECTION_KEYS.items() for k in keys]
+    lines += [_key_line(f"train.{k.name}= or {k.name}", k) for k in TRAIN_KEYS]
     lines.append(f"  train.imgsz= or imgsz=  image size (default {EMBEDDED_IMGSZ} on the {EMBEDDED} dataset, else 640)")
     lines.append(
         "  pretrain.<key>=  fine-tune every arm from the project-made pretrained checkpoint: "
         + ", ".join(f"{k} ({v!r})" for k, v in PretrainSpec().to_dict().items() if k != "train_args")
     )
-    lines.append(_arm_keys_help())
+    lines += [*_arm_keys_help().splitlines()]
     lines.append(f"  without a spec file: arms {', '.join(protocol.DEFAULT_ARMS)}, every other key at its default")
-    return "\n".join(lines)
+    return "\n".join(textwrap.fill(line, 118, subsequent_indent=" " * 6) for line in lines)
 
 
 # ----------------------------------------------------------------------------------------------------- arms and spec
