@@ -265,36 +265,17 @@ def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log
     return paths
 
 
-def run_ab(
-    spec: ABSpec,
-    out_dir: str | os.PathLike[str] | None = None,
-    *,
-    command: str | None = None,
-    log: Log | None = None,
-    dry_run: bool = False,
-) -> Path:
-    """Run every arm x seed that has no ``result.json`` yet, then write the report.
-
-    Args:
-        spec: the experiment (``load_spec``).
-        out_dir: experiment directory (default ``spec.out`` or ``runs/ab/<name>``).
-        command: the command line to record (default: ``sys.argv``).
-        log: progress printer (default ``print``).
-        dry_run: only print the plan (runs to do, to skip, to restart or resume); writes nothing.
+def _checked_plan(
+    spec: ABSpec, out_dir: str | os.PathLike[str] | None, log: Log, dry_run: bool
+) -> tuple[Path, list[Job], list[Job]]:
+    """Check everything a run needs (``out``, model, data, devices) and log the plan; writes nothing.
 
     Returns:
-        the experiment directory (with ``summary.csv``, ``summary.md``, ``curves.png``, ``ranking.png``).
-
-    Raises:
-        UserError: invalid settings, missing model, data or device, finished runs trained with other settings, or
-            another runner on the same directory; raised before anything is written.
-        ABRunError: some runs failed (the report is written for the finished ones).
+        the experiment directory, every job, and those still to run.
     """
     from .run import planned_state
 
-    log = log or (lambda msg: print(msg, flush=True))
     out = Path(out_dir or spec.out_dir()).expanduser().resolve()
-    command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     check_out_dir(out)
     data = resolve_data(spec)
     jobs = make_jobs(spec, out, data)
@@ -313,6 +294,35 @@ def run_ab(
         log(f"  pretrained checkpoint {spec.pretrain.fingerprint()}: {state}")
     if dry_run:
         log(f"  to run: {', '.join(j.run for j in todo) or 'nothing'}")
+    return out, jobs, todo
+
+
+def run_ab(
+    spec: ABSpec,
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    command: str | None = None,
+    log: Log | None = None,
+    dry_run: bool = False,
+) -> Path:
+    """Run every arm x seed that has no ``result.json`` yet, write the report, return the experiment directory.
+
+    Args:
+        spec: the experiment (``load_spec``).
+        out_dir: experiment directory (default ``spec.out`` or ``runs/ab/<name>``).
+        command: the command line to record (default: ``sys.argv``).
+        log: progress printer (default ``print``).
+        dry_run: only print the plan (runs to do, to skip, to restart or resume); writes nothing.
+
+    Raises:
+        UserError: invalid settings, an unwritable out=, a missing or non-detection model, missing data or device,
+            finished runs trained with other settings, another runner on the directory: before anything is written.
+        ABRunError: some runs failed (the report is written for the finished ones).
+    """
+    log = log or (lambda msg: print(msg, flush=True))
+    command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    out, jobs, todo = _checked_plan(spec, out_dir, log, dry_run)
+    if dry_run:
         return out
     out.mkdir(parents=True, exist_ok=True)
     with file_lock(out / ".ab.lock") as locked:
