@@ -350,11 +350,9 @@ Runner keys (spec file or key=value):
 {keys}
   arms=bce,vfl   a subset of the spec's arms, or plain losses
   dry_run=true   show the plan only (writes nothing)
-  <arm>.<key>=value   per-arm override, e.g. vfl.cls=1.0 vfl.vfl_gamma=1.5
-  any Ultralytics train argument (epochs=, imgsz=, batch=, data=, model= ...) is shared by all arms
-  without a spec: arms bce, vfl, qfl; seeds 0,1,2; yolov8n.yaml on the embedded dataset
-  diagnose: baseline=  conf=0.001  iou=0.7  max_det=300  device=  batch=16  workers=0  force=true (record again)
-            cache_dir=DIR (new detection records there instead of in each run directory)
+  any other Ultralytics train argument (lr0=, optimizer=, workers= ...) is shared by all arms
+  diagnose: {diagnose}
+            force=true records again; cache_dir=DIR puts new detection records there, not in each run directory
 
 Examples:
   yolo-vfl ab experiments/ab_embedded.yaml
@@ -366,6 +364,17 @@ Examples:
 """
 DIAGNOSE_KEYS = ("out", "dest", "arms", "baseline", "conf", "iou", "max_det", "device", "batch", "workers")
 DIAGNOSE_KEYS += ("cache_dir", "force")
+
+
+def _ab_help() -> str:
+    """``yolo-vfl ab help``: the keys from the spec tables, the diagnose defaults from its signature."""
+    import inspect
+
+    from .ab import diagnose_experiment, keys_help
+
+    params = inspect.signature(diagnose_experiment).parameters
+    diagnose = "  ".join(f"{k}={'' if params[k].default is None else params[k].default}" for k in DIAGNOSE_KEYS[3:-1])
+    return AB_HELP.format(keys=keys_help(), diagnose=diagnose)
 
 
 def _only(args: dict[str, Any], valid: Sequence[str], command: str) -> None:
@@ -427,11 +436,11 @@ def cli_ab(tokens: Sequence[str]) -> int:
     Raises:
         UserError: bad spec, unknown key, missing files or devices (before anything is written).
     """
-    from .ab import ABRunError, keys_help, load_spec, run_ab
+    from .ab import ABRunError, load_spec, run_ab
 
     tokens = list(tokens)
     if tokens and tokens[0] in ("help", "-h", "--help"):
-        print(AB_HELP.format(keys=keys_help()))
+        print(_ab_help())
         return 0
     if tokens and tokens[0] == "report":
         return _ab_report(tokens[1:])

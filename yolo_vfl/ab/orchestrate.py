@@ -26,6 +26,7 @@ from .results import RunResult
 from .spec import DEFAULT_MODEL, ABSpec
 
 __all__ = ["ABRunError", "run_ab", "regenerate_report", "diagnose_experiment", "load_results", "check_devices", "plan"]
+__all__ += ["check_out_dir", "model_task"]
 
 Log = Callable[[str], None]
 
@@ -114,13 +115,65 @@ def check_devices(slots: Sequence[str | None]) -> None:
             raise UserError(f"Invalid device={slot!r}: {what} on this machine. Valid here: {', '.join(have)}.")
 
 
-def _preflight(spec: ABSpec, data: str) -> None:
-    """Model, dataset and devices available (or the model/data downloadable), before anything is written."""
-    from ..checks import check_data, check_model
+def model_task(model: str) -> str:
+    """The Ultralytics task of a model: a checkpoint's own, a YAML's head, else its file name (a weights download).
 
-    check_model(str(spec.pretrain.model if spec.pretrain is not None else spec.train.get("model", DEFAULT_MODEL)))
-    if spec.train.get("data") is not None:  # class ids >= nc are fine only when every arm trains single_cls
-        check_data(data, single_cls=all({**spec.train, **arm.overrides}.get("single_cls") for arm in spec.arms))
+    Raises:
+        UserError: a checkpoint or YAML that cannot be read (``yolo_vfl.checks.check_model``).
+    """
+    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+
+    from ..checks import check_model, load_checkpoint_dict
+
+    path = Path(model).expanduser()
+    if path.suffix == ".pt" and path.is_file():
+        ckpt = load_checkpoint_dict(path)
+        net = ckpt.get("ema") or ckpt.get("model")
+        return str(getattr(net, "task", None) or guess_model_task(net))
+    check_model(model)
+    if path.suffix in (".yaml", ".yml"):
+        return str(guess_model_task(yaml_model_load(model)))
+    return str(guess_model_task(model))
+
+
+def check_out_dir(out: Path) -> None:
+    """``out`` is a directory this process can write, or can be created in one (nothing is written here).
+
+    Raises:
+        UserError: ``out`` (or a parent) is a file, or the nearest existing directory is not writable.
+    """
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == out else f"is inside '{existing}', a file"
+        raise UserError(f"out={out} {what}: give a directory (created if missing).")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"out={out} is not writable ('{existing}' is read-only to this user): give another out=.")
+
+
+def _check_labels(data: str, single_cls: bool) -> None:
+    """Read the dataset's images and labels once, before any run (class ids >= nc are fine only with single_cls)."""
+    from ..checks import check_data
+
+    check_data(data, single_cls=single_cls)
+
+
+def _preflight(spec: ABSpec, data: str) -> None:
+    """Model (loadable, of a detection-family task), dataset and devices, before anything is written.
+
+    Raises:
+        UserError: naming the model, dataset or device and what is valid.
+    """
+    from ..trainer import TASK_TRAINERS
+
+    model = str(spec.pretrain.model if spec.pretrain is not None else spec.train.get("model", DEFAULT_MODEL))
+    task = model_task(model)
+    if task not in TASK_TRAINERS:
+        raise UserError(
+            f"Invalid model={model!r}: its task is {task!r}; the A/B runner trains tasks {', '.join(TASK_TRAINERS)} "
+            "(their criteria have the classification branch the losses replace)."
+        )
+    if spec.train.get("data") is not None:
+        _check_labels(data, single_cls=all({**spec.train, **arm.overrides}.get("single_cls") for arm in spec.arms))
     check_devices(spec.device)
 
 
@@ -212,36 +265,18 @@ def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log
     return paths
 
 
-def run_ab(
-    spec: ABSpec,
-    out_dir: str | os.PathLike[str] | None = None,
-    *,
-    command: str | None = None,
-    log: Log | None = None,
-    dry_run: bool = False,
-) -> Path:
-    """Run every arm x seed that has no ``result.json`` yet, then write the report.
-
-    Args:
-        spec: the experiment (``load_spec``).
-        out_dir: experiment directory (default ``spec.out`` or ``runs/ab/<name>``).
-        command: the command line to record (default: ``sys.argv``).
-        log: progress printer (default ``print``).
-        dry_run: only print the plan (runs to do, to skip, to restart or resume); writes nothing.
+def _checked_plan(
+    spec: ABSpec, out_dir: str | os.PathLike[str] | None, log: Log, dry_run: bool
+) -> tuple[Path, list[Job], list[Job]]:
+    """Check everything a run needs (``out``, model, data, devices) and log the plan; writes nothing.
 
     Returns:
-        the experiment directory (with ``summary.csv``, ``summary.md``, ``curves.png``, ``ranking.png``).
-
-    Raises:
-        UserError: invalid settings, missing model, data or device, finished runs trained with other settings, or
-            another runner on the same directory; raised before anything is written.
-        ABRunError: some runs failed (the report is written for the finished ones).
+        the experiment directory, every job, and those still to run.
     """
     from .run import planned_state
 
-    log = log or (lambda msg: print(msg, flush=True))
     out = Path(out_dir or spec.out_dir()).expanduser().resolve()
-    command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    check_out_dir(out)
     data = resolve_data(spec)
     jobs = make_jobs(spec, out, data)
     done, todo = plan(jobs, out)
@@ -259,6 +294,35 @@ def run_ab(
         log(f"  pretrained checkpoint {spec.pretrain.fingerprint()}: {state}")
     if dry_run:
         log(f"  to run: {', '.join(j.run for j in todo) or 'nothing'}")
+    return out, jobs, todo
+
+
+def run_ab(
+    spec: ABSpec,
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    command: str | None = None,
+    log: Log | None = None,
+    dry_run: bool = False,
+) -> Path:
+    """Run every arm x seed that has no ``result.json`` yet, write the report, return the experiment directory.
+
+    Args:
+        spec: the experiment (``load_spec``).
+        out_dir: experiment directory (default ``spec.out`` or ``runs/ab/<name>``).
+        command: the command line to record (default: ``sys.argv``).
+        log: progress printer (default ``print``).
+        dry_run: only print the plan (runs to do, to skip, to restart or resume); writes nothing.
+
+    Raises:
+        UserError: invalid settings, an unwritable out=, a missing or non-detection model, missing data or device,
+            finished runs trained with other settings, another runner on the directory: before anything is written.
+        ABRunError: some runs failed (the report is written for the finished ones).
+    """
+    log = log or (lambda msg: print(msg, flush=True))
+    command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    out, jobs, todo = _checked_plan(spec, out_dir, log, dry_run)
+    if dry_run:
         return out
     out.mkdir(parents=True, exist_ok=True)
     with file_lock(out / ".ab.lock") as locked:

@@ -27,3 +27,14 @@ ULTRALYTICS_KEYS = {m: f"metrics/{m}(B)" for m in METRICS}
 RESULT_FILE = "result.json"
 RECORDS_FILE = "detections.npz"
 SEGMENTS_FILE = "segments.json"
+
+#: The arm every other arm is compared with, unless a spec says ``baseline:``.
+BASELINE = "bce"
+#: The arms of an experiment run without a spec file.
+DEFAULT_ARMS: tuple[str, ...] = ("bce", "vfl", "qfl")
+#: The seeds of an experiment that names none.
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
+#: The deployment-style confidence threshold at which detections are counted (Ultralytics' predict default).
+OPERATING_CONF = 0.25
+#: Confidence level of the paired intervals in the report.
+LEVEL = 0.95

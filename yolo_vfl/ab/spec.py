@@ -17,8 +17,9 @@ A spec (YAML, see ``experiments/ab_*.yaml``) names the arms (a loss plus optiona
       vfl: {loss: vfl}
       qfl_cls1: {loss: qfl, cls: 1.0}
 
-Every key the runner reads is a row of ``RUNNER_KEYS`` or of a section in ``SECTION_KEYS`` (default, check, help);
-``to_dict``, the CLI's key list and ``yolo-vfl ab help`` are built from the table.
+Every key the runner reads is a row of ``RUNNER_KEYS``, of a section in ``SECTION_KEYS`` or of ``TRAIN_KEYS``
+(default, check, help); the defaults, ``to_dict``, the CLI's key list and ``yolo-vfl ab help`` are built from the
+tables. A spec file must name its arms; without a spec file the arms are ``protocol.DEFAULT_ARMS``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 from ..errors import UserError
 from . import protocol
 
-__all__ = ["Arm", "ABSpec", "Key", "RUNNER_KEYS", "SECTION_KEYS", "DEFAULT_MODEL", "EMBEDDED"]
+__all__ = ["Arm", "ABSpec", "Key", "RUNNER_KEYS", "SECTION_KEYS", "TRAIN_KEYS", "DEFAULT_MODEL", "EMBEDDED"]
 __all__ += ["spec_from_dict", "load_spec", "keys_help"]
 
 DEFAULT_MODEL = "yolov8n.yaml"
@@ -43,14 +44,6 @@ EMBEDDED = "embedded"
 RUNNER_OWNED = ("project", "name", "exist_ok", "resume", "mode", "seed", "task")
 #: Arguments that must be identical for every arm (set them under ``train:``).
 SHARED_ONLY = ("data", "model", "epochs", "imgsz", "deterministic", "device", "time", "fraction", "split", "val")
-#: The spec used without a spec file.
-DEFAULT_SPEC: dict[str, Any] = {
-    "name": "ab",
-    "seeds": [0, 1, 2],
-    "baseline": "bce",
-    "train": {"model": DEFAULT_MODEL, "imgsz": 128, "epochs": 12, "batch": 16},
-    "arms": {"bce": {}, "vfl": {}, "qfl": {}},
-}
 
 
 def suggest(word: str, choices: Sequence[str]) -> str:
@@ -163,12 +156,16 @@ class Key:
     help: str
 
 
+def _as_given(value: Any, label: str) -> Any:
+    return value  # an Ultralytics argument: checked by get_cfg with the arm's own
+
+
 #: Top-level runner keys (also ``key=value`` on the command line).
 RUNNER_KEYS: tuple[Key, ...] = (
     Key("name", None, lambda v, label: None if v in (None, "") else _name(str(v), label), "experiment name"),
     Key("out", None, _optional_str, "experiment directory (default runs/ab/<name>)"),
-    Key("baseline", "bce", lambda v, label: str(v), "arm every other arm is compared with"),
-    Key("seeds", [0, 1, 2], _seeds, "seeds; every arm trains once per seed"),
+    Key("baseline", protocol.BASELINE, lambda v, label: str(v), "arm every other arm is compared with"),
+    Key("seeds", list(protocol.DEFAULT_SEEDS), _seeds, "seeds; every arm trains once per seed"),
     Key("device", None, _devices, 'device slots: 0,1 runs two at a time; ["0,1"] one DDP run on two GPUs'),
     Key("backend", "local", _choice("local", "ray"), "local process pool or ray"),
     Key("keep_going", False, _bool, "after a failed run, keep starting the others"),
@@ -195,26 +192,63 @@ SECTION_KEYS: dict[str, tuple[Key, ...]] = {
         Key("max_points", protocol.MAX_POINTS, _positive_int, "points kept for the ranking plot"),
     ),
 }
+#: Shared Ultralytics train arguments every spec gets unless ``train:`` (or ``key=value``) sets them; any other
+#: Ultralytics argument keeps Ultralytics' default.
+TRAIN_KEYS: tuple[Key, ...] = (
+    Key("model", DEFAULT_MODEL, _as_given, "start model of every arm (a .yaml trains from scratch, offline)"),
+    Key("data", None, _as_given, f"dataset YAML (default: the {EMBEDDED} synthetic dataset, generated once)"),
+    Key("epochs", 12, _as_given, "epochs of every run"),
+    Key("batch", 16, _as_given, "batch size"),
+)
+#: ``imgsz`` on the embedded dataset, unless set (other datasets: Ultralytics' 640).
+EMBEDDED_IMGSZ = 128
 _RUNNER = {k.name: k for k in RUNNER_KEYS}
 SPEC_KEYS = (*_RUNNER, *SECTION_KEYS, "pretrain", "train", "arms")
+#: The spec used without a spec file (every other key at its default).
+DEFAULT_SPEC: dict[str, Any] = {"arms": list(protocol.DEFAULT_ARMS)}
+#: What to write when a spec file has no arms.
+ARMS_EXAMPLE = "arms: {bce: {}, vfl: {loss: vfl, vfl_gamma: 1.5}}"
 
 
-def _defaults(section: str) -> dict[str, Any]:
-    return {k.name: k.default for k in SECTION_KEYS[section]}
+def _defaults(keys: Sequence[Key]) -> dict[str, Any]:
+    return {k.name: copy.deepcopy(k.default) for k in keys}
+
+
+def _arm_keys_help() -> str:
+    """The per-arm keys: the losses, their settings with defaults, and the Ultralytics arguments an arm may set."""
+    from ..criterion import SETTING_KEYS, ClsLossSettings
+    from ..losses import list_losses
+
+    defaults = ClsLossSettings.from_args({}).to_args()
+    settings = [f"{k} ({defaults[k]!r})" if k in defaults else f"{k} (the criterion's own)" for k in SETTING_KEYS[1:]]
+    return (
+        f"  <arm>.loss=  {', '.join(s.name for s in list_losses())} (default: the arm's name)\n"
+        f"  <arm>.<setting>=  {', '.join(settings)}\n"
+        f"  <arm>.<Ultralytics argument>=  e.g. <arm>.cls=1.0 (not {', '.join(SHARED_ONLY)}: shared by all arms)"
+    )
+
+
+def _key_line(name: str, key: Key) -> str:
+    return f"  {name}=  {key.help}" + ("" if key.default is None else f" (default {key.default!r})")
 
 
 def keys_help() -> str:
-    """One line per runner and section key (``yolo-vfl ab help``)."""
+    """One line per runner, section, train and arm key with its default (``yolo-vfl ab help``)."""
+    import textwrap
+
     from ..pretrain import PretrainSpec
 
-    lines = [f"  {k.name}=  {k.help} (default {k.default!r})" for k in RUNNER_KEYS]
-    for section, keys in SECTION_KEYS.items():
-        lines += [f"  {section}.{k.name}=  {k.help} (default {k.default!r})" for k in keys]
+    lines = [_key_line(k.name, k) for k in RUNNER_KEYS]
+    lines += [_key_line(f"{section}.{k.name}", k) for section, keys in SECTION_KEYS.items() for k in keys]
+    lines += [_key_line(f"train.{k.name}= or {k.name}", k) for k in TRAIN_KEYS]
+    lines.append(f"  train.imgsz= or imgsz=  image size (default {EMBEDDED_IMGSZ} on the {EMBEDDED} dataset, else 640)")
     lines.append(
         "  pretrain.<key>=  fine-tune every arm from the project-made pretrained checkpoint: "
         + ", ".join(f"{k} ({v!r})" for k, v in PretrainSpec().to_dict().items() if k != "train_args")
     )
-    return "\n".join(lines)
+    lines += [*_arm_keys_help().splitlines()]
+    lines.append(f"  without a spec file: arms {', '.join(protocol.DEFAULT_ARMS)}, every other key at its default")
+    return "\n".join(textwrap.fill(line, 118, subsequent_indent=" " * 6) for line in lines)
 
 
 # ----------------------------------------------------------------------------------------------------- arms and spec
@@ -250,6 +284,8 @@ class Arm:
 class ABSpec:
     """A validated A/B experiment: the runner keys of ``RUNNER_KEYS``, the sections of ``SECTION_KEYS``, and these.
 
+    Every field is set by ``spec_from_dict`` (the defaults live in the tables, once).
+
     Attributes:
         arms: the arms, in report order.
         train: shared Ultralytics train arguments, incl. ``model`` and ``data`` (None: the embedded dataset).
@@ -263,15 +299,15 @@ class ABSpec:
     arms: list[Arm]
     seeds: list[int]
     train: dict[str, Any]
-    baseline: str = "bce"
-    device: list[str | None] = field(default_factory=lambda: [None])
-    backend: str = "local"
-    keep_going: bool = False
-    resume_interrupted: bool = False
-    ray: dict[str, Any] = field(default_factory=lambda: _defaults("ray"))
-    ranking: dict[str, Any] = field(default_factory=lambda: _defaults("ranking"))
+    baseline: str
+    device: list[str | None]
+    backend: str
+    keep_going: bool
+    resume_interrupted: bool
+    ray: dict[str, Any]
+    ranking: dict[str, Any]
+    out: str | None
     pretrain: Any = None
-    out: str | None = None
     source: str | None = None
 
     @property
@@ -305,42 +341,41 @@ class ABSpec:
         return d
 
 
+def _arm_items(value: Any) -> list[tuple[Any, Any]]:
+    """``(name, body)`` pairs of an ``arms:`` mapping, or of a list of names / ``{name: ..., loss: ...}`` mappings."""
+    if isinstance(value, Mapping):
+        return list(value.items())
+    if not isinstance(value, (list, tuple, str)):
+        raise UserError(f"Invalid arms={value!r}: give a mapping name -> {{loss: ..., overrides}}.")
+    items = []
+    for entry in _as_list(value):
+        if isinstance(entry, str):
+            items.append((entry, {}))
+        elif isinstance(entry, Mapping) and "name" in entry:
+            items.append((entry["name"], {k: v for k, v in entry.items() if k != "name"}))
+        else:
+            raise UserError(f"Invalid arm {entry!r}: give a name, or a mapping with name: and loss:.")
+    return items
+
+
 def _parse_arms(value: Any) -> list[Arm]:
     from ..losses import list_losses
 
     losses = [s.name for s in list_losses()]
-    if isinstance(value, Mapping):
-        items = list(value.items())
-    elif isinstance(value, (list, tuple, str)):
-        items = []
-        for entry in _as_list(value):
-            if isinstance(entry, str):
-                items.append((entry, {}))
-            elif isinstance(entry, Mapping) and "name" in entry:
-                items.append((entry["name"], {k: v for k, v in entry.items() if k != "name"}))
-            else:
-                raise UserError(f"Invalid arm {entry!r}: give a name, or a mapping with name: and loss:.")
-    else:
-        raise UserError(f"Invalid arms={value!r}: give a mapping name -> {{loss: ..., overrides}}.")
     arms = []
-    for name, body in items:
+    for name, body in _arm_items(value):
         name = _name(str(name), "arm name", "_-")  # no '.': <arm>.<key>=value addresses it
         if name in (*SECTION_KEYS, "train"):
             raise UserError(f"Arm name {name!r} is reserved (sections: train, {', '.join(SECTION_KEYS)}).")
+        if body is not None and not isinstance(body, Mapping):
+            raise UserError(f"Invalid arm {name}: {body!r}: a mapping of its loss and overrides, e.g. {{loss: vfl}}.")
         body = dict(body or {})
         loss = body.pop("loss", None)
-        if loss is None:
-            if name.lower() not in losses:
-                raise UserError(
-                    f"Arm {name!r} needs loss=: one of {', '.join(losses)} (only arms named after a loss default "
-                    "to it)."
-                )
-            loss = name.lower()
-        arms.append(Arm(name, str(loss).lower(), body))
-    if not arms:
-        raise UserError("No arms: give at least two, e.g. arms: {bce: {}, vfl: {}}.")
-    if len({a.name for a in arms}) != len(arms):
-        raise UserError("Arm names must be unique.")
+        if loss is None and name.lower() not in losses:
+            raise UserError(
+                f"Arm {name!r} needs loss=: one of {', '.join(losses)} (only arms named after a loss default to it)."
+            )
+        arms.append(Arm(name, str(loss if loss is not None else name).lower(), body))
     return arms
 
 
@@ -372,7 +407,7 @@ def _check_train_keys(train: Mapping[str, Any], where: str) -> None:
 
 def _section(name: str, given: Any) -> dict[str, Any]:
     """A section's values: defaults from the table, then ``given``, unknown keys refused."""
-    values = _defaults(name)
+    values = _defaults(SECTION_KEYS[name])
     if given is not None and not isinstance(given, Mapping):
         raise UserError(f"Invalid {name}: {given!r}: a mapping of {', '.join(values)}.")
     for key in given or {}:
@@ -381,35 +416,50 @@ def _section(name: str, given: Any) -> dict[str, Any]:
     return {**values, **dict(given or {})}
 
 
+def _unknown_key(key: str, value: Any) -> UserError:
+    """The error for a ``key=value`` override the runner does not read (with a close match)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from ..criterion import SETTING_KEYS
+
+    if key in SETTING_KEYS:
+        return UserError(f"'{key}' is a loss setting of an arm: write <arm>.{key}={value} (e.g. vfl.{key}={value}).")
+    valid = [*_RUNNER, "arms", "dry_run", *(k for k in DEFAULT_CFG_DICT if k not in RUNNER_OWNED)]
+    valid += [f"{s}.{k.name}" for s, keys in SECTION_KEYS.items() for k in keys]
+    hint = " (the seeds= key sets it)" if key == "seed" else ""
+    return UserError(f"Unknown argument '{key}'{hint}.{suggest(key, valid)} See 'yolo-vfl ab help'.")
+
+
+def _apply_dotted(key: str, value: Any, targets: dict[str, dict[str, Any]], arms: list[Arm]) -> None:
+    """Apply ``<section>.<key>=value`` or ``<arm>.<key>=value`` in place."""
+    section, _, sub = key.partition(".")
+    arm_by_name = {a.name: a for a in arms}
+    if section in SECTION_KEYS and sub not in targets[section]:
+        valid = list(targets[section])
+        raise UserError(f"Unknown key '{key}'.{suggest(sub, valid)} Valid: {section}.{f', {section}.'.join(valid)}.")
+    if section in targets:
+        targets[section][sub] = value
+    elif section in arm_by_name and sub == "loss":
+        arm_by_name[section].loss = str(value).lower()
+    elif section in arm_by_name:
+        arm_by_name[section].overrides[sub] = value
+    else:
+        raise UserError(
+            f"Unknown section '{section}' in '{key}'.{suggest(section, [*targets, *arm_by_name])} "
+            f"Sections: train, pretrain, {', '.join(SECTION_KEYS)} and the arms ({', '.join(arm_by_name)})."
+        )
+
+
 def _apply_overrides(
     overrides: Mapping[str, Any], top: dict[str, Any], targets: dict[str, dict[str, Any]], arms: list[Arm]
 ) -> list[str] | None:
     """Apply ``key=value`` overrides in place (``targets``: train, pretrain, sections); returns the ``arms=`` choice."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
-    from ..criterion import SETTING_KEYS
-
-    arm_by_name = {a.name: a for a in arms}
     selected = None
     for key, value in overrides.items():
-        section, dot, sub = key.partition(".")
-        if dot and section in targets:
-            if section in SECTION_KEYS and sub not in targets[section]:
-                valid = list(targets[section])
-                raise UserError(
-                    f"Unknown key '{key}'.{suggest(sub, valid)} Valid: {section}.{f', {section}.'.join(valid)}."
-                )
-            targets[section][sub] = value
-        elif dot and section in arm_by_name:
-            if sub == "loss":
-                arm_by_name[section].loss = str(value).lower()
-            else:
-                arm_by_name[section].overrides[sub] = value
-        elif dot:
-            raise UserError(
-                f"Unknown section '{section}' in '{key}'.{suggest(section, [*targets, *arm_by_name])} "
-                f"Sections: train, pretrain, {', '.join(SECTION_KEYS)} and the arms ({', '.join(arm_by_name)})."
-            )
+        if "." in key:
+            _apply_dotted(key, value, targets, arms)
         elif key == "arms":
             selected = [str(a) for a in _as_list(value)]
         elif key in _RUNNER or key == "dry_run":  # dry_run is the caller's (stored, never read)
@@ -418,16 +468,94 @@ def _apply_overrides(
             top[key] = value
         elif key in ("ray_address", "ray_num_cpus", "ray_num_gpus"):  # the first runner's spelling
             targets["ray"][key[4:]] = value
-        elif key in SETTING_KEYS:
-            raise UserError(f"'{key}' is a loss setting of an arm: write <arm>.{key}={value} (e.g. vfl.{key}={value}).")
         elif key in DEFAULT_CFG_DICT and key not in RUNNER_OWNED:
             targets["train"][key] = value
         else:
-            valid = [*_RUNNER, "arms", "dry_run", *(k for k in DEFAULT_CFG_DICT if k not in RUNNER_OWNED)]
-            valid += [f"{s}.{k.name}" for s, keys in SECTION_KEYS.items() for k in keys]
-            hint = " (the seeds= key sets it)" if key == "seed" else ""
-            raise UserError(f"Unknown argument '{key}'{hint}.{suggest(key, valid)} See 'yolo-vfl ab help'.")
+            raise _unknown_key(key, value)
     return selected
+
+
+def _select_arms(arms: list[Arm], selected: list[str] | None, source: str | None) -> list[Arm]:
+    """The arms to run: the spec's, or the ``arms=`` subset (spec arms by name, or plain losses); never none."""
+    if selected is not None:
+        by_name = {a.name: a for a in arms}
+        arms = [a for name in selected for a in ([by_name[name]] if name in by_name else _parse_arms([name]))]
+    if not arms:
+        where = f"Spec file '{source}'" if source else "The spec"
+        raise UserError(
+            f"{where} has no arms: write e.g. '{ARMS_EXAMPLE}' (an arm named after a loss needs no loss:), or give "
+            "arms=bce,vfl."
+        )
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise UserError(f"arms={names}: an arm is named twice.")
+    return arms
+
+
+def _pretrain(given: Any, values: dict[str, Any], train: Mapping[str, Any]) -> Any:
+    """The ``PretrainSpec`` of ``pretrain:`` and its ``pretrain.<key>=`` overrides (None: neither given)."""
+    if given is None and not values:
+        return None
+    from ..pretrain import PretrainSpec
+
+    if "model" in train:
+        raise UserError(
+            f"train.model={train['model']!r} and pretrain: both name the starting model: pretrain: fine-tunes "
+            "every arm from its own checkpoint (set its architecture with pretrain.model=); keep one."
+        )
+    try:
+        return PretrainSpec.from_dict(values)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"pretrain: {e}") from e
+
+
+def _runner_values(top: Mapping[str, Any], source: str | None) -> dict[str, Any]:
+    """The runner keys, checked (defaults from the table); the name defaults to the spec file's stem."""
+    values = {k.name: k.check(k.default if top[k.name] is None else top[k.name], k.name) for k in RUNNER_KEYS}
+    values["name"] = values["name"] or _name(Path(source).stem if source else "ab", "name")
+    if values["backend"] == "ray" and len(values["device"]) > 1:
+        raise UserError(
+            "backend=ray places runs itself: request GPUs per run with ray.num_gpus= instead of several devices."
+        )
+    return values
+
+
+def _complete_train(train: dict[str, Any]) -> dict[str, Any]:
+    """``train`` checked, with the defaults of ``TRAIN_KEYS`` (and the embedded dataset's ``imgsz``) filled in."""
+    _check_train_keys(train, "train")
+    train = {**_defaults(TRAIN_KEYS), **train}
+    if train["data"] in ("", EMBEDDED):
+        train["data"] = None
+    if train["data"] is None:
+        train.setdefault("imgsz", EMBEDDED_IMGSZ)
+    return train
+
+
+def _check_arm(arm: Arm, train: Mapping[str, Any]) -> None:
+    """An arm's settings merged with the shared ones, validated as its run would validate them before training.
+
+    Loss settings by ``ClsLossSettings`` (with ``cls_warmup`` < ``epochs``), Ultralytics arguments by ``get_cfg``,
+    loss gains by the trainer's check (none negative).
+    """
+    from ultralytics.cfg import get_cfg
+
+    from ..checks import first_line
+    from ..trainer import _check_gains
+
+    for key in arm.overrides:
+        if key in SHARED_ONLY:
+            raise UserError(
+                f"Arm '{arm.name}' sets '{key}': every arm trains with the same {key}; set it under train:."
+            )
+    _check_train_keys(arm.ultralytics_overrides(), f"arm '{arm.name}'")
+    merged = {k: v for k, v in {**train, **arm.ultralytics_overrides()}.items() if k not in ("model", "data")}
+    try:
+        settings = arm.loss_settings()
+        cfg = get_cfg(overrides=merged)
+        settings.check_epochs(cfg.epochs)
+        _check_gains(cfg)
+    except (ValueError, TypeError, KeyError, SyntaxError) as e:
+        raise UserError(f"Arm '{arm.name}': {first_line(e)}") from e
 
 
 def spec_from_dict(
@@ -436,16 +564,15 @@ def spec_from_dict(
     """Build and validate an ``ABSpec`` from a spec mapping and CLI-style overrides.
 
     Args:
-        raw: the spec (YAML) mapping.
+        raw: the spec (YAML) mapping; it must name its arms (``DEFAULT_SPEC`` is the spec without a file).
         overrides: ``key=value`` overrides: runner keys, ``<section>.<key>`` (``ray.num_gpus``, ``train.epochs``,
             ``<arm>.cls``), ``arms=`` (a subset, or plain losses) and any Ultralytics train argument (all arms).
         source: the spec file (for the record).
 
     Raises:
-        UserError: unknown keys (with a close-match suggestion), bad values, arms or losses that do not validate.
+        UserError: unknown keys (with a close-match suggestion), bad values, no arms, arms whose settings merged with
+            the shared ones do not validate (losses, ``cls_warmup`` >= ``epochs``, negative gains).
     """
-    from ultralytics.cfg import get_cfg
-
     if not isinstance(raw, Mapping):
         raise UserError(f"A spec must be a mapping of {', '.join(SPEC_KEYS)}; got {type(raw).__name__}.")
     raw = copy.deepcopy(dict(raw))
@@ -453,7 +580,7 @@ def spec_from_dict(
         if key not in SPEC_KEYS:
             raise UserError(f"Unknown spec key '{key}'.{suggest(key, SPEC_KEYS)} Valid: {', '.join(SPEC_KEYS)}.")
     train = dict(raw.get("train") or {})
-    arms = _parse_arms(raw.get("arms") or DEFAULT_SPEC["arms"])
+    arms = _parse_arms(raw.get("arms") or {})
     sections = {name: _section(name, raw.get(name)) for name in SECTION_KEYS}
     top = {k.name: raw.get(k.name) for k in RUNNER_KEYS}
     if "device" in train:  # accepted there too, as in an Ultralytics command
@@ -465,71 +592,28 @@ def spec_from_dict(
         raise UserError(f"Invalid pretrain: {given_pretrain!r}: a mapping of pretrain keys ({{}} for the defaults).")
     pretrain_raw = dict(given_pretrain or {})
     selected = _apply_overrides(overrides or {}, top, {"train": train, "pretrain": pretrain_raw, **sections}, arms)
-    pretrain = None
-    if given_pretrain is not None or pretrain_raw:
-        from ..pretrain import PretrainSpec
-
-        if "model" in train:
-            raise UserError(
-                f"train.model={train['model']!r} and pretrain: both name the starting model: pretrain: fine-tunes "
-                "every arm from its own checkpoint (set its architecture with pretrain.model=); keep one."
-            )
-        try:
-            pretrain = PretrainSpec.from_dict(pretrain_raw)
-        except (TypeError, ValueError) as e:
-            raise UserError(f"pretrain: {e}") from e
-    if selected is not None:  # a subset of the spec's arms, or plain losses
-        by_name = {a.name: a for a in arms}
-        arms = [a for name in selected for a in ([by_name[name]] if name in by_name else _parse_arms([name]))]
-
-    values = {k.name: k.check(k.default if top[k.name] is None else top[k.name], k.name) for k in RUNNER_KEYS}
-    values["name"] = values["name"] or _name(Path(source).stem if source else "ab", "name")
+    pretrain = _pretrain(given_pretrain, pretrain_raw, train)
+    arms = _select_arms(arms, selected, source)
+    values = _runner_values(top, source)
     for name, keys in SECTION_KEYS.items():
         for k in keys:
             sections[name][k.name] = k.check(sections[name][k.name], f"{name}.{k.name}")
-    names = [a.name for a in arms]
-    if len(set(names)) != len(names):
-        raise UserError(f"arms={names}: an arm is named twice.")
-    if values["baseline"] not in names:
+    if values["baseline"] not in (names := [a.name for a in arms]):
         raise UserError(
             f"The baseline arm '{values['baseline']}' is not among the arms ({', '.join(names)}): add it, or set "
             "baseline= to one of them."
         )
-    if values["backend"] == "ray" and len(values["device"]) > 1:
-        raise UserError(
-            "backend=ray places runs itself: request GPUs per run with ray.num_gpus= instead of several devices."
-        )
-
-    _check_train_keys(train, "train")
-    train.setdefault("model", DEFAULT_MODEL)
-    if train.setdefault("data", None) in ("", EMBEDDED):
-        train["data"] = None
-    if train.get("data") is None:
-        train.setdefault("imgsz", DEFAULT_SPEC["train"]["imgsz"])
-    for arm in arms:  # loss settings validated by ClsLossSettings, Ultralytics arguments by get_cfg
-        for key in arm.overrides:
-            if key in SHARED_ONLY:
-                raise UserError(
-                    f"Arm '{arm.name}' sets '{key}': every arm trains with the same {key}; set it under train:."
-                )
-        _check_train_keys(arm.ultralytics_overrides(), f"arm '{arm.name}'")
-        try:
-            arm.loss_settings()
-        except (ValueError, TypeError, KeyError) as e:
-            raise UserError(f"Arm '{arm.name}': {e}") from e
-        merged = {**train, **arm.ultralytics_overrides()}
-        try:
-            get_cfg(overrides={k: v for k, v in merged.items() if k not in ("model", "data")})
-        except (TypeError, ValueError, SyntaxError) as e:
-            raise UserError(f"Arm '{arm.name}': {str(e).strip().splitlines()[0]}") from e
+    train = _complete_train(train)
+    for arm in arms:
+        _check_arm(arm, train)
     return ABSpec(arms=arms, train=train, source=source, pretrain=pretrain, **values, **sections)
 
 
 def load_spec(path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None) -> ABSpec:
-    """Read a spec YAML (None: the default spec, the embedded dataset) and apply ``key=value`` overrides.
+    """Read a spec YAML (None: ``DEFAULT_SPEC``, the embedded dataset) and apply ``key=value`` overrides.
 
     Raises:
-        UserError: a missing or unreadable file, or a spec that does not validate (before any training).
+        UserError: a missing, unreadable or empty file, or a spec that does not validate (before any training).
     """
     import yaml
 
@@ -539,7 +623,12 @@ def load_spec(path: str | os.PathLike[str] | None = None, overrides: Mapping[str
     if not p.is_file():
         raise UserError(f"Spec file '{path}' not found.")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise UserError(f"Spec file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from e
+    if raw is None:
+        raise UserError(
+            f"Spec file '{path}' is empty: write at least its arms, e.g. '{ARMS_EXAMPLE}' (see experiments/*.yaml), "
+            f"or run 'yolo-vfl ab' without a spec file for the default arms ({', '.join(protocol.DEFAULT_ARMS)})."
+        )
     return spec_from_dict(raw, overrides, source=str(p))
