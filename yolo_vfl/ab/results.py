@@ -32,11 +32,21 @@ from typing import Any
 
 import polars as pl
 
-from ..fileio import atomic_write_text, read_json
-from .protocol import LOSS_KEYS, METRICS, RECORDS_FILE, RESULT_FILE
+from ..fileio import atomic_write_text
+from .protocol import LOSS_KEYS, METRICS, RECORDS_FILE
 
 __all__ = ["Curve", "RunResult", "TABLE_FILE", "SCHEMA", "RANK_KEYS", "FINAL_METRICS", "MissingMetricError"]
-__all__ += ["check_metrics", "epoch_table", "run_table", "table_of", "run_dir_table", "read_table", "final_values"]
+__all__ += [
+    "check_metrics",
+    "epoch_table",
+    "run_table",
+    "table_of",
+    "run_ranking",
+    "run_dir_table",
+    "write_table",
+    "read_table",
+    "final_values",
+]
 
 #: The results table of a run, in its directory.
 TABLE_FILE = "results_long.csv"
@@ -253,26 +263,23 @@ def table_of(results: Iterable[RunResult]) -> pl.DataFrame:
     return pl.concat([run_table(r) for r in results] or [_frame([])])
 
 
-def run_dir_table(run_dir: str | os.PathLike[str], result: RunResult | None = None) -> pl.DataFrame:
-    """A run directory's results table from its files: ``result.json``, ``results.csv`` and the records.
-
-    The ranking quality is computed from ``detections.npz`` where it is there (else ``result.json``'s is used).
-
-    Raises:
-        ValueError: no readable ``result.json`` (and no ``result`` given).
-    """
+def run_ranking(run_dir: str | os.PathLike[str], result: RunResult) -> dict[str, Any] | None:
+    """A run's ranking quality, computed from its ``detections.npz`` where it is there, else ``result.json``'s."""
     from .evaluation import ranking_quality
     from .records import RecordsFormatError, load_records
 
-    run_dir = Path(run_dir)
-    result = result or RunResult.from_dict(read_json(run_dir / RESULT_FILE) or {})
-    ranking = None
-    if (run_dir / RECORDS_FILE).is_file():
-        try:
-            ranking = ranking_quality(load_records(run_dir / RECORDS_FILE), seed=result.seed)
-        except RecordsFormatError:
-            ranking = None
-    return run_table(result, epoch_table(run_dir / "results.csv"), ranking)
+    path = Path(run_dir) / RECORDS_FILE
+    try:
+        return ranking_quality(load_records(path), seed=result.seed)
+    except (FileNotFoundError, RecordsFormatError):
+        return result.ranking
+
+
+def run_dir_table(
+    run_dir: str | os.PathLike[str], result: RunResult, ranking: Mapping[str, Any] | None
+) -> pl.DataFrame:
+    """A run directory's results table: ``result``, its ``results.csv`` and ``ranking`` (``run_ranking``)."""
+    return run_table(result, epoch_table(Path(run_dir) / "results.csv"), ranking)
 
 
 def write_table(table: pl.DataFrame, path: str | os.PathLike[str]) -> Path:
