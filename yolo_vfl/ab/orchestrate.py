@@ -372,6 +372,21 @@ def _records(
     return records
 
 
+def _of_arms(results: list[RunResult], arms: Sequence[str] | None, out: Path) -> list[RunResult]:
+    """The runs of ``arms`` (all without).
+
+    Raises:
+        UserError: an arm without finished runs (names the arms that have some).
+    """
+    have = sorted({r.arm for r in results})
+    unknown = [a for a in arms or () if a not in have]
+    if unknown:
+        raise UserError(
+            f"No finished runs of arm(s) {', '.join(unknown)} in {out}. Arms with finished runs: {', '.join(have)}."
+        )
+    return [r for r in results if not arms or r.arm in arms]
+
+
 def diagnose_experiment(
     out_dir: str | os.PathLike[str],
     dest: str | os.PathLike[str] | None = None,
@@ -420,14 +435,7 @@ def diagnose_experiment(
     log = log or (lambda msg: None)
     out, meta, results = _finished(out_dir, "diagnose")
     dest_dir = Path(dest).expanduser().resolve() if dest else out
-    have = sorted({r.arm for r in results})
-    if arms:
-        unknown = [a for a in arms if a not in have]
-        if unknown:
-            raise UserError(
-                f"No finished runs of arm(s) {', '.join(unknown)} in {out}. Arms with finished runs: {', '.join(have)}."
-            )
-        results = [r for r in results if r.arm in arms]
+    results = _of_arms(results, arms, out)
     settings = {"conf": conf, "iou": iou, "max_det": max_det, "device": device, "batch": batch, "workers": workers}
     record_dir = Path(cache_dir).expanduser().resolve() if cache_dir else None
     diagnoses, tables = [], []

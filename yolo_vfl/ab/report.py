@@ -845,11 +845,10 @@ def _tp_score(row: Mapping[str, Any]) -> str:
     return "n/a (no true positives)" if row.get("tp_mean") == 0 else "n/a (not measured)"
 
 
-def diagnosis_markdown(
-    rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None
-) -> str:
-    """``diagnosis.md`` from ``aggregate`` rows and the diagnoses; ``meta``: name, baseline, out, command, missing."""
-    meta = meta or {}
+def _diagnosis_header(
+    rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
+) -> list[str]:
+    """The title and how the detections were made and classified."""
     baseline = meta.get("baseline", "bce")
     p = (diagnoses[0].get("params") if diagnoses else None) or {}
     first = rows[0] if rows else {}
@@ -873,6 +872,68 @@ def diagnosis_markdown(
     ]
     if meta.get("missing"):
         out.append(f"- Not diagnosed (no finished run): {', '.join(meta['missing'])}.")
+    return out
+
+
+def _scores_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Scores, TP IoUs and AP50 costs per kind, per arm."""
+    scores = [
+        [r["arm"], *(_count(r, f"score_{k}", 3) for k in KINDS), _count(r, "tp_iou@0.25", 3), _count(r, "tp_iou@f1", 3)]
+        + [_count(r, key, 4) for key in ("ap50", *(f"ap50_cost_{k}" for k in FP_KINDS), "ap50_tp_only")]
+        for r in rows
+    ]
+    return [
+        "\n## Scores and AP50 cost per kind\n",
+        "Mean score of each kind over all detections; mean IoU of the TPs at conf ≥ 0.25 and at the F1-optimal "
+        "threshold. AP50 here uses the greedy matching above (101-point interpolation, mean over classes; close to "
+        "Ultralytics' mAP50). Cost of a FP kind: the AP50 gained if its detections were removed (TIDE-style). "
+        "TP only: AP50 with every FP removed, the ceiling that missed objects leave.\n",
+        *_table(
+            "arm | score TP | score duplicate | score wrong_class | score localization | score background "
+            "| TP IoU@0.25 | TP IoU@F1 | AP50 | cost duplicate | cost wrong_class | cost localization "
+            "| cost background | AP50 TP only",
+            scores,
+            "`-`: not measured: no detection of that kind (score, TP IoU), no ground truth (AP50 and costs), or the "
+            "run's diagnosis lacks the value.",
+            _N1_NOTE,
+        ),
+    ]
+
+
+def _diagnosis_runs(rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per run: its counts at conf ≥ 0.25, F1 threshold and AP50s."""
+    position = {r["arm"]: i for i, r in enumerate(rows)}
+    runs = []
+    for d in sorted(diagnoses, key=lambda x: (position.get(x["arm"], 1e9), x["seed"])):
+        at = get_path(d, "at", "0.25") or {}
+        counts = at.get("counts") or {}
+        cells = [counts.get("tp"), at.get("fp"), *(counts.get(k) for k in FP_KINDS), at.get("missed_gt")]
+        cells += [
+            _fmt(get_path(d, "at", "f1", "threshold"), 3, "-"),
+            d.get("ap50"),
+            get_path(d, "ultralytics", "mAP50"),
+        ]
+        runs.append([d.get("run") or "-", d["arm"], d["seed"], *(_fmt(c, 4, "-") for c in cells)])
+    return [
+        "\n## Runs\n",
+        *_table(
+            "run | arm | seed | TP@0.25 | FP@0.25 | duplicate | wrong_class | localization | background | missed@0.25 "
+            "| F1 threshold | AP50 | Ultralytics mAP50",
+            runs,
+            "`-`: not measured in that run (no F1 threshold without detections or ground truth, no AP50 without "
+            "ground truth, or the run's diagnosis lacks the value).",
+        ),
+    ]
+
+
+def diagnosis_markdown(
+    rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None
+) -> str:
+    """``diagnosis.md`` from ``aggregate`` rows and the diagnoses; ``meta``: name, baseline, out, command, missing."""
+    meta = meta or {}
+    baseline = meta.get("baseline", "bce")
+    first = rows[0] if rows else {}
+    out = _diagnosis_header(rows, diagnoses, meta)
     out.append("\n## Findings\n")
     out += [f"- {s}" for s in findings(rows, baseline)] if len(rows) > 1 else ["- Only one arm: no comparison."]
     scale = ", ".join(f"{r['arm']} {_tp_score(r)}" for r in rows)
@@ -893,50 +954,13 @@ def diagnosis_markdown(
             f"`{baseline}` runs' mean recall at their F1-optimal thresholds (capped at what every run reaches).\n",
             *_kind_table(rows, "eq", True),
         ]
-    scores = [
-        [r["arm"], *(_count(r, f"score_{k}", 3) for k in KINDS), _count(r, "tp_iou@0.25", 3), _count(r, "tp_iou@f1", 3)]
-        + [_count(r, key, 4) for key in ("ap50", *(f"ap50_cost_{k}" for k in FP_KINDS), "ap50_tp_only")]
-        for r in rows
-    ]
-    arm_order = {r["arm"]: i for i, r in enumerate(rows)}
-    runs = []
-    for d in sorted(diagnoses, key=lambda x: (arm_order.get(x["arm"], 1e9), x["seed"])):
-        at = get_path(d, "at", "0.25") or {}
-        counts = at.get("counts") or {}
-        cells = [counts.get("tp"), at.get("fp"), *(counts.get(k) for k in FP_KINDS), at.get("missed_gt")]
-        cells += [
-            _fmt(get_path(d, "at", "f1", "threshold"), 3, "-"),
-            d.get("ap50"),
-            get_path(d, "ultralytics", "mAP50"),
-        ]
-        runs.append([d.get("run") or "-", d["arm"], d["seed"], *(_fmt(c, 4, "-") for c in cells)])
     out += [
         "\n## Detections at each run's F1-optimal threshold\n",
         "The threshold with the highest F1, all classes pooled (Ultralytics reports precision and recall at the "
         "threshold that maximizes the F1 averaged over classes, so its numbers differ a little).\n",
         *_kind_table(rows, "f1", True),
-        "\n## Scores and AP50 cost per kind\n",
-        "Mean score of each kind over all detections; mean IoU of the TPs at conf ≥ 0.25 and at the F1-optimal "
-        "threshold. AP50 here uses the greedy matching above (101-point interpolation, mean over classes; close to "
-        "Ultralytics' mAP50). Cost of a FP kind: the AP50 gained if its detections were removed (TIDE-style). "
-        "TP only: AP50 with every FP removed, the ceiling that missed objects leave.\n",
-        *_table(
-            "arm | score TP | score duplicate | score wrong_class | score localization | score background "
-            "| TP IoU@0.25 | TP IoU@F1 | AP50 | cost duplicate | cost wrong_class | cost localization "
-            "| cost background | AP50 TP only",
-            scores,
-            "`-`: not measured: no detection of that kind (score, TP IoU), no ground truth (AP50 and costs), or the "
-            "run's diagnosis lacks the value.",
-            _N1_NOTE,
-        ),
-        "\n## Runs\n",
-        *_table(
-            "run | arm | seed | TP@0.25 | FP@0.25 | duplicate | wrong_class | localization | background | missed@0.25 "
-            "| F1 threshold | AP50 | Ultralytics mAP50",
-            runs,
-            "`-`: not measured in that run (no F1 threshold without detections or ground truth, no AP50 without "
-            "ground truth, or the run's diagnosis lacks the value).",
-        ),
+        *_scores_section(rows),
+        *_diagnosis_runs(rows, diagnoses),
         "\n## Plots\n\n![FP kinds and score distributions](fp_scores.png)\n\n"
         "![precision and recall per epoch](pr_curves.png)\n\n"
         "mAP50-95 per epoch and the score-IoU correlation are in the experiment report (`curves.png`, `ranking.png`, "
