@@ -8,6 +8,7 @@ import math
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 from conftest import IMGSZ
@@ -26,6 +27,7 @@ from yolo_vfl.ab import (
     train_time,
 )
 from yolo_vfl.ab.jobs import resolve_data, same_fingerprint
+from yolo_vfl.ab.results import TABLE_FILE, read_table
 from yolo_vfl.checks import source_hash
 from yolo_vfl.cli import cli_ab
 from yolo_vfl.errors import UserError as CLIError
@@ -282,6 +284,12 @@ def test_end_to_end_two_arms(ab_done):
         args = yaml.safe_load((out / "runs" / run / "args.yaml").read_text())
         assert args["seed"] == 0 and args["deterministic"] is True and args["loss"] == run.split("-")[0]
         assert args["imgsz"] == IMGSZ and args["epochs"] == 1
+        table = read_table(out / "runs" / run / TABLE_FILE)  # the run's long results table
+        assert table.filter(pl.col("epoch") == 1).height >= 10  # every column of results.csv
+        assert (
+            table.filter(pl.col("epoch").is_null() & (pl.col("metric") == "mAP50-95"))["value"].item()
+            == (res.metrics["mAP50-95"])
+        )
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["arm"] for r in rows] == ["bce", "vfl"]
     assert rows[1]["verdict"] == "no clear difference (1 seed)"

@@ -11,6 +11,7 @@ import math
 import re
 
 import numpy as np
+import polars as pl
 import pytest
 
 from yolo_vfl.ab import plots
@@ -32,7 +33,7 @@ from yolo_vfl.ab.report import (
     summary_markdown,
     verdict_lines,
 )
-from yolo_vfl.ab.results import Curve, RunResult
+from yolo_vfl.ab.results import SCHEMA, Curve, RunResult, table_of
 from yolo_vfl.checks import source_hash
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -90,6 +91,23 @@ def captured_figures(monkeypatch: pytest.MonkeyPatch) -> list:
 
     monkeypatch.setattr(plots, "_save_figure", keep)
     return figures
+
+
+def points(results: list[RunResult]) -> dict:
+    """The ranking scatter points of hand-made runs, by run."""
+    return {r.run: (r.ranking or {}).get("points") for r in results}
+
+
+def epoch_table(curves: list[dict]) -> pl.DataFrame:
+    """The results table (per-epoch precision and recall) of hand-made ``{arm, seed, curve}`` runs."""
+    keys = {"precision": "metrics/precision(B)", "recall": "metrics/recall(B)"}
+    rows = [
+        (f"{c['arm']}-s{c['seed']}", c["arm"], c["seed"], e, keys[k], v)
+        for c in curves
+        for k in keys
+        for e, v in zip(c["curve"]["epoch"], c["curve"][k])
+    ]
+    return pl.DataFrame(rows, schema=SCHEMA, orient="row")
 
 
 def integer_ticks(ax) -> bool:
@@ -468,7 +486,7 @@ def test_ranking_titles_show_the_iou_gt0_correlation(tmp_path, monkeypatch):
     """ranking.png: each title leads with the IoU>0 correlation (the README's claim), then the all-detections one."""
     figures = captured_figures(monkeypatch)
     results = [result(a, s, 0.3) for a in ("bce", "vfl") for s in (0, 1)]
-    plot_ranking(results, tmp_path / "ranking.png")
+    plot_ranking(table_of(results), tmp_path / "ranking.png", points(results))
     titles = [ax.get_title() for ax in figures[0].axes]
     assert len(titles) == 2
     for t in titles:
@@ -480,7 +498,8 @@ def test_ranking_titles_show_the_iou_gt0_correlation(tmp_path, monkeypatch):
 def test_ranking_without_measurement_explains_na(tmp_path, monkeypatch):
     """A run without ranking: 'n/a' in its title and the note under the figure."""
     figures = captured_figures(monkeypatch)
-    plot_ranking([result("bce", 0, 0.3), result("vfl", 0, 0.3, ranking=None)], tmp_path / "r.png")
+    results = [result("bce", 0, 0.3), result("vfl", 0, 0.3, ranking=None)]
+    plot_ranking(table_of(results), tmp_path / "r.png", points(results))
     assert "n/a" in figures[0].axes[1].get_title()
     assert any(t.get_text().startswith("n/a: not measured") for t in figures[0].texts)
 
@@ -488,7 +507,7 @@ def test_ranking_without_measurement_explains_na(tmp_path, monkeypatch):
 def test_epoch_curves_have_integer_ticks_and_baseline_in_black(tmp_path, monkeypatch):
     """curves.png: whole-number epoch ticks (3 epochs gave 1.00, 1.25, ...); the baseline is the thick black line."""
     figures = captured_figures(monkeypatch)
-    plot_curves([result(a, 0, 0.3, [0.1, 0.2, 0.3]) for a in ("vfl", "bce")], tmp_path / "curves.png")
+    plot_curves(table_of([result(a, 0, 0.3, [0.1, 0.2, 0.3]) for a in ("vfl", "bce")]), tmp_path / "curves.png")
     ax = figures[0].axes[0]
     assert integer_ticks(ax)
     first = ax.get_lines()[0]
@@ -499,7 +518,7 @@ def test_many_arms_stay_readable(tmp_path, monkeypatch):
     """16 arms: tab20 colours with alternating dashes and the legend outside the axes."""
     figures = captured_figures(monkeypatch)
     results = [result("bce", 0, 0.3)] + [result(f"a{i}", 0, 0.3 + 0.001 * i) for i in range(15)]
-    plot_curves(results, tmp_path / "curves.png")
+    plot_curves(table_of(results), tmp_path / "curves.png")
     ax = figures[0].axes[0]
     styles = {line.get_linestyle() for line in ax.get_lines()}
     assert styles == {"-", "--"} and ax.get_legend().get_bbox_to_anchor() is not None
@@ -510,7 +529,7 @@ def test_pr_curves_have_integer_epoch_ticks(tmp_path, monkeypatch):
     """pr_curves.png: whole-number epoch ticks (3 epochs gave 1.00, 1.25, ...)."""
     figures = captured_figures(monkeypatch)
     curve = {"epoch": [1, 2, 3], "precision": [0.1, 0.2, 0.3], "recall": [0.1] * 3}
-    plot_pr_curves([{"arm": "bce", "seed": 0, "curve": curve}], tmp_path / "pr.png")
+    plot_pr_curves(epoch_table([{"arm": "bce", "seed": 0, "curve": curve}]), tmp_path / "pr.png")
     assert all(integer_ticks(ax) for ax in figures[0].axes)
 
 
@@ -559,7 +578,9 @@ def test_diagnosis_files_from_hand_made_runs(tmp_path):
         for a in ("bce", "qfl")
         for s in (0, 1)
     ]
-    paths = write_diagnosis(tmp_path / "d", runs, curves, {"name": "t", "baseline": "bce", "arms": ["qfl", "bce"]})
+    paths = write_diagnosis(
+        tmp_path / "d", runs, epoch_table(curves), {"name": "t", "baseline": "bce", "arms": ["qfl", "bce"]}
+    )
     assert sorted(paths) == ["diagnosis.csv", "diagnosis.md", "fp_scores.png", "pr_curves.png"]
     assert [r["arm"] for r in csv.DictReader(open(paths["diagnosis.csv"]))] == ["qfl", "bce"]
     for f in ("fp_scores.png", "pr_curves.png"):

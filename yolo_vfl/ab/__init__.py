@@ -7,7 +7,8 @@ Modules import one way, bottom to top (``tests/test_layers.py`` checks it):
 3. ``jobs``: every arm x seed as a job; the fingerprint that decides whether a finished run can be kept.
 4. ``records``: the one inference pass per finished run: Ultralytics' validator on ``best.pt`` records every
    detection and ground-truth box into ``detections.npz`` next to the run's result, with the metrics of that pass.
-5. ``results``: the typed result of one run (``RunResult``), read from and written to ``result.json``.
+5. ``results``: the typed result of one run (``RunResult``, ``result.json``) and the long results table every report
+   is computed from (``results_long.csv`` per run: run, arm, seed, epoch or empty for final, metric, value).
 6. ``run``: running one job (fresh, restarted, resumed or only evaluated), in its own process.
 7. ``backends``: the local process pool and Ray.
 8. ``evaluation``: pure functions of the records: ranking quality, false positives by kind, recall grids.

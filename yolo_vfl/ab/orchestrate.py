@@ -17,12 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from ..errors import UserError
 from ..fileio import atomic_write_json, atomic_write_text, file_lock, read_json
 from . import protocol
 from .backends import Failure, Progress, run_jobs
 from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, same_fingerprint, start_model
-from .results import RunResult
+from .results import TABLE_FILE, RunResult, epoch_table, run_dir_table, run_ranking, run_table, write_table
 from .spec import DEFAULT_MODEL, ABSpec
 
 __all__ = ["ABRunError", "run_ab", "regenerate_report", "diagnose_experiment", "load_results", "check_devices", "plan"]
@@ -253,14 +255,30 @@ def _record_experiment(spec: ABSpec, out: Path, command: str) -> dict[str, Any]:
     return meta
 
 
+def _tables(out: Path, results: Sequence[RunResult]) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The experiment's results table, each run's rewritten (``results_long.csv``), and the ranking scatter points.
+
+    Each run's ranking quality is recomputed from its records where they are there (``run_ranking``).
+    """
+    tables, points = [], {}
+    for r in results:
+        run_dir = out / "runs" / r.run
+        ranking = run_ranking(run_dir, r)
+        tables.append(run_dir_table(run_dir, r, ranking))
+        write_table(tables[-1], run_dir / TABLE_FILE)
+        points[r.run] = (ranking or {}).get("points")
+    return pl.concat(tables), points
+
+
 def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log: Log) -> dict[str, Path]:
     from .plots import write_report
     from .report import summarize, verdict_lines
 
-    paths = write_report(out, results, meta)
+    table, points = _tables(out, results)
+    paths = write_report(out, results, meta, table, points)
     log(f"yolo-vfl ab: report: {paths['summary.md']}")
-    rows = summarize(results, baseline=meta.get("baseline", "bce"), order=meta.get("arms"), level=meta["level"])
-    for line in verdict_lines(rows):
+    baseline, level = meta.get("baseline", "bce"), meta["level"]
+    for line in verdict_lines(summarize(results, baseline, meta.get("arms"), level, table)):
         log(line)
     return paths
 
@@ -360,7 +378,11 @@ def run_ab(
 
 
 def regenerate_report(out_dir: str | os.PathLike[str], baseline: str | None = None) -> dict[str, Path]:
-    """Rewrite the report of an experiment directory from its ``result.json`` files."""
+    """Rewrite the report of an experiment directory, and each run's results table, from the runs' files.
+
+    The numbers come from each run's ``results.csv``, ``result.json`` and records (ranking quality recomputed from
+    ``detections.npz`` where it is there); ``runs/<run>/results_long.csv`` is rewritten from them.
+    """
     out, meta, results = _finished(out_dir, "report")
     meta = {k: v for k, v in meta.items() if k not in ("spec", "history")}
     if (out / "pretrain.json").is_file():
@@ -414,6 +436,21 @@ def _records(
     return records
 
 
+def _of_arms(results: list[RunResult], arms: Sequence[str] | None, out: Path) -> list[RunResult]:
+    """The runs of ``arms`` (all without).
+
+    Raises:
+        UserError: an arm without finished runs (names the arms that have some).
+    """
+    have = sorted({r.arm for r in results})
+    unknown = [a for a in arms or () if a not in have]
+    if unknown:
+        raise UserError(
+            f"No finished runs of arm(s) {', '.join(unknown)} in {out}. Arms with finished runs: {', '.join(have)}."
+        )
+    return [r for r in results if not arms or r.arm in arms]
+
+
 def diagnose_experiment(
     out_dir: str | os.PathLike[str],
     dest: str | os.PathLike[str] | None = None,
@@ -458,37 +495,26 @@ def diagnose_experiment(
     """
     from .evaluation import diagnose
     from .plots import write_diagnosis
-    from .run import read_results_csv
 
     log = log or (lambda msg: None)
     out, meta, results = _finished(out_dir, "diagnose")
     dest_dir = Path(dest).expanduser().resolve() if dest else out
-    have = sorted({r.arm for r in results})
-    if arms:
-        unknown = [a for a in arms if a not in have]
-        if unknown:
-            raise UserError(
-                f"No finished runs of arm(s) {', '.join(unknown)} in {out}. Arms with finished runs: {', '.join(have)}."
-            )
-        results = [r for r in results if r.arm in arms]
+    results = _of_arms(results, arms, out)
     settings = {"conf": conf, "iou": iou, "max_det": max_det, "device": device, "batch": batch, "workers": workers}
     record_dir = Path(cache_dir).expanduser().resolve() if cache_dir else None
-    diagnoses, curves = [], []
+    diagnoses, tables = [], []
     for res in results:
         run_dir = out / "runs" / res.run
         ids = {"run": res.run, "arm": res.arm, "seed": res.seed}
         diagnoses.append({**diagnose(_records(run_dir, res, settings, force, record_dir, log)), **ids})
-        rows = read_results_csv(run_dir / "results.csv")
-        curve = {"epoch": [int(r["epoch"]) for r in rows if "epoch" in r]}
-        curve.update({m: [r.get(protocol.ULTRALYTICS_KEYS[m]) for r in rows] for m in ("precision", "recall")})
-        curves.append({**ids, "curve": curve})
+        tables.append(run_table(res, epoch_table(run_dir / "results.csv")))
     expected = [r for r in meta.get("runs") or [] if not arms or r.rsplit("-s", 1)[0] in arms]
     command = ["yolo-vfl ab diagnose", f"out={out}"]
     command += ([f"dest={dest_dir}"] if dest_dir != out else []) + ([f"arms={','.join(arms)}"] if arms else [])
     return write_diagnosis(
         dest_dir,
         diagnoses,
-        curves,
+        pl.concat(tables),
         {
             "name": meta.get("name", out.name),
             "baseline": baseline or meta.get("baseline") or "bce",

@@ -17,22 +17,21 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
+import polars as pl
 
 from ..fileio import atomic_write_bytes, atomic_write_text
 from . import report
 from .evaluation import HIST_BINS, KINDS
-from .protocol import PRIMARY_METRIC
-from .report import RANK_KEYS, at_recall, common_recall, get_path, group_by_arm
-from .results import RunResult
+from .protocol import PRIMARY_METRIC, ULTRALYTICS_KEYS
+from .report import arm_order, at_recall, common_recall, get_path, group_by_arm
+from .results import RANK_KEYS, RunResult, table_of
 from .stats import mean_std
 
-__all__ = ["COLORS", "Series", "plot_epoch_band", "plot_curves", "plot_ranking", "plot_fp_scores", "plot_pr_curves"]
+__all__ = ["COLORS", "plot_epoch_band", "plot_curves", "plot_ranking", "plot_fp_scores", "plot_pr_curves"]
 __all__ += ["write_report", "write_diagnosis"]
 
 #: Plot colours per detection kind.
 COLORS = dict(zip(KINDS, ("tab:green", "tab:orange", "tab:purple", "tab:blue", "tab:red")))
-#: One run's per-epoch values: ``(epochs, values)`` (None or NaN: no value at that epoch).
-Series = tuple[Sequence[int], Sequence[Any]]
 _Path = Union[str, os.PathLike[str]]
 _Dicts = Sequence[Mapping[str, Any]]
 _Order = Optional[Sequence[str]]
@@ -60,78 +59,90 @@ def _save_figure(fig: Any, path: _Path) -> Path:
 
 
 def plot_epoch_band(
-    ax: Any, groups: Mapping[str, Sequence[Series]], metric: str, title_size: float | None = None, legend: bool = False
+    ax: Any,
+    table: pl.DataFrame,
+    metric: str,
+    arms: Sequence[str],
+    title_size: float | None = None,
+    legend: bool = False,
 ) -> None:
     """Draw a metric per epoch for each arm on ``ax``: the mean over seeds with a ± 1 std band.
 
-    ``groups``: arm name -> one ``(epochs, values)`` series per seed; ``metric``: the y label and title;
-    ``title_size``: the title's font size (None: matplotlib's default); ``legend``: inside the axes for up to 6 arms,
-    outside on the right for more. The first arm (the baseline) is thick black; up to 11 arms use tab10, more use
+    ``table``: a results table (its per-epoch rows of ``metric``, Ultralytics' name, are drawn); ``arms``: the arms in
+    order; ``title_size``: the title's font size (None: matplotlib's default); ``legend``: inside the axes for up to 6
+    arms, outside on the right for more. The first arm (the baseline) is thick black; up to 11 arms use tab10, more use
     tab20 with alternating dashes, and the bands fade as arms are added. Epoch ticks are whole numbers.
     """
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
 
-    n = len(groups)
+    n, name = len(arms), metric.removeprefix("metrics/").removesuffix("(B)")
     palette = colormaps["tab10" if n <= 11 else "tab20"].colors
-    for i, (arm, runs) in enumerate(groups.items()):
-        per_epoch: dict[int, list[float]] = {}
-        for epochs, values in runs:
-            for e, v in zip(epochs, values):
-                if v is not None and math.isfinite(v):
-                    per_epoch.setdefault(int(e), []).append(float(v))
-        if not per_epoch:
+    seeds = dict(table.group_by("arm").agg(pl.col("run").n_unique()).iter_rows())
+    rows = table.filter((pl.col("metric") == metric) & pl.col("epoch").is_not_null() & pl.col("value").is_not_null())
+    band = rows.group_by("arm", "epoch").agg(m=pl.col("value").mean(), s=pl.col("value").std().fill_null(0.0))
+    for i, arm in enumerate(arms):
+        b = band.filter(pl.col("arm") == arm).sort("epoch")
+        if not b.height:
             continue
-        epochs = sorted(per_epoch)
-        mean = np.array([np.mean(per_epoch[e]) for e in epochs])
-        std = np.array([np.std(per_epoch[e], ddof=1) if len(per_epoch[e]) > 1 else 0.0 for e in epochs])
+        epochs, mean, std = b["epoch"].to_numpy(), b["m"].to_numpy(), b["s"].to_numpy()
         color, lw, zorder = ("black", 2.2, 3) if i == 0 else (palette[(i - 1) % len(palette)], 1.3, 2)
         ls = "-" if i == 0 or n <= 11 or i % 2 else "--"
-        label = f"{arm} ({len(runs)} seed{'s' if len(runs) != 1 else ''})"
+        label = f"{arm} ({seeds[arm]} seed{'s' if seeds[arm] != 1 else ''})"
         marker = "o" if len(epochs) < 15 else None
         (line,) = ax.plot(epochs, mean, marker=marker, ms=3, color=color, lw=lw, ls=ls, zorder=zorder, label=label)
         ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2 if n <= 4 else 0.08, lw=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel=metric)
-    ax.set_title(f"{metric} per epoch (mean ± 1 std over seeds)", fontsize=title_size)
+    ax.set(xlabel="epoch", ylabel=name)
+    ax.set_title(f"{name} per epoch (mean ± 1 std over seeds)", fontsize=title_size)
     ax.grid(alpha=0.3)
     if legend and ax.get_legend_handles_labels()[0]:
         outside = {} if n <= 6 else {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
         ax.legend(fontsize=8 if n <= 6 else 7, **outside)
 
 
+def _arms(table: pl.DataFrame, order: _Order, baseline: str) -> list[str]:
+    return arm_order(table["arm"].unique(maintain_order=True), order, baseline)
+
+
 def plot_curves(
-    results: Sequence[RunResult], path: _Path, metric: str = PRIMARY_METRIC, order: _Order = None, baseline: str = "bce"
+    table: pl.DataFrame, path: _Path, metric: str = PRIMARY_METRIC, order: _Order = None, baseline: str = "bce"
 ) -> Path:
     """``curves.png``: ``metric`` (``mAP50-95`` or ``mAP50``) per epoch per arm, mean over seeds, ± 1 std band."""
-    field = report._CURVE_FIELDS[metric]
-    runs = group_by_arm(results, order, baseline)
-    groups = {a: [(r.curve.epoch, getattr(r.curve, field)) for r in rs] for a, rs in runs.items()}
     fig, (ax,) = _figure(7.5, 4.5)
-    plot_epoch_band(ax, groups, metric, legend=True)
+    plot_epoch_band(ax, table, ULTRALYTICS_KEYS[metric], _arms(table, order, baseline), legend=True)
     return _save_figure(fig, path)
 
 
-def plot_ranking(results: Sequence[RunResult], path: _Path, order: _Order = None, baseline: str = "bce") -> Path:
+def plot_ranking(
+    table: pl.DataFrame,
+    path: _Path,
+    points: Mapping[str, Mapping[str, Sequence[float]] | None] | None = None,
+    order: _Order = None,
+    baseline: str = "bce",
+) -> Path:
     """``ranking.png``: one confidence-vs-IoU scatter per arm (all seeds), titled with the mean correlations.
 
-    Titles lead with the Pearson and Spearman correlations over the detections with IoU > 0 (those overlapping a
-    same-class GT: the README's claim), then those over all detections. IoU 0 points are grey; an ``n/a`` in a title is
+    ``points``: per run, its scatter points (``conf``, ``iou``: ``ranking_quality``'s). Titles lead with the Pearson and
+    Spearman correlations over the detections with IoU > 0 (those overlapping a same-class GT: the README's claim),
+    then those over all detections (the table's ``rank/*`` means). IoU 0 points are grey; an ``n/a`` in a title is
     explained under the figure.
     """
-    groups = group_by_arm(results, order, baseline)
-    cols = min(max(1, len(groups)), 3)
-    fig, axes = _figure(4.2, 3.8, math.ceil(max(1, len(groups)) / cols), cols, len(groups))
+    arms, points = _arms(table, order, baseline), points or {}
+    final = table.filter(pl.col("epoch").is_null() & pl.col("metric").str.starts_with("rank/"))
+    means = {(a, m): v for a, m, v in final.group_by("arm", "metric").agg(pl.col("value").mean()).iter_rows()}
+    runs = dict(table.group_by("arm").agg(pl.col("run").unique(maintain_order=True)).iter_rows())
+    cols = min(max(1, len(arms)), 3)
+    fig, axes = _figure(4.2, 3.8, math.ceil(max(1, len(arms)) / cols), cols, len(arms))
     undefined = False
-    for ax, (arm, runs) in zip(axes, groups.items()):
-        pts = [get_path(r.ranking, "points") or {} for r in runs]
+    for ax, arm in zip(axes, arms):
+        pts = [points.get(r) or {} for r in runs[arm]]
         x = np.asarray([v for p in pts for v in p.get("iou", [])], dtype=np.float64)
         y = np.asarray([v for p in pts for v in p.get("conf", [])], dtype=np.float64)
         hit = x > 0
         ax.scatter(x[~hit], y[~hit], s=3, alpha=0.25, lw=0, color="gray", label="IoU 0")
         ax.scatter(x[hit], y[hit], s=3, alpha=0.25, lw=0, color="tab:blue", label="IoU>0")
-        means = {k: mean_std(get_path(r.ranking, k) for r in runs)[0] for k in RANK_KEYS}
-        corr = {k: f"{m:.3f}" if m is not None else "n/a" for k, m in means.items()}
+        corr = {k: "n/a" if (m := means.get((arm, f"rank/{k}"))) is None else f"{m:.3f}" for k in RANK_KEYS}
         undefined = undefined or "n/a" in corr.values()
         title = f"{arm}: IoU>0 Pearson {corr['pearson_matched']}, Spearman {corr['spearman_matched']}\n"
         ax.set_title(title + f"all detections: Pearson {corr['pearson']}, Spearman {corr['spearman']}", fontsize=9)
@@ -221,20 +232,16 @@ def plot_fp_scores(
     return _save_figure(fig, path)
 
 
-def plot_pr_curves(curves: _Dicts, path: _Path, order: _Order = None, baseline: str = "bce") -> Path:
+def plot_pr_curves(table: pl.DataFrame, path: _Path, order: _Order = None, baseline: str = "bce") -> Path:
     """``pr_curves.png``: validation precision and recall per epoch per arm, mean over seeds with a ± 1 std band.
 
-    ``curves``: per run ``arm``, ``seed`` and ``curve`` (``epoch``, ``precision`` and ``recall`` lists, from its
-    ``results.csv``); ``baseline`` is drawn in thick black.
+    ``table``: the runs' results table (its per-epoch ``metrics/precision(B)`` and ``metrics/recall(B)``);
+    ``baseline`` is drawn in thick black.
     """
-    grouped = group_by_arm(curves, order, baseline)
+    arms = _arms(table, order, baseline)
     fig, axes = _figure(6.5, 4.8, 1, 2)
-    for ax, metric in zip(axes, ("precision", "recall")):
-        groups = {
-            arm: [((get_path(r, "curve", "epoch") or []), (get_path(r, "curve", metric) or [])) for r in runs]
-            for arm, runs in grouped.items()
-        }
-        plot_epoch_band(ax, groups, metric, title_size=10, legend=metric == "recall")  # legend right of the second
+    for ax, metric in zip(axes, ("precision", "recall")):  # legend right of the second
+        plot_epoch_band(ax, table, ULTRALYTICS_KEYS[metric], arms, title_size=10, legend=metric == "recall")
     return _save_figure(fig, path)
 
 
@@ -248,14 +255,23 @@ def _versions(results: Sequence[RunResult]) -> dict[str, str]:
     return {k: " / ".join(v) for k, v in seen.items()}
 
 
-def write_report(out_dir: _Path, results: Sequence[RunResult], meta: _Meta = None) -> dict[str, Path]:
+def write_report(
+    out_dir: _Path,
+    results: Sequence[RunResult],
+    meta: _Meta = None,
+    table: pl.DataFrame | None = None,
+    points: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
     """Write ``summary.csv``, ``summary.md``, ``curves.png`` and ``ranking.png`` into ``out_dir`` (atomically).
 
     ``results``: the finished runs; ``meta``: ``name``, ``baseline``, ``arms`` (order), ``commands``, ``versions``
-    (default: the runs'), ``data``, ``train``, ``seeds``, ``missing``, ``level``. Returns the written paths by name.
+    (default: the runs'), ``data``, ``train``, ``seeds``, ``missing``, ``level``; ``table``: their results table
+    (default: ``table_of(results)``); ``points``: per run, the ranking scatter points (default: the results').
+    Returns the written paths by name.
 
     Raises:
         ValueError: no finished run to report on.
+        MissingMetricError: a run of ``table`` lacks a metric of the report.
     """
     out = Path(out_dir)
     results = list(results)
@@ -264,20 +280,22 @@ def write_report(out_dir: _Path, results: Sequence[RunResult], meta: _Meta = Non
     meta = dict(meta or {})
     meta["versions"] = meta.get("versions") or _versions(results)
     baseline, order = meta.get("baseline", "bce"), meta.get("arms")
-    rows = report.summarize(results, baseline=baseline, order=order, level=meta.get("level", 0.95))
+    table = table_of(results) if table is None else table
+    points = {r.run: (r.ranking or {}).get("points") for r in results} if points is None else points
+    rows = report.summarize(results, baseline=baseline, order=order, level=meta.get("level", 0.95), table=table)
     return {
         "summary.csv": atomic_write_text(out / "summary.csv", report.summary_csv_text(rows, meta)),
         "summary.md": atomic_write_text(out / "summary.md", report.summary_markdown(rows, results, meta)),
-        "curves.png": plot_curves(results, out / "curves.png", order=order, baseline=baseline),
-        "ranking.png": plot_ranking(results, out / "ranking.png", order=order, baseline=baseline),
+        "curves.png": plot_curves(table, out / "curves.png", order=order, baseline=baseline),
+        "ranking.png": plot_ranking(table, out / "ranking.png", points, order=order, baseline=baseline),
     }
 
 
-def write_diagnosis(dest: _Path, diagnoses: _Dicts, curves: _Dicts, meta: _Meta = None) -> dict[str, Path]:
+def write_diagnosis(dest: _Path, diagnoses: _Dicts, table: pl.DataFrame, meta: _Meta = None) -> dict[str, Path]:
     """Write ``diagnosis.csv``, ``diagnosis.md``, ``fp_scores.png`` and ``pr_curves.png`` into ``dest`` (atomically).
 
-    ``diagnoses``: per-run diagnosis dicts with ``arm``, ``seed`` and ``run``; ``curves``: per-run precision/recall
-    curves (``plot_pr_curves``); ``meta``: ``name``, ``baseline``, ``arms`` (order), ``out``, ``command``, ``missing``.
+    ``diagnoses``: per-run diagnosis dicts with ``arm``, ``seed`` and ``run``; ``table``: the runs' results table
+    (``plot_pr_curves``); ``meta``: ``name``, ``baseline``, ``arms`` (order), ``out``, ``command``, ``missing``.
     Returns the written paths by name.
     """
     out, meta = Path(dest), dict(meta or {})
@@ -288,5 +306,5 @@ def write_diagnosis(dest: _Path, diagnoses: _Dicts, curves: _Dicts, meta: _Meta 
         "diagnosis.csv": atomic_write_text(out / "diagnosis.csv", report.diagnosis_csv_text(rows)),
         "diagnosis.md": atomic_write_text(out / "diagnosis.md", report.diagnosis_markdown(rows, diagnoses, meta)),
         "fp_scores.png": plot_fp_scores(diagnoses, out / "fp_scores.png", order, baseline, recall),
-        "pr_curves.png": plot_pr_curves(curves, out / "pr_curves.png", order=order, baseline=baseline),
+        "pr_curves.png": plot_pr_curves(table, out / "pr_curves.png", order=order, baseline=baseline),
     }

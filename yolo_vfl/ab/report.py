@@ -13,10 +13,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
+import polars as pl
 
 from .evaluation import FP_KINDS, KINDS, tally
-from .protocol import LOSS_KEYS, METRICS, PRIMARY_METRIC
-from .results import Curve, RunResult
+from .protocol import LOSS_KEYS, METRICS, PRIMARY_METRIC, ULTRALYTICS_KEYS
+from .results import FINAL_METRICS, RANK_KEYS, Curve, RunResult, final_values, table_of
 from .stats import PairedDifference, finite, mean_std, paired_difference, verdict
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "MetricRow",
     "Convergence",
     "ArmRow",
+    "arm_order",
     "group_by_arm",
     "curve_gain",
     "summarize",
@@ -54,8 +56,6 @@ CONVERGED_MIN = 0.10
 CONVERGED_RISE = 0.03
 #: Epochs at the end of the curves over which the convergence gain is measured.
 CONVERGENCE_EPOCHS = 3
-#: Correlations of the ranking measurement, in report order.
-RANK_KEYS: tuple[str, ...] = ("pearson", "spearman", "pearson_matched", "spearman_matched")
 
 T = TypeVar("T")
 
@@ -117,6 +117,7 @@ class ArmRow:
     ranking: dict[str, MeanStd]  # per RANK_KEYS
     convergence: Convergence
     warnings: tuple[str, ...] = ()
+    runs: tuple[Mapping[str, Any], ...] = ()  # per run: run, arm, seed and its FINAL_METRICS values
 
     n_seeds = property(lambda self: len(self.seeds))
     primary = property(lambda self: self.metrics[PRIMARY_METRIC])  # the PRIMARY_METRIC row
@@ -154,14 +155,19 @@ def _arm_seed(item: Any) -> tuple[str, int]:
     return str(arm), int(seed)
 
 
+def arm_order(found: Iterable[str], order: Sequence[str] | None = None, baseline: str = "bce") -> list[str]:
+    """The arms in report order: ``order``, the baseline, then as found (each once)."""
+    found = list(dict.fromkeys(found))
+    names = [a for a in (order or []) if a in found]
+    return names + sorted((a for a in found if a not in names), key=lambda a: a != baseline)  # stable
+
+
 def group_by_arm(items: Iterable[T], order: Sequence[str] | None = None, baseline: str = "bce") -> dict[str, list[T]]:
-    """Items (``RunResult`` or ``arm``/``seed`` mappings) by arm, by seed: ``order``, the baseline, then as found."""
+    """Items (``RunResult`` or ``arm``/``seed`` mappings) by arm (``arm_order``), each arm's by seed."""
     by_arm: dict[str, list[T]] = {}
     for item in items:
         by_arm.setdefault(_arm_seed(item)[0], []).append(item)
-    names = [a for a in (order or []) if a in by_arm]
-    names += sorted((a for a in by_arm if a not in names), key=lambda a: a != baseline)  # stable: baseline first
-    return {a: sorted(by_arm[a], key=lambda x: _arm_seed(x)[1]) for a in names}
+    return {a: sorted(by_arm[a], key=lambda x: _arm_seed(x)[1]) for a in arm_order(by_arm, order, baseline)}
 
 
 def get_path(d: Any, *keys: str) -> Any:
@@ -175,6 +181,7 @@ def get_path(d: Any, *keys: str) -> Any:
 
 # ------------------------------------------------------------------------------------------------ summary
 _CURVE_FIELDS = {"mAP50-95": "map50_95", "mAP50": "map50"}
+_Window = tuple[tuple[int, float], tuple[int, float]]
 
 
 def curve_gain(
@@ -185,7 +192,10 @@ def curve_gain(
     The last value against the latest one at least ``epochs`` before it (else the first): 0.2, 0.3, 0.4, 0.44 at
     epochs 1-4 give ``(0.24, 1.2, 3)``. Relative: None for an earlier value <= 0; all None below 2 values.
     """
-    window = _window(curve, metric, epochs)
+    return _gain(_window(curve.epoch, getattr(curve, _CURVE_FIELDS[metric]), epochs))
+
+
+def _gain(window: _Window | None) -> tuple[float | None, float | None, int | None]:
     if window is None:
         return None, None, None
     (e0, v0), (e_last, v_last) = window
@@ -193,64 +203,101 @@ def curve_gain(
     return gain, (gain / v0 if v0 > 0 else None), e_last - e0
 
 
-def _window(curve: Curve, metric: str, epochs: int) -> tuple[tuple[int, float], tuple[int, float]] | None:
+def _window(epoch: Sequence[int], values: Sequence[Any], epochs: int) -> _Window | None:
     """``((epoch, value) the gain is measured from, (last epoch, value))`` of a curve; None below 2 values."""
-    values = getattr(curve, _CURVE_FIELDS[metric])
-    pts = sorted((int(e), float(v)) for e, v in zip(curve.epoch, values) if finite([v]))
+    pts = sorted((int(e), float(v)) for e, v in zip(epoch, values) if finite([v]))
     if len(pts) < 2:
         return None
     earlier = [p for p in pts if p[0] <= pts[-1][0] - epochs]
     return (earlier[-1] if earlier else pts[0]), pts[-1]
 
 
-def _window_values(runs: Sequence[RunResult], end: int) -> dict[int, float | None]:
-    """By seed, the curve value the convergence gain is measured from (``end=0``) or its last one (``end=1``)."""
-    windows = {r.seed: _window(r.curve, PRIMARY_METRIC, CONVERGENCE_EPOCHS) for r in runs}
-    return {seed: w[end][1] if w else None for seed, w in windows.items()}
+def _windows(table: pl.DataFrame) -> dict[str, _Window | None]:
+    """Each run's convergence window of the primary metric's per-epoch curve (None: fewer than 2 epochs)."""
+    curve = table.filter(pl.col("epoch").is_not_null() & (pl.col("metric") == ULTRALYTICS_KEYS[PRIMARY_METRIC]))
+    by_run = curve.group_by("run").agg(pl.col("epoch"), pl.col("value"))
+    out: dict[str, _Window | None] = dict.fromkeys(table["run"].unique().to_list())
+    return out | {r: _window(e, v, CONVERGENCE_EPOCHS) for r, e, v in by_run.iter_rows()}
 
 
-def _convergence(runs: Sequence[RunResult], base_window: Sequence[Mapping] | None, level: float) -> Convergence:
-    """The arm's gains; with the baseline's window values (``_window_values``) also its paired curve differences."""
-    gains = [curve_gain(r.curve) for r in runs]
+def _arm_stats(table: pl.DataFrame, metrics: Sequence[str]) -> dict[tuple[str, str], MeanStd]:
+    """``(arm, metric) -> MeanStd`` of the final values over seeds (empty values left out)."""
+    final = table.filter(pl.col("epoch").is_null() & pl.col("metric").is_in(list(metrics)))
+    stats = final.group_by("arm", "metric").agg(
+        m=pl.col("value").mean(), s=pl.col("value").std(), n=pl.col("value").count()
+    )
+    return {(a, k): MeanStd(m, s if n > 1 else None, n) for a, k, m, s, n in stats.iter_rows()}
+
+
+def _by_seed(runs: pl.DataFrame, column: str) -> dict[int, Any]:
+    return dict(zip(runs["seed"], runs[column]))
+
+
+def _convergence(
+    runs: pl.DataFrame, windows: Mapping[str, _Window | None], base: pl.DataFrame | None, level: float
+) -> Convergence:
+    """An arm's gains; against the baseline's runs ``base`` also its paired curve differences (start and end)."""
+    gains = [_gain(windows[r]) for r in runs["run"]]
     spans = [g[2] for g in gains if g[2] is not None]
-    diffs = [paired_difference(_window_values(runs, e), base_window[e], level) for e in (0, 1)] if base_window else []
+
+    def ends(rs: pl.DataFrame, end: int) -> dict[int, float | None]:
+        return {s: w[end][1] if (w := windows[r]) else None for r, s in zip(rs["run"], rs["seed"])}
+
+    diffs = [paired_difference(ends(runs, e), ends(base, e), level) for e in (0, 1)] if base is not None else []
     return Convergence(
         MeanStd.of(g[0] for g in gains), MeanStd.of(g[1] for g in gains), min(spans, default=None), *diffs
     )
 
 
+def _arm_row(
+    arm: str, runs: pl.DataFrame, base: pl.DataFrame, is_base: bool, stats: Mapping, windows: Mapping, level: float
+) -> ArmRow:
+    """One arm's ``ArmRow`` from its runs' final values (``final_values``) and the baseline's (``base``)."""
+    metrics = {}
+    for m in METRICS:
+        d = None if is_base else paired_difference(_by_seed(runs, m), _by_seed(base, m), level)
+        metrics[m] = MetricRow(stats.get((arm, m), MeanStd()), d, "baseline" if is_base else verdict(d))
+    return ArmRow(
+        arm=arm,
+        loss="",
+        overrides="",
+        seeds=tuple(runs["seed"]),
+        is_baseline=is_base,
+        metrics=metrics,
+        **{k: stats.get((arm, k), MeanStd()) for k in ("epochs_done", "train_time_s", "wall_time_s")},
+        final_losses={k: stats.get((arm, k), MeanStd()) for k in LOSS_KEYS},
+        ranking={k: stats.get((arm, f"rank/{k}"), MeanStd()) for k in RANK_KEYS},
+        convergence=_convergence(runs, windows, None if is_base else base, level),
+        runs=tuple(runs.iter_rows(named=True)),
+    )
+
+
 def summarize(
-    results: Iterable[RunResult], baseline: str = "bce", order: Sequence[str] | None = None, level: float = 0.95
+    results: Iterable[RunResult],
+    baseline: str = "bce",
+    order: Sequence[str] | None = None,
+    level: float = 0.95,
+    table: pl.DataFrame | None = None,
 ) -> list[ArmRow]:
-    """One ``ArmRow`` per arm, in arm order (``group_by_arm``); ``level``: confidence level of the intervals."""
-    groups = group_by_arm(results, order, baseline)
-    base_runs = groups.get(baseline, [])
-    base_window = [_window_values(base_runs, end) for end in (0, 1)]
+    """One ``ArmRow`` per arm (``arm_order``) from the results table (default: ``table_of(results)``).
+
+    ``results`` give the labels (loss, overrides) and the code versions; ``level``: confidence level of the intervals.
+
+    Raises:
+        MissingMetricError: a run of ``table`` without a row for one of ``FINAL_METRICS``.
+    """
+    results = list(results)
+    table = table_of(results) if table is None else table
+    final = final_values(table, FINAL_METRICS).sort("seed")
+    stats, windows = _arm_stats(table, FINAL_METRICS), _windows(table)
+    base = final.filter(pl.col("arm") == baseline)
+    labels = {r.arm: (r.loss, _pairs(r.overrides, "=", " ")) for r in sorted(results, key=lambda r: -r.seed)}
     rows = []
-    for arm, runs in groups.items():
-        is_base = arm == baseline
-        metrics = {}
-        for m in METRICS:
-            by_seed = [{r.seed: r.metric(m) for r in g} for g in (runs, base_runs)]
-            d = None if is_base else paired_difference(*by_seed, level)
-            metrics[m] = MetricRow(MeanStd.of(r.metric(m) for r in runs), d, "baseline" if is_base else verdict(d))
-        rows.append(
-            ArmRow(
-                arm=arm,
-                loss=runs[0].loss,
-                overrides=_pairs(runs[0].overrides, "=", " "),
-                seeds=tuple(r.seed for r in runs),
-                is_baseline=is_base,
-                metrics=metrics,
-                epochs_done=MeanStd.of(r.epochs_done or None for r in runs),
-                train_time_s=MeanStd.of(r.train_time_s for r in runs),
-                wall_time_s=MeanStd.of(r.wall_time_s for r in runs),
-                final_losses={k: MeanStd.of(r.final_losses.get(k) for r in runs) for k in LOSS_KEYS},
-                ranking={k: MeanStd.of(get_path(r.ranking, k) for r in runs) for k in RANK_KEYS},
-                convergence=_convergence(runs, None if is_base else base_window, level),
-            )
-        )
-    source = source_warning([r for runs in groups.values() for r in runs])
+    for arm in arm_order(table["arm"].unique(maintain_order=True), order, baseline):
+        row = _arm_row(arm, final.filter(pl.col("arm") == arm), base, arm == baseline, stats, windows, level)
+        loss, overrides = labels.get(arm, (arm, ""))
+        rows.append(replace(row, loss=loss, overrides=overrides))
+    source = source_warning(results)
     warnings = (*experiment_warnings(rows, baseline), *([source] if source else []))
     return [replace(r, warnings=warnings) for r in rows]
 
@@ -434,29 +481,18 @@ def _half_width(d: PairedDifference | None) -> str:
     return f"±{d.half_width:.4f}"
 
 
-def summary_markdown(
-    rows: Sequence[ArmRow], results: Sequence[RunResult], meta: Mapping[str, Any] | None = None
-) -> str:
-    """``summary.md`` from ``summarize`` rows and the runs.
-
-    ``meta``: ``name``, ``baseline``, ``commands``, ``versions``, ``data``, ``train``, ``seeds``, ``pretrain``,
-    ``missing``, ``level``.
-    """
-    meta = meta or {}
-    baseline = meta.get("baseline", "bce")
-    level = int(round(100 * meta.get("level", 0.95)))
-    warnings = [f"> **Warning: {w}.**\n" for w in (rows[0].warnings if rows else ())]
-    out = [f"# A/B experiment: {meta.get('name', 'ab')}", "", *warnings]
+def _header(rows: Sequence[ArmRow], results: Sequence[RunResult], meta: Mapping[str, Any]) -> list[str]:
+    """The title, the warnings and the experiment's settings, start model, resumed and missing runs."""
+    out = [f"# A/B experiment: {meta.get('name', 'ab')}", "", *_warnings(rows)]
     out += [f"- Command: `{cmd}`" for cmd in meta.get("commands") or []]
-    if meta.get("versions"):
-        out.append(f"- Versions: {_pairs(meta['versions'])}")
+    out += [f"- Versions: {_pairs(meta['versions'])}"] if meta.get("versions") else []
     for key, label in (("data", "Data"), ("train", "Shared training arguments"), ("seeds", "Seeds")):
         value = meta.get(key)
         if value not in (None, "", {}):
             out.append(f"- {label}: `{_pairs(value, '=', ' ') if isinstance(value, Mapping) else value}`")
     out.append(
-        f"- Baseline arm: `{baseline}`; every arm x seed trains with the same data, epochs, image size and seed "
-        "(Ultralytics deterministic mode)."
+        f"- Baseline arm: `{meta.get('baseline', 'bce')}`; every arm x seed trains with the same data, epochs, image "
+        "size and seed (Ultralytics deterministic mode)."
     )
     pre = meta.get("pretrain")
     if isinstance(pre, Mapping):
@@ -479,6 +515,15 @@ def summary_markdown(
             f"- **Missing runs (not finished)**: {', '.join(meta['missing'])}; the statistics below use the finished "
             "ones."
         )
+    return out
+
+
+def _warnings(rows: Sequence[ArmRow]) -> list[str]:
+    return [f"> **Warning: {w}.**\n" for w in (rows[0].warnings if rows else ())]
+
+
+def _accuracy(rows: Sequence[ArmRow], baseline: str, level: int) -> list[str]:
+    """The accuracy table and the paired differences to the baseline."""
     accuracy = [
         [r.arm, r.loss or "-", r.overrides or "(none)", r.n_seeds, *(_stat(r.metrics[m].value) for m in METRICS)]
         for r in rows
@@ -489,25 +534,7 @@ def summary_markdown(
         map50 = [_diff_text(r.metrics["mAP50"].diff), r.metrics["mAP50"].verdict]
         rest = [_diff_text(r.metrics[m].diff) for m in ("precision", "recall")]
         diffs.append([r.arm, pairs, _diff_text(r.primary.diff), f"**{r.verdict}**", *map50, *rest])
-    conv = []
-    for r in rows:
-        c = r.convergence
-        gains = [_stat(c.gain, signed=True), _stat(c.gain_rel, 1, signed=True, percent=True)]
-        row = [r.arm, _stat(r.primary.value), _fmt(c.epochs, none="-"), *gains, _half_width(r.primary.diff)]
-        conv.append([*row, _diff_text(c.earlier), _diff_text(c.last)])
-    res, k = resolution(rows), CONVERGENCE_EPOCHS
-    times = [
-        [r.arm, _fmt(r.epochs_done.mean, 1) or "-", _duration(r.train_time_s.mean), _duration(r.wall_time_s.mean)]
-        + [_stat(r.final_losses[k]) for k in LOSS_KEYS]
-        for r in rows
-    ]
-    order = {r.arm: i for i, r in enumerate(rows)}
-    runs = [
-        [x.run or "-", x.arm, x.seed, *(_fmt(x.metric(m), 4, "-") for m in METRICS), _duration(x.train_time_s)]
-        + [x.segments, *(_fmt(get_path(x.ranking, k), 3, "-") for k in ("pearson", "spearman"))]
-        for x in sorted(results, key=lambda x: (order.get(x.arm, 1e9), x.seed))
-    ]
-    out += [
+    return [
         "\n## Accuracy\n",
         "Final validation of each run's `best.pt` on the val split; mean ± sample std over seeds (one seed: its value, "
         "marked `(n=1)`).\n",
@@ -518,7 +545,7 @@ def summary_markdown(
             _N1_NOTE,
         ),
         f"\n## Difference to `{baseline}`\n",
-        *warnings,
+        *_warnings(rows),
         f"Paired by seed (arm − {baseline}, same seed), mean and {level}% Student-t interval over the seeds. "
         f"The verdict says better or worse only when the interval excludes zero; it is decided on {PRIMARY_METRIC}.\n",
         *_table(
@@ -530,6 +557,19 @@ def summary_markdown(
             f"`-`: no paired value: no seed with this metric in both this arm and `{baseline}`.",
             f"n/a: the reason is in the cell (no seed that both this arm and `{baseline}` finished).",
         ),
+    ]
+
+
+def _convergence_section(rows: Sequence[ArmRow], baseline: str, level: int) -> list[str]:
+    """Gains over the last epochs, resolution, and the paired curve differences."""
+    conv = []
+    for r in rows:
+        c = r.convergence
+        gains = [_stat(c.gain, signed=True), _stat(c.gain_rel, 1, signed=True, percent=True)]
+        row = [r.arm, _stat(r.primary.value), _fmt(c.epochs, none="-"), *gains, _half_width(r.primary.diff)]
+        conv.append([*row, _diff_text(c.earlier), _diff_text(c.last)])
+    res, k = resolution(rows), CONVERGENCE_EPOCHS
+    return [
         "\n## Convergence and resolution\n",
         f"Gain of {PRIMARY_METRIC} over each run's last {k} epochs (`curves.png`: the last epoch with a value against "
         f"the one {k} epochs before it, or the first epoch of a shorter run), absolute and relative to the earlier "
@@ -551,6 +591,17 @@ def summary_markdown(
             f"`{baseline}` finished).",
             _N1_NOTE,
         ),
+    ]
+
+
+def _ranking_and_times(rows: Sequence[ArmRow]) -> list[str]:
+    """Ranking quality, training time and final losses per arm."""
+    times = [
+        [r.arm, _fmt(r.epochs_done.mean, 1) or "-", _duration(r.train_time_s.mean), _duration(r.wall_time_s.mean)]
+        + [_stat(r.final_losses[k]) for k in LOSS_KEYS]
+        for r in rows
+    ]
+    return [
         "\n## Ranking quality (confidence vs IoU)\n",
         "Each detection of the final model on the val images (confidence ≥ the threshold used by validation) is "
         "matched to the ground-truth box of the same class with the highest IoU (0 if none). Higher correlation = "
@@ -561,8 +612,8 @@ def summary_markdown(
         *_table(
             "arm | Pearson | Spearman | Pearson (IoU>0) | Spearman (IoU>0)",
             [[r.arm, *(_stat(r.ranking[k], 3) for k in RANK_KEYS)] for r in rows],
-            "`-`: not measured: no ranking in the runs' result.json, or the correlation is undefined (fewer than 2 "
-            "detections, or a constant confidence or IoU).",
+            "`-`: not measured: no ranking in the runs' records or result.json, or the correlation is undefined "
+            "(fewer than 2 detections, or a constant confidence or IoU).",
             _N1_NOTE,
         ),
         "\n## Training time and final losses\n",
@@ -576,6 +627,19 @@ def summary_markdown(
             "`-`: not recorded in any run of this arm (result.json or results.csv).",
             _N1_NOTE,
         ),
+    ]
+
+
+def _runs_section(rows: Sequence[ArmRow]) -> list[str]:
+    """One line per run: its final metrics, training time, segments and correlations."""
+    runs = [
+        [x["run"], x["arm"], x["seed"], *(_fmt(x[m], 4, "-") for m in METRICS), _duration(x["train_time_s"])]
+        + ["-" if x["segments"] is None else int(x["segments"])]
+        + [_fmt(x[f"rank/{k}"], 3, "-") for k in ("pearson", "spearman")]
+        for r in rows
+        for x in r.runs
+    ]
+    return [
         "\n## Runs\n",
         *_table(
             "run | arm | seed | mAP50 | mAP50-95 | precision | recall | train time | segments | Pearson | Spearman",
@@ -584,6 +648,20 @@ def summary_markdown(
         ),
         "\n## Curves\n\n![mAP50-95 per epoch](curves.png)\n\n![confidence vs IoU](ranking.png)\n",
     ]
+
+
+def summary_markdown(
+    rows: Sequence[ArmRow], results: Sequence[RunResult], meta: Mapping[str, Any] | None = None
+) -> str:
+    """``summary.md`` from ``summarize`` rows (numbers) and the runs (which were resumed).
+
+    ``meta``: ``name``, ``baseline``, ``commands``, ``versions``, ``data``, ``train``, ``seeds``, ``pretrain``,
+    ``missing``, ``level``.
+    """
+    meta = meta or {}
+    baseline, level = meta.get("baseline", "bce"), int(round(100 * meta.get("level", 0.95)))
+    out = _header(rows, results, meta) + _accuracy(rows, baseline, level)
+    out += _convergence_section(rows, baseline, level) + _ranking_and_times(rows) + _runs_section(rows)
     return "\n".join(out)
 
 
@@ -767,11 +845,10 @@ def _tp_score(row: Mapping[str, Any]) -> str:
     return "n/a (no true positives)" if row.get("tp_mean") == 0 else "n/a (not measured)"
 
 
-def diagnosis_markdown(
-    rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None
-) -> str:
-    """``diagnosis.md`` from ``aggregate`` rows and the diagnoses; ``meta``: name, baseline, out, command, missing."""
-    meta = meta or {}
+def _diagnosis_header(
+    rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
+) -> list[str]:
+    """The title and how the detections were made and classified."""
     baseline = meta.get("baseline", "bce")
     p = (diagnoses[0].get("params") if diagnoses else None) or {}
     first = rows[0] if rows else {}
@@ -795,6 +872,68 @@ def diagnosis_markdown(
     ]
     if meta.get("missing"):
         out.append(f"- Not diagnosed (no finished run): {', '.join(meta['missing'])}.")
+    return out
+
+
+def _scores_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Scores, TP IoUs and AP50 costs per kind, per arm."""
+    scores = [
+        [r["arm"], *(_count(r, f"score_{k}", 3) for k in KINDS), _count(r, "tp_iou@0.25", 3), _count(r, "tp_iou@f1", 3)]
+        + [_count(r, key, 4) for key in ("ap50", *(f"ap50_cost_{k}" for k in FP_KINDS), "ap50_tp_only")]
+        for r in rows
+    ]
+    return [
+        "\n## Scores and AP50 cost per kind\n",
+        "Mean score of each kind over all detections; mean IoU of the TPs at conf ≥ 0.25 and at the F1-optimal "
+        "threshold. AP50 here uses the greedy matching above (101-point interpolation, mean over classes; close to "
+        "Ultralytics' mAP50). Cost of a FP kind: the AP50 gained if its detections were removed (TIDE-style). "
+        "TP only: AP50 with every FP removed, the ceiling that missed objects leave.\n",
+        *_table(
+            "arm | score TP | score duplicate | score wrong_class | score localization | score background "
+            "| TP IoU@0.25 | TP IoU@F1 | AP50 | cost duplicate | cost wrong_class | cost localization "
+            "| cost background | AP50 TP only",
+            scores,
+            "`-`: not measured: no detection of that kind (score, TP IoU), no ground truth (AP50 and costs), or the "
+            "run's diagnosis lacks the value.",
+            _N1_NOTE,
+        ),
+    ]
+
+
+def _diagnosis_runs(rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per run: its counts at conf ≥ 0.25, F1 threshold and AP50s."""
+    position = {r["arm"]: i for i, r in enumerate(rows)}
+    runs = []
+    for d in sorted(diagnoses, key=lambda x: (position.get(x["arm"], 1e9), x["seed"])):
+        at = get_path(d, "at", "0.25") or {}
+        counts = at.get("counts") or {}
+        cells = [counts.get("tp"), at.get("fp"), *(counts.get(k) for k in FP_KINDS), at.get("missed_gt")]
+        cells += [
+            _fmt(get_path(d, "at", "f1", "threshold"), 3, "-"),
+            d.get("ap50"),
+            get_path(d, "ultralytics", "mAP50"),
+        ]
+        runs.append([d.get("run") or "-", d["arm"], d["seed"], *(_fmt(c, 4, "-") for c in cells)])
+    return [
+        "\n## Runs\n",
+        *_table(
+            "run | arm | seed | TP@0.25 | FP@0.25 | duplicate | wrong_class | localization | background | missed@0.25 "
+            "| F1 threshold | AP50 | Ultralytics mAP50",
+            runs,
+            "`-`: not measured in that run (no F1 threshold without detections or ground truth, no AP50 without "
+            "ground truth, or the run's diagnosis lacks the value).",
+        ),
+    ]
+
+
+def diagnosis_markdown(
+    rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None
+) -> str:
+    """``diagnosis.md`` from ``aggregate`` rows and the diagnoses; ``meta``: name, baseline, out, command, missing."""
+    meta = meta or {}
+    baseline = meta.get("baseline", "bce")
+    first = rows[0] if rows else {}
+    out = _diagnosis_header(rows, diagnoses, meta)
     out.append("\n## Findings\n")
     out += [f"- {s}" for s in findings(rows, baseline)] if len(rows) > 1 else ["- Only one arm: no comparison."]
     scale = ", ".join(f"{r['arm']} {_tp_score(r)}" for r in rows)
@@ -815,50 +954,13 @@ def diagnosis_markdown(
             f"`{baseline}` runs' mean recall at their F1-optimal thresholds (capped at what every run reaches).\n",
             *_kind_table(rows, "eq", True),
         ]
-    scores = [
-        [r["arm"], *(_count(r, f"score_{k}", 3) for k in KINDS), _count(r, "tp_iou@0.25", 3), _count(r, "tp_iou@f1", 3)]
-        + [_count(r, key, 4) for key in ("ap50", *(f"ap50_cost_{k}" for k in FP_KINDS), "ap50_tp_only")]
-        for r in rows
-    ]
-    arm_order = {r["arm"]: i for i, r in enumerate(rows)}
-    runs = []
-    for d in sorted(diagnoses, key=lambda x: (arm_order.get(x["arm"], 1e9), x["seed"])):
-        at = get_path(d, "at", "0.25") or {}
-        counts = at.get("counts") or {}
-        cells = [counts.get("tp"), at.get("fp"), *(counts.get(k) for k in FP_KINDS), at.get("missed_gt")]
-        cells += [
-            _fmt(get_path(d, "at", "f1", "threshold"), 3, "-"),
-            d.get("ap50"),
-            get_path(d, "ultralytics", "mAP50"),
-        ]
-        runs.append([d.get("run") or "-", d["arm"], d["seed"], *(_fmt(c, 4, "-") for c in cells)])
     out += [
         "\n## Detections at each run's F1-optimal threshold\n",
         "The threshold with the highest F1, all classes pooled (Ultralytics reports precision and recall at the "
         "threshold that maximizes the F1 averaged over classes, so its numbers differ a little).\n",
         *_kind_table(rows, "f1", True),
-        "\n## Scores and AP50 cost per kind\n",
-        "Mean score of each kind over all detections; mean IoU of the TPs at conf ≥ 0.25 and at the F1-optimal "
-        "threshold. AP50 here uses the greedy matching above (101-point interpolation, mean over classes; close to "
-        "Ultralytics' mAP50). Cost of a FP kind: the AP50 gained if its detections were removed (TIDE-style). "
-        "TP only: AP50 with every FP removed, the ceiling that missed objects leave.\n",
-        *_table(
-            "arm | score TP | score duplicate | score wrong_class | score localization | score background "
-            "| TP IoU@0.25 | TP IoU@F1 | AP50 | cost duplicate | cost wrong_class | cost localization "
-            "| cost background | AP50 TP only",
-            scores,
-            "`-`: not measured: no detection of that kind (score, TP IoU), no ground truth (AP50 and costs), or the "
-            "run's diagnosis lacks the value.",
-            _N1_NOTE,
-        ),
-        "\n## Runs\n",
-        *_table(
-            "run | arm | seed | TP@0.25 | FP@0.25 | duplicate | wrong_class | localization | background | missed@0.25 "
-            "| F1 threshold | AP50 | Ultralytics mAP50",
-            runs,
-            "`-`: not measured in that run (no F1 threshold without detections or ground truth, no AP50 without "
-            "ground truth, or the run's diagnosis lacks the value).",
-        ),
+        *_scores_section(rows),
+        *_diagnosis_runs(rows, diagnoses),
         "\n## Plots\n\n![FP kinds and score distributions](fp_scores.png)\n\n"
         "![precision and recall per epoch](pr_curves.png)\n\n"
         "mAP50-95 per epoch and the score-IoU correlation are in the experiment report (`curves.png`, `ranking.png`, "

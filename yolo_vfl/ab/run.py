@@ -16,7 +16,9 @@ Every training segment is recorded in ``segments.json`` before it starts (how ma
 so the training time and the number of segments never depend on the timing of the epochs.
 
 The evaluation is one pass of Ultralytics' validator over ``best.pt`` (``records``): its metrics are the run's
-final metrics, and its detections (``detections.npz``) give the ranking quality now and the diagnosis later.
+final metrics, and its detections (``detections.npz``) give the ranking quality now and the diagnosis later. The run's
+numbers go to its long results table ``results_long.csv`` (``yolo_vfl.ab.results``), its provenance to
+``result.json``, written last.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ..checks import versions
 from ..fileio import atomic_write_json, file_lock, read_json
 from . import protocol
 from .jobs import Job, fingerprint, fingerprint_diff, same_fingerprint
-from .results import Curve, RunResult
+from .results import TABLE_FILE, Curve, RunResult, epoch_table, run_table, write_table
 
 __all__ = ["inspect_run", "planned_state", "read_results_csv", "train_time", "run_one", "main", "EXIT_BUSY"]
 
@@ -328,7 +330,8 @@ def run_one(job: Job, log: Log | None = None) -> RunResult:
         versions=started_with,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    atomic_write_json(job.result, result.to_dict())
+    write_table(run_table(result, epoch_table(job.run_dir / "results.csv")), job.run_dir / TABLE_FILE)
+    atomic_write_json(job.result, result.to_dict())  # last: result.json marks the run finished
     return RunResult.from_dict(read_json(job.result) or result.to_dict())
 
 
