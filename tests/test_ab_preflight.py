@@ -59,9 +59,9 @@ def test_labels_are_read_once_through_the_hook(det_data, tmp_path, monkeypatch):
     import yolo_vfl.checks
 
     calls = []
-    monkeypatch.setattr(yolo_vfl.checks, "check_data", lambda data: calls.append(data))
+    monkeypatch.setattr(yolo_vfl.checks, "check_data", lambda data, **kw: calls.append((data, kw)))
     run_ab(_spec(det_data, tmp_path / "ab"), command="dry", dry_run=True)
-    assert calls == [str(det_data)]
+    assert calls == [(str(det_data), {"single_cls": False})]
 
 
 def test_cli_prints_a_bad_arm_as_one_line_with_exit_2(tmp_path, capsys):
