@@ -40,6 +40,7 @@ from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, RANK, YAML
 
 from .criterion import SETTING_KEYS, ClsLossSettings, install_cls_loss, normalize_setting
 from .errors import InvalidSettingError, UserError
+from .fileio import atomic_write_bytes
 
 __all__ = [
     "VFLDetectionTrainer",
@@ -145,6 +146,19 @@ def _read_record(path: Path) -> int | None:
         return None
     value = (ckpt.get("train_args") or {}).get(RECORD_KEY) if isinstance(ckpt, dict) else None
     return value if isinstance(value, int) else None
+
+
+class _AtomicPath(type(Path())):
+    """A path whose ``write_bytes`` goes through a temporary file and a rename (``fileio.atomic_write_bytes``).
+
+    Ultralytics writes ``last.pt`` / ``best.pt`` with ``Path.write_bytes``: a kill or a full disk during that write
+    leaves a truncated checkpoint that neither resume nor loading accepts. Written through this, the previous file
+    stays whole until the new one is complete.
+    """
+
+    def write_bytes(self, data: bytes) -> int:  # noqa: D102 - see the class docstring
+        atomic_write_bytes(self, data)
+        return len(data)
 
 
 def _record_settings(path: Path, settings: dict[str, Any]) -> None:
@@ -344,10 +358,15 @@ class VFLDetectionTrainer(DetectionTrainer):
             )
 
     def save_model(self, *args: Any, **kwargs: Any) -> Any:
-        """Save checkpoints with the criteria detached (plain Ultralytics pickles) and :data:`RECORD_KEY` recorded."""
+        """Save checkpoints atomically, with the criteria detached (plain Ultralytics pickles) and the record set."""
         setattr(self.args, RECORD_KEY, self.cls_loss_epochs)
-        with self._criteria_detached():
-            return super().save_model(*args, **kwargs)
+        paths = self.wdir, self.last, self.best
+        self.wdir, self.last, self.best = (_AtomicPath(p) for p in paths)  # atomic checkpoint writes
+        try:
+            with self._criteria_detached():
+                return super().save_model(*args, **kwargs)
+        finally:
+            self.wdir, self.last, self.best = paths
 
 
 class VFLSegmentationTrainer(VFLDetectionTrainer, SegmentationTrainer):
