@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 # Before anything imports ultralytics: no network, and a settings directory of our own (CI sets its own per env).
 os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo_vfl_cfg_"))
-os.environ.setdefault("YOLO_VFL_CACHE", tempfile.mkdtemp(prefix="yolo_vfl_cache_"))
+for _key, _prefix in (("YOLO_CONFIG_DIR", "yolo_vfl_cfg_"), ("YOLO_VFL_CACHE", "yolo_vfl_cache_")):
+    if not os.environ.get(_key):  # made only when the caller has not set one, and removed when the tests end
+        os.environ[_key] = tempfile.mkdtemp(prefix=_prefix)
+        atexit.register(shutil.rmtree, os.environ[_key], ignore_errors=True)
 
 import logging  # noqa: E402
 
