@@ -6,7 +6,7 @@ replaces the table between ``<!-- finetune-table -->`` and ``<!-- /finetune-tabl
     python experiments/finetune_table.py \
         digits=experiments/results/ab_finetune_digits/summary.csv \
         glyphs=experiments/results/ab_finetune_glyphs/summary.csv \
-        --write README.md --write experiments/README.md
+        --write experiments/README.md
 
 A target may name several reports, comma-separated (``digits=round1/summary.csv,round2/summary.csv``): later
 rounds that re-ran the baseline with the same seeds and added arms. Each arm's row comes from the first report that
