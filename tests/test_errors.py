@@ -58,3 +58,39 @@ def test_classify_model_is_refused_when_the_task_is_not_given(tmp_path):
     with pytest.raises(InvalidSettingError, match=r"got task 'classify'"):
         VFLDetectionTrainer(overrides={"model": "yolov8n-cls.yaml", "loss": "vfl", "project": str(tmp_path)})
     assert not any(tmp_path.iterdir())
+
+
+def _not_checkpoints(tmp_path):
+    import torch
+
+    made = {}
+    for name, write in {
+        "dict.pt": lambda p: torch.save({"weights": [1, 2]}, p),
+        "tensor.pt": lambda p: torch.save(torch.zeros(3), p),
+        "text.pt": lambda p: p.write_text("not a checkpoint\n"),
+        "empty.pt": lambda p: p.write_bytes(b""),
+    }.items():
+        write(tmp_path / name)
+        made[name] = tmp_path / name
+    return made
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("dict.pt", "is not an Ultralytics checkpoint: it holds a dict with keys ['weights']"),
+        ("tensor.pt", "is not an Ultralytics checkpoint: it holds Tensor"),
+        ("text.pt", "is not a readable PyTorch checkpoint"),
+        ("empty.pt", "is an empty file"),
+    ],
+)
+def test_a_pt_that_is_not_a_checkpoint_is_one_line(name, message, tmp_path, capfd, monkeypatch):
+    """model=<a .pt that is no Ultralytics checkpoint> exits 2 with one line naming the file, before any run dir."""
+    from yolo_vfl.cli import main
+
+    path = _not_checkpoints(tmp_path)[name]
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", f"model={path}", "epochs=1"]) == 2
+    err = capfd.readouterr().err
+    assert message in err and str(path) in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
