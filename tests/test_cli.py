@@ -103,6 +103,7 @@ def test_version_and_losses(capfd):
         (["train", "loss=vfl", "cls_warmup=True"], "cls_warmup must be an integer number of epochs"),
         (["train", "loss=vfl", "cls_warmup=5", "epochs=5"], "Invalid cls_warmup=5 for epochs=5"),
         (["data", "out=x", "n=-3"], "n must be"),
+        (["train", "loss=vfl", "cls_branches=one2one"], "Invalid cls_branches='one2one': this model's head has no"),
     ],
 )
 def test_user_errors_are_one_clear_line(argv, message, capfd, tmp_path, monkeypatch):

@@ -580,3 +580,55 @@ def test_tal_settings_validation(settings, error, message):
     key, value = next(iter(settings.items()))
     with pytest.raises(error, match=message):
         normalize_setting(key, value)
+
+
+def _branch_items(crit, preds, batch) -> dict[str, torch.Tensor]:
+    """Each branch's loss items (box, cls, dfl), computed by the branch's own loss on its own predictions."""
+    out = {}
+    for name in ("one2many", "one2one"):
+        det = getattr(crit, name)
+        items = (det.loss if hasattr(det, "loss") else det)(preds[name], batch)[1]  # 8.4: {name: item}
+        out[name] = torch.stack(list(items.values())) if isinstance(items, dict) else items.detach().clone()
+    return out
+
+
+@pytest.mark.parametrize("cfg", ["yolo26n.yaml", "yolov10n.yaml"])
+def test_cls_branches_change_exactly_the_branches_they_name(cfg):
+    """cls_branches=both changes both branches' cls loss; one2one changes only one2one's (one2many stays stock BCE)."""
+    try:
+        model = make_model(cfg)
+    except (FileNotFoundError, KeyError, AttributeError) as e:
+        pytest.skip(f"{cfg} not available in this Ultralytics version: {e}")
+    batch = make_batch()
+    preds = model(batch["img"])
+    results = {}
+    for branches in (None, "both", "one2one"):
+        crit = model.init_criterion()
+        if branches is not None:
+            n = install_cls_loss(crit, ClsLossSettings.from_args({"loss": "vfl", "cls_branches": branches}))
+            assert n == (2 if branches == "both" else 1)
+        results[branches] = _branch_items(crit, preds, batch)
+    stock, both, o2o = results[None], results["both"], results["one2one"]
+    for name in ("one2many", "one2one"):  # box and DFL never change
+        torch.testing.assert_close(both[name][[0, 2]], stock[name][[0, 2]])
+        torch.testing.assert_close(o2o[name][[0, 2]], stock[name][[0, 2]])
+    assert not torch.allclose(both["one2many"][1], stock["one2many"][1])
+    assert not torch.allclose(both["one2one"][1], stock["one2one"][1])
+    torch.testing.assert_close(o2o["one2many"], stock["one2many"])  # untouched: stock BCE
+    torch.testing.assert_close(o2o["one2one"][1], both["one2one"][1])  # the same VFL as with both
+
+
+def test_cls_branches_one2one_is_refused_on_a_head_without_it():
+    """cls_branches=one2one on yolov8n (no one-to-one branch) is an InvalidSettingError naming the valid value."""
+    from yolo_vfl.criterion import check_branches
+    from yolo_vfl.errors import InvalidSettingError
+
+    settings = ClsLossSettings.from_args({"loss": "vfl", "cls_branches": "one2one"})
+    model = make_model()
+    with pytest.raises(InvalidSettingError, match=r"cls_branches='one2one'.*no one-to-one branch.*valid here: 'both'"):
+        check_branches(settings, model)
+    with pytest.raises(InvalidSettingError, match=r"no one-to-one branch"):
+        install_cls_loss(model.init_criterion(), settings)
+    with pytest.raises(InvalidSettingError, match=r"Invalid cls_branches='o2o': valid values are 'both', 'one2one'"):
+        ClsLossSettings.from_args({"loss": "vfl", "cls_branches": "o2o"})
+    assert settings.to_args()["cls_branches"] == "one2one" and "cls_branches=one2one" in settings.describe()

@@ -332,3 +332,17 @@ def test_bce_warmup_then_switch(det_data, tmp_path):
     args = yaml.safe_load((tmp_path / "warm" / "args.yaml").read_text())
     assert args["cls_warmup"] == 1 and args["cls_target"] == "tal"
     assert_settings_recorded(tmp_path / "warm" / "weights" / "last.pt", loss="vfl", cls_warmup=1, tal_topk=13)
+
+
+def test_end_to_end_head_with_the_loss_on_one2one_only(det_data, tmp_path):
+    """yolo26n with cls_branches=one2one trains; one2many keeps stock BCE; args.yaml and the checkpoints record it."""
+    try:
+        model = train_tiny("yolo26n.yaml", det_data, tmp_path, loss="vfl", cls_branches="one2one")
+    except (FileNotFoundError, KeyError, AttributeError) as e:  # YOLO26 configs exist in 8.4 only
+        pytest.skip(f"yolo26n.yaml not available in this Ultralytics version: {e}")
+    crit = model.trainer.model.criterion
+    assert isinstance(crit.one2many.bce, torch.nn.BCEWithLogitsLoss)
+    assert crit.one2one.bce.cls_loss.name == "vfl"
+    args = yaml.safe_load((model.trainer.save_dir / "args.yaml").read_text())
+    assert args["cls_branches"] == "one2one"
+    assert_settings_recorded(model.trainer.last, loss="vfl", cls_branches="one2one")

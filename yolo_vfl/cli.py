@@ -267,9 +267,12 @@ def _cmd_train(args: dict[str, Any]) -> int:
 
     from ultralytics import YOLO
 
+    from .criterion import check_branches
     from .trainer import VFLDetectionTrainer
 
     model = YOLO(model_name)
+    if not resume:
+        check_branches(settings, model.model)  # cls_branches=one2one needs an end-to-end head, before any run dir
     model.train(trainer=VFLDetectionTrainer, **theirs, **ours)
     print(_train_summary(model, settings))
     return 0

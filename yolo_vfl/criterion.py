@@ -37,6 +37,7 @@ __all__ = [
     "VFLDetectionLoss",
     "install_cls_loss",
     "find_detection_losses",
+    "check_branches",
 ]
 
 #: Quality targets: TAL's normalized alignment metric (Ultralytics' ``target_scores``) or the IoU of the predicted box.
@@ -45,6 +46,10 @@ CLS_TARGETS = ("tal", "iou")
 #: Weight of the non-target classes of foreground anchors: the loss's own negative weight (VFL: alpha p^gamma) or
 #: BCE's full weight, as BCE pushes them down.
 FG_NEGATIVES = ("loss", "bce")
+
+#: Which branches of an end-to-end head (YOLO26, YOLOv10: ``one2many`` and ``one2one``) get the loss: both, or only
+#: the one-to-one branch, whose top scores are the detections without NMS (the DETR analogue; one-to-many keeps BCE).
+CLS_BRANCHES = ("both", "one2one")
 
 #: Task-aligned assigner settings (``topk``, ``alpha``, ``beta`` of Ultralytics' ``TaskAlignedAssigner``; YOLOv8
 #: uses 10, 0.5, 6.0, YOLOv6 and PP-YOLOE 13, 1.0, 6.0). Unset: the criterion's own values.
@@ -58,6 +63,7 @@ SETTING_KEYS: tuple[str, ...] = (
     "cls_target",
     "cls_fg_negatives",
     "cls_warmup",
+    "cls_branches",
     *TAL_KEYS,
 )
 
@@ -77,6 +83,8 @@ class ClsLossSettings:
         fg_negatives: ``"loss"`` (the loss's own weight for every negative entry) or ``"bce"`` (the other classes of
             a foreground anchor keep BCE's full weight, so a confident wrong class there is pushed down as hard as
             BCE does; background anchors keep the loss's weight).
+        branches: ``"both"`` (every detection loss of the criterion) or ``"one2one"`` (only an end-to-end head's
+            one-to-one branch; its one-to-many branch keeps stock BCE). ``"one2one"`` is refused on heads without it.
         tal: the assigner settings given (``{"tal_topk": 13, "tal_alpha": 1.0}``); the others keep the criterion's
             own values. They apply to the one-to-many assigners (an end-to-end head's ``one2one`` branch keeps its
             own) and during a BCE warm-up too: they choose the positives, whatever the loss.
@@ -88,6 +96,7 @@ class ClsLossSettings:
     warmup: int = 0
     fg_negatives: str = "loss"
     tal: dict[str, Any] = field(default_factory=dict)
+    branches: str = "both"
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any] | Any) -> ClsLossSettings:
@@ -125,7 +134,9 @@ class ClsLossSettings:
                 f"trained with BCE before switching to another loss ({others}). Remove it or set one of those losses."
             )
         tal = {key: _TAL_CHECKS[key](key, args[key]) for key in TAL_KEYS if key in args}
-        return cls(spec.name, values, own["cls_target"], own["cls_warmup"], own["cls_fg_negatives"], tal)
+        return cls(
+            spec.name, values, own["cls_target"], own["cls_warmup"], own["cls_fg_negatives"], tal, own["cls_branches"]
+        )
 
     def check_epochs(self, epochs: int) -> None:
         """Check that the BCE warm-up leaves epochs for the chosen loss (called before training and on resume).
@@ -154,6 +165,7 @@ class ClsLossSettings:
             "cls_target": self.target,
             "cls_fg_negatives": self.fg_negatives,
             "cls_warmup": self.warmup,
+            "cls_branches": self.branches,
             **self.tal,
         }
 
@@ -173,6 +185,7 @@ class ClsLossSettings:
         parts = [f"loss={self.loss}", *(f"{p.arg}={self.values.get(p.arg, p.default)}" for p in spec.params)]
         parts += [f"cls_target={self.target}", f"cls_fg_negatives={self.fg_negatives}"]
         parts += [f"cls_warmup={self.warmup}"] if self.warmup else []
+        parts += [f"cls_branches={self.branches}"] if self.branches != "both" else []
         parts += [f"{k}={v}" for k, v in self.tal.items()]
         return " ".join(parts)
 
@@ -224,6 +237,7 @@ _OWN_SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "cls_target": ("tal", _choice("cls_target", CLS_TARGETS)),
     "cls_fg_negatives": ("loss", _choice("cls_fg_negatives", FG_NEGATIVES)),
     "cls_warmup": (0, _check_warmup),
+    "cls_branches": ("both", _choice("cls_branches", CLS_BRANCHES)),
 }
 
 
@@ -426,15 +440,16 @@ def install_cls_loss(criterion: Any, settings: ClsLossSettings | ClsLoss) -> int
         int: the number of detection losses patched (2 for end-to-end heads).
 
     Raises:
-        TypeError: the criterion contains no ``v8DetectionLoss`` (e.g. classification or RT-DETR models).
+        InvalidTypeError: the criterion contains no ``v8DetectionLoss`` (e.g. classification or RT-DETR models).
+        InvalidSettingError: ``cls_branches=one2one`` on a criterion without a one-to-one branch.
     """
     named = _named_detection_losses(criterion)
-    targets = [det for _, det in named]
-    if not targets:
+    if not named:
         raise InvalidTypeError(
             f"yolo_vfl supports detect, segment, pose and OBB YOLO models; criterion {type(criterion).__name__} has "
             "no v8DetectionLoss to patch"
         )
+    targets = [det for name, det in named if _gets_loss(name, settings, named)]
     for det in targets:
         cls_loss = settings if isinstance(settings, ClsLoss) else settings.build()
         target = "tal" if isinstance(settings, ClsLoss) else settings.target
@@ -447,6 +462,38 @@ def install_cls_loss(criterion: Any, settings: ClsLossSettings | ClsLoss) -> int
         if tal and name != "one2one":
             _set_assigner(det.assigner.assigner, tal)
     return len(targets)
+
+
+def _gets_loss(name: str, settings: ClsLossSettings | ClsLoss, named: list[tuple[str, Any]]) -> bool:
+    """Whether the detection loss ``name`` of a criterion gets the loss under ``settings.branches``.
+
+    Raises:
+        InvalidSettingError: ``cls_branches=one2one`` on a criterion without a ``one2one`` branch.
+    """
+    if isinstance(settings, ClsLoss) or settings.branches == "both":
+        return True
+    if all(n != "one2one" for n, _ in named):
+        raise InvalidSettingError(
+            "Invalid cls_branches='one2one': this model's head has no one-to-one branch (an end-to-end head such as "
+            "YOLO26's or YOLOv10's has one); valid here: 'both'"
+        )
+    return name == "one2one"
+
+
+def check_branches(settings: ClsLossSettings, model: nn.Module) -> None:
+    """Refuse ``cls_branches=one2one`` before training when ``model``'s head has no one-to-one branch.
+
+    Args:
+        settings: the run's loss settings.
+        model: an Ultralytics model (``DetectionModel``; its last module is the head).
+
+    Raises:
+        InvalidSettingError: the head is not end-to-end (no ``one2one`` branch to train alone).
+    """
+    head = model.model[-1] if hasattr(model, "model") and len(model.model) else None
+    end_to_end = getattr(head, "end2end", False) or getattr(head, "one2one_cv2", None) is not None
+    if settings.branches == "one2one" and not end_to_end:
+        _gets_loss("", settings, [("", None)])  # raises the one error message
 
 
 def installed_loss(criterion: Any) -> str | None:
