@@ -12,12 +12,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-import numpy as np
 import polars as pl
 
-from .evaluation import FP_KINDS, KINDS, tally
-from .protocol import LOSS_KEYS, METRICS, PRIMARY_METRIC, ULTRALYTICS_KEYS
-from .results import FINAL_METRICS, RANK_KEYS, Curve, RunResult, final_values, table_of
+from .evaluation import FP_KINDS, KINDS
+from .protocol import BASELINE, LEVEL, LOSS_KEYS, METRICS, PRIMARY_METRIC, ULTRALYTICS_KEYS
+from .results import (
+    FINAL_METRICS,
+    RANK_KEYS,
+    Curve,
+    MissingMetricError,
+    RunResult,
+    check_metrics,
+    final_values,
+    table_of,
+)
 from .stats import PairedDifference, finite, mean_std, paired_difference, verdict
 
 __all__ = [
@@ -40,9 +48,9 @@ __all__ = [
     "verdict_lines",
     "summary_csv_text",
     "summary_markdown",
-    "at_recall",
     "common_recall",
-    "aggregate",
+    "diagnosis_stats",
+    "diagnosis_runs",
     "findings",
     "diagnosis_csv_text",
     "diagnosis_markdown",
@@ -168,15 +176,6 @@ def group_by_arm(items: Iterable[T], order: Sequence[str] | None = None, baselin
     for item in items:
         by_arm.setdefault(_arm_seed(item)[0], []).append(item)
     return {a: sorted(by_arm[a], key=lambda x: _arm_seed(x)[1]) for a in arm_order(by_arm, order, baseline)}
-
-
-def get_path(d: Any, *keys: str) -> Any:
-    """``d[k0][k1]...``, None where a level is missing or not a mapping."""
-    for k in keys:
-        if not isinstance(d, Mapping) or k not in d:
-            return None
-        d = d[k]
-    return d
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -666,200 +665,167 @@ def summary_markdown(
 
 
 # ------------------------------------------------------------------------------------------------ diagnosis
-def _set_stat(row: dict[str, Any], key: str, values: Iterable[Any]) -> None:
-    row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
+#: The operating points of the diagnosis tables: key in the metric names, heading.
+_POINTS = {"0.25": "at conf ≥ 0.25", "eq": "at equal recall", "f1": "at each run's F1-optimal threshold"}
+_POINT_METRICS = (*KINDS, "fp", "missed", "precision")
+#: The per-run metrics of the diagnosis' Runs table.
+_RUN_METRICS = (*(f"{k}@0.25" for k in ("tp", "fp", *FP_KINDS, "missed")), "threshold@f1", "ap50", "ultralytics/mAP50")
+_DIAG_METRICS = (
+    "n_images", "n_gt", "ap50", "ap50_tp_only", "tp_iou@0.25", "tp_iou@f1", "threshold@f1", "recall@f1", "recall_max",
+    *(f"{k}@{p}" for p in ("0.25", "f1") for k in _POINT_METRICS), *(f"score_{k}" for k in KINDS),
+    *(f"ap50_{c}_{k}" for k in FP_KINDS for c in ("cost", "without")), *_RUN_METRICS,
+)  # fmt: skip
 
 
-def _max_recall(d: Mapping[str, Any]) -> float:
-    """The highest grid recall level a run reaches (0 when none)."""
-    grid = d.get("recall_grid") or {}
-    reached = [r for r, t in zip(grid.get("recall", []), grid.get("threshold", [])) if t is not None]
-    return max(reached, default=0.0)
-
-
-def common_recall(diagnoses: Sequence[Mapping[str, Any]], baseline: str = "bce") -> float | None:
+def common_recall(table: pl.DataFrame, baseline: str = BASELINE) -> float | None:
     """The baseline runs' (else all runs') mean recall at their F1-optimal thresholds, the level the arms share.
 
-    Rounded down to the 0.01 grid and capped at the highest level every run reaches; None when below 0.01.
+    Rounded down to the 0.01 grid and capped at the highest level every run reaches (``recall_max``); None below 0.01.
     """
-    runs = [d for d in diagnoses if d.get("arm") == baseline] or list(diagnoses)
-    mean, _ = mean_std(get_path(d, "at", "f1", "recall") for d in runs)
-    if mean is None or not diagnoses:
+    runs = final_values(table, ("recall@f1", "recall_max"))
+    base = runs.filter(pl.col("arm") == baseline)
+    mean = (base if base.height else runs)["recall@f1"].mean()
+    if mean is None:
         return None
-    level = min(math.floor(mean * 100 + 1e-9) / 100, min(_max_recall(d) for d in diagnoses))
+    level = min(math.floor(mean * 100 + 1e-9) / 100, runs["recall_max"].min())
     return round(level, 2) if level >= 0.01 else None
 
 
-def at_recall(d: Mapping[str, Any], recall: float | None) -> dict[str, Any] | None:
-    """A run's counts at a ``recall_grid`` level, in the form of its ``at`` entries (None: unreached or absent)."""
-    grid = d.get("recall_grid") or {}
-    levels = grid.get("recall") or []
-    if recall is None or not levels:
-        return None
-    i = int(np.argmin(np.abs(np.asarray(levels) - recall)))
-    if abs(levels[i] - recall) > 1e-6 or grid["threshold"][i] is None:
-        return None
-    counts = {k: grid["counts"][k][i] for k in KINDS}
-    return {**tally(counts, d.get("n_gt") or 0), "threshold": grid["threshold"][i]}
+def diagnosis_stats(
+    table: pl.DataFrame, baseline: str = BASELINE, order: Sequence[str] | None = None, recall: float | None = None
+) -> pl.DataFrame:
+    """One row per arm (the ``diagnosis.csv`` columns): ``<metric>_mean`` / ``<metric>_std`` over seeds.
 
+    ``table``: the runs' diagnosis rows (``evaluation.diagnose``); the recall grid enters only at ``recall`` (default
+    ``common_recall``), as the operating point ``eq``.
 
-def aggregate(
-    diagnoses: Sequence[Mapping[str, Any]],
-    baseline: str = "bce",
-    order: Sequence[str] | None = None,
-    recall: float | None = None,
-) -> list[dict[str, Any]]:
-    """One flat row per arm (the ``diagnosis.csv`` columns): ``<key>_mean`` / ``<key>_std`` over seeds.
-
-    Keys: counts, AP50s, per operating point ``T`` (``0.25``, ``0.5``, ``f1``, ``eq``: equal ``recall``, default
-    ``common_recall``) ``<kind>@T``, ``fp@T``, ``missed@T``, ``precision@T``, ``recall@T``, ``tp_iou@T``; thresholds,
-    scores per kind, AP50 costs per FP kind.
+    Raises:
+        MissingMetricError: a run without a row for a metric of the report.
     """
-    if recall is None:
-        recall = common_recall(diagnoses, baseline)
-    rows = []
-    for arm, runs in group_by_arm(diagnoses, order, baseline).items():
-        row: dict[str, Any] = {"arm": arm, "n_seeds": len(runs), "seeds": [r["seed"] for r in runs]}
-        row["eq_recall"] = recall
-        for key in ("n_gt", "n_images", "n_det", "ap50", "ap50_tp_only"):
-            _set_stat(row, key, [r.get(key) for r in runs])
-        _set_stat(row, "tp", [get_path(r, "counts", "tp") for r in runs])
-        ats = {t: [get_path(r, "at", t) for r in runs] for t in [k for k in (runs[0].get("at") or {}) if k != "f1"]}
-        ats["f1"] = [get_path(r, "at", "f1") for r in runs]
-        ats["eq"] = [at_recall(r, recall) for r in runs]
-        for t, values in ats.items():
-            for k in KINDS:
-                _set_stat(row, f"{k}@{t}", [get_path(v, "counts", k) for v in values])
-            for k in ("fp", "missed_gt", "precision", "recall"):
-                _set_stat(row, f"{k.replace('_gt', '')}@{t}", [get_path(v, k) for v in values])
-            if t != "eq":
-                _set_stat(row, f"tp_iou@{t}", [get_path(r, "tp_mean_iou", t) for r in runs])
-        for t in ("f1", "eq"):
-            _set_stat(row, f"threshold@{t}", [get_path(v, "threshold") for v in ats[t]])
-        for k in KINDS:
-            _set_stat(row, f"score_{k}", [get_path(r, "mean_score", k) for r in runs])
-        for k in FP_KINDS:
-            _set_stat(row, f"ap50_cost_{k}", [get_path(r, "ap50_cost", k) for r in runs])
-            _set_stat(row, f"ap50_without_{k}", [get_path(r, "ap50_without", k) for r in runs])
-        rows.append(row)
-    return rows
+    check_metrics(table, _DIAG_METRICS)
+    recall = common_recall(table, baseline) if recall is None else recall
+    final = table.filter(pl.col("epoch").is_null() & ~pl.col("metric").is_in([*FINAL_METRICS, "recall_max"]))
+    grid = pl.col("metric").str.contains("@recall") | pl.col("metric").str.starts_with("ultralytics/")
+    eq = final.filter(pl.col("metric").str.ends_with(f"@recall{recall:.2f}") if recall else pl.lit(False))
+    rows = pl.concat([final.filter(~grid), eq.with_columns(pl.col("metric").str.replace("@recall.*", "@eq"))])
+    stats = rows.group_by("arm", "metric", maintain_order=True).agg(
+        mean=pl.col("value").mean(), std=pl.col("value").std()
+    )
+    long = stats.unpivot(index=["arm", "metric"], variable_name="stat").with_columns(
+        column=pl.col("metric") + "_" + pl.col("stat")
+    )
+    wide = long.pivot(on="column", index="arm", values="value", maintain_order=True)
+    seeds = final.group_by("arm").agg(n_seeds=pl.col("seed").n_unique(), seeds=pl.col("seed").unique().sort())
+    arms = pl.DataFrame({"arm": arm_order(final["arm"].unique(maintain_order=True), order, baseline)})
+    columns = [f"{m}_{s}" for m in rows["metric"].unique(maintain_order=True) for s in ("mean", "std")]
+    out = arms.join(seeds, on="arm", how="left", maintain_order="left").join(wide, on="arm", maintain_order="left")
+    return out.with_columns(eq_recall=pl.lit(recall, pl.Float64)).select(
+        "arm", "n_seeds", "seeds", "eq_recall", *columns
+    )
 
 
-def _deltas(row: Mapping[str, Any], base: Mapping[str, Any], fmt: str) -> dict[str, float]:
-    """``row - base`` of the ``<fmt(k)>_mean`` column per FP kind ``k`` where both have it."""
-    pairs = {k: (row.get(fmt.format(k=k) + "_mean"), base.get(fmt.format(k=k) + "_mean")) for k in FP_KINDS}
-    return {k: a - b for k, (a, b) in pairs.items() if a is not None and b is not None}
+def _diag(row: Mapping[str, Any], key: str) -> MeanStd:
+    """``<key>_mean`` / ``<key>_std`` of a ``diagnosis_stats`` row (MissingMetricError: not a column)."""
+    if f"{key}_mean" not in row:
+        raise MissingMetricError(key, None, (k.rsplit("_", 1)[0] for k in row))
+    return MeanStd(row[f"{key}_mean"], row[f"{key}_std"])
 
 
-def _growth_text(row: Mapping[str, Any], base: Mapping[str, Any], t: str) -> str | None:
-    """``FPs a → b per run (precision p → q); by kind: ... → **kind** grows most`` at operating point ``t``."""
-    deltas = _deltas(row, base, "{k}@" + t)
-    if not deltas:
-        return None
+def _growth_text(row: Mapping[str, Any], base: Mapping[str, Any], t: str) -> str:
+    """``FPs per run a → b (precision p → q); by kind ...: **kind** grows most`` at operating point ``t``."""
+    deltas = {k: (_diag(row, f"{k}@{t}").mean or 0.0) - (_diag(base, f"{k}@{t}").mean or 0.0) for k in FP_KINDS}
     by_kind = ", ".join(f"{k} {d:+.1f}" for k, d in sorted(deltas.items(), key=lambda kv: -kv[1]))
     top = max(deltas, key=lambda k: deltas[k])
-    fp_b, fp_a = base.get(f"fp@{t}_mean"), row.get(f"fp@{t}_mean")
-    p_b, p_a = base.get(f"precision@{t}_mean"), row.get(f"precision@{t}_mean")
-    head = f"FPs per run {fp_b:.1f} → {fp_a:.1f}" if fp_b is not None and fp_a is not None else "FPs per run"
-    if p_b is not None and p_a is not None:
-        head += f" (precision {p_b:.3f} → {p_a:.3f})"
+    fp, p = (
+        " → ".join(_fmt(_diag(r, f"{key}@{t}").mean, n, "n/a") for r in (base, row))
+        for key, n in (("fp", 1), ("precision", 3))
+    )
     grows = f"**{top}** grows most" if deltas[top] > 0 else "no FP kind grows"
-    return f"{head}; by kind {by_kind}: {grows}"
+    return f"FPs per run {fp} (precision {p}); by kind {by_kind}: {grows}"
 
 
-def _ap50_text(row: Mapping[str, Any], base: Mapping[str, Any]) -> str | None:
-    """``AP50 a → b (gap g)`` and the gap with each FP kind removed from both arms."""
-    ap, bap = row.get("ap50_mean"), base.get("ap50_mean")
-    if ap is None or bap is None:
-        return None
-    text = f"AP50 {bap:.4f} → {ap:.4f} (gap {ap - bap:+.4f})"
-    gaps = _deltas(row, base, "ap50_without_{k}")
+def _ap50_text(runs: pl.DataFrame, arm: str, baseline: str, level: float) -> str:
+    """The AP50 gap to the baseline paired by seed, and how it changes with each FP kind removed from both arms.
+
+    Removing a kind narrows the gap when it brings the paired mean gap closer to zero, whichever arm is ahead.
+    """
+
+    def gap(metric: str) -> PairedDifference:
+        of = {a: _by_seed(runs.filter(pl.col("arm") == a), metric) for a in (arm, baseline)}
+        return paired_difference(of[arm], of[baseline], level)
+
+    g = gap("ap50")
+    if g.mean is None:
+        return "AP50: no seed with a value in both arms"
+    text = f"AP50 gap paired by seed {_diff_text(g)}"
+    gaps = {k: d.mean for k in FP_KINDS if (d := gap(f"ap50_without_{k}")).mean is not None}
     if not gaps:
         return text
-    best = max(gaps, key=lambda k: gaps[k])
-    by_kind = ", ".join(f"{k} {g:+.4f}" for k, g in gaps.items())
-    text += f"; with one FP kind removed from both arms the gap would be {by_kind}"
-    if gaps[best] > ap - bap:
-        return text + f": removing **{best}** narrows it most (by {gaps[best] - (ap - bap):.4f})"
+    text += "; with one FP kind removed from both arms: " + ", ".join(f"{k} {v:+.4f}" for k, v in gaps.items())
+    best = min(gaps, key=lambda k: abs(gaps[k]))
+    if abs(gaps[best]) < abs(g.mean):
+        return text + f": removing **{best}** narrows it most (|gap| smaller by {abs(g.mean) - abs(gaps[best]):.4f})"
     return text + ": removing no single kind narrows it"
 
 
-def findings(rows: Sequence[Mapping[str, Any]], baseline: str = "bce") -> list[str]:
-    """One markdown bullet body per non-baseline arm: which FP kind grows most against the baseline and its AP50 cost.
+def findings(stats: pl.DataFrame, runs: pl.DataFrame, baseline: str = BASELINE, level: float = LEVEL) -> list[str]:
+    """One markdown bullet body per non-baseline arm: which FP kind grows most against the baseline and its AP50 gap.
 
-    At equal recall, each arm's F1-optimal threshold and conf >= 0.25; the AP50 gap with one FP kind removed.
+    ``stats``: ``diagnosis_stats``; ``runs``: per run its ``_RUN_METRICS`` and ``ap50_without_<kind>`` values.
     """
-    base = next((r for r in rows if r["arm"] == baseline), None)
-    if base is None:
+    rows = {r["arm"]: r for r in stats.iter_rows(named=True)}
+    if baseline not in rows:
         return [f"No baseline arm `{baseline}` among the diagnosed runs: no comparison."]
-    out = []
-    for row in rows:
-        if row["arm"] == baseline:
+    base, out = rows[baseline], []
+    recall = base["eq_recall"]
+    for arm, row in rows.items():
+        if arm == baseline:
             continue
-        recall = row.get("eq_recall")
-        views = [
-            ("eq", f"at equal recall {recall:.2f} (≈{_fmt(base.get('tp@eq_mean'), 0)} TPs per run)" if recall else ""),
-            ("f1", "at each arm's F1-optimal threshold"),
-            ("0.25", "at conf ≥ 0.25"),
-        ]
-        parts = [f"{label}: {text}" for t, label in views if label and (text := _growth_text(row, base, t))]
-        ap50 = _ap50_text(row, base)
-        parts += [ap50] if ap50 else []
-        if not parts:
-            parts.append("n/a: no value to compare (the arm's or the baseline's diagnosis lacks the counts and AP50)")
-        out.append(f"`{row['arm']}` vs `{baseline}`:\n" + "\n".join(f"  - {p}" for p in parts))
+        tps = _fmt(base.get("tp@eq_mean"), 0)
+        views = {"eq": f"at equal recall {recall:.2f} (≈{tps} TPs per run)" if recall else None, "f1": _POINTS["f1"]}
+        views["0.25"] = _POINTS["0.25"]
+        parts = [f"{label}: {_growth_text(row, base, t)}" for t, label in views.items() if label]
+        parts.append(_ap50_text(runs, arm, baseline, level))
+        out.append(f"`{arm}` vs `{baseline}`:\n" + "\n".join(f"  - {p}" for p in parts))
     return out
 
 
-def diagnosis_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    """``diagnosis.csv``: one line per arm, every column of ``aggregate``."""
-    return _csv(rows)
+def diagnosis_csv_text(stats: pl.DataFrame) -> str:
+    """``diagnosis.csv``: one line per arm, every column of ``diagnosis_stats``."""
+    return _csv(list(stats.iter_rows(named=True)))
 
 
-def _count(row: Mapping[str, Any], key: str, digits: int = 1) -> str:
-    """``_stat`` of ``<key>_mean`` / ``<key>_std`` of an ``aggregate`` row."""
-    return _stat(MeanStd(row.get(f"{key}_mean"), row.get(f"{key}_std")), digits)
+_DASH_NOTE = "`-`: not measured: no value in any run of this arm (the operating point was not reached, no detection "
+_DASH_NOTE += "of that kind, or no ground truth for AP50)."
 
 
-def _kind_table(rows: Sequence[Mapping[str, Any]], t: str, threshold: bool) -> list[str]:
+def _kind_table(stats: pl.DataFrame, t: str) -> list[str]:
+    threshold = t != "0.25"
     body = [
-        [r["arm"], r["n_seeds"], *([_count(r, f"threshold@{t}", 3)] if threshold else [])]
-        + [_count(r, f"{k}@{t}") for k in (*KINDS, "fp", "missed")]
-        + [_count(r, f"precision@{t}", 3)]
-        for r in rows
+        [r["arm"], r["n_seeds"], *([_stat(_diag(r, f"threshold@{t}"), 3)] if threshold else [])]
+        + [_stat(_diag(r, f"{k}@{t}"), 1) for k in (*KINDS, "fp", "missed")]
+        + [_stat(_diag(r, f"precision@{t}"), 3)]
+        for r in stats.iter_rows(named=True)
     ]
-    return _table(
-        f"arm | seeds | {'threshold | ' if threshold else ''}TP | duplicate | wrong_class | localization | background "
-        "| FP | missed GT | precision",
-        body,
-        "`-`: not measured: no run of the arm has this value (the operating point was not reached, e.g. no detection "
-        "at that threshold for precision, or no ground truth for AP50, or the run's diagnosis lacks it).",
-        _N1_NOTE,
-    )
+    head = " | ".join(["arm", "seeds", *(["threshold"] if threshold else []), "TP", *FP_KINDS, "FP", "missed GT"])
+    return _table(head + " | precision", body, _DASH_NOTE, _N1_NOTE)
 
 
 def _tp_score(row: Mapping[str, Any]) -> str:
     """The arm's mean TP score, or why there is none."""
-    if row.get("score_tp_mean") is not None:
-        return _fmt(row["score_tp_mean"], 3)
-    return "n/a (no true positives)" if row.get("tp_mean") == 0 else "n/a (not measured)"
+    score = _diag(row, "score_tp").mean
+    return "n/a (no true positives)" if score is None else f"{score:.3f}"
 
 
-def _diagnosis_header(
-    rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
-) -> list[str]:
+def _diagnosis_header(stats: pl.DataFrame, meta: Mapping[str, Any]) -> list[str]:
     """The title and how the detections were made and classified."""
-    baseline = meta.get("baseline", "bce")
-    p = (diagnoses[0].get("params") if diagnoses else None) or {}
-    first = rows[0] if rows else {}
+    p, first = meta.get("params") or {}, next(stats.iter_rows(named=True))
     na = "n/a (not recorded)"
     out = [f"# Diagnosis: {meta.get('name', 'ab')}", ""]
-    out += [
-        f"- {label}: `{meta[key]}`" for key, label in (("out", "Experiment"), ("command", "Command")) if meta.get(key)
-    ]
+    out += [f"- {label}: `{meta[k]}`" for k, label in (("out", "Experiment"), ("command", "Command")) if meta.get(k)]
     out += [
         f"- Detections of each run's `best.pt` as Ultralytics validation scores them (val split, "
-        f"{_fmt(first.get('n_images_mean'), 0, na)} images, {_fmt(first.get('n_gt_mean'), 0, na)} ground-truth boxes; "
+        f"{_fmt(first['n_images_mean'], 0, na)} images, {_fmt(first['n_gt_mean'], 0, na)} ground-truth boxes; "
         f"imgsz {_fmt(p.get('imgsz'), None, na)}, conf ≥ {_fmt(p.get('conf'), None, na)}, NMS IoU "
         f"{_fmt(p.get('iou'), None, na)}, max_det {_fmt(p.get('max_det'), None, na)}, multi-label NMS: a box can carry "
         "several classes).",
@@ -867,103 +833,94 @@ def _diagnosis_header(
         "truth), **duplicate** (IoU ≥ 0.5 with a same-class ground truth already matched), **wrong_class** (IoU ≥ 0.5 "
         "with a ground truth of another class), **localization** (best IoU with any ground truth in [0.1, 0.5)), "
         "**background** (best IoU < 0.1). Missed GT = ground truths without a TP at that threshold.",
-        "- Counts are per run (all val images), mean ± sample std over seeds.",
-        f"- Baseline arm: `{baseline}`.",
+        f"- Counts are per run (all val images), mean ± sample std over seeds. Baseline arm: `{meta['baseline']}`.",
     ]
-    if meta.get("missing"):
-        out.append(f"- Not diagnosed (no finished run): {', '.join(meta['missing'])}.")
-    return out
+    return out + ([f"- Not diagnosed (no finished run): {', '.join(meta['missing'])}."] if meta.get("missing") else [])
 
 
-def _scores_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def _scores_section(stats: pl.DataFrame) -> list[str]:
     """Scores, TP IoUs and AP50 costs per kind, per arm."""
-    scores = [
-        [r["arm"], *(_count(r, f"score_{k}", 3) for k in KINDS), _count(r, "tp_iou@0.25", 3), _count(r, "tp_iou@f1", 3)]
-        + [_count(r, key, 4) for key in ("ap50", *(f"ap50_cost_{k}" for k in FP_KINDS), "ap50_tp_only")]
-        for r in rows
+    keys = [*(f"score_{k}" for k in KINDS), "tp_iou@0.25", "tp_iou@f1"]
+    keys4 = ["ap50", *(f"ap50_cost_{k}" for k in FP_KINDS), "ap50_tp_only"]
+    body = [
+        [r["arm"], *(_stat(_diag(r, k), 3) for k in keys), *(_stat(_diag(r, k), 4) for k in keys4)]
+        for r in stats.iter_rows(named=True)
     ]
+    head = " | ".join(["arm", *(f"score {'TP' if k == 'tp' else k}" for k in KINDS), "TP IoU@0.25", "TP IoU@F1"])
+    head += " | AP50 | " + " | ".join(f"cost {k}" for k in FP_KINDS) + " | AP50 TP only"
     return [
         "\n## Scores and AP50 cost per kind\n",
-        "Mean score of each kind over all detections; mean IoU of the TPs at conf ≥ 0.25 and at the F1-optimal "
-        "threshold. AP50 here uses the greedy matching above (101-point interpolation, mean over classes; close to "
-        "Ultralytics' mAP50). Cost of a FP kind: the AP50 gained if its detections were removed (TIDE-style). "
-        "TP only: AP50 with every FP removed, the ceiling that missed objects leave.\n",
-        *_table(
-            "arm | score TP | score duplicate | score wrong_class | score localization | score background "
-            "| TP IoU@0.25 | TP IoU@F1 | AP50 | cost duplicate | cost wrong_class | cost localization "
-            "| cost background | AP50 TP only",
-            scores,
-            "`-`: not measured: no detection of that kind (score, TP IoU), no ground truth (AP50 and costs), or the "
-            "run's diagnosis lacks the value.",
-            _N1_NOTE,
-        ),
+        "Mean score of each kind; mean IoU of the TPs at conf ≥ 0.25 and at the F1-optimal threshold. AP50 uses the "
+        "greedy matching above (Ultralytics' `compute_ap`, mean over classes). Cost of a FP kind: the AP50 gained if "
+        "its detections were removed (TIDE). TP only: AP50 with every FP removed, the ceiling that missed objects "
+        "leave.\n",
+        *_table(head, body, _DASH_NOTE, _N1_NOTE),
     ]
 
 
-def _diagnosis_runs(rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]]) -> list[str]:
+def _diagnosis_runs(runs: pl.DataFrame) -> list[str]:
     """One line per run: its counts at conf ≥ 0.25, F1 threshold and AP50s."""
-    position = {r["arm"]: i for i, r in enumerate(rows)}
-    runs = []
-    for d in sorted(diagnoses, key=lambda x: (position.get(x["arm"], 1e9), x["seed"])):
-        at = get_path(d, "at", "0.25") or {}
-        counts = at.get("counts") or {}
-        cells = [counts.get("tp"), at.get("fp"), *(counts.get(k) for k in FP_KINDS), at.get("missed_gt")]
-        cells += [
-            _fmt(get_path(d, "at", "f1", "threshold"), 3, "-"),
-            d.get("ap50"),
-            get_path(d, "ultralytics", "mAP50"),
+    digits = {"threshold@f1": 3, "ap50": 4, "ultralytics/mAP50": 4}
+    body = [
+        [
+            r["run"],
+            r["arm"],
+            r["seed"],
+            *(_fmt(r[m] if m in digits else _int(r[m]), digits.get(m), "-") for m in _RUN_METRICS),
         ]
-        runs.append([d.get("run") or "-", d["arm"], d["seed"], *(_fmt(c, 4, "-") for c in cells)])
-    return [
-        "\n## Runs\n",
-        *_table(
-            "run | arm | seed | TP@0.25 | FP@0.25 | duplicate | wrong_class | localization | background | missed@0.25 "
-            "| F1 threshold | AP50 | Ultralytics mAP50",
-            runs,
-            "`-`: not measured in that run (no F1 threshold without detections or ground truth, no AP50 without "
-            "ground truth, or the run's diagnosis lacks the value).",
-        ),
+        for r in runs.iter_rows(named=True)
     ]
+    head = "run | arm | seed | TP@0.25 | FP@0.25 | " + " | ".join(FP_KINDS)
+    head += " | missed@0.25 | F1 threshold | AP50 | Ultralytics mAP50"
+    return ["\n## Runs\n", *_table(head, body, "`-`: not measured in that run (no detection or no ground truth).")]
 
 
-def diagnosis_markdown(
-    rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None
-) -> str:
-    """``diagnosis.md`` from ``aggregate`` rows and the diagnoses; ``meta``: name, baseline, out, command, missing."""
-    meta = meta or {}
-    baseline = meta.get("baseline", "bce")
-    first = rows[0] if rows else {}
-    out = _diagnosis_header(rows, diagnoses, meta)
-    out.append("\n## Findings\n")
-    out += [f"- {s}" for s in findings(rows, baseline)] if len(rows) > 1 else ["- Only one arm: no comparison."]
-    scale = ", ".join(f"{r['arm']} {_tp_score(r)}" for r in rows)
+def _int(v: float | None) -> int | None:
+    return None if v is None else int(v)
+
+
+def diagnosis_markdown(stats: pl.DataFrame, runs: pl.DataFrame, meta: Mapping[str, Any]) -> str:
+    """``diagnosis.md`` from ``diagnosis_stats`` and the per-run values (``diagnosis_runs``).
+
+    ``meta``: ``name``, ``baseline``, ``level``, ``params`` (of the recording pass), ``out``, ``command``, ``missing``.
+    """
+    baseline, recall = meta["baseline"], stats["eq_recall"][0]
+    out = [*_diagnosis_header(stats, meta), "\n## Findings\n"]
+    if stats.height > 1:
+        out += [f"- {s}" for s in findings(stats, runs, baseline, meta.get("level", LEVEL))]
+    else:
+        out.append("- Only one arm: no comparison.")
+    scale = ", ".join(f"{r['arm']} {_tp_score(r)}" for r in stats.iter_rows(named=True))
     out += [
         f"\nMean TP score per arm: {scale}. Losses put scores on different scales, so counts at a fixed threshold "
-        "compare different operating points; at equal recall every arm has found the same number of objects, and "
-        "the false positives that outrank them are what costs the precision.\n",
+        "compare different operating points; at equal recall every arm has found the same number of objects.\n",
         "## Detections at conf ≥ 0.25\n",
-        *_kind_table(rows, "0.25", False),
+        *_kind_table(stats, "0.25"),
+        f"\n## Detections at equal recall ({_fmt(recall, 2, 'n/a')})\n",
     ]
-    recall = first.get("eq_recall")
-    out.append(f"\n## Detections at equal recall ({_fmt(recall, 2) or 'n/a'})\n")
     if recall is None:
         out.append("No recall level that every run reaches.")
     else:
-        out += [
+        out.append(
             f"Each run's highest threshold at which its recall (all classes pooled) reaches {recall:.2f}, the "
-            f"`{baseline}` runs' mean recall at their F1-optimal thresholds (capped at what every run reaches).\n",
-            *_kind_table(rows, "eq", True),
-        ]
+            f"`{baseline}` runs' mean recall at their F1-optimal thresholds (capped at what every run reaches).\n"
+        )
+        out += _kind_table(stats, "eq")
     out += [
         "\n## Detections at each run's F1-optimal threshold\n",
-        "The threshold with the highest F1, all classes pooled (Ultralytics reports precision and recall at the "
-        "threshold that maximizes the F1 averaged over classes, so its numbers differ a little).\n",
-        *_kind_table(rows, "f1", True),
-        *_scores_section(rows),
-        *_diagnosis_runs(rows, diagnoses),
+        "The threshold with the highest F1, all classes pooled (Ultralytics maximizes the F1 averaged over classes, "
+        "so its numbers differ a little).\n",
+        *_kind_table(stats, "f1"),
+        *_scores_section(stats),
+        *_diagnosis_runs(runs),
         "\n## Plots\n\n![FP kinds and score distributions](fp_scores.png)\n\n"
-        "![precision and recall per epoch](pr_curves.png)\n\n"
-        "mAP50-95 per epoch and the score-IoU correlation are in the experiment report (`curves.png`, `ranking.png`, "
-        "`summary.md`).\n",
+        "![precision and recall per epoch](pr_curves.png)\n",
     ]
     return "\n".join(out)
+
+
+def diagnosis_runs(table: pl.DataFrame, baseline: str = BASELINE, order: Sequence[str] | None = None) -> pl.DataFrame:
+    """One row per run (arm order, then seed) with its ``_RUN_METRICS`` and ``ap50_without_<kind>`` values."""
+    runs = final_values(table, (*_RUN_METRICS, *(f"ap50_without_{k}" for k in FP_KINDS)))
+    position = {a: i for i, a in enumerate(arm_order(runs["arm"].unique(maintain_order=True), order, baseline))}
+    return runs.sort(pl.col("arm").replace_strict(position, return_dtype=pl.Int64), "seed")
