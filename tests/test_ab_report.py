@@ -20,6 +20,7 @@ from yolo_vfl.ab.plots import plot_curves, plot_fp_scores, plot_pr_curves, plot_
 from yolo_vfl.ab.report import (
     ArmRow,
     _ap50_text,
+    arm_order,
     common_recall,
     curve_gain,
     diagnosis_csv_text,
@@ -27,7 +28,6 @@ from yolo_vfl.ab.report import (
     diagnosis_runs,
     diagnosis_stats,
     findings,
-    group_by_arm,
     resolution,
     source_warning,
     summarize,
@@ -145,13 +145,12 @@ def test_summarize_rows_and_markdown():
     assert "0.5083 ± 0.0104" in md
 
 
-def test_group_by_arm_order_baseline_first_and_seeds_sorted():
-    """Explicit order first, then the baseline, then as found; each arm's runs by seed; dicts work as well."""
-    runs = [result("qfl", 1, 0.1), result("vfl", 2, 0.1), result("bce", 1, 0.1), result("vfl", 0, 0.1)]
-    groups = group_by_arm(runs, baseline="bce")
-    assert list(groups) == ["bce", "qfl", "vfl"] and [r.seed for r in groups["vfl"]] == [0, 2]
-    assert list(group_by_arm(runs, order=["vfl"], baseline="bce")) == ["vfl", "bce", "qfl"]
-    assert list(group_by_arm([{"arm": "x", "seed": 0}, {"arm": "bce", "seed": 0}])) == ["bce", "x"]
+def test_arm_order_explicit_then_baseline_then_as_found():
+    """Explicit order first, then the baseline, then as found, each arm once."""
+    found = ["qfl", "vfl", "bce", "vfl"]
+    assert arm_order(found, baseline="bce") == ["bce", "qfl", "vfl"]
+    assert arm_order(found, order=["vfl"], baseline="bce") == ["vfl", "bce", "qfl"]
+    assert arm_order(["x", "bce"]) == ["bce", "x"]
 
 
 def test_missing_values_are_not_measured():

@@ -286,7 +286,7 @@ def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log
     table, points = _tables(out, results)
     paths = write_report(out, results, meta, table, points)
     log(f"yolo-vfl ab: report: {paths['summary.md']}")
-    baseline, level = meta.get("baseline", "bce"), meta["level"]
+    baseline, level = meta.get("baseline", protocol.BASELINE), meta["level"]
     for line in verdict_lines(summarize(results, baseline, meta.get("arms"), level, table)):
         log(line)
     return paths
@@ -399,7 +399,7 @@ def regenerate_report(out_dir: str | os.PathLike[str], baseline: str | None = No
     if baseline:
         meta["baseline"] = baseline
     meta["missing"] = _missing(meta.get("runs") or [], results)
-    meta.setdefault("level", 0.95)
+    meta.setdefault("level", protocol.LEVEL)
     return _write_report(out, results, meta, lambda msg: None)
 
 

@@ -10,12 +10,12 @@ import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 
 import polars as pl
 
 from .evaluation import FP_KINDS, KINDS
-from .protocol import BASELINE, LEVEL, LOSS_KEYS, METRICS, PRIMARY_METRIC, ULTRALYTICS_KEYS
+from .protocol import BASELINE, LEVEL, LOSS_KEYS, METRICS, OPERATING_CONF, PRIMARY_METRIC, ULTRALYTICS_KEYS
 from .results import (
     FINAL_METRICS,
     RANK_KEYS,
@@ -39,7 +39,6 @@ __all__ = [
     "Convergence",
     "ArmRow",
     "arm_order",
-    "group_by_arm",
     "curve_gain",
     "summarize",
     "experiment_warnings",
@@ -64,8 +63,6 @@ CONVERGED_MIN = 0.10
 CONVERGED_RISE = 0.03
 #: Epochs at the end of the curves over which the convergence gain is measured.
 CONVERGENCE_EPOCHS = 3
-
-T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------------------ typed rows
@@ -158,24 +155,11 @@ class ArmRow:
 
 
 # ------------------------------------------------------------------------------------------------ grouping
-def _arm_seed(item: Any) -> tuple[str, int]:
-    arm, seed = (item["arm"], item["seed"]) if isinstance(item, Mapping) else (item.arm, item.seed)
-    return str(arm), int(seed)
-
-
-def arm_order(found: Iterable[str], order: Sequence[str] | None = None, baseline: str = "bce") -> list[str]:
+def arm_order(found: Iterable[str], order: Sequence[str] | None = None, baseline: str = BASELINE) -> list[str]:
     """The arms in report order: ``order``, the baseline, then as found (each once)."""
     found = list(dict.fromkeys(found))
     names = [a for a in (order or []) if a in found]
     return names + sorted((a for a in found if a not in names), key=lambda a: a != baseline)  # stable
-
-
-def group_by_arm(items: Iterable[T], order: Sequence[str] | None = None, baseline: str = "bce") -> dict[str, list[T]]:
-    """Items (``RunResult`` or ``arm``/``seed`` mappings) by arm (``arm_order``), each arm's by seed."""
-    by_arm: dict[str, list[T]] = {}
-    for item in items:
-        by_arm.setdefault(_arm_seed(item)[0], []).append(item)
-    return {a: sorted(by_arm[a], key=lambda x: _arm_seed(x)[1]) for a in arm_order(by_arm, order, baseline)}
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -273,9 +257,9 @@ def _arm_row(
 
 def summarize(
     results: Iterable[RunResult],
-    baseline: str = "bce",
+    baseline: str = BASELINE,
     order: Sequence[str] | None = None,
-    level: float = 0.95,
+    level: float = LEVEL,
     table: pl.DataFrame | None = None,
 ) -> list[ArmRow]:
     """One ``ArmRow`` per arm (``arm_order``) from the results table (default: ``table_of(results)``).
@@ -301,7 +285,7 @@ def summarize(
     return [replace(r, warnings=warnings) for r in rows]
 
 
-def experiment_warnings(rows: Sequence[ArmRow], baseline: str = "bce") -> list[str]:
+def experiment_warnings(rows: Sequence[ArmRow], baseline: str = BASELINE) -> list[str]:
     """Plain-text warnings: ``nothing learned`` (alone), else ``baseline ... near 0`` and ``not converged``."""
     means = {r.arm: r.primary.value.mean for r in rows if r.primary.value.mean is not None}
     if not means:
@@ -490,8 +474,8 @@ def _header(rows: Sequence[ArmRow], results: Sequence[RunResult], meta: Mapping[
         if value not in (None, "", {}):
             out.append(f"- {label}: `{_pairs(value, '=', ' ') if isinstance(value, Mapping) else value}`")
     out.append(
-        f"- Baseline arm: `{meta.get('baseline', 'bce')}`; every arm x seed trains with the same data, epochs, image "
-        "size and seed (Ultralytics deterministic mode)."
+        f"- Baseline arm: `{meta.get('baseline', BASELINE)}`; every arm x seed trains with the same data, epochs, "
+        "image size and seed (Ultralytics deterministic mode)."
     )
     pre = meta.get("pretrain")
     if isinstance(pre, Mapping):
@@ -658,21 +642,23 @@ def summary_markdown(
     ``missing``, ``level``.
     """
     meta = meta or {}
-    baseline, level = meta.get("baseline", "bce"), int(round(100 * meta.get("level", 0.95)))
+    baseline, level = meta.get("baseline", BASELINE), int(round(100 * meta.get("level", LEVEL)))
     out = _header(rows, results, meta) + _accuracy(rows, baseline, level)
     out += _convergence_section(rows, baseline, level) + _ranking_and_times(rows) + _runs_section(rows)
     return "\n".join(out)
 
 
 # ------------------------------------------------------------------------------------------------ diagnosis
+#: The fixed operating point of the diagnosis, as its metric names spell it (``tp@0.25``).
+_OP = f"{OPERATING_CONF:g}"
 #: The operating points of the diagnosis tables: key in the metric names, heading.
-_POINTS = {"0.25": "at conf ≥ 0.25", "eq": "at equal recall", "f1": "at each run's F1-optimal threshold"}
+_POINTS = {_OP: f"at conf ≥ {_OP}", "eq": "at equal recall", "f1": "at each run's F1-optimal threshold"}
 _POINT_METRICS = (*KINDS, "fp", "missed", "precision")
 #: The per-run metrics of the diagnosis' Runs table.
-_RUN_METRICS = (*(f"{k}@0.25" for k in ("tp", "fp", *FP_KINDS, "missed")), "threshold@f1", "ap50", "ultralytics/mAP50")
+_RUN_METRICS = (*(f"{k}@{_OP}" for k in ("tp", "fp", *FP_KINDS, "missed")), "threshold@f1", "ap50", "ultralytics/mAP50")
 _DIAG_METRICS = (
-    "n_images", "n_gt", "ap50", "ap50_tp_only", "tp_iou@0.25", "tp_iou@f1", "threshold@f1", "recall@f1", "recall_max",
-    *(f"{k}@{p}" for p in ("0.25", "f1") for k in _POINT_METRICS), *(f"score_{k}" for k in KINDS),
+    "n_images", "n_gt", "ap50", "ap50_tp_only", f"tp_iou@{_OP}", "tp_iou@f1", "threshold@f1", "recall@f1", "recall_max",
+    *(f"{k}@{p}" for p in (_OP, "f1") for k in _POINT_METRICS), *(f"score_{k}" for k in KINDS),
     *(f"ap50_{c}_{k}" for k in FP_KINDS for c in ("cost", "without")), *_RUN_METRICS,
 )  # fmt: skip
 
@@ -783,7 +769,7 @@ def findings(stats: pl.DataFrame, runs: pl.DataFrame, baseline: str = BASELINE, 
             continue
         tps = _fmt(base.get("tp@eq_mean"), 0)
         views = {"eq": f"at equal recall {recall:.2f} (≈{tps} TPs per run)" if recall else None, "f1": _POINTS["f1"]}
-        views["0.25"] = _POINTS["0.25"]
+        views[_OP] = _POINTS[_OP]
         parts = [f"{label}: {_growth_text(row, base, t)}" for t, label in views.items() if label]
         parts.append(_ap50_text(runs, arm, baseline, level))
         out.append(f"`{arm}` vs `{baseline}`:\n" + "\n".join(f"  - {p}" for p in parts))
@@ -800,7 +786,7 @@ _DASH_NOTE += "of that kind, or no ground truth for AP50)."
 
 
 def _kind_table(stats: pl.DataFrame, t: str) -> list[str]:
-    threshold = t != "0.25"
+    threshold = t != _OP
     body = [
         [r["arm"], r["n_seeds"], *([_stat(_diag(r, f"threshold@{t}"), 3)] if threshold else [])]
         + [_stat(_diag(r, f"{k}@{t}"), 1) for k in (*KINDS, "fp", "missed")]
@@ -840,17 +826,17 @@ def _diagnosis_header(stats: pl.DataFrame, meta: Mapping[str, Any]) -> list[str]
 
 def _scores_section(stats: pl.DataFrame) -> list[str]:
     """Scores, TP IoUs and AP50 costs per kind, per arm."""
-    keys = [*(f"score_{k}" for k in KINDS), "tp_iou@0.25", "tp_iou@f1"]
+    keys = [*(f"score_{k}" for k in KINDS), f"tp_iou@{_OP}", "tp_iou@f1"]
     keys4 = ["ap50", *(f"ap50_cost_{k}" for k in FP_KINDS), "ap50_tp_only"]
     body = [
         [r["arm"], *(_stat(_diag(r, k), 3) for k in keys), *(_stat(_diag(r, k), 4) for k in keys4)]
         for r in stats.iter_rows(named=True)
     ]
-    head = " | ".join(["arm", *(f"score {'TP' if k == 'tp' else k}" for k in KINDS), "TP IoU@0.25", "TP IoU@F1"])
+    head = " | ".join(["arm", *(f"score {'TP' if k == 'tp' else k}" for k in KINDS), f"TP IoU@{_OP}", "TP IoU@F1"])
     head += " | AP50 | " + " | ".join(f"cost {k}" for k in FP_KINDS) + " | AP50 TP only"
     return [
         "\n## Scores and AP50 cost per kind\n",
-        "Mean score of each kind; mean IoU of the TPs at conf ≥ 0.25 and at the F1-optimal threshold. AP50 uses the "
+        f"Mean score of each kind; mean IoU of the TPs at conf ≥ {_OP} and at the F1-optimal threshold. AP50 uses the "
         "greedy matching above (Ultralytics' `compute_ap`, mean over classes). Cost of a FP kind: the AP50 gained if "
         "its detections were removed (TIDE). TP only: AP50 with every FP removed, the ceiling that missed objects "
         "leave.\n",
@@ -859,7 +845,7 @@ def _scores_section(stats: pl.DataFrame) -> list[str]:
 
 
 def _diagnosis_runs(runs: pl.DataFrame) -> list[str]:
-    """One line per run: its counts at conf ≥ 0.25, F1 threshold and AP50s."""
+    """One line per run: its counts at ``OPERATING_CONF``, F1 threshold and AP50s."""
     digits = {"threshold@f1": 3, "ap50": 4, "ultralytics/mAP50": 4}
     body = [
         [
@@ -870,8 +856,8 @@ def _diagnosis_runs(runs: pl.DataFrame) -> list[str]:
         ]
         for r in runs.iter_rows(named=True)
     ]
-    head = "run | arm | seed | TP@0.25 | FP@0.25 | " + " | ".join(FP_KINDS)
-    head += " | missed@0.25 | F1 threshold | AP50 | Ultralytics mAP50"
+    head = f"run | arm | seed | TP@{_OP} | FP@{_OP} | " + " | ".join(FP_KINDS)
+    head += f" | missed@{_OP} | F1 threshold | AP50 | Ultralytics mAP50"
     return ["\n## Runs\n", *_table(head, body, "`-`: not measured in that run (no detection or no ground truth).")]
 
 
@@ -894,8 +880,8 @@ def diagnosis_markdown(stats: pl.DataFrame, runs: pl.DataFrame, meta: Mapping[st
     out += [
         f"\nMean TP score per arm: {scale}. Losses put scores on different scales, so counts at a fixed threshold "
         "compare different operating points; at equal recall every arm has found the same number of objects.\n",
-        "## Detections at conf ≥ 0.25\n",
-        *_kind_table(stats, "0.25"),
+        f"## Detections {_POINTS[_OP]}\n",
+        *_kind_table(stats, _OP),
         f"\n## Detections at equal recall ({_fmt(recall, 2, 'n/a')})\n",
     ]
     if recall is None:
