@@ -479,28 +479,17 @@ def diagnose_experiment(
     """Diagnose the finished runs of an experiment: ``diagnosis.md/.csv``, ``fp_scores.png``, ``pr_curves.png``.
 
     The detections are each run's records (``detections.npz``, from the runner's recording pass, which also gave the
-    run's metrics); a run without them, or with records of other thresholds, is recorded once now.
-
-    Args:
-        out_dir: the experiment directory.
-        dest: where the report files go (default ``out_dir``).
-        arms: only these arms (default: all with finished runs).
-        baseline: the arm to compare with (default: experiment.json's, else ``bce``).
-        conf: confidence threshold of a recording pass run here (default: the protocol's).
-        iou: its NMS IoU.
-        max_det: its detections kept per image.
-        device: its device (None: Ultralytics' default).
-        batch: its batch size.
-        workers: its dataloader workers.
-        cache_dir: where new records go (default: each run's directory).
-        force: record again even where records exist.
-        log: progress printer (default: silent).
+    run's metrics); a run without them, or with records of other thresholds, is recorded once now with ``conf``,
+    ``iou``, ``max_det``, ``device``, ``batch``, ``workers`` (into ``cache_dir``, default each run's directory;
+    ``force``: record again even where records exist). ``dest``: where the report goes (default ``out_dir``);
+    ``arms``: only these (default all with finished runs); ``baseline``: default experiment.json's.
 
     Returns:
         the written paths by name.
 
     Raises:
         UserError: missing directory, no finished runs, unknown arms.
+        MissingMetricError: a run whose diagnosis lacks a metric of the report.
     """
     from .evaluation import detection_kinds, diagnose
     from .plots import write_diagnosis
