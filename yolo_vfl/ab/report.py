@@ -554,15 +554,12 @@ def _convergence_section(rows: Sequence[ArmRow], baseline: str, level: int) -> l
     res, k = resolution(rows), CONVERGENCE_EPOCHS
     return [
         "\n## Convergence and resolution\n",
-        f"Gain of {PRIMARY_METRIC} over each run's last {k} epochs (`curves.png`: the last epoch with a value against "
-        f"the one {k} epochs before it, or the first epoch of a shorter run), absolute and relative to the earlier "
-        "value, mean ± std over seeds. A run whose metric still rises has not converged: a difference between arms "
-        f"then describes an early stage of training. The baseline counts as not converged when its final "
-        f"{PRIMARY_METRIC} is below {CONVERGED_MIN:g} or it still rises more than {CONVERGED_RISE:.0%}. Resolution: "
-        f"the half-width of each arm's paired {level}% interval against `{baseline}` (arm − {baseline}, by seed); "
-        "a smaller difference cannot be told from zero. The last two columns: the paired difference to "
-        f"`{baseline}` on the curves {k} epochs before the end (the epoch each gain is measured from) and at their "
-        "last epoch; when the two agree, the gap between the arms did not move while training went on.\n",
+        f"Gain of {PRIMARY_METRIC} over each run's last {k} epochs (`curves.png`; a shorter run: from its first "
+        "epoch), absolute and relative, mean ± std over seeds: a run still rising has not converged. The baseline "
+        f"counts as not converged below {CONVERGED_MIN:g} or rising more than {CONVERGED_RISE:.0%}. Resolution: the "
+        f"half-width of the paired {level}% interval against `{baseline}`; a smaller difference cannot be told from "
+        f"zero. The last two columns: the paired difference to `{baseline}` {k} epochs before the end and at the "
+        "last epoch; when they agree, the gap did not move while training went on.\n",
         *([f"**Resolution: {res}.**\n"] if res else []),
         *_table(
             f"arm | final {PRIMARY_METRIC} | epochs spanned | gain | relative gain | ± {level}% CI vs {baseline} "
@@ -586,12 +583,10 @@ def _ranking_and_times(rows: Sequence[ArmRow]) -> list[str]:
     ]
     return [
         "\n## Ranking quality (confidence vs IoU)\n",
-        "Each detection of the final model on the val images (confidence ≥ the threshold used by validation) is "
-        "matched to the ground-truth box of the same class with the highest IoU (0 if none). Higher correlation = "
-        "scores rank localization quality better (GFL, arXiv 2006.04388). Mean ± std over seeds; "
-        '"IoU>0" uses only detections that overlap a same-class ground truth (the ranking of localization quality '
-        "among real detections; the all-detections columns mix in the background ones at IoU 0). Scatter plots: "
-        "`ranking.png` (titles: IoU>0 first, all detections below).\n",
+        "Each detection of the final model on the val images is matched to the same-class ground truth with the "
+        "highest IoU (0 if none); a higher correlation of confidence and IoU ranks localization quality better (GFL, "
+        'arXiv 2006.04388). Mean ± std over seeds; "IoU>0": only detections that overlap a same-class ground truth. '
+        "Scatter plots: `ranking.png`.\n",
         *_table(
             "arm | Pearson | Spearman | Pearson (IoU>0) | Spearman (IoU>0)",
             [[r.arm, *(_stat(r.ranking[k], 3) for k in RANK_KEYS)] for r in rows],
@@ -600,10 +595,9 @@ def _ranking_and_times(rows: Sequence[ArmRow]) -> list[str]:
             _N1_NOTE,
         ),
         "\n## Training time and final losses\n",
-        "Training time is Ultralytics' epoch time summed over the run's training segments (resumed runs included); "
-        "wall time is the last attempt's time including final validation and the ranking measurement; both are "
-        "means over seeds. `cls_loss` is each arm's own classification loss (BCE, VFL, QFL ...): its values are not "
-        "comparable across losses.\n",
+        "Training time: Ultralytics' epoch times summed over the run's segments; wall time: the last attempt's, with "
+        "final validation and ranking; means over seeds. `cls_loss` is each arm's own loss: not comparable across "
+        "losses.\n",
         *_table(
             "arm | epochs | train time | wall time | box_loss | cls_loss | dfl_loss",
             times,
