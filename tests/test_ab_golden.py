@@ -177,7 +177,7 @@ def _ground_truth() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _records(arm: str, seed: int, run_dir: Path) -> Any:
     """One run's recording pass: detections around the ground truth (TPs, duplicates, wrong class, loose boxes, FPs)."""
-    from yolo_vfl.ab.evaluation import diagnose
+    from yolo_vfl.ab.evaluation import classify, diagnose
     from yolo_vfl.ab.records import Records
 
     found, slope, n_bg, bg_score = ARMS[arm]
@@ -233,9 +233,10 @@ def _records(arm: str, seed: int, run_dir: Path) -> Any:
         orig_shapes=np.full((N_IMAGES, 2), IMGSZ),
         input_shapes=np.full((N_IMAGES, 2), IMGSZ),
     )
-    d = diagnose(Records(**arrays))  # what Ultralytics' validation of the same detections would report, roughly
-    tp_iou = d["tp_mean_iou"]["all"] or 0.0
-    metrics = {"precision": d["at"]["f1"]["precision"], "recall": d["at"]["f1"]["recall"], "mAP50": d["ap50"]}
+    d = dict(diagnose(Records(**arrays)).iter_rows())  # what Ultralytics' validation would report, roughly
+    c = classify(Records(**arrays))
+    tp_iou = float(c["iou"][c["kind"] == 0].mean()) if (c["kind"] == 0).any() else 0.0
+    metrics = {"precision": d["precision@f1"], "recall": d["recall@f1"], "mAP50": d["ap50"]}
     metrics["mAP50-95"] = d["ap50"] * (tp_iou - 0.35) / 0.6
     return Records(**arrays, metrics=metrics)
 

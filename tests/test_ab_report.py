@@ -15,17 +15,19 @@ import polars as pl
 import pytest
 
 from yolo_vfl.ab import plots
-from yolo_vfl.ab.evaluation import summarize_detections
+from yolo_vfl.ab.evaluation import FP_KINDS, KINDS, summarize_detections
 from yolo_vfl.ab.plots import plot_curves, plot_fp_scores, plot_pr_curves, plot_ranking, write_diagnosis, write_report
 from yolo_vfl.ab.report import (
     ArmRow,
-    aggregate,
+    _ap50_text,
+    arm_order,
     common_recall,
     curve_gain,
     diagnosis_csv_text,
     diagnosis_markdown,
+    diagnosis_runs,
+    diagnosis_stats,
     findings,
-    group_by_arm,
     resolution,
     source_warning,
     summarize,
@@ -33,7 +35,7 @@ from yolo_vfl.ab.report import (
     summary_markdown,
     verdict_lines,
 )
-from yolo_vfl.ab.results import SCHEMA, Curve, RunResult, table_of
+from yolo_vfl.ab.results import SCHEMA, Curve, MissingMetricError, RunResult, final_rows, table_of
 from yolo_vfl.checks import source_hash
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -143,13 +145,12 @@ def test_summarize_rows_and_markdown():
     assert "0.5083 ± 0.0104" in md
 
 
-def test_group_by_arm_order_baseline_first_and_seeds_sorted():
-    """Explicit order first, then the baseline, then as found; each arm's runs by seed; dicts work as well."""
-    runs = [result("qfl", 1, 0.1), result("vfl", 2, 0.1), result("bce", 1, 0.1), result("vfl", 0, 0.1)]
-    groups = group_by_arm(runs, baseline="bce")
-    assert list(groups) == ["bce", "qfl", "vfl"] and [r.seed for r in groups["vfl"]] == [0, 2]
-    assert list(group_by_arm(runs, order=["vfl"], baseline="bce")) == ["vfl", "bce", "qfl"]
-    assert list(group_by_arm([{"arm": "x", "seed": 0}, {"arm": "bce", "seed": 0}])) == ["bce", "x"]
+def test_arm_order_explicit_then_baseline_then_as_found():
+    """Explicit order first, then the baseline, then as found, each arm once."""
+    found = ["qfl", "vfl", "bce", "vfl"]
+    assert arm_order(found, baseline="bce") == ["bce", "qfl", "vfl"]
+    assert arm_order(found, order=["vfl"], baseline="bce") == ["vfl", "bce", "qfl"]
+    assert arm_order(["x", "bce"]) == ["bce", "x"]
 
 
 def test_missing_values_are_not_measured():
@@ -534,58 +535,92 @@ def test_pr_curves_have_integer_epoch_ticks(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------- diagnosis
-def fake_run(arm: str, seed: int, extra_bg: int, rng_seed: int = 0) -> dict:
-    """A hand-made run: 20 GT, TPs scored high, wrong-class FPs, ``extra_bg`` background FPs at mid scores."""
-    rng = np.random.default_rng(rng_seed + seed)
-    scores = np.r_[rng.uniform(0.5, 1.0, 15), rng.uniform(0.3, 0.9, 10), rng.uniform(0.4, 0.8, extra_bg)]
+def fake_run(arm: str, seed: int, extra_bg: int, tp_scores: tuple[float, float] = (0.5, 1.0)) -> tuple:
+    """A hand-made run: 20 GT, TPs scored high, wrong-class FPs, ``extra_bg`` background FPs at mid scores.
+
+    Returns its diagnosis rows (``final_rows``) and its detections (``detection_kinds`` with run and arm).
+    """
+    rng = np.random.default_rng(seed)
+    scores = np.r_[rng.uniform(*tp_scores, 15), rng.uniform(0.3, 0.9, 10), rng.uniform(0.4, 0.8, extra_bg)]
     kinds = np.r_[np.zeros(15, int), np.full(10, 2), np.full(extra_bg, 4)]
-    d = summarize_detections(scores, kinds, np.zeros(scores.size, int), np.full(scores.size, 0.8), {0: 20})
-    d.update(arm=arm, seed=seed, run=f"{arm}-s{seed}", n_images=5, params={"imgsz": 64, "conf": 0.001})
-    return d
+    values = summarize_detections(scores, kinds, np.zeros(scores.size, int), np.full(scores.size, 0.8), {0: 20})
+    values = pl.concat([values, pl.DataFrame({"metric": ["n_images", "ultralytics/mAP50"], "value": [5.0, None]})])
+    run = RunResult(f"{arm}-s{seed}", arm, seed, arm, {})
+    detections = pl.DataFrame({"conf": scores, "kind": np.asarray(KINDS)[kinds]}).with_columns(
+        run=pl.lit(run.run), arm=pl.lit(arm)
+    )
+    return final_rows(run, values), detections
 
 
-def test_aggregate_and_findings():
+def experiment(*runs: tuple) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The diagnosis table and the detections of ``fake_run`` runs."""
+    return pl.concat([r[0] for r in runs]), pl.concat([r[1] for r in runs])
+
+
+def test_diagnosis_stats_and_findings():
     """Per-arm mean and std over seeds; the statement names the FP kind that grows against the baseline."""
-    runs = [fake_run("vfl", s, 30) for s in (0, 1)] + [fake_run("bce", s, 2) for s in (0, 1, 2)]
-    rows = aggregate(runs, baseline="bce")
+    table, _ = experiment(*(fake_run("vfl", s, 30) for s in (0, 1)), *(fake_run("bce", s, 2) for s in (0, 1, 2)))
+    stats = diagnosis_stats(table, baseline="bce")
+    rows = list(stats.iter_rows(named=True))
     assert [r["arm"] for r in rows] == ["bce", "vfl"] and rows[0]["n_seeds"] == 3 and rows[1]["seeds"] == [0, 1]
-    bce_bg = [r["at"]["0.25"]["counts"]["background"] for r in runs if r["arm"] == "bce"]
-    assert rows[0]["background@0.25_mean"] == pytest.approx(np.mean(bce_bg))
-    assert rows[0]["background@0.25_std"] == pytest.approx(np.std(bce_bg, ddof=1))
+    bce_bg = table.filter((pl.col("arm") == "bce") & (pl.col("metric") == "background@0.25"))["value"]
+    assert rows[0]["background@0.25_mean"] == pytest.approx(bce_bg.mean())
+    assert rows[0]["background@0.25_std"] == pytest.approx(np.std(bce_bg.to_numpy(), ddof=1))
     assert rows[1]["wrong_class@0.25_mean"] == pytest.approx(10.0) and rows[1]["wrong_class@0.25_std"] == 0.0
-    recall = common_recall(runs, "bce")
+    recall = common_recall(table, "bce")
     assert recall is not None and rows[0]["eq_recall"] == recall
     assert rows[0]["tp@eq_mean"] == rows[1]["tp@eq_mean"] == math.ceil(recall * 20 - 1e-9)  # equal recall: same TPs
     assert rows[1]["background@eq_mean"] > rows[0]["background@eq_mean"]
-    text = findings(rows, "bce")
+    text = findings(stats, diagnosis_runs(table, "bce"), "bce")
     assert len(text) == 1 and text[0].startswith("`vfl` vs `bce`")
-    assert "**background** grows most" in text[0] and "equal recall" in text[0]
-    assert findings(rows, "qfl")[0].startswith("No baseline arm")
+    assert "**background** grows most" in text[0] and "equal recall" in text[0] and "paired by seed" in text[0]
+    assert findings(stats, diagnosis_runs(table), "qfl")[0].startswith("No baseline arm")
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_ap50_finding_names_the_kind_that_narrows_the_gap_for_either_sign(sign):
+    """AP50 gap +-0.1 (paired by seed); without background it is +-0.05, without duplicate +-0.15 (wider).
+
+    Removing background narrows the gap whether the arm is ahead of the baseline or behind it; before, an arm ahead
+    was told that removing the kind that widens its lead narrows it most.
+    """
+    base = {"ap50": 0.5, **{f"ap50_without_{k}": 0.5 for k in FP_KINDS}}
+    arm = {**{k: v + sign * 0.1 for k, v in base.items()}, "ap50_without_background": 0.5 + sign * 0.05}
+    arm["ap50_without_duplicate"] = 0.5 + sign * 0.15
+    runs = pl.DataFrame([{"arm": a, "seed": s, **v} for a, v in (("bce", base), ("vfl", arm)) for s in (0, 1)])
+    text = _ap50_text(runs, "vfl", "bce", 0.95)
+    assert f"{sign * 0.1:+.4f}" in text and "removing **background** narrows it most" in text
+    wider = runs.with_columns(
+        pl.when(pl.col("arm") == "vfl").then(0.5 + sign * 0.2).otherwise(0.5).alias(f"ap50_without_{k}")
+        for k in FP_KINDS
+    )
+    assert "removing no single kind narrows it" in _ap50_text(wider, "vfl", "bce", 0.95)
 
 
 def test_diagnosis_files_from_hand_made_runs(tmp_path):
-    """diagnosis.md / .csv text and both plots from hand-made dicts (no model), written by write_diagnosis."""
-    runs = [fake_run("bce", s, 2) for s in (0, 1)] + [fake_run("qfl", s, 25) for s in (0, 1)]
-    rows = aggregate(runs, baseline="bce")
-    md = diagnosis_markdown(rows, runs, {"name": "t", "baseline": "bce", "missing": ["qfl-s2"]})
+    """diagnosis.md / .csv text and both plots from hand-made runs (no model), written by write_diagnosis."""
+    table, detections = experiment(*(fake_run("bce", s, 2) for s in (0, 1)), *(fake_run("qfl", s, 25) for s in (0, 1)))
+    stats = diagnosis_stats(table, baseline="bce")
+    meta = {"name": "t", "baseline": "bce", "missing": ["qfl-s2"]}
+    md = diagnosis_markdown(stats, diagnosis_runs(table, "bce"), meta)
     for part in ("## Findings", "## Detections at conf ≥ 0.25", "equal recall", "F1-optimal", "qfl-s2", "fp_scores"):
         assert part in md, part
-    table = list(csv.DictReader(diagnosis_csv_text(rows).splitlines()))
-    assert [r["arm"] for r in table] == ["bce", "qfl"] and float(table[1]["background@0.25_mean"]) > 0
-    assert table[0]["seeds"] == "0 1"
+    rows = list(csv.DictReader(diagnosis_csv_text(stats).splitlines()))
+    assert [r["arm"] for r in rows] == ["bce", "qfl"] and float(rows[1]["background@0.25_mean"]) > 0
+    assert rows[0]["seeds"] == "0 1"
     curves = [
         {"arm": a, "seed": s, "curve": {"epoch": [1, 2, 3], "precision": [0.1, 0.2, 0.3], "recall": [0.2, 0.3, None]}}
         for a in ("bce", "qfl")
         for s in (0, 1)
     ]
     paths = write_diagnosis(
-        tmp_path / "d", runs, epoch_table(curves), {"name": "t", "baseline": "bce", "arms": ["qfl", "bce"]}
+        tmp_path / "d", pl.concat([table, epoch_table(curves)]), detections, meta | {"arms": ["qfl", "bce"]}
     )
     assert sorted(paths) == ["diagnosis.csv", "diagnosis.md", "fp_scores.png", "pr_curves.png"]
     assert [r["arm"] for r in csv.DictReader(open(paths["diagnosis.csv"]))] == ["qfl", "bce"]
     for f in ("fp_scores.png", "pr_curves.png"):
         assert paths[f].read_bytes()[:8] == PNG
-    plot_fp_scores(runs, tmp_path / "fp.png", baseline="bce")
+    plot_fp_scores(stats, detections, tmp_path / "fp.png")
     assert (tmp_path / "fp.png").read_bytes()[:8] == PNG
     assert not list((tmp_path / "d").glob(".*.tmp"))
 
@@ -594,22 +629,29 @@ def test_diagnosis_without_true_positives_has_no_blank_values():
     """A model that found nothing (no TP: e.g. one epoch from scratch) gave 'Mean TP score per arm: bce , vfl .'."""
     runs = []
     for arm in ("bce", "vfl"):
-        scores = np.array([0.2, 0.1, 0.05])
-        d = summarize_detections(scores, np.full(3, 4), np.zeros(3, int), np.zeros(3), {0: 5})
-        d.update(arm=arm, seed=0, run=f"{arm}-s0", n_images=2, params={"imgsz": 64, "conf": 0.001})
-        runs.append(d)
-    legacy = {"arm": "qfl", "seed": 0, "run": "qfl-s0"}  # a diagnosis without counts (an old or broken cache)
-    rows = aggregate([*runs, legacy], baseline="bce")
-    md = diagnosis_markdown(rows, [*runs, legacy], {"name": "t", "baseline": "bce"})
+        values = summarize_detections(np.array([0.2, 0.1, 0.05]), np.full(3, 4), np.zeros(3, int), np.zeros(3), {0: 5})
+        values = pl.concat([values, pl.DataFrame({"metric": ["n_images", "ultralytics/mAP50"], "value": [2.0, None]})])
+        runs.append(final_rows(RunResult(f"{arm}-s0", arm, 0, arm, {}), values))
+    table = pl.concat(runs)
+    md = diagnosis_markdown(
+        diagnosis_stats(table, "bce"), diagnosis_runs(table, "bce"), {"name": "t", "baseline": "bce"}
+    )
     line = next(s for s in md.splitlines() if s.startswith("Mean TP score per arm"))
     head = line.split(" Losses")[0]
     assert "bce n/a (no true positives)" in head and " ," not in head and not head.endswith(" .")
-    assert "qfl n/a (not measured)" in head
     for text in md.splitlines():
         if text.startswith("|"):
             assert "" not in [c.strip() for c in text.strip("|").split("|")], text  # no blank table cell
     assert "None" not in md and "nan" not in md
     assert "n/a (not recorded)" in md  # the unrecorded NMS IoU and max_det
+
+
+def test_a_run_without_a_diagnosis_metric_is_named():
+    """A run whose diagnosis lacks a metric (an old or broken cache) is a MissingMetricError naming both, not a '-'."""
+    table, _ = experiment(fake_run("bce", 0, 2), fake_run("vfl", 0, 2))
+    broken = table.filter((pl.col("run") != "vfl-s0") | (pl.col("metric") != "score_tp"))
+    with pytest.raises(MissingMetricError, match="'score_tp' missing from run vfl-s0"):
+        diagnosis_stats(broken, "bce")
 
 
 def test_markdown_names_the_pretrained_start_and_the_resumed_runs():

@@ -6,11 +6,13 @@ import csv
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 
 from yolo_vfl.ab import evaluation as ev
 from yolo_vfl.ab.records import Records
-from yolo_vfl.ab.report import aggregate, common_recall, diagnosis_csv_text, diagnosis_markdown
+from yolo_vfl.ab.report import common_recall, diagnosis_csv_text, diagnosis_markdown, diagnosis_runs, diagnosis_stats
+from yolo_vfl.ab.results import MissingMetricError, RunResult, final_rows
 
 
 def box_iou(d: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -251,8 +253,8 @@ def test_no_gt_no_detections():
     assert kinds(c) == ["background"] and c["gt"].tolist() == [-1] and c["iou"].tolist() == [0.0]
     empty = build([{"gt": [[0, 0, 5, 5]], "gt_cls": [0]}])
     assert ev.classify(empty)["kind"].size == 0
-    d = ev.diagnose(empty)
-    assert d["n_det"] == 0 and d["n_gt"] == 1 and d["ap50"] == 0.0 and d["at"]["f1"]["threshold"] is None
+    d = values(ev.diagnose(empty))
+    assert d["n_det"] == 0 and d["n_gt"] == 1 and d["ap50"] == 0.0 and d["threshold@f1"] is None
 
 
 # ------------------------------------------------------------------------------------------------ ranking quality
@@ -362,13 +364,13 @@ def test_ap_is_ultralytics_compute_ap():
     import ultralytics
     from ultralytics.utils.metrics import compute_ap
 
-    d = ev.diagnose(build(TWO_GT_ONE_TP))
+    d = values(ev.diagnose(build(TWO_GT_ONE_TP)))
     expect = float(compute_ap(np.array([0.5, 0.5]), np.array([1.0, 0.5]))[0])
     assert d["ap50"] == pytest.approx(expect, abs=1e-12)
     major_minor = tuple(int(v) for v in ultralytics.__version__.split(".")[:2])
     assert d["ap50"] == pytest.approx(0.495 if major_minor >= (8, 4) else 0.6225, abs=1e-9)
     assert d["ap50_tp_only"] == pytest.approx(float(compute_ap(np.array([0.5]), np.array([1.0]))[0]), abs=1e-12)
-    assert d["ap50_cost"]["background"] == pytest.approx(d["ap50_tp_only"] - d["ap50"])
+    assert d["ap50_cost_background"] == pytest.approx(d["ap50_tp_only"] - d["ap50"])
 
 
 def test_average_precision_edges():
@@ -388,8 +390,13 @@ def test_average_precision_edges():
 
 
 # ------------------------------------------------------------------------------------------------ diagnosis
+def values(frame) -> dict:
+    """A ``metric`` / ``value`` frame as ``{metric: value}``."""
+    return dict(frame.iter_rows())
+
+
 def test_summarize_detections_by_hand():
-    """Counts per threshold, missed GT, F1 threshold, recall grid, histograms and AP50 costs of a hand-made run.
+    """Counts per threshold, missed GT, F1 threshold, recall grid and AP50 costs of a hand-made run.
 
     Kinds by descending score: background 0.9, tp 0.8, tp 0.6, wrong 0.4, tp 0.3, localization 0.2, duplicate 0.1
     (class 0, 4 GT). F1 over the top k: k=3 P 2/3 R 1/2 (0.571), k=5 P 3/5 R 3/4 (0.667, best), k=7 P 3/7 R 3/4.
@@ -398,34 +405,31 @@ def test_summarize_detections_by_hand():
 
     scores = np.array([0.9, 0.8, 0.6, 0.4, 0.3, 0.2, 0.1])
     kinds_ = np.array([4, 0, 0, 2, 0, 3, 1])
-    s = ev.summarize_detections(scores, kinds_, np.zeros(7, int), np.full(7, 0.7), {0: 4})
-    assert s["n_gt"] == 4 and s["n_det"] == 7
-    assert s["counts"] == {"tp": 3, "duplicate": 1, "wrong_class": 1, "localization": 1, "background": 1}
-    at = s["at"]["0.25"]
-    assert at["counts"]["tp"] == 3 and at["fp"] == 2 and at["missed_gt"] == 1 and at["precision"] == pytest.approx(0.6)
-    assert s["at"]["0.5"]["counts"] == {"tp": 2, "duplicate": 0, "wrong_class": 0, "localization": 0, "background": 1}
-    assert s["at"]["f1"]["threshold"] == pytest.approx(0.3) and s["at"]["f1"]["f1"] == pytest.approx(2 / 3)
-    assert s["mean_score"]["tp"] == pytest.approx((0.8 + 0.6 + 0.3) / 3)
-    assert s["median_score"]["tp"] == pytest.approx(0.6) and s["tp_mean_iou"]["all"] == pytest.approx(0.7)
-    grid = s["recall_grid"]
-    i = grid["recall"].index(0.5)  # 2 TPs: reached at score 0.6, with the background detection above
-    assert grid["threshold"][i] == pytest.approx(0.6) and grid["counts"]["background"][i] == 1
-    assert grid["threshold"][grid["recall"].index(0.76)] is None  # the 4th TP is never found
-    assert sum(sum(s["hist"][k]) for k in ev.KINDS) == 7 and len(s["hist"]["edges"]) == len(s["hist"]["tp"]) + 1
+    s = values(ev.summarize_detections(scores, kinds_, np.zeros(7, int), np.full(7, 0.7), {0: 4}))
+    assert s["n_gt"] == 4 and s["n_det"] == 7 and s["tp"] == 3
+    assert (
+        s["tp@0.25"] == 3 and s["fp@0.25"] == 2 and s["missed@0.25"] == 1 and s["precision@0.25"] == pytest.approx(0.6)
+    )
+    assert [s[f"{k}@0.5"] for k in ev.KINDS] == [2, 0, 0, 0, 1]
+    assert s["threshold@f1"] == pytest.approx(0.3) and s["recall@f1"] == pytest.approx(0.75)
+    assert s["score_tp"] == pytest.approx((0.8 + 0.6 + 0.3) / 3) and s["tp_iou@f1"] == pytest.approx(0.7)
+    # 2 TPs: reached at score 0.6, with the background detection above; the 4th TP is never found
+    assert s["threshold@recall0.50"] == pytest.approx(0.6) and s["background@recall0.50"] == 1
+    assert s["threshold@recall0.76"] is None and s["recall_max"] == 0.75
     # AP50: the background detection above every TP costs the most; the duplicate below them all next to nothing
-    assert 0 <= s["ap50_cost"]["duplicate"] < 0.01
-    assert s["ap50_cost"]["background"] > s["ap50_cost"]["wrong_class"] > 0
+    assert 0 <= s["ap50_cost_duplicate"] < 0.01
+    assert s["ap50_cost_background"] > s["ap50_cost_wrong_class"] > 0
     # all FPs removed: precision 1 at recall 1/4, 1/2, 3/4 (8.4: the envelope ends at 3/4: 0.745)
     assert s["ap50_tp_only"] == pytest.approx(float(compute_ap(np.array([0.25, 0.5, 0.75]), np.ones(3))[0]))
-    perfect = ev.summarize_detections(
-        np.array([0.9, 0.8]), np.zeros(2, int), np.array([0, 1]), np.ones(2), {0: 1, 1: 1}
+    perfect = values(
+        ev.summarize_detections(np.array([0.9, 0.8]), np.zeros(2, int), np.array([0, 1]), np.ones(2), {0: 1, 1: 1})
     )
-    assert perfect["ap50"] == pytest.approx(0.995) and perfect["at"]["f1"]["fp"] == 0
-    assert perfect["at"]["0.25"]["missed_gt"] == 0 and perfect["at"]["f1"]["recall"] == 1.0
+    assert perfect["ap50"] == pytest.approx(0.995) and perfect["fp@f1"] == 0
+    assert perfect["missed@0.25"] == 0 and perfect["recall@f1"] == 1.0
 
 
-def test_diagnose_structure_and_values_by_hand():
-    """The diagnosis of the each-kind image plus the one-TP image: every key, and its values derived by hand.
+def test_diagnose_values_by_hand():
+    """The diagnosis of the each-kind image plus the one-TP image: its values derived by hand.
 
     8 detections, 5 GT (4 of class 0, 1 of class 1; all detections class 0). In descending score (ties: record
     order): tp 0.9 (image 0), tp 0.9 (image 1), duplicate 0.8, wrong class 0.7, localization 0.6, background 0.5
@@ -433,111 +437,81 @@ def test_diagnose_structure_and_values_by_hand():
     """
     from ultralytics.utils.metrics import compute_ap
 
-    d = ev.diagnose(build([EACH_KIND, *TWO_GT_ONE_TP]))
-    assert set(d) == {
-        "n_det",
-        "n_gt",
-        "counts",
-        "at",
-        "mean_score",
-        "median_score",
-        "tp_mean_iou",
-        "hist",
-        "recall_grid",
-        "ap50",
-        "ap50_without",
-        "ap50_cost",
-        "ap50_tp_only",
-        "version",
-        "n_images",
-        "params",
-        "ultralytics",
-    }
-    tally = {"counts", "fp", "missed_gt", "precision", "recall"}
-    assert set(d["at"]) == {"0.25", "0.5", "f1"} and set(d["at"]["0.25"]) == set(d["at"]["0.5"]) == tally
-    assert set(d["at"]["f1"]) == tally | {"threshold", "f1"}
-    assert set(d["tp_mean_iou"]) == {"all", "0.25", "0.5", "f1"} and set(d["hist"]) == {"edges", *ev.KINDS}
-    assert set(d["recall_grid"]) == {"recall", "threshold", "counts"} and set(d["recall_grid"]["counts"]) == set(
-        ev.KINDS
-    )
-    assert set(d["ap50_without"]) == set(d["ap50_cost"]) == set(ev.FP_KINDS)
-    assert d["n_det"] == 8 and d["n_gt"] == 5 and d["n_images"] == 2 and d["version"] == ev.DIAG_VERSION
-    assert d["counts"] == {"tp": 3, "duplicate": 1, "wrong_class": 1, "localization": 1, "background": 2}
+    frame = ev.diagnose(build([EACH_KIND, *TWO_GT_ONE_TP]))
+    assert frame.columns == ["metric", "value"] and frame["metric"].is_unique().all()
+    d = values(frame)
+    assert d["n_det"] == 8 and d["n_gt"] == 5 and d["n_images"] == 2 and d["tp"] == 3
     for t in ("0.25", "0.5"):  # nothing scores between 0.25 and 0.5: the same detections
-        at = d["at"][t]
-        assert at["counts"] == {"tp": 2, "duplicate": 1, "wrong_class": 1, "localization": 1, "background": 2}
-        assert at["fp"] == 5 and at["missed_gt"] == 3
-        assert at["precision"] == pytest.approx(2 / 7) and at["recall"] == pytest.approx(0.4)
-    f1 = d["at"]["f1"]
-    assert f1["threshold"] == pytest.approx(0.9) and f1["f1"] == pytest.approx(4 / 7)
-    assert f1["counts"]["tp"] == 2 and f1["fp"] == 0 and f1["missed_gt"] == 3 and f1["precision"] == 1.0
-    assert d["mean_score"] == pytest.approx(
-        {"tp": 1.9 / 3, "duplicate": 0.8, "wrong_class": 0.7, "localization": 0.6, "background": 0.5}
-    )
-    assert d["median_score"]["tp"] == pytest.approx(0.9)
-    assert d["tp_mean_iou"]["all"] == pytest.approx(2.7 / 3, abs=1e-6)  # IoUs 1, 0.7 and 1
-    assert d["tp_mean_iou"]["0.25"] == d["tp_mean_iou"]["f1"] == pytest.approx(1.0, abs=1e-6)
-    assert [sum(d["hist"][k]) for k in ev.KINDS] == [3, 1, 1, 1, 2] and len(d["hist"]["edges"]) == ev.HIST_BINS + 1
-    grid = d["recall_grid"]
+        assert [d[f"{k}@{t}"] for k in ev.KINDS] == [2, 1, 1, 1, 2]
+        assert d[f"fp@{t}"] == 5 and d[f"missed@{t}"] == 3
+        assert d[f"precision@{t}"] == pytest.approx(2 / 7) and d[f"recall@{t}"] == pytest.approx(0.4)
+    assert d["threshold@f1"] == pytest.approx(0.9) and d["tp@f1"] == 2 and d["fp@f1"] == 0
+    assert d["missed@f1"] == 3 and d["precision@f1"] == 1.0
+    mean_score = {"tp": 1.9 / 3, "duplicate": 0.8, "wrong_class": 0.7, "localization": 0.6, "background": 0.5}
+    assert {k: d[f"score_{k}"] for k in ev.KINDS} == pytest.approx(mean_score)
+    assert d["tp_iou@0.25"] == d["tp_iou@f1"] == pytest.approx(1.0, abs=1e-6)
     for level, threshold, counts in [
         (0.2, 0.9, [2, 0, 0, 0, 0]),
         (0.4, 0.9, [2, 0, 0, 0, 0]),
         (0.6, 0.1, [3, 1, 1, 1, 2]),
     ]:
-        i = grid["recall"].index(level)
-        assert grid["threshold"][i] == pytest.approx(threshold) and [grid["counts"][k][i] for k in ev.KINDS] == counts
-    assert grid["recall"].index(0.41) == 40 and grid["threshold"][40] == pytest.approx(0.1)  # 3 TPs needed
-    assert grid["threshold"][grid["recall"].index(0.61)] is None and grid["counts"]["tp"][60] is None
+        assert d[f"threshold@recall{level:.2f}"] == pytest.approx(threshold)
+        assert [d[f"{k}@recall{level:.2f}"] for k in ev.KINDS] == counts
+    assert d["threshold@recall0.41"] == pytest.approx(0.1)  # 3 TPs needed
+    assert d["threshold@recall0.61"] is None and d["tp@recall0.61"] is None and d["recall_max"] == 0.6
     # AP50: class 0's TP flags in score order 1 1 0 0 0 0 0 1 (4 GT); class 1 has GT and no detection: AP 0
     ctp = np.cumsum([1, 1, 0, 0, 0, 0, 0, 1])
     ap0 = float(compute_ap(ctp / 4, ctp / np.arange(1, 9))[0])
     assert d["ap50"] == pytest.approx(ap0 / 2, abs=1e-12)
     assert d["ap50_tp_only"] == pytest.approx(float(compute_ap(np.array([0.25, 0.5, 0.75]), np.ones(3))[0]) / 2)
     for k in ev.FP_KINDS:
-        assert d["ap50_cost"][k] == pytest.approx(d["ap50_without"][k] - d["ap50"])
-    assert d["ap50_cost"]["background"] > 0 and d["ap50_cost"]["duplicate"] > 0
-    assert d["ultralytics"] == {"precision": 0.5, "recall": 0.5, "mAP50": 0.5, "mAP50-95": 0.3}
-    assert d["params"] == {
-        "weights": "w.pt",
-        "data": "d.yaml",
-        "imgsz": 64,
-        "conf": 0.001,
-        "iou": 0.7,
-        "max_det": 300,
-        "iou_match": 0.5,
-        "iou_background": 0.1,
-        "thresholds": [0.25, 0.5],
-    }
+        assert d[f"ap50_cost_{k}"] == pytest.approx(d[f"ap50_without_{k}"] - d["ap50"])
+    assert d["ap50_cost_background"] > 0 and d["ap50_cost_duplicate"] > 0
+    assert {m: d[f"ultralytics/{m}"] for m in ("precision", "recall", "mAP50", "mAP50-95")} == {
+        "precision": 0.5, "recall": 0.5, "mAP50": 0.5, "mAP50-95": 0.3
+    }  # fmt: skip
 
 
 def test_diagnose_counts_by_hand():
     """Each-kind image: 2 TP of 3 GT overall; at conf 0.25 the late TP (0.1) is out: 1 TP, 4 FP, 2 missed."""
-    d = ev.diagnose(build([EACH_KIND]))
-    assert d["counts"] == {"tp": 2, "duplicate": 1, "wrong_class": 1, "localization": 1, "background": 1}
-    at = d["at"]["0.25"]
-    assert at["counts"]["tp"] == 1 and at["fp"] == 4 and at["missed_gt"] == 2
-    assert at["precision"] == pytest.approx(0.2) and at["recall"] == pytest.approx(1 / 3)
-    assert d["at"]["0.5"]["counts"] == {"tp": 1, "duplicate": 1, "wrong_class": 1, "localization": 1, "background": 1}
-    assert d["at"]["f1"]["threshold"] == pytest.approx(0.9)  # 1 TP of 1: F1 = 2 / (1 + 3) = 0.5, the best
-    assert d["mean_score"]["tp"] == pytest.approx(0.5)
+    d = values(ev.diagnose(build([EACH_KIND])))
+    assert d["tp"] == 2
+    assert d["tp@0.25"] == 1 and d["fp@0.25"] == 4 and d["missed@0.25"] == 2
+    assert d["precision@0.25"] == pytest.approx(0.2) and d["recall@0.25"] == pytest.approx(1 / 3)
+    assert [d[f"{k}@0.5"] for k in ev.KINDS] == [1, 1, 1, 1, 1]
+    assert d["threshold@f1"] == pytest.approx(0.9)  # 1 TP of 1: F1 = 2 / (1 + 3) = 0.5, the best
+    assert d["score_tp"] == pytest.approx(0.5)
 
 
-def test_diagnose_feeds_report_aggregate_markdown_csv():
-    """ab.report's aggregate, common_recall, diagnosis_markdown and diagnosis_csv_text consume diagnose() output.
+def test_detection_kinds_are_classify_by_name():
+    """``detection_kinds``: each detection's confidence and kind name, in record order."""
+    records = build([EACH_KIND])
+    frame = ev.detection_kinds(records)
+    assert frame["kind"].to_list() == kinds(ev.classify(records))
+    assert frame["conf"].to_list() == pytest.approx(EACH_KIND["conf"])
+
+
+def test_diagnose_feeds_the_diagnosis_report():
+    """report.diagnosis_stats, common_recall, diagnosis_markdown and diagnosis_csv_text consume diagnose() rows.
 
     bce: the each-kind image (1 TP at conf 0.25); qfl: plus the one-TP image (2 TPs at 0.25).
     """
-    runs = []
-    for arm, images in (("bce", [EACH_KIND]), ("qfl", [EACH_KIND, *TWO_GT_ONE_TP])):
-        d = ev.diagnose(build(images))
-        d.update(run=f"{arm}-s0", arm=arm, seed=0)
-        runs.append(d)
-    recall = common_recall(runs, "bce")
-    assert recall == pytest.approx(1 / 3 - 1 / 300)  # bce's F1-optimal recall 1/3, rounded down to the grid: 0.33
-    rows = aggregate(runs, baseline="bce", order=["bce", "qfl"], recall=recall)
-    assert [r["arm"] for r in rows] == ["bce", "qfl"]
+    table = pl.concat(
+        [
+            final_rows(RunResult(f"{arm}-s0", arm, 0, arm, {}), ev.diagnose(build(images)))
+            for arm, images in (("bce", [EACH_KIND]), ("qfl", [EACH_KIND, *TWO_GT_ONE_TP]))
+        ]
+    )
+    recall = common_recall(table, "bce")
+    assert recall == pytest.approx(0.33)  # bce's F1-optimal recall 1/3, rounded down to the grid
+    stats = diagnosis_stats(table, baseline="bce", order=["bce", "qfl"])
+    rows = list(stats.iter_rows(named=True))
+    assert [r["arm"] for r in rows] == ["bce", "qfl"] and rows[0]["eq_recall"] == recall
     assert rows[0]["tp@0.25_mean"] == 1 and rows[1]["tp@0.25_mean"] == 2 and rows[1]["background@0.25_mean"] == 2
-    md = diagnosis_markdown(rows, runs, {"name": "t", "baseline": "bce", "out": "x", "missing": [], "command": "c"})
+    meta = {"name": "t", "baseline": "bce", "out": "x", "missing": [], "command": "c"}
+    md = diagnosis_markdown(stats, diagnosis_runs(table, "bce"), meta)
     assert "`qfl`" in md and "| bce |" in md and "None" not in md and "nan" not in md
-    table = list(csv.DictReader(diagnosis_csv_text(rows).splitlines()))
-    assert [r["arm"] for r in table] == ["bce", "qfl"] and float(table[1]["tp@0.25_mean"]) == 2
+    csv_rows = list(csv.DictReader(diagnosis_csv_text(stats).splitlines()))
+    assert [r["arm"] for r in csv_rows] == ["bce", "qfl"] and float(csv_rows[1]["tp@0.25_mean"]) == 2
+    with pytest.raises(MissingMetricError, match="'ap50'.*bce-s0"):
+        diagnosis_stats(table.filter((pl.col("metric") != "ap50") | (pl.col("arm") != "bce")))

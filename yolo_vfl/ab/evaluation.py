@@ -24,26 +24,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from . import protocol
 from .records import Records
 from .stats import correlations
 
-__all__ = ["KINDS", "FP_KINDS", "tally", "THRESHOLDS", "HIST_BINS", "RECALL_LEVELS", "DIAG_VERSION", "classify"]
-__all__ += ["best_same_class_iou", "ranking_quality", "average_precision", "map50", "summarize_detections", "diagnose"]
+__all__ = ["KINDS", "FP_KINDS", "THRESHOLDS", "HIST_BINS", "RECALL_LEVELS", "classify", "best_same_class_iou"]
+__all__ += ["ranking_quality", "average_precision", "map50", "summarize_detections", "detection_kinds", "diagnose"]
 
 #: Detection kinds, true positives first.
 KINDS: tuple[str, ...] = ("tp", "duplicate", "wrong_class", "localization", "background")
 #: The false-positive kinds.
 FP_KINDS: tuple[str, ...] = KINDS[1:]
 #: Fixed confidence thresholds at which counts are reported (plus each run's F1-optimal one, key ``f1``).
-THRESHOLDS: tuple[float, ...] = (0.25, 0.5)
+THRESHOLDS: tuple[float, ...] = (protocol.OPERATING_CONF, 0.5)
 #: Bins of the score histograms (equal width on [0, 1]).
 HIST_BINS = 50
 #: Recall levels at which counts are reported (``recall_grid``).
 RECALL_LEVELS: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(1, 101))
-#: Version of the ``diagnose`` output (3: computed from the records, AP by Ultralytics' ``compute_ap``).
-DIAG_VERSION = 3
 _TP, _DUPLICATE, _WRONG_CLASS, _LOCALIZATION, _BACKGROUND = range(len(KINDS))
 
 
@@ -168,24 +167,15 @@ def map50(scores: np.ndarray, kinds: np.ndarray, cls: np.ndarray, gt_counts: Map
     return float(np.mean(aps)) if aps else math.nan
 
 
-def _mean(values: np.ndarray) -> float | None:
-    return float(values.mean()) if values.size else None
-
-
-def _counts(kinds: np.ndarray) -> dict[str, int]:
-    return {k: int((kinds == i).sum()) for i, k in enumerate(KINDS)}
-
-
-def tally(counts: dict[str, int], n_gt: int) -> dict[str, Any]:
-    """Counts per kind plus FP, missed GT, precision and recall (None where undefined)."""
-    n = sum(counts.values())
-    return {
-        "counts": counts,
-        "fp": n - counts["tp"],
-        "missed_gt": n_gt - counts["tp"],
-        "precision": counts["tp"] / n if n else None,
-        "recall": counts["tp"] / n_gt if n_gt else None,
-    }
+def _point(counts: Sequence[int | None], n_gt: int, at: str) -> list[tuple[str, float | None]]:
+    """The rows of one operating point ``at``: count per kind, ``fp``, ``missed``, ``precision``, ``recall``."""
+    n = sum(counts) if None not in counts else None
+    tp = counts[_TP]
+    rows = [(f"{k}@{at}", c) for k, c in zip(KINDS, counts)]
+    if n is None or tp is None:
+        return rows + [(f"{k}@{at}", None) for k in ("fp", "missed", "precision", "recall")]
+    rows += [(f"fp@{at}", n - tp), (f"missed@{at}", n_gt - tp)]
+    return rows + [(f"precision@{at}", tp / n if n else None), (f"recall@{at}", tp / n_gt if n_gt else None)]
 
 
 def _f1_threshold(scores: np.ndarray, kinds: np.ndarray, n_gt: int) -> float | None:
@@ -199,25 +189,22 @@ def _f1_threshold(scores: np.ndarray, kinds: np.ndarray, n_gt: int) -> float | N
     return float(s[int(np.argmax(f1))])
 
 
-def _recall_grid(scores: np.ndarray, kinds: np.ndarray, n_gt: int) -> dict[str, Any]:
-    """Counts per kind at the highest threshold that reaches each recall level (None where it is not reached)."""
-    grid: dict[str, Any] = {"recall": list(RECALL_LEVELS), "threshold": [], "counts": {k: [] for k in KINDS}}
+def _recall_grid(scores: np.ndarray, kinds: np.ndarray, n_gt: int) -> list[tuple[str, float | None]]:
+    """Per ``RECALL_LEVELS`` level ``r``: the highest threshold reaching it and the counts there (``@recall<r>``)."""
     order = np.argsort(-scores, kind="stable")
     s = scores[order]
     cum = np.cumsum(kinds[order][:, None] == np.arange(len(KINDS))[None, :], axis=0)
-    ctp = cum[:, _TP] if s.size else np.zeros(0, dtype=np.int64)
+    rows: list[tuple[str, float | None]] = []
+    reached = 0.0
     for r in RECALL_LEVELS:
         need = math.ceil(r * n_gt - 1e-9)
-        if n_gt == 0 or s.size == 0 or need > ctp[-1]:
-            threshold, row = None, [None] * len(KINDS)
-        else:
-            i = int(np.searchsorted(ctp, need))  # the detection that brings the need-th TP
+        threshold, counts = None, [None] * len(KINDS)
+        if n_gt and s.size and need <= cum[-1, _TP]:
+            i = int(np.searchsorted(cum[:, _TP], need))  # the detection that brings the need-th TP
             last = int(np.searchsorted(-s, -s[i], side="right")) - 1  # keep all detections with the same score
-            threshold, row = float(s[i]), cum[last].tolist()
-        grid["threshold"].append(threshold)
-        for k, v in zip(KINDS, row):
-            grid["counts"][k].append(v)
-    return grid
+            threshold, counts, reached = float(s[i]), cum[last].tolist(), r
+        rows += [(f"threshold@recall{r:.2f}", threshold), *_point(counts, n_gt, f"recall{r:.2f}")]
+    return [("recall_max", reached), *rows]
 
 
 def summarize_detections(
@@ -227,60 +214,49 @@ def summarize_detections(
     ious: np.ndarray,
     gt_counts: Mapping[int, int],
     thresholds: Sequence[float] = THRESHOLDS,
-) -> dict[str, Any]:
-    """Counts, scores, missed ground truths and AP50 costs of classified detections (all images of a run pooled).
+) -> pl.DataFrame:
+    """The diagnosis numbers of classified detections (all images of a run pooled), one row per ``metric``.
 
-    ``scores``, ``kinds`` (indices into ``KINDS``), ``cls`` and ``ious`` hold one value per detection, ``kinds`` and
-    ``ious`` as ``classify`` gives them; ``gt_counts``: ground-truth boxes per class; ``thresholds``: confidence
-    thresholds for the ``at`` counts (the F1-optimal one is added as ``f1``).
-
-    Returns:
-        dict with ``n_det``, ``n_gt``, ``counts`` (per kind), ``at`` (per threshold ``"0.25"`` ... and ``"f1"``:
-        ``tally`` output; ``f1`` also ``threshold`` and ``f1``), ``mean_score`` and ``median_score`` per kind,
-        ``tp_mean_iou`` (all, and per threshold), ``hist`` (``edges`` and counts per kind), ``recall_grid``
-        (``recall`` levels 0.01 ... 1, and per level the ``threshold`` and ``counts`` per kind at the highest
-        threshold reaching it, None where unreached), ``ap50``, ``ap50_without`` and ``ap50_cost`` per FP kind, and
-        ``ap50_tp_only`` (all false positives removed: the recall ceiling).
+    ``scores``, ``kinds`` (indices into ``KINDS``), ``cls`` and ``ious`` hold one value per detection, as ``classify``
+    gives them; ``gt_counts``: ground-truth boxes per class. Metrics: ``n_det``, ``n_gt``, ``tp``, ``ap50``,
+    ``ap50_tp_only`` (every FP removed: the recall ceiling), ``ap50_without_<kind>`` and ``ap50_cost_<kind>``
+    per FP kind (TIDE), ``score_<kind>`` (mean score); per operating point ``P`` (each of ``thresholds`` as ``0.25``,
+    the F1-optimal ``f1``, each ``RECALL_LEVELS`` level as ``recall0.72``) ``<kind>@P``, ``fp@P``, ``missed@P``,
+    ``precision@P``, ``recall@P``, ``threshold@P`` (not for fixed thresholds) and ``tp_iou@P`` (not for recall levels);
+    ``recall_max``: the highest level reached. ``value``: null where undefined.
     """
     scores, ious = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (scores, ious))
     kinds, cls = (np.asarray(a, dtype=np.int64).reshape(-1) for a in (kinds, cls))
     gt_counts = {int(c): int(n) for c, n in gt_counts.items()}
-    n_gt = sum(gt_counts.values())
+    n_gt, tp = sum(gt_counts.values()), kinds == _TP
     t_f1 = _f1_threshold(scores, kinds, n_gt)
-    cuts = {**{f"{t:g}": t for t in thresholds}, "f1": t_f1}
-    at = {key: tally(_counts(kinds[scores >= (math.inf if t is None else t)]), n_gt) for key, t in cuts.items()}
-    p, r = at["f1"]["precision"] or 0.0, at["f1"]["recall"] or 0.0
-    at["f1"].update(threshold=t_f1, f1=2 * p * r / (p + r) if p + r > 0 else 0.0)
-    by_kind = [scores[kinds == i] for i in range(len(KINDS))]
-    tp = kinds == _TP
-    edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
-
-    def ap_of(keep: np.ndarray) -> float:
-        return map50(scores[keep], kinds[keep], cls[keep], gt_counts)
-
+    rows: list[tuple[str, Any]] = [("n_det", scores.size), ("n_gt", n_gt), ("tp", int(tp.sum()))]
     ap = map50(scores, kinds, cls, gt_counts)
-    without = {k: ap_of(kinds != i) for i, k in enumerate(FP_KINDS, 1)}
-    return {
-        "n_det": int(scores.size),
-        "n_gt": n_gt,
-        "counts": _counts(kinds),
-        "at": at,
-        "mean_score": {k: _mean(v) for k, v in zip(KINDS, by_kind)},
-        "median_score": {k: float(np.median(v)) if v.size else None for k, v in zip(KINDS, by_kind)},
-        "tp_mean_iou": {
-            "all": _mean(ious[tp]),
-            **{key: None if t is None else _mean(ious[tp & (scores >= t)]) for key, t in cuts.items()},
-        },
-        "hist": {
-            "edges": [round(float(e), 6) for e in edges],
-            **{k: np.histogram(np.clip(v, 0.0, 1.0), bins=edges)[0].tolist() for k, v in zip(KINDS, by_kind)},
-        },
-        "recall_grid": _recall_grid(scores, kinds, n_gt),
-        "ap50": ap,
-        "ap50_without": without,
-        "ap50_cost": {k: v - ap for k, v in without.items()},
-        "ap50_tp_only": ap_of(tp),
-    }
+    rows += [("ap50", ap), ("ap50_tp_only", map50(scores[tp], kinds[tp], cls[tp], gt_counts))]
+    for i, k in enumerate(FP_KINDS, 1):
+        keep = kinds != i
+        without = map50(scores[keep], kinds[keep], cls[keep], gt_counts)
+        rows += [(f"ap50_without_{k}", without), (f"ap50_cost_{k}", without - ap)]
+    rows += [
+        (f"score_{k}", float(scores[kinds == i].mean()) if (kinds == i).any() else None) for i, k in enumerate(KINDS)
+    ]
+    for at, t in [*((f"{t:g}", t) for t in thresholds), ("f1", t_f1)]:
+        kept = scores >= (math.inf if t is None else t)
+        counts = [int((kinds[kept] == i).sum()) for i in range(len(KINDS))]
+        rows += _point(counts, n_gt, at) + [
+            (f"tp_iou@{at}", float(ious[tp & kept].mean()) if (tp & kept).any() else None)
+        ]
+    rows.append(("threshold@f1", t_f1))
+    rows += _recall_grid(scores, kinds, n_gt)
+    return pl.DataFrame(rows, schema={"metric": pl.Utf8, "value": pl.Float64}, orient="row").with_columns(
+        pl.col("value").fill_nan(None)
+    )
+
+
+def detection_kinds(records: Records, iou_match: float = protocol.IOU_MATCH) -> pl.DataFrame:
+    """Each detection's ``conf`` and ``kind`` (``classify``'s, by name): what the score histograms are drawn from."""
+    kind = classify(records, iou_match=iou_match)["kind"]
+    return pl.DataFrame({"conf": records.det_conf.astype(np.float64), "kind": np.asarray(KINDS)[kind]})
 
 
 def diagnose(
@@ -288,18 +264,13 @@ def diagnose(
     iou_match: float = protocol.IOU_MATCH,
     iou_background: float = protocol.IOU_BACKGROUND,
     thresholds: Sequence[float] = THRESHOLDS,
-) -> dict[str, Any]:
+) -> pl.DataFrame:
     """The false-positive diagnosis of one run: ``classify`` then ``summarize_detections``, all images pooled.
 
-    Returns:
-        ``summarize_detections(...)`` plus ``version`` (``DIAG_VERSION``), ``n_images``, ``params`` (the records'
-        params plus ``iou_match``, ``iou_background``, ``thresholds``) and ``ultralytics`` (the validation's own
-        ``precision``, ``recall``, ``mAP50``, ``mAP50-95`` of the same pass).
+    Adds ``n_images`` and ``ultralytics/<metric>`` (the validation's own precision, recall, mAP50, mAP50-95 of the
+    same pass).
     """
     c = classify(records, iou_match=iou_match, iou_background=iou_background)
-    out = summarize_detections(
-        records.det_conf, c["kind"], records.det_cls, c["iou"], records.gt_counts(), thresholds=thresholds
-    )
-    params = dict(records.params, iou_match=iou_match, iou_background=iou_background, thresholds=list(thresholds))
-    out.update(version=DIAG_VERSION, n_images=records.n_images, params=params, ultralytics=dict(records.metrics))
-    return out
+    out = summarize_detections(records.det_conf, c["kind"], records.det_cls, c["iou"], records.gt_counts(), thresholds)
+    extra = [("n_images", float(records.n_images))] + [(f"ultralytics/{k}", v) for k, v in records.metrics.items()]
+    return pl.concat([out, pl.DataFrame(extra, schema=out.schema, orient="row")])

@@ -24,7 +24,16 @@ from ..fileio import atomic_write_json, atomic_write_text, file_lock, read_json
 from . import protocol
 from .backends import Failure, Progress, run_jobs
 from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, same_fingerprint, start_model
-from .results import TABLE_FILE, RunResult, epoch_table, run_dir_table, run_ranking, run_table, write_table
+from .results import (
+    TABLE_FILE,
+    RunResult,
+    epoch_table,
+    final_rows,
+    run_dir_table,
+    run_ranking,
+    run_table,
+    write_table,
+)
 from .spec import DEFAULT_MODEL, ABSpec
 
 __all__ = ["ABRunError", "run_ab", "regenerate_report", "diagnose_experiment", "load_results", "check_devices", "plan"]
@@ -277,7 +286,7 @@ def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log
     table, points = _tables(out, results)
     paths = write_report(out, results, meta, table, points)
     log(f"yolo-vfl ab: report: {paths['summary.md']}")
-    baseline, level = meta.get("baseline", "bce"), meta["level"]
+    baseline, level = meta.get("baseline", protocol.BASELINE), meta["level"]
     for line in verdict_lines(summarize(results, baseline, meta.get("arms"), level, table)):
         log(line)
     return paths
@@ -390,7 +399,7 @@ def regenerate_report(out_dir: str | os.PathLike[str], baseline: str | None = No
     if baseline:
         meta["baseline"] = baseline
     meta["missing"] = _missing(meta.get("runs") or [], results)
-    meta.setdefault("level", 0.95)
+    meta.setdefault("level", protocol.LEVEL)
     return _write_report(out, results, meta, lambda msg: None)
 
 
@@ -470,30 +479,19 @@ def diagnose_experiment(
     """Diagnose the finished runs of an experiment: ``diagnosis.md/.csv``, ``fp_scores.png``, ``pr_curves.png``.
 
     The detections are each run's records (``detections.npz``, from the runner's recording pass, which also gave the
-    run's metrics); a run without them, or with records of other thresholds, is recorded once now.
-
-    Args:
-        out_dir: the experiment directory.
-        dest: where the report files go (default ``out_dir``).
-        arms: only these arms (default: all with finished runs).
-        baseline: the arm to compare with (default: experiment.json's, else ``bce``).
-        conf: confidence threshold of a recording pass run here (default: the protocol's).
-        iou: its NMS IoU.
-        max_det: its detections kept per image.
-        device: its device (None: Ultralytics' default).
-        batch: its batch size.
-        workers: its dataloader workers.
-        cache_dir: where new records go (default: each run's directory).
-        force: record again even where records exist.
-        log: progress printer (default: silent).
+    run's metrics); a run without them, or with records of other thresholds, is recorded once now with ``conf``,
+    ``iou``, ``max_det``, ``device``, ``batch``, ``workers`` (into ``cache_dir``, default each run's directory;
+    ``force``: record again even where records exist). ``dest``: where the report goes (default ``out_dir``);
+    ``arms``: only these (default all with finished runs); ``baseline``: default experiment.json's.
 
     Returns:
         the written paths by name.
 
     Raises:
         UserError: missing directory, no finished runs, unknown arms.
+        MissingMetricError: a run whose diagnosis lacks a metric of the report.
     """
-    from .evaluation import diagnose
+    from .evaluation import detection_kinds, diagnose
     from .plots import write_diagnosis
 
     log = log or (lambda msg: None)
@@ -502,25 +500,17 @@ def diagnose_experiment(
     results = _of_arms(results, arms, out)
     settings = {"conf": conf, "iou": iou, "max_det": max_det, "device": device, "batch": batch, "workers": workers}
     record_dir = Path(cache_dir).expanduser().resolve() if cache_dir else None
-    diagnoses, tables = [], []
+    tables, detections, params = [], [], {}
     for res in results:
         run_dir = out / "runs" / res.run
-        ids = {"run": res.run, "arm": res.arm, "seed": res.seed}
-        diagnoses.append({**diagnose(_records(run_dir, res, settings, force, record_dir, log)), **ids})
-        tables.append(run_table(res, epoch_table(run_dir / "results.csv")))
+        records = _records(run_dir, res, settings, force, record_dir, log)
+        params = params or records.params
+        tables += [run_table(res, epoch_table(run_dir / "results.csv")), final_rows(res, diagnose(records))]
+        detections.append(detection_kinds(records).with_columns(run=pl.lit(res.run), arm=pl.lit(res.arm)))
     expected = [r for r in meta.get("runs") or [] if not arms or r.rsplit("-s", 1)[0] in arms]
     command = ["yolo-vfl ab diagnose", f"out={out}"]
     command += ([f"dest={dest_dir}"] if dest_dir != out else []) + ([f"arms={','.join(arms)}"] if arms else [])
-    return write_diagnosis(
-        dest_dir,
-        diagnoses,
-        pl.concat(tables),
-        {
-            "name": meta.get("name", out.name),
-            "baseline": baseline or meta.get("baseline") or "bce",
-            "arms": list(arms) if arms else meta.get("arms"),
-            "out": str(out),
-            "missing": _missing(expected, results),
-            "command": " ".join(command),
-        },
-    )
+    about = {"name": meta.get("name", out.name), "baseline": baseline or meta.get("baseline") or protocol.BASELINE}
+    about |= {"arms": list(arms) if arms else meta.get("arms"), "out": str(out), "params": params}
+    about |= {"missing": _missing(expected, results), "command": " ".join(command), "level": protocol.LEVEL}
+    return write_diagnosis(dest_dir, pl.concat(tables), pl.concat(detections), about)

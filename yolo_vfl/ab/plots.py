@@ -22,10 +22,9 @@ import polars as pl
 from ..fileio import atomic_write_bytes, atomic_write_text
 from . import report
 from .evaluation import HIST_BINS, KINDS
-from .protocol import PRIMARY_METRIC, ULTRALYTICS_KEYS
-from .report import arm_order, at_recall, common_recall, get_path, group_by_arm
+from .protocol import BASELINE, LEVEL, OPERATING_CONF, PRIMARY_METRIC, ULTRALYTICS_KEYS
+from .report import arm_order
 from .results import RANK_KEYS, RunResult, table_of
-from .stats import mean_std
 
 __all__ = ["COLORS", "plot_epoch_band", "plot_curves", "plot_ranking", "plot_fp_scores", "plot_pr_curves"]
 __all__ += ["write_report", "write_diagnosis"]
@@ -33,9 +32,9 @@ __all__ += ["write_report", "write_diagnosis"]
 #: Plot colours per detection kind.
 COLORS = dict(zip(KINDS, ("tab:green", "tab:orange", "tab:purple", "tab:blue", "tab:red")))
 _Path = Union[str, os.PathLike[str]]
-_Dicts = Sequence[Mapping[str, Any]]
 _Order = Optional[Sequence[str]]
 _Meta = Optional[Mapping[str, Any]]
+_OP = f"{OPERATING_CONF:g}"
 
 
 def _figure(
@@ -106,7 +105,7 @@ def _arms(table: pl.DataFrame, order: _Order, baseline: str) -> list[str]:
 
 
 def plot_curves(
-    table: pl.DataFrame, path: _Path, metric: str = PRIMARY_METRIC, order: _Order = None, baseline: str = "bce"
+    table: pl.DataFrame, path: _Path, metric: str = PRIMARY_METRIC, order: _Order = None, baseline: str = BASELINE
 ) -> Path:
     """``curves.png``: ``metric`` (``mAP50-95`` or ``mAP50``) per epoch per arm, mean over seeds, ± 1 std band."""
     fig, (ax,) = _figure(7.5, 4.5)
@@ -119,7 +118,7 @@ def plot_ranking(
     path: _Path,
     points: Mapping[str, Mapping[str, Sequence[float]] | None] | None = None,
     order: _Order = None,
-    baseline: str = "bce",
+    baseline: str = BASELINE,
 ) -> Path:
     """``ranking.png``: one confidence-vs-IoU scatter per arm (all seeds), titled with the mean correlations.
 
@@ -156,83 +155,69 @@ def plot_ranking(
     return _save_figure(fig, path)
 
 
-def _bars(ax: Any, groups: Mapping[str, Sequence[Any]], title: str) -> None:
-    """Stacked bars of TP and the FP kinds per arm (mean over the arm's count dicts in ``groups``), precision on top."""
-    arms = list(groups)
-    x = np.arange(len(arms))
-    bottom = np.zeros(len(arms))
+def _bars(ax: Any, stats: pl.DataFrame, t: str, title: str) -> None:
+    """Stacked bars of TP and the FP kinds per arm at operating point ``t`` (mean per run), precision on top."""
+    x = np.arange(stats.height)
+    bottom = np.zeros(stats.height)
     for k in KINDS:
-        v = [mean_std(get_path(d, "counts", k) for d in groups[a])[0] or 0.0 for a in arms]
+        v = stats[f"{k}@{t}_mean"].fill_null(0.0).to_numpy()
         ax.bar(x, v, bottom=bottom, color=COLORS[k], label=k, width=0.7)
-        bottom += np.asarray(v)
-    for i, a in enumerate(arms):
-        prec = [p for p in (get_path(d, "precision") for d in groups[a]) if p is not None]
-        if prec:
-            ax.text(x[i], bottom[i], f"P {np.mean(prec):.3f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x, arms, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("detections per run")
+        bottom += v
+    for i, prec in enumerate(stats[f"precision@{t}_mean"]):
+        if prec is not None:
+            ax.text(x[i], bottom[i], f"P {prec:.3f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, stats["arm"].to_list(), rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="detections per run")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.margins(y=0.08)
 
 
-def plot_fp_scores(
-    diagnoses: _Dicts, path: _Path, order: _Order = None, baseline: str = "bce", recall: float | None = None
-) -> Path:
+def plot_fp_scores(stats: pl.DataFrame, detections: pl.DataFrame, path: _Path) -> Path:
     """``fp_scores.png``: detections by kind per arm, and the score histograms of TP and each FP kind per arm.
 
-    ``diagnoses``: per-run diagnosis dicts with ``arm`` and ``seed``. Top row: stacked bars of TP and the FP kinds
-    per arm (mean per run, precision on top) at equal recall (``recall``, default ``report.common_recall`` of the
-    ``baseline``), at each run's F1-optimal threshold and at conf ≥ 0.25. Below, one panel per arm: the score
-    histograms of TP and each FP kind (mean count per run, log scale; dashed: 0.25, dotted: mean F1-optimal threshold).
+    ``stats``: ``report.diagnosis_stats`` (arms in order); ``detections``: each run's ``evaluation.detection_kinds``
+    with ``run`` and ``arm``. Top row: stacked bars of TP and the FP kinds per arm at equal recall, at each run's
+    F1-optimal threshold and at ``OPERATING_CONF``. Below, one panel per arm: the score histograms of each kind (mean
+    count per run, log scale; dashed: ``OPERATING_CONF``, dotted: mean F1-optimal threshold).
     """
-    groups = group_by_arm(diagnoses, order, baseline)
-    if recall is None:
-        recall = common_recall(diagnoses, baseline)
-    fig, axes = _figure(5.0, 3.6, 1 + math.ceil(max(1, len(groups)) / 3), 3, 3 + len(groups))
-    eq_title = f"at equal recall {recall:.2f} (same TPs)" if recall is not None else "at equal recall (n/a)"
-    titles = (eq_title, "at each run's F1-optimal threshold", "at conf ≥ 0.25")
-    for ax, key, title in zip(axes, (None, "f1", "0.25"), titles):
-        picked = {a: [get_path(r, "at", key) if key else at_recall(r, recall) for r in rs] for a, rs in groups.items()}
-        _bars(ax, picked, f"TP and FP kinds {title}")
-    axes[0].legend(fontsize=7)
-
-    hists: dict[str, dict[str, np.ndarray]] = {a: {} for a in groups}
+    fig, axes = _figure(5.0, 3.6, 1 + math.ceil(max(1, stats.height) / 3), 3, 3 + stats.height)
+    recall = stats["eq_recall"][0]
+    titles = {"eq": f"at equal recall {recall:.2f} (same TPs)" if recall else None, "f1": "at each run's F1-optimal "}
+    titles["f1"] += "threshold"
+    titles[_OP] = f"at conf ≥ {OPERATING_CONF:g}"
+    for ax, (t, title) in zip(axes, titles.items()):
+        if title:
+            _bars(ax, stats, t, f"TP and FP kinds {title}")
+    axes[1].legend(fontsize=7)
     edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
-    ymax, xmax = 1.0, 0.0
-    for a in groups:
-        for r in groups[a]:
-            if get_path(r, "hist", "edges"):
-                edges = np.asarray(r["hist"]["edges"], dtype=np.float64)
+    hists = {}
+    for arm in stats["arm"]:
+        d = detections.filter(pl.col("arm") == arm)
+        n_runs = max(1, d["run"].n_unique())
         for k in KINDS:
-            hs = [np.asarray(get_path(r, "hist", k) or [], dtype=np.float64) for r in groups[a]]
-            hs = [h for h in hs if h.size == edges.size - 1]
-            if hs:
-                hists[a][k] = h = np.mean(hs, axis=0)
-                ymax = max(ymax, float(h.max()))
-                xmax = max([xmax, *edges[1:][h > 0]])
-    for ax, a in zip(axes[3:], groups):
-        for k, h in hists[a].items():
-            if h.any():
-                ax.stairs(h, edges, color=COLORS[k], lw=2.2 if k == "tp" else 1.3, label=k)
-        ax.axvline(0.25, color="gray", ls="--", lw=0.8)
-        thr = [v for v in (get_path(r, "at", "f1", "threshold") for r in groups[a]) if v is not None]
-        if thr:
-            ax.axvline(float(np.mean(thr)), color="black", ls=":", lw=1.2)
+            hists[arm, k] = np.histogram(d.filter(pl.col("kind") == k)["conf"].clip(0.0, 1.0), bins=edges)[0] / n_runs
+    ymax = max([1.0, *(h.max() for h in hists.values())])
+    xmax = max([0.0, *(edges[1:][h > 0].max() for h in hists.values() if h.any())])
+    for ax, row in zip(axes[3:], stats.iter_rows(named=True)):
+        for k in KINDS:
+            if hists[row["arm"], k].any():
+                ax.stairs(hists[row["arm"], k], edges, color=COLORS[k], lw=2.2 if k == "tp" else 1.3, label=k)
+        ax.axvline(OPERATING_CONF, color="gray", ls="--", lw=0.8)
+        if row["threshold@f1_mean"] is not None:
+            ax.axvline(row["threshold@f1_mean"], color="black", ls=":", lw=1.2)
         ax.set_yscale("log")
         ax.set(ylim=(0.3, ymax * 1.5), xlim=(0, min(1.0, max(0.3, xmax + 0.05))), ylabel="detections per run")
-        n = len(groups[a])
-        ap = [r.get("ap50") for r in groups[a] if r.get("ap50") is not None]
-        ap_text = f", AP50 {np.mean(ap):.3f}" if ap else ""
-        ax.set_title(f"{a} ({n} seed{'s' if n != 1 else ''}{ap_text})", fontsize=9)
-        ax.set_xlabel("confidence (dashed 0.25, dotted F1-optimal)", fontsize=8)
+        ap = "" if row["ap50_mean"] is None else f", AP50 {row['ap50_mean']:.3f}"
+        ax.set_title(f"{row['arm']} ({row['n_seeds']} seed{'s' if row['n_seeds'] != 1 else ''}{ap})", fontsize=9)
+        ax.set_xlabel(f"confidence (dashed {OPERATING_CONF:g}, dotted F1-optimal)", fontsize=8)
         ax.grid(alpha=0.3)
-        if ax is axes[3] and ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+    if len(axes) > 3 and axes[3].get_legend_handles_labels()[0]:
+        axes[3].legend(fontsize=7)
     return _save_figure(fig, path)
 
 
-def plot_pr_curves(table: pl.DataFrame, path: _Path, order: _Order = None, baseline: str = "bce") -> Path:
+def plot_pr_curves(table: pl.DataFrame, path: _Path, order: _Order = None, baseline: str = BASELINE) -> Path:
     """``pr_curves.png``: validation precision and recall per epoch per arm, mean over seeds with a ± 1 std band.
 
     ``table``: the runs' results table (its per-epoch ``metrics/precision(B)`` and ``metrics/recall(B)``);
@@ -279,10 +264,10 @@ def write_report(
         raise ValueError(f"No finished runs (runs/*/result.json) in {out}: nothing to report")
     meta = dict(meta or {})
     meta["versions"] = meta.get("versions") or _versions(results)
-    baseline, order = meta.get("baseline", "bce"), meta.get("arms")
+    baseline, order = meta.get("baseline", BASELINE), meta.get("arms")
     table = table_of(results) if table is None else table
     points = {r.run: (r.ranking or {}).get("points") for r in results} if points is None else points
-    rows = report.summarize(results, baseline=baseline, order=order, level=meta.get("level", 0.95), table=table)
+    rows = report.summarize(results, baseline=baseline, order=order, level=meta.get("level", LEVEL), table=table)
     return {
         "summary.csv": atomic_write_text(out / "summary.csv", report.summary_csv_text(rows, meta)),
         "summary.md": atomic_write_text(out / "summary.md", report.summary_markdown(rows, results, meta)),
@@ -291,20 +276,24 @@ def write_report(
     }
 
 
-def write_diagnosis(dest: _Path, diagnoses: _Dicts, table: pl.DataFrame, meta: _Meta = None) -> dict[str, Path]:
+def write_diagnosis(
+    dest: _Path, table: pl.DataFrame, detections: pl.DataFrame, meta: Mapping[str, Any]
+) -> dict[str, Path]:
     """Write ``diagnosis.csv``, ``diagnosis.md``, ``fp_scores.png`` and ``pr_curves.png`` into ``dest`` (atomically).
 
-    ``diagnoses``: per-run diagnosis dicts with ``arm``, ``seed`` and ``run``; ``table``: the runs' results table
-    (``plot_pr_curves``); ``meta``: ``name``, ``baseline``, ``arms`` (order), ``out``, ``command``, ``missing``.
-    Returns the written paths by name.
+    ``table``: the runs' results table with their diagnosis rows (``evaluation.diagnose``); ``detections``: their
+    ``detection_kinds`` with ``run`` and ``arm``; ``meta``: ``name``, ``baseline``, ``arms`` (order), ``params``,
+    ``out``, ``command``, ``missing``. Returns the written paths by name.
+
+    Raises:
+        MissingMetricError: a run without a row for a metric of the report.
     """
-    out, meta = Path(dest), dict(meta or {})
-    baseline, order = meta.get("baseline", "bce"), meta.get("arms")
-    recall = common_recall(diagnoses, baseline)
-    rows = report.aggregate(diagnoses, baseline=baseline, order=order, recall=recall)
+    out, baseline, order = Path(dest), meta["baseline"], meta.get("arms")
+    stats = report.diagnosis_stats(table, baseline, order)
+    runs = report.diagnosis_runs(table, baseline, order)
     return {
-        "diagnosis.csv": atomic_write_text(out / "diagnosis.csv", report.diagnosis_csv_text(rows)),
-        "diagnosis.md": atomic_write_text(out / "diagnosis.md", report.diagnosis_markdown(rows, diagnoses, meta)),
-        "fp_scores.png": plot_fp_scores(diagnoses, out / "fp_scores.png", order, baseline, recall),
+        "diagnosis.csv": atomic_write_text(out / "diagnosis.csv", report.diagnosis_csv_text(stats)),
+        "diagnosis.md": atomic_write_text(out / "diagnosis.md", report.diagnosis_markdown(stats, runs, meta)),
+        "fp_scores.png": plot_fp_scores(stats, detections, out / "fp_scores.png"),
         "pr_curves.png": plot_pr_curves(table, out / "pr_curves.png", order=order, baseline=baseline),
     }

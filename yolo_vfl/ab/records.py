@@ -317,20 +317,10 @@ def record_detections(
     """Validate a trained model with Ultralytics' own validator and record every detection it scores.
 
     The detections are those of the validation (its dataloader, letterboxing and multi-label NMS with ``conf``,
-    ``iou``, ``max_det``: a box may carry several classes, each a detection of its own), so the recorded
-    ``metrics`` (the same pass) and everything computed from the records describe the same detections.
-
-    Args:
-        weights: checkpoint (``best.pt``).
-        data_yaml: dataset YAML (its ``val`` split unless ``split=`` is given).
-        imgsz: validation image size (the training imgsz).
-        batch: validation batch size.
-        device: device (None: Ultralytics' default).
-        workers: dataloader workers.
-        conf: confidence threshold.
-        iou: NMS IoU threshold.
-        max_det: detections kept per image.
-        **val_args: further arguments of ``model.val`` (``split``, ``half``, ``rect``, ``single_cls`` ...).
+    ``iou``, ``max_det``: a box may carry several classes, each a detection of its own), so the recorded ``metrics``
+    (the same pass) and everything computed from the records describe the same detections. ``weights``: the
+    checkpoint; ``data_yaml``: its ``val`` split unless ``split=`` is given; ``imgsz``: the training imgsz;
+    ``**val_args``: further arguments of ``model.val`` (``split``, ``half``, ``rect``, ``single_cls`` ...).
 
     Returns:
         the records, ``params`` holding the arguments above (paths as strings) and ``task``.
@@ -358,11 +348,9 @@ def record_detections(
     LOGGER.setLevel(max(level, 30))  # WARNING: no validation table in the middle of the caller's output
     try:
         with tempfile.TemporaryDirectory(prefix="yolo_vfl_records_") as tmp:
-            args = {"split": "val", "plots": False, "save_json": False, "verbose": False, "project": tmp, "name": "val"}
-            args = {**args, "exist_ok": True, **val_args}
-            metrics = model.val(
-                validator=validator, data=str(data_yaml), batch=batch, device=device, workers=workers, **shared, **args
-            )
+            args = {"split": "val", "plots": False, "save_json": False, "verbose": False, "exist_ok": True}
+            args |= {"project": tmp, "name": "val", "batch": batch, "device": device, "workers": workers, **val_args}
+            metrics = model.val(validator=validator, data=str(data_yaml), **shared, **args)
     finally:
         LOGGER.setLevel(level)
     rd = getattr(metrics, "results_dict", {}) or {}

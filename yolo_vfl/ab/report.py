@@ -10,14 +10,22 @@ import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
 import polars as pl
 
-from .evaluation import FP_KINDS, KINDS, tally
-from .protocol import LOSS_KEYS, METRICS, PRIMARY_METRIC, ULTRALYTICS_KEYS
-from .results import FINAL_METRICS, RANK_KEYS, Curve, RunResult, final_values, table_of
+from .evaluation import FP_KINDS, KINDS
+from .protocol import BASELINE, LEVEL, LOSS_KEYS, METRICS, OPERATING_CONF, PRIMARY_METRIC, ULTRALYTICS_KEYS
+from .results import (
+    FINAL_METRICS,
+    RANK_KEYS,
+    Curve,
+    MissingMetricError,
+    RunResult,
+    check_metrics,
+    final_values,
+    table_of,
+)
 from .stats import PairedDifference, finite, mean_std, paired_difference, verdict
 
 __all__ = [
@@ -31,7 +39,6 @@ __all__ = [
     "Convergence",
     "ArmRow",
     "arm_order",
-    "group_by_arm",
     "curve_gain",
     "summarize",
     "experiment_warnings",
@@ -40,9 +47,9 @@ __all__ = [
     "verdict_lines",
     "summary_csv_text",
     "summary_markdown",
-    "at_recall",
     "common_recall",
-    "aggregate",
+    "diagnosis_stats",
+    "diagnosis_runs",
     "findings",
     "diagnosis_csv_text",
     "diagnosis_markdown",
@@ -56,8 +63,6 @@ CONVERGED_MIN = 0.10
 CONVERGED_RISE = 0.03
 #: Epochs at the end of the curves over which the convergence gain is measured.
 CONVERGENCE_EPOCHS = 3
-
-T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------------------ typed rows
@@ -150,33 +155,11 @@ class ArmRow:
 
 
 # ------------------------------------------------------------------------------------------------ grouping
-def _arm_seed(item: Any) -> tuple[str, int]:
-    arm, seed = (item["arm"], item["seed"]) if isinstance(item, Mapping) else (item.arm, item.seed)
-    return str(arm), int(seed)
-
-
-def arm_order(found: Iterable[str], order: Sequence[str] | None = None, baseline: str = "bce") -> list[str]:
+def arm_order(found: Iterable[str], order: Sequence[str] | None = None, baseline: str = BASELINE) -> list[str]:
     """The arms in report order: ``order``, the baseline, then as found (each once)."""
     found = list(dict.fromkeys(found))
     names = [a for a in (order or []) if a in found]
     return names + sorted((a for a in found if a not in names), key=lambda a: a != baseline)  # stable
-
-
-def group_by_arm(items: Iterable[T], order: Sequence[str] | None = None, baseline: str = "bce") -> dict[str, list[T]]:
-    """Items (``RunResult`` or ``arm``/``seed`` mappings) by arm (``arm_order``), each arm's by seed."""
-    by_arm: dict[str, list[T]] = {}
-    for item in items:
-        by_arm.setdefault(_arm_seed(item)[0], []).append(item)
-    return {a: sorted(by_arm[a], key=lambda x: _arm_seed(x)[1]) for a in arm_order(by_arm, order, baseline)}
-
-
-def get_path(d: Any, *keys: str) -> Any:
-    """``d[k0][k1]...``, None where a level is missing or not a mapping."""
-    for k in keys:
-        if not isinstance(d, Mapping) or k not in d:
-            return None
-        d = d[k]
-    return d
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -274,9 +257,9 @@ def _arm_row(
 
 def summarize(
     results: Iterable[RunResult],
-    baseline: str = "bce",
+    baseline: str = BASELINE,
     order: Sequence[str] | None = None,
-    level: float = 0.95,
+    level: float = LEVEL,
     table: pl.DataFrame | None = None,
 ) -> list[ArmRow]:
     """One ``ArmRow`` per arm (``arm_order``) from the results table (default: ``table_of(results)``).
@@ -302,7 +285,7 @@ def summarize(
     return [replace(r, warnings=warnings) for r in rows]
 
 
-def experiment_warnings(rows: Sequence[ArmRow], baseline: str = "bce") -> list[str]:
+def experiment_warnings(rows: Sequence[ArmRow], baseline: str = BASELINE) -> list[str]:
     """Plain-text warnings: ``nothing learned`` (alone), else ``baseline ... near 0`` and ``not converged``."""
     means = {r.arm: r.primary.value.mean for r in rows if r.primary.value.mean is not None}
     if not means:
@@ -491,8 +474,8 @@ def _header(rows: Sequence[ArmRow], results: Sequence[RunResult], meta: Mapping[
         if value not in (None, "", {}):
             out.append(f"- {label}: `{_pairs(value, '=', ' ') if isinstance(value, Mapping) else value}`")
     out.append(
-        f"- Baseline arm: `{meta.get('baseline', 'bce')}`; every arm x seed trains with the same data, epochs, image "
-        "size and seed (Ultralytics deterministic mode)."
+        f"- Baseline arm: `{meta.get('baseline', BASELINE)}`; every arm x seed trains with the same data, epochs, "
+        "image size and seed (Ultralytics deterministic mode)."
     )
     pre = meta.get("pretrain")
     if isinstance(pre, Mapping):
@@ -571,15 +554,12 @@ def _convergence_section(rows: Sequence[ArmRow], baseline: str, level: int) -> l
     res, k = resolution(rows), CONVERGENCE_EPOCHS
     return [
         "\n## Convergence and resolution\n",
-        f"Gain of {PRIMARY_METRIC} over each run's last {k} epochs (`curves.png`: the last epoch with a value against "
-        f"the one {k} epochs before it, or the first epoch of a shorter run), absolute and relative to the earlier "
-        "value, mean ± std over seeds. A run whose metric still rises has not converged: a difference between arms "
-        f"then describes an early stage of training. The baseline counts as not converged when its final "
-        f"{PRIMARY_METRIC} is below {CONVERGED_MIN:g} or it still rises more than {CONVERGED_RISE:.0%}. Resolution: "
-        f"the half-width of each arm's paired {level}% interval against `{baseline}` (arm − {baseline}, by seed); "
-        "a smaller difference cannot be told from zero. The last two columns: the paired difference to "
-        f"`{baseline}` on the curves {k} epochs before the end (the epoch each gain is measured from) and at their "
-        "last epoch; when the two agree, the gap between the arms did not move while training went on.\n",
+        f"Gain of {PRIMARY_METRIC} over each run's last {k} epochs (`curves.png`; a shorter run: from its first "
+        "epoch), absolute and relative, mean ± std over seeds: a run still rising has not converged. The baseline "
+        f"counts as not converged below {CONVERGED_MIN:g} or rising more than {CONVERGED_RISE:.0%}. Resolution: the "
+        f"half-width of the paired {level}% interval against `{baseline}`; a smaller difference cannot be told from "
+        f"zero. The last two columns: the paired difference to `{baseline}` {k} epochs before the end and at the "
+        "last epoch; when they agree, the gap did not move while training went on.\n",
         *([f"**Resolution: {res}.**\n"] if res else []),
         *_table(
             f"arm | final {PRIMARY_METRIC} | epochs spanned | gain | relative gain | ± {level}% CI vs {baseline} "
@@ -603,12 +583,10 @@ def _ranking_and_times(rows: Sequence[ArmRow]) -> list[str]:
     ]
     return [
         "\n## Ranking quality (confidence vs IoU)\n",
-        "Each detection of the final model on the val images (confidence ≥ the threshold used by validation) is "
-        "matched to the ground-truth box of the same class with the highest IoU (0 if none). Higher correlation = "
-        "scores rank localization quality better (GFL, arXiv 2006.04388). Mean ± std over seeds; "
-        '"IoU>0" uses only detections that overlap a same-class ground truth (the ranking of localization quality '
-        "among real detections; the all-detections columns mix in the background ones at IoU 0). Scatter plots: "
-        "`ranking.png` (titles: IoU>0 first, all detections below).\n",
+        "Each detection of the final model on the val images is matched to the same-class ground truth with the "
+        "highest IoU (0 if none); a higher correlation of confidence and IoU ranks localization quality better (GFL, "
+        'arXiv 2006.04388). Mean ± std over seeds; "IoU>0": only detections that overlap a same-class ground truth. '
+        "Scatter plots: `ranking.png`.\n",
         *_table(
             "arm | Pearson | Spearman | Pearson (IoU>0) | Spearman (IoU>0)",
             [[r.arm, *(_stat(r.ranking[k], 3) for k in RANK_KEYS)] for r in rows],
@@ -617,10 +595,9 @@ def _ranking_and_times(rows: Sequence[ArmRow]) -> list[str]:
             _N1_NOTE,
         ),
         "\n## Training time and final losses\n",
-        "Training time is Ultralytics' epoch time summed over the run's training segments (resumed runs included); "
-        "wall time is the last attempt's time including final validation and the ranking measurement; both are "
-        "means over seeds. `cls_loss` is each arm's own classification loss (BCE, VFL, QFL ...): its values are not "
-        "comparable across losses.\n",
+        "Training time: Ultralytics' epoch times summed over the run's segments; wall time: the last attempt's, with "
+        "final validation and ranking; means over seeds. `cls_loss` is each arm's own loss: not comparable across "
+        "losses.\n",
         *_table(
             "arm | epochs | train time | wall time | box_loss | cls_loss | dfl_loss",
             times,
@@ -659,207 +636,176 @@ def summary_markdown(
     ``missing``, ``level``.
     """
     meta = meta or {}
-    baseline, level = meta.get("baseline", "bce"), int(round(100 * meta.get("level", 0.95)))
+    baseline, level = meta.get("baseline", BASELINE), int(round(100 * meta.get("level", LEVEL)))
     out = _header(rows, results, meta) + _accuracy(rows, baseline, level)
     out += _convergence_section(rows, baseline, level) + _ranking_and_times(rows) + _runs_section(rows)
     return "\n".join(out)
 
 
 # ------------------------------------------------------------------------------------------------ diagnosis
-def _set_stat(row: dict[str, Any], key: str, values: Iterable[Any]) -> None:
-    row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
+#: The fixed operating point of the diagnosis, as its metric names spell it (``tp@0.25``).
+_OP = f"{OPERATING_CONF:g}"
+#: The operating points of the diagnosis tables: key in the metric names, heading.
+_POINTS = {_OP: f"at conf ≥ {_OP}", "eq": "at equal recall", "f1": "at each run's F1-optimal threshold"}
+_POINT_METRICS = (*KINDS, "fp", "missed", "precision")
+#: The per-run metrics of the diagnosis' Runs table.
+_RUN_METRICS = (*(f"{k}@{_OP}" for k in ("tp", "fp", *FP_KINDS, "missed")), "threshold@f1", "ap50", "ultralytics/mAP50")
+_DIAG_METRICS = (
+    "n_images", "n_gt", "ap50", "ap50_tp_only", f"tp_iou@{_OP}", "tp_iou@f1", "threshold@f1", "recall@f1", "recall_max",
+    *(f"{k}@{p}" for p in (_OP, "f1") for k in _POINT_METRICS), *(f"score_{k}" for k in KINDS),
+    *(f"ap50_{c}_{k}" for k in FP_KINDS for c in ("cost", "without")), *_RUN_METRICS,
+)  # fmt: skip
 
 
-def _max_recall(d: Mapping[str, Any]) -> float:
-    """The highest grid recall level a run reaches (0 when none)."""
-    grid = d.get("recall_grid") or {}
-    reached = [r for r, t in zip(grid.get("recall", []), grid.get("threshold", [])) if t is not None]
-    return max(reached, default=0.0)
-
-
-def common_recall(diagnoses: Sequence[Mapping[str, Any]], baseline: str = "bce") -> float | None:
+def common_recall(table: pl.DataFrame, baseline: str = BASELINE) -> float | None:
     """The baseline runs' (else all runs') mean recall at their F1-optimal thresholds, the level the arms share.
 
-    Rounded down to the 0.01 grid and capped at the highest level every run reaches; None when below 0.01.
+    Rounded down to the 0.01 grid and capped at the highest level every run reaches (``recall_max``); None below 0.01.
     """
-    runs = [d for d in diagnoses if d.get("arm") == baseline] or list(diagnoses)
-    mean, _ = mean_std(get_path(d, "at", "f1", "recall") for d in runs)
-    if mean is None or not diagnoses:
+    runs = final_values(table, ("recall@f1", "recall_max"))
+    base = runs.filter(pl.col("arm") == baseline)
+    mean = (base if base.height else runs)["recall@f1"].mean()
+    if mean is None:
         return None
-    level = min(math.floor(mean * 100 + 1e-9) / 100, min(_max_recall(d) for d in diagnoses))
+    level = min(math.floor(mean * 100 + 1e-9) / 100, runs["recall_max"].min())
     return round(level, 2) if level >= 0.01 else None
 
 
-def at_recall(d: Mapping[str, Any], recall: float | None) -> dict[str, Any] | None:
-    """A run's counts at a ``recall_grid`` level, in the form of its ``at`` entries (None: unreached or absent)."""
-    grid = d.get("recall_grid") or {}
-    levels = grid.get("recall") or []
-    if recall is None or not levels:
-        return None
-    i = int(np.argmin(np.abs(np.asarray(levels) - recall)))
-    if abs(levels[i] - recall) > 1e-6 or grid["threshold"][i] is None:
-        return None
-    counts = {k: grid["counts"][k][i] for k in KINDS}
-    return {**tally(counts, d.get("n_gt") or 0), "threshold": grid["threshold"][i]}
+def diagnosis_stats(
+    table: pl.DataFrame, baseline: str = BASELINE, order: Sequence[str] | None = None, recall: float | None = None
+) -> pl.DataFrame:
+    """One row per arm (the ``diagnosis.csv`` columns): ``<metric>_mean`` / ``<metric>_std`` over seeds.
 
+    ``table``: the runs' diagnosis rows (``evaluation.diagnose``); the recall grid enters only at ``recall`` (default
+    ``common_recall``), as the operating point ``eq``.
 
-def aggregate(
-    diagnoses: Sequence[Mapping[str, Any]],
-    baseline: str = "bce",
-    order: Sequence[str] | None = None,
-    recall: float | None = None,
-) -> list[dict[str, Any]]:
-    """One flat row per arm (the ``diagnosis.csv`` columns): ``<key>_mean`` / ``<key>_std`` over seeds.
-
-    Keys: counts, AP50s, per operating point ``T`` (``0.25``, ``0.5``, ``f1``, ``eq``: equal ``recall``, default
-    ``common_recall``) ``<kind>@T``, ``fp@T``, ``missed@T``, ``precision@T``, ``recall@T``, ``tp_iou@T``; thresholds,
-    scores per kind, AP50 costs per FP kind.
+    Raises:
+        MissingMetricError: a run without a row for a metric of the report.
     """
-    if recall is None:
-        recall = common_recall(diagnoses, baseline)
-    rows = []
-    for arm, runs in group_by_arm(diagnoses, order, baseline).items():
-        row: dict[str, Any] = {"arm": arm, "n_seeds": len(runs), "seeds": [r["seed"] for r in runs]}
-        row["eq_recall"] = recall
-        for key in ("n_gt", "n_images", "n_det", "ap50", "ap50_tp_only"):
-            _set_stat(row, key, [r.get(key) for r in runs])
-        _set_stat(row, "tp", [get_path(r, "counts", "tp") for r in runs])
-        ats = {t: [get_path(r, "at", t) for r in runs] for t in [k for k in (runs[0].get("at") or {}) if k != "f1"]}
-        ats["f1"] = [get_path(r, "at", "f1") for r in runs]
-        ats["eq"] = [at_recall(r, recall) for r in runs]
-        for t, values in ats.items():
-            for k in KINDS:
-                _set_stat(row, f"{k}@{t}", [get_path(v, "counts", k) for v in values])
-            for k in ("fp", "missed_gt", "precision", "recall"):
-                _set_stat(row, f"{k.replace('_gt', '')}@{t}", [get_path(v, k) for v in values])
-            if t != "eq":
-                _set_stat(row, f"tp_iou@{t}", [get_path(r, "tp_mean_iou", t) for r in runs])
-        for t in ("f1", "eq"):
-            _set_stat(row, f"threshold@{t}", [get_path(v, "threshold") for v in ats[t]])
-        for k in KINDS:
-            _set_stat(row, f"score_{k}", [get_path(r, "mean_score", k) for r in runs])
-        for k in FP_KINDS:
-            _set_stat(row, f"ap50_cost_{k}", [get_path(r, "ap50_cost", k) for r in runs])
-            _set_stat(row, f"ap50_without_{k}", [get_path(r, "ap50_without", k) for r in runs])
-        rows.append(row)
-    return rows
+    check_metrics(table, _DIAG_METRICS)
+    recall = common_recall(table, baseline) if recall is None else recall
+    final = table.filter(pl.col("epoch").is_null() & ~pl.col("metric").is_in([*FINAL_METRICS, "recall_max"]))
+    grid = pl.col("metric").str.contains("@recall") | pl.col("metric").str.starts_with("ultralytics/")
+    eq = final.filter(pl.col("metric").str.ends_with(f"@recall{recall:.2f}") if recall else pl.lit(False))
+    rows = pl.concat([final.filter(~grid), eq.with_columns(pl.col("metric").str.replace("@recall.*", "@eq"))])
+    stats = rows.group_by("arm", "metric", maintain_order=True).agg(
+        mean=pl.col("value").mean(), std=pl.col("value").std()
+    )
+    long = stats.unpivot(index=["arm", "metric"], variable_name="stat").with_columns(
+        column=pl.col("metric") + "_" + pl.col("stat")
+    )
+    wide = long.pivot(on="column", index="arm", values="value", maintain_order=True)
+    seeds = final.group_by("arm").agg(n_seeds=pl.col("seed").n_unique(), seeds=pl.col("seed").unique().sort())
+    arms = pl.DataFrame({"arm": arm_order(final["arm"].unique(maintain_order=True), order, baseline)})
+    columns = [f"{m}_{s}" for m in rows["metric"].unique(maintain_order=True) for s in ("mean", "std")]
+    out = arms.join(seeds, on="arm", how="left", maintain_order="left").join(wide, on="arm", maintain_order="left")
+    return out.with_columns(eq_recall=pl.lit(recall, pl.Float64)).select(
+        "arm", "n_seeds", "seeds", "eq_recall", *columns
+    )
 
 
-def _deltas(row: Mapping[str, Any], base: Mapping[str, Any], fmt: str) -> dict[str, float]:
-    """``row - base`` of the ``<fmt(k)>_mean`` column per FP kind ``k`` where both have it."""
-    pairs = {k: (row.get(fmt.format(k=k) + "_mean"), base.get(fmt.format(k=k) + "_mean")) for k in FP_KINDS}
-    return {k: a - b for k, (a, b) in pairs.items() if a is not None and b is not None}
+def _diag(row: Mapping[str, Any], key: str) -> MeanStd:
+    """``<key>_mean`` / ``<key>_std`` of a ``diagnosis_stats`` row (MissingMetricError: not a column)."""
+    if f"{key}_mean" not in row:
+        raise MissingMetricError(key, None, (k.rsplit("_", 1)[0] for k in row))
+    return MeanStd(row[f"{key}_mean"], row[f"{key}_std"])
 
 
-def _growth_text(row: Mapping[str, Any], base: Mapping[str, Any], t: str) -> str | None:
-    """``FPs a → b per run (precision p → q); by kind: ... → **kind** grows most`` at operating point ``t``."""
-    deltas = _deltas(row, base, "{k}@" + t)
-    if not deltas:
-        return None
+def _growth_text(row: Mapping[str, Any], base: Mapping[str, Any], t: str) -> str:
+    """``FPs per run a → b (precision p → q); by kind ...: **kind** grows most`` at operating point ``t``."""
+    deltas = {k: (_diag(row, f"{k}@{t}").mean or 0.0) - (_diag(base, f"{k}@{t}").mean or 0.0) for k in FP_KINDS}
     by_kind = ", ".join(f"{k} {d:+.1f}" for k, d in sorted(deltas.items(), key=lambda kv: -kv[1]))
     top = max(deltas, key=lambda k: deltas[k])
-    fp_b, fp_a = base.get(f"fp@{t}_mean"), row.get(f"fp@{t}_mean")
-    p_b, p_a = base.get(f"precision@{t}_mean"), row.get(f"precision@{t}_mean")
-    head = f"FPs per run {fp_b:.1f} → {fp_a:.1f}" if fp_b is not None and fp_a is not None else "FPs per run"
-    if p_b is not None and p_a is not None:
-        head += f" (precision {p_b:.3f} → {p_a:.3f})"
+    fp, p = (
+        " → ".join(_fmt(_diag(r, f"{key}@{t}").mean, n, "n/a") for r in (base, row))
+        for key, n in (("fp", 1), ("precision", 3))
+    )
     grows = f"**{top}** grows most" if deltas[top] > 0 else "no FP kind grows"
-    return f"{head}; by kind {by_kind}: {grows}"
+    return f"FPs per run {fp} (precision {p}); by kind {by_kind}: {grows}"
 
 
-def _ap50_text(row: Mapping[str, Any], base: Mapping[str, Any]) -> str | None:
-    """``AP50 a → b (gap g)`` and the gap with each FP kind removed from both arms."""
-    ap, bap = row.get("ap50_mean"), base.get("ap50_mean")
-    if ap is None or bap is None:
-        return None
-    text = f"AP50 {bap:.4f} → {ap:.4f} (gap {ap - bap:+.4f})"
-    gaps = _deltas(row, base, "ap50_without_{k}")
+def _ap50_text(runs: pl.DataFrame, arm: str, baseline: str, level: float) -> str:
+    """The AP50 gap to the baseline paired by seed, and how it changes with each FP kind removed from both arms.
+
+    Removing a kind narrows the gap when it brings the paired mean gap closer to zero, whichever arm is ahead.
+    """
+
+    def gap(metric: str) -> PairedDifference:
+        of = {a: _by_seed(runs.filter(pl.col("arm") == a), metric) for a in (arm, baseline)}
+        return paired_difference(of[arm], of[baseline], level)
+
+    g = gap("ap50")
+    if g.mean is None:
+        return "AP50: no seed with a value in both arms"
+    text = f"AP50 gap paired by seed {_diff_text(g)}"
+    gaps = {k: d.mean for k in FP_KINDS if (d := gap(f"ap50_without_{k}")).mean is not None}
     if not gaps:
         return text
-    best = max(gaps, key=lambda k: gaps[k])
-    by_kind = ", ".join(f"{k} {g:+.4f}" for k, g in gaps.items())
-    text += f"; with one FP kind removed from both arms the gap would be {by_kind}"
-    if gaps[best] > ap - bap:
-        return text + f": removing **{best}** narrows it most (by {gaps[best] - (ap - bap):.4f})"
+    text += "; with one FP kind removed from both arms: " + ", ".join(f"{k} {v:+.4f}" for k, v in gaps.items())
+    best = min(gaps, key=lambda k: abs(gaps[k]))
+    if abs(gaps[best]) < abs(g.mean):
+        return text + f": removing **{best}** narrows it most (|gap| smaller by {abs(g.mean) - abs(gaps[best]):.4f})"
     return text + ": removing no single kind narrows it"
 
 
-def findings(rows: Sequence[Mapping[str, Any]], baseline: str = "bce") -> list[str]:
-    """One markdown bullet body per non-baseline arm: which FP kind grows most against the baseline and its AP50 cost.
+def findings(stats: pl.DataFrame, runs: pl.DataFrame, baseline: str = BASELINE, level: float = LEVEL) -> list[str]:
+    """One markdown bullet body per non-baseline arm: which FP kind grows most against the baseline and its AP50 gap.
 
-    At equal recall, each arm's F1-optimal threshold and conf >= 0.25; the AP50 gap with one FP kind removed.
+    ``stats``: ``diagnosis_stats``; ``runs``: per run its ``_RUN_METRICS`` and ``ap50_without_<kind>`` values.
     """
-    base = next((r for r in rows if r["arm"] == baseline), None)
-    if base is None:
+    rows = {r["arm"]: r for r in stats.iter_rows(named=True)}
+    if baseline not in rows:
         return [f"No baseline arm `{baseline}` among the diagnosed runs: no comparison."]
-    out = []
-    for row in rows:
-        if row["arm"] == baseline:
+    base, out = rows[baseline], []
+    recall = base["eq_recall"]
+    for arm, row in rows.items():
+        if arm == baseline:
             continue
-        recall = row.get("eq_recall")
-        views = [
-            ("eq", f"at equal recall {recall:.2f} (≈{_fmt(base.get('tp@eq_mean'), 0)} TPs per run)" if recall else ""),
-            ("f1", "at each arm's F1-optimal threshold"),
-            ("0.25", "at conf ≥ 0.25"),
-        ]
-        parts = [f"{label}: {text}" for t, label in views if label and (text := _growth_text(row, base, t))]
-        ap50 = _ap50_text(row, base)
-        parts += [ap50] if ap50 else []
-        if not parts:
-            parts.append("n/a: no value to compare (the arm's or the baseline's diagnosis lacks the counts and AP50)")
-        out.append(f"`{row['arm']}` vs `{baseline}`:\n" + "\n".join(f"  - {p}" for p in parts))
+        tps = _fmt(base.get("tp@eq_mean"), 0)
+        views = {"eq": f"at equal recall {recall:.2f} (≈{tps} TPs per run)" if recall else None, "f1": _POINTS["f1"]}
+        views[_OP] = _POINTS[_OP]
+        parts = [f"{label}: {_growth_text(row, base, t)}" for t, label in views.items() if label]
+        parts.append(_ap50_text(runs, arm, baseline, level))
+        out.append(f"`{arm}` vs `{baseline}`:\n" + "\n".join(f"  - {p}" for p in parts))
     return out
 
 
-def diagnosis_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    """``diagnosis.csv``: one line per arm, every column of ``aggregate``."""
-    return _csv(rows)
+def diagnosis_csv_text(stats: pl.DataFrame) -> str:
+    """``diagnosis.csv``: one line per arm, every column of ``diagnosis_stats``."""
+    return _csv(list(stats.iter_rows(named=True)))
 
 
-def _count(row: Mapping[str, Any], key: str, digits: int = 1) -> str:
-    """``_stat`` of ``<key>_mean`` / ``<key>_std`` of an ``aggregate`` row."""
-    return _stat(MeanStd(row.get(f"{key}_mean"), row.get(f"{key}_std")), digits)
+_DASH_NOTE = "`-`: not measured: no value in any run of this arm (the operating point was not reached, no detection "
+_DASH_NOTE += "of that kind, or no ground truth for AP50)."
 
 
-def _kind_table(rows: Sequence[Mapping[str, Any]], t: str, threshold: bool) -> list[str]:
+def _kind_table(stats: pl.DataFrame, t: str) -> list[str]:
+    threshold = t != _OP
     body = [
-        [r["arm"], r["n_seeds"], *([_count(r, f"threshold@{t}", 3)] if threshold else [])]
-        + [_count(r, f"{k}@{t}") for k in (*KINDS, "fp", "missed")]
-        + [_count(r, f"precision@{t}", 3)]
-        for r in rows
+        [r["arm"], r["n_seeds"], *([_stat(_diag(r, f"threshold@{t}"), 3)] if threshold else [])]
+        + [_stat(_diag(r, f"{k}@{t}"), 1) for k in (*KINDS, "fp", "missed")]
+        + [_stat(_diag(r, f"precision@{t}"), 3)]
+        for r in stats.iter_rows(named=True)
     ]
-    return _table(
-        f"arm | seeds | {'threshold | ' if threshold else ''}TP | duplicate | wrong_class | localization | background "
-        "| FP | missed GT | precision",
-        body,
-        "`-`: not measured: no run of the arm has this value (the operating point was not reached, e.g. no detection "
-        "at that threshold for precision, or no ground truth for AP50, or the run's diagnosis lacks it).",
-        _N1_NOTE,
-    )
+    head = " | ".join(["arm", "seeds", *(["threshold"] if threshold else []), "TP", *FP_KINDS, "FP", "missed GT"])
+    return _table(head + " | precision", body, _DASH_NOTE, _N1_NOTE)
 
 
 def _tp_score(row: Mapping[str, Any]) -> str:
     """The arm's mean TP score, or why there is none."""
-    if row.get("score_tp_mean") is not None:
-        return _fmt(row["score_tp_mean"], 3)
-    return "n/a (no true positives)" if row.get("tp_mean") == 0 else "n/a (not measured)"
+    score = _diag(row, "score_tp").mean
+    return "n/a (no true positives)" if score is None else f"{score:.3f}"
 
 
-def _diagnosis_header(
-    rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
-) -> list[str]:
+def _diagnosis_header(stats: pl.DataFrame, meta: Mapping[str, Any]) -> list[str]:
     """The title and how the detections were made and classified."""
-    baseline = meta.get("baseline", "bce")
-    p = (diagnoses[0].get("params") if diagnoses else None) or {}
-    first = rows[0] if rows else {}
+    p, first = meta.get("params") or {}, next(stats.iter_rows(named=True))
     na = "n/a (not recorded)"
     out = [f"# Diagnosis: {meta.get('name', 'ab')}", ""]
-    out += [
-        f"- {label}: `{meta[key]}`" for key, label in (("out", "Experiment"), ("command", "Command")) if meta.get(key)
-    ]
+    out += [f"- {label}: `{meta[k]}`" for k, label in (("out", "Experiment"), ("command", "Command")) if meta.get(k)]
     out += [
         f"- Detections of each run's `best.pt` as Ultralytics validation scores them (val split, "
-        f"{_fmt(first.get('n_images_mean'), 0, na)} images, {_fmt(first.get('n_gt_mean'), 0, na)} ground-truth boxes; "
+        f"{_fmt(first['n_images_mean'], 0, na)} images, {_fmt(first['n_gt_mean'], 0, na)} ground-truth boxes; "
         f"imgsz {_fmt(p.get('imgsz'), None, na)}, conf ≥ {_fmt(p.get('conf'), None, na)}, NMS IoU "
         f"{_fmt(p.get('iou'), None, na)}, max_det {_fmt(p.get('max_det'), None, na)}, multi-label NMS: a box can carry "
         "several classes).",
@@ -867,103 +813,94 @@ def _diagnosis_header(
         "truth), **duplicate** (IoU ≥ 0.5 with a same-class ground truth already matched), **wrong_class** (IoU ≥ 0.5 "
         "with a ground truth of another class), **localization** (best IoU with any ground truth in [0.1, 0.5)), "
         "**background** (best IoU < 0.1). Missed GT = ground truths without a TP at that threshold.",
-        "- Counts are per run (all val images), mean ± sample std over seeds.",
-        f"- Baseline arm: `{baseline}`.",
+        f"- Counts are per run (all val images), mean ± sample std over seeds. Baseline arm: `{meta['baseline']}`.",
     ]
-    if meta.get("missing"):
-        out.append(f"- Not diagnosed (no finished run): {', '.join(meta['missing'])}.")
-    return out
+    return out + ([f"- Not diagnosed (no finished run): {', '.join(meta['missing'])}."] if meta.get("missing") else [])
 
 
-def _scores_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def _scores_section(stats: pl.DataFrame) -> list[str]:
     """Scores, TP IoUs and AP50 costs per kind, per arm."""
-    scores = [
-        [r["arm"], *(_count(r, f"score_{k}", 3) for k in KINDS), _count(r, "tp_iou@0.25", 3), _count(r, "tp_iou@f1", 3)]
-        + [_count(r, key, 4) for key in ("ap50", *(f"ap50_cost_{k}" for k in FP_KINDS), "ap50_tp_only")]
-        for r in rows
+    keys = [*(f"score_{k}" for k in KINDS), f"tp_iou@{_OP}", "tp_iou@f1"]
+    keys4 = ["ap50", *(f"ap50_cost_{k}" for k in FP_KINDS), "ap50_tp_only"]
+    body = [
+        [r["arm"], *(_stat(_diag(r, k), 3) for k in keys), *(_stat(_diag(r, k), 4) for k in keys4)]
+        for r in stats.iter_rows(named=True)
     ]
+    head = " | ".join(["arm", *(f"score {'TP' if k == 'tp' else k}" for k in KINDS), f"TP IoU@{_OP}", "TP IoU@F1"])
+    head += " | AP50 | " + " | ".join(f"cost {k}" for k in FP_KINDS) + " | AP50 TP only"
     return [
         "\n## Scores and AP50 cost per kind\n",
-        "Mean score of each kind over all detections; mean IoU of the TPs at conf ≥ 0.25 and at the F1-optimal "
-        "threshold. AP50 here uses the greedy matching above (101-point interpolation, mean over classes; close to "
-        "Ultralytics' mAP50). Cost of a FP kind: the AP50 gained if its detections were removed (TIDE-style). "
-        "TP only: AP50 with every FP removed, the ceiling that missed objects leave.\n",
-        *_table(
-            "arm | score TP | score duplicate | score wrong_class | score localization | score background "
-            "| TP IoU@0.25 | TP IoU@F1 | AP50 | cost duplicate | cost wrong_class | cost localization "
-            "| cost background | AP50 TP only",
-            scores,
-            "`-`: not measured: no detection of that kind (score, TP IoU), no ground truth (AP50 and costs), or the "
-            "run's diagnosis lacks the value.",
-            _N1_NOTE,
-        ),
+        f"Mean score of each kind; mean IoU of the TPs at conf ≥ {_OP} and at the F1-optimal threshold. AP50 uses the "
+        "greedy matching above (Ultralytics' `compute_ap`, mean over classes). Cost of a FP kind: the AP50 gained if "
+        "its detections were removed (TIDE). TP only: AP50 with every FP removed, the ceiling that missed objects "
+        "leave.\n",
+        *_table(head, body, _DASH_NOTE, _N1_NOTE),
     ]
 
 
-def _diagnosis_runs(rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One line per run: its counts at conf ≥ 0.25, F1 threshold and AP50s."""
-    position = {r["arm"]: i for i, r in enumerate(rows)}
-    runs = []
-    for d in sorted(diagnoses, key=lambda x: (position.get(x["arm"], 1e9), x["seed"])):
-        at = get_path(d, "at", "0.25") or {}
-        counts = at.get("counts") or {}
-        cells = [counts.get("tp"), at.get("fp"), *(counts.get(k) for k in FP_KINDS), at.get("missed_gt")]
-        cells += [
-            _fmt(get_path(d, "at", "f1", "threshold"), 3, "-"),
-            d.get("ap50"),
-            get_path(d, "ultralytics", "mAP50"),
+def _diagnosis_runs(runs: pl.DataFrame) -> list[str]:
+    """One line per run: its counts at ``OPERATING_CONF``, F1 threshold and AP50s."""
+    digits = {"threshold@f1": 3, "ap50": 4, "ultralytics/mAP50": 4}
+    body = [
+        [
+            r["run"],
+            r["arm"],
+            r["seed"],
+            *(_fmt(r[m] if m in digits else _int(r[m]), digits.get(m), "-") for m in _RUN_METRICS),
         ]
-        runs.append([d.get("run") or "-", d["arm"], d["seed"], *(_fmt(c, 4, "-") for c in cells)])
-    return [
-        "\n## Runs\n",
-        *_table(
-            "run | arm | seed | TP@0.25 | FP@0.25 | duplicate | wrong_class | localization | background | missed@0.25 "
-            "| F1 threshold | AP50 | Ultralytics mAP50",
-            runs,
-            "`-`: not measured in that run (no F1 threshold without detections or ground truth, no AP50 without "
-            "ground truth, or the run's diagnosis lacks the value).",
-        ),
+        for r in runs.iter_rows(named=True)
     ]
+    head = f"run | arm | seed | TP@{_OP} | FP@{_OP} | " + " | ".join(FP_KINDS)
+    head += f" | missed@{_OP} | F1 threshold | AP50 | Ultralytics mAP50"
+    return ["\n## Runs\n", *_table(head, body, "`-`: not measured in that run (no detection or no ground truth).")]
 
 
-def diagnosis_markdown(
-    rows: Sequence[Mapping[str, Any]], diagnoses: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None
-) -> str:
-    """``diagnosis.md`` from ``aggregate`` rows and the diagnoses; ``meta``: name, baseline, out, command, missing."""
-    meta = meta or {}
-    baseline = meta.get("baseline", "bce")
-    first = rows[0] if rows else {}
-    out = _diagnosis_header(rows, diagnoses, meta)
-    out.append("\n## Findings\n")
-    out += [f"- {s}" for s in findings(rows, baseline)] if len(rows) > 1 else ["- Only one arm: no comparison."]
-    scale = ", ".join(f"{r['arm']} {_tp_score(r)}" for r in rows)
+def _int(v: float | None) -> int | None:
+    return None if v is None else int(v)
+
+
+def diagnosis_markdown(stats: pl.DataFrame, runs: pl.DataFrame, meta: Mapping[str, Any]) -> str:
+    """``diagnosis.md`` from ``diagnosis_stats`` and the per-run values (``diagnosis_runs``).
+
+    ``meta``: ``name``, ``baseline``, ``level``, ``params`` (of the recording pass), ``out``, ``command``, ``missing``.
+    """
+    baseline, recall = meta["baseline"], stats["eq_recall"][0]
+    out = [*_diagnosis_header(stats, meta), "\n## Findings\n"]
+    if stats.height > 1:
+        out += [f"- {s}" for s in findings(stats, runs, baseline, meta.get("level", LEVEL))]
+    else:
+        out.append("- Only one arm: no comparison.")
+    scale = ", ".join(f"{r['arm']} {_tp_score(r)}" for r in stats.iter_rows(named=True))
     out += [
         f"\nMean TP score per arm: {scale}. Losses put scores on different scales, so counts at a fixed threshold "
-        "compare different operating points; at equal recall every arm has found the same number of objects, and "
-        "the false positives that outrank them are what costs the precision.\n",
-        "## Detections at conf ≥ 0.25\n",
-        *_kind_table(rows, "0.25", False),
+        "compare different operating points; at equal recall every arm has found the same number of objects.\n",
+        f"## Detections {_POINTS[_OP]}\n",
+        *_kind_table(stats, _OP),
+        f"\n## Detections at equal recall ({_fmt(recall, 2, 'n/a')})\n",
     ]
-    recall = first.get("eq_recall")
-    out.append(f"\n## Detections at equal recall ({_fmt(recall, 2) or 'n/a'})\n")
     if recall is None:
         out.append("No recall level that every run reaches.")
     else:
-        out += [
+        out.append(
             f"Each run's highest threshold at which its recall (all classes pooled) reaches {recall:.2f}, the "
-            f"`{baseline}` runs' mean recall at their F1-optimal thresholds (capped at what every run reaches).\n",
-            *_kind_table(rows, "eq", True),
-        ]
+            f"`{baseline}` runs' mean recall at their F1-optimal thresholds (capped at what every run reaches).\n"
+        )
+        out += _kind_table(stats, "eq")
     out += [
         "\n## Detections at each run's F1-optimal threshold\n",
-        "The threshold with the highest F1, all classes pooled (Ultralytics reports precision and recall at the "
-        "threshold that maximizes the F1 averaged over classes, so its numbers differ a little).\n",
-        *_kind_table(rows, "f1", True),
-        *_scores_section(rows),
-        *_diagnosis_runs(rows, diagnoses),
+        "The threshold with the highest F1, all classes pooled (Ultralytics maximizes the F1 averaged over classes, "
+        "so its numbers differ a little).\n",
+        *_kind_table(stats, "f1"),
+        *_scores_section(stats),
+        *_diagnosis_runs(runs),
         "\n## Plots\n\n![FP kinds and score distributions](fp_scores.png)\n\n"
-        "![precision and recall per epoch](pr_curves.png)\n\n"
-        "mAP50-95 per epoch and the score-IoU correlation are in the experiment report (`curves.png`, `ranking.png`, "
-        "`summary.md`).\n",
+        "![precision and recall per epoch](pr_curves.png)\n",
     ]
     return "\n".join(out)
+
+
+def diagnosis_runs(table: pl.DataFrame, baseline: str = BASELINE, order: Sequence[str] | None = None) -> pl.DataFrame:
+    """One row per run (arm order, then seed) with its ``_RUN_METRICS`` and ``ap50_without_<kind>`` values."""
+    runs = final_values(table, (*_RUN_METRICS, *(f"ap50_without_{k}" for k in FP_KINDS)))
+    position = {a: i for i, a in enumerate(arm_order(runs["arm"].unique(maintain_order=True), order, baseline))}
+    return runs.sort(pl.col("arm").replace_strict(position, return_dtype=pl.Int64), "seed")

@@ -41,6 +41,7 @@ __all__ += [
     "epoch_table",
     "run_table",
     "table_of",
+    "final_rows",
     "run_ranking",
     "run_dir_table",
     "write_table",
@@ -256,6 +257,12 @@ def run_table(
     ids = (result.run or f"{result.arm}-s{result.seed}", result.arm, result.seed)
     rows = [(*ids, e, m, v) for e, m, v in epochs.iter_rows()] + [(*ids, None, m, _value(v)) for m, v in final.items()]
     return _frame(rows)
+
+
+def final_rows(result: RunResult, values: pl.DataFrame) -> pl.DataFrame:
+    """Final rows of ``result``'s run from a ``metric`` / ``value`` frame (``evaluation.diagnose``)."""
+    ids = {"run": result.run, "arm": result.arm, "seed": result.seed, "epoch": None}
+    return values.select(**{k: pl.lit(v, SCHEMA[k]) for k, v in ids.items()}, metric="metric", value="value")
 
 
 def table_of(results: Iterable[RunResult]) -> pl.DataFrame:
