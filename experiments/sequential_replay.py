@@ -14,11 +14,12 @@ For each report under ``experiments/results/ab_finetune_*`` (each arm paired wit
 - synthetic experiments (as many arms as the report, the report's pooled sd and baseline share) with every arm's
   true difference 0, +-0.5 sigma, +-2 sigma.
 
-Rules compared: the chosen one (pooled variance, Bonferroni over the looks, futility at 0.1) and, for reference,
-the same without futility and the per-arm t-interval without futility. Deterministic (fixed seeds), one core, under
-a minute::
+Rules compared: the chosen one (pooled variance with Satterthwaite df, Bonferroni over the looks, futility at 0.1)
+and, for reference, the same without futility, the pooled variance with its naive ``k (n - 1)`` df (no futility: the
+issue's "pooling over all arms of a round") and the per-arm t-interval (no futility). Deterministic (fixed seeds),
+one core, under a minute::
 
-    python experiments/sequential_replay.py [--reps 2000]
+    python experiments/sequential_replay.py [--reps 1500]
 """
 
 from __future__ import annotations
@@ -61,8 +62,21 @@ CHOSEN = Rule(margin=0.005, alpha=0.05, min_seeds=2, max_seeds=5, pooled=True, f
 RULES = {
     "chosen": CHOSEN,
     "no futility": replace(CHOSEN, futility=None),
+    "naive df": replace(CHOSEN, futility=None),  # pooled with k (n - 1) df, as if the arms were independent
     "per-arm": replace(CHOSEN, pooled=False, futility=None),
 }
+_SATTERTHWAITE = sequential._pooled
+
+
+def _naive_pooled(x: np.ndarray, means: np.ndarray) -> tuple[float, float]:
+    k, n = x.shape
+    return float(((x - means[:, None]) ** 2).sum()) / (k * (n - 1)), float(k * (n - 1))
+
+
+def use(label: str) -> Rule:
+    """The rule named ``label``; "naive df" swaps the module's pooled variance for the naive count."""
+    sequential._pooled = _naive_pooled if label == "naive df" else _SATTERTHWAITE
+    return RULES[label]
 
 
 def read_runs(report: Path) -> tuple[str, dict[str, dict[int, float]]]:
@@ -150,9 +164,13 @@ def score(draws: np.ndarray, rule: Rule) -> dict[str, float]:
         seq = [seq_verdict(dec[str(i)].state) for i in range(k)]
         changed += sum(a != b for a, b in zip(seq, full))
         reversed_ += sum({a, b} == {"better", "worse"} for a, b in zip(seq, full))
-        false.append(sum(v != "no clear difference" for v in seq) / k)
-    f = np.array(false)
+        false.append([v != "no clear difference" for v in seq])
+    per_arm = np.array(false, dtype=np.float64)
+    f = per_arm.mean(axis=1)
+    worst = int(per_arm.mean(axis=0).argmax())
     return {
+        "worst": float(per_arm[:, worst].mean()),
+        "worst_se": float(per_arm[:, worst].std(ddof=1) / math.sqrt(reps)),
         "saved": float(np.mean(saved)),
         "changed": changed / (reps * k),
         "reversed": reversed_,
@@ -170,8 +188,8 @@ def replay_real(name: str, diffs: dict[str, np.ndarray], detail: bool) -> None:
     k, seeds = len(diffs), min(x.size for x in diffs.values())
     full = {a: full_verdict(x) for a, x in diffs.items()}
     parts = []
-    for label, rule in RULES.items():
-        dec = decide(diffs, replace(rule, max_seeds=seeds))
+    for label in RULES:
+        dec = decide(diffs, replace(use(label), max_seeds=seeds))
         used = runs_used(dec)
         changed = [a for a in diffs if seq_verdict(dec[a].state) != full[a]]
         rev = sum({seq_verdict(dec[a].state), full[a]} == {"better", "worse"} for a in diffs)
@@ -188,20 +206,21 @@ def replay_real(name: str, diffs: dict[str, np.ndarray], detail: bool) -> None:
 def report_sims(label: str, arms: dict[str, tuple[float, float]], bv: float, reps: int, seed: int) -> None:
     """Simulated 5- and 8-seed grids: savings and verdict changes; then the same arms at a true difference of 0."""
     null = {a: (0.0, s) for a, (_, s) in arms.items()}
-    for rname, rule in RULES.items():
-        cells = []
+    for rname in RULES:
+        rule, cells = use(rname), []
         for seeds in (5, 8):
             s = score(simulate(arms, bv, seeds, reps, seed + seeds), rule)
             z = score(simulate(null, bv, seeds, reps, seed + 100 + seeds), rule)
             cells.append(
                 f"{seeds} seeds: {s['saved']:.1%} saved, {s['changed']:.1%} changed, {s['reversed']} reversed,"
-                f" false at 0 {z['false']:.2%} ± {z['false_se']:.2%}"
+                f" false at 0 {z['false']:.2%} ± {z['false_se']:.2%} (worst arm {z['worst']:.2%} ± {z['worst_se']:.2%})"
             )
         print(f"  {label}, {rname}: " + "; ".join(cells))
 
 
 def synthetic(k: int, sd: float, bv: float, reps: int, seed: int) -> None:
     """``k`` arms all at the same true difference (0, +-0.5 sd, +-2 sd), the chosen rule, 5 and 8 seeds."""
+    use("chosen")
     for mult in (0.0, 0.5, -0.5, 2.0, -2.0):
         arms = {str(i): (mult * sd, sd) for i in range(k)}
         cells = []
@@ -217,7 +236,7 @@ def synthetic(k: int, sd: float, bv: float, reps: int, seed: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Print the replay of every committed fine-tuning report and the simulations of the two headline ones."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=2000, help="simulated experiments per case")
+    p.add_argument("--reps", type=int, default=1500, help="simulated experiments per case")
     args = p.parse_args(argv)
     print(
         f"rule: {CHOSEN}; Bonferroni level per look at 5 seeds {replace(CHOSEN).look_alpha:.4f}, "

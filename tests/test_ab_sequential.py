@@ -12,7 +12,7 @@ from yolo_vfl.ab.sequential import Decision, Rule, _pooled, decide, next_round, 
 
 NOISE = [0.004, -0.003, 0.001, -0.002, 0.003]
 DIFFS = {
-    "big": [-0.04 + e for e in NOISE],  # far below the baseline
+    "big": [-0.04 + e / 4 for e in NOISE],  # far below the baseline
     "late": [0.006 + e / 2 for e in reversed(NOISE)],  # a small gain, small noise
     "zero": list(reversed(NOISE)),  # no difference, as noisy as the others
     "tiny": [0.0005, -0.0004, 0.0002, -0.0001, 0.0],  # within the margin, quiet

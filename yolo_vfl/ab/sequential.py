@@ -13,16 +13,16 @@ n = 2, where most runs are saved. An arm stops as ``better`` / ``worse`` (interv
 (interval inside ``+-margin``: a TOST at the same level, Schuirmann 1987), ``futile``, or ``budget`` (``max_seeds``
 reached, undecided).
 
-Variance (``pooled=True``): the paired variance pooled over the arms open in the round (``sum SS_i / (k (n - 1))``);
-at 2 seeds a lone arm's t quantile is 51 (1 degree of freedom, 4 looks), seven arms' 3.3 (7). The arms share the
-baseline's runs, so their differences correlate (the committed reports: 0.2 to 0.7 of a difference's variance is
-shared) and the pool holds fewer independent degrees of freedom than ``k (n - 1)``: counted naively, the
-false-verdict rate at a true 0 exceeds 5% (experiments/sequential_replay.py, "naive df"; the issue's 3.9% drew the
-arms independently). So the degrees of freedom are Satterthwaite's for the pool written as arm x seed interaction
-plus seed mean squares (``_pooled``): ``k (n - 1)`` when nothing is shared, ``n - 1`` when all is. Arms with a
-larger variance than the pool still get intervals too narrow; the replay measures the rate with the committed
-arms' unequal variances. Stopped arms leave the pool (stopping selected their variance). ``pooled=False``: each
-arm's own variance, exact and slow to decide.
+Variance (``pooled=True``): the paired variance pooled over the arms open in the round (``sum SS_i / (k (n - 1))``); at
+2 seeds a lone arm's t quantile is 51 (1 degree of freedom, 4 looks), seven arms' 3.3 (7). The arms share the baseline's
+runs, so their differences correlate (the committed reports: 0.2 to 0.7 of a difference's variance is shared) and the
+pool holds fewer independent degrees of freedom than ``k (n - 1)``: counted naively, the false-verdict rate at a true 0
+exceeds 5% (experiments/sequential_replay.py, "naive df"; the issue's 3.9% drew the arms independently). So the degrees
+of freedom are Satterthwaite's for the pool written as arm x seed interaction plus seed mean squares (``_pooled``): ``k
+(n - 1)`` when nothing is shared, ``n - 1`` when all is. An arm noisier than the pool would get an interval too narrow,
+so each arm's variance is the larger of the pool's and its own (still not enough for the noisiest arm when the arms'
+variances differ threefold: the replay's "worst arm"). Stopped arms leave the pool (stopping selected their variance).
+``pooled=False``: each arm's own variance, exact and slow to decide.
 
 Futility (``futility=p``, non-binding, so it cannot raise the false-verdict rate): an open arm also stops, as
 ``futile``, when the predictive probability (Spiegelhalter, Freedman & Blackburn, Controlled Clin. Trials 7, 8-17,
@@ -171,14 +171,10 @@ def decide(diffs: Mapping[str, Sequence[float]], rule: Rule = Rule()) -> dict[st
             break
         x = np.stack([data[a][:n] for a in arms])
         means = x.mean(axis=1)
-        if rule.pooled:
-            var, df = _pooled(x, means)
-            df_final = df * (rule.max_seeds - 1) / (n - 1)
-        else:
-            own = ((x - means[:, None]) ** 2).sum(axis=1) / (n - 1)
-            df, df_final = n - 1.0, rule.max_seeds - 1.0
-        for i, a in enumerate(arms):
-            out[a] = _look(n, float(means[i]), var if rule.pooled else float(own[i]), df, df_final, rule)
+        own = ((x - means[:, None]) ** 2).sum(axis=1) / (n - 1)
+        var, df = _pooled(x, means) if rule.pooled else (0.0, n - 1.0)
+        for i, a in enumerate(arms):  # pooled: never narrower than the arm's own variance gives
+            out[a] = _look(n, float(means[i]), max(var, float(own[i])), df, df * (rule.max_seeds - 1) / (n - 1), rule)
     for a, d in out.items():  # an open arm counts the values it has, up to the budget
         if d.state == "open":
             out[a] = Decision("open", min(data[a].size, rule.max_seeds), d.mean, d.lo, d.hi)
