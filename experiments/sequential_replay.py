@@ -169,6 +169,7 @@ def score(draws: np.ndarray, rule: Rule) -> dict[str, float]:
     f = per_arm.mean(axis=1)
     worst = int(per_arm.mean(axis=0).argmax())
     return {
+        "worst_arm": worst,
         "worst": float(per_arm[:, worst].mean()),
         "worst_se": float(per_arm[:, worst].std(ddof=1) / math.sqrt(reps)),
         "saved": float(np.mean(saved)),
@@ -206,6 +207,7 @@ def replay_real(name: str, diffs: dict[str, np.ndarray], detail: bool) -> None:
 def report_sims(label: str, arms: dict[str, tuple[float, float]], bv: float, reps: int, seed: int) -> None:
     """Simulated 5- and 8-seed grids: savings and verdict changes; then the same arms at a true difference of 0."""
     null = {a: (0.0, s) for a, (_, s) in arms.items()}
+    names, sds = list(arms), [s for _, s in arms.values()]
     for rname in RULES:
         rule, cells = use(rname), []
         for seeds in (5, 8):
@@ -213,7 +215,8 @@ def report_sims(label: str, arms: dict[str, tuple[float, float]], bv: float, rep
             z = score(simulate(null, bv, seeds, reps, seed + 100 + seeds), rule)
             cells.append(
                 f"{seeds} seeds: {s['saved']:.1%} saved, {s['changed']:.1%} changed, {s['reversed']} reversed,"
-                f" false at 0 {z['false']:.2%} ± {z['false_se']:.2%} (worst arm {z['worst']:.2%} ± {z['worst_se']:.2%})"
+                f" false at 0 {z['false']:.2%} ± {z['false_se']:.2%} (worst arm {names[z['worst_arm']]}, sd"
+                f" {sds[z['worst_arm']]:.4f}: {z['worst']:.2%} ± {z['worst_se']:.2%})"
             )
         print(f"  {label}, {rname}: " + "; ".join(cells))
 
