@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ab.spec",),
     ("ab.jobs",),
     ("ab.stats",),
+    ("ab.sequential",),
     ("ab.records",),
     ("ab.evaluation",),
     ("ab.results",),

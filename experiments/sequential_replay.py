@@ -1,0 +1,264 @@
+"""Replay the sequential A/B rule (issue 26, ``yolo_vfl.ab.sequential``) on the committed fine-tuning experiments.
+
+For each report under ``experiments/results/ab_finetune_*`` (each arm paired with that report's own BCE runs):
+
+- the 5-seed grid on the real per-seed values (the ``## Runs`` table of ``summary.md``): runs trained against the
+  full grid (the baseline counted: it runs while any arm is open), each arm's stop, and its verdict next to the full
+  grid's (the report's 95% t-interval at 5 seeds);
+- 5- and 8-seed grids simulated from each arm's committed mean and the sd its interval implies
+  (``sd = halfwidth * sqrt(n) / t(0.975, n - 1)``), with the shared baseline: part of every difference's noise is
+  the baseline run's, common to all arms of a seed (its variance estimated from the real per-seed differences as the
+  mean covariance between arms). Reported: mean runs saved, how often an arm's verdict differs from the full grid's
+  of the same draw, reversals (better <-> worse), and the false better/worse rate per arm with every arm's true
+  difference set to 0 (its own sd kept), with its Monte-Carlo standard error;
+- synthetic experiments (as many arms as the report, the report's pooled sd and baseline share) with every arm's
+  true difference 0, +-0.5 sigma, +-2 sigma.
+
+Rules compared: the chosen one (pooled variance with Satterthwaite df, Bonferroni over the looks, futility at 0.1)
+and, for reference, the same without futility, the pooled variance with its naive ``k (n - 1)`` df (no futility: the
+issue's "pooling over all arms of a round") and the per-arm t-interval (no futility). Deterministic (fixed seeds),
+one core, under a minute::
+
+    python experiments/sequential_replay.py [--reps 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import math
+import sys
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import scipy.stats
+
+# the module by its path: the yolo_vfl.ab package imports the whole A/B stack, seconds this script need not spend
+_path = Path(__file__).resolve().parents[1] / "yolo_vfl" / "ab" / "sequential.py"
+_spec = importlib.util.spec_from_file_location("yolo_vfl_ab_sequential", _path)
+sequential = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = sequential
+_spec.loader.exec_module(sequential)
+Rule, decide, runs_used = sequential.Rule, sequential.decide, sequential.runs_used
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPORTS = [
+    "ab_finetune_digits",
+    "ab_finetune_glyphs",
+    "ab_finetune_digits_r2",
+    "ab_finetune_glyphs_r2",
+    "ab_finetune_digits_r3",
+    "ab_finetune_glyphs_r3",
+    "ab_finetune_digits_e30",
+    "ab_finetune_glyphs_e30",
+    "ab_finetune_digits_e30_r2",
+]
+HEADLINE = REPORTS[:2]  # the issue's: digits 7 arms, glyphs 8 arms, plus the baseline
+METRIC = "mAP50-95"
+CHOSEN = Rule(margin=0.005, alpha=0.05, min_seeds=2, max_seeds=5, pooled=True, futility=0.1)
+RULES = {
+    "chosen": CHOSEN,
+    "no futility": replace(CHOSEN, futility=None),
+    "naive df": replace(CHOSEN, futility=None),  # pooled with k (n - 1) df, as if the arms were independent
+    "per-arm": replace(CHOSEN, pooled=False, futility=None),
+}
+_SATTERTHWAITE = sequential._pooled
+
+
+def _naive_pooled(x: np.ndarray, means: np.ndarray) -> tuple[float, float]:
+    k, n = x.shape
+    return float(((x - means[:, None]) ** 2).sum()) / (k * (n - 1)), float(k * (n - 1))
+
+
+def use(label: str) -> Rule:
+    """The rule named ``label``; "naive df" swaps the module's pooled variance for the naive count."""
+    sequential._pooled = _naive_pooled if label == "naive df" else _SATTERTHWAITE
+    return RULES[label]
+
+
+def read_runs(report: Path) -> tuple[str, dict[str, dict[int, float]]]:
+    """The baseline arm and ``{arm: {seed: mAP50-95}}`` from the ``## Runs`` table of a ``summary.md``."""
+    lines = report.joinpath("summary.md").read_text().split("## Runs", 1)[1].splitlines()
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("| ")]
+    head, values = rows[0], {}
+    for row in rows[2:]:
+        cell = dict(zip(head, row))
+        values.setdefault(cell["arm"], {})[int(cell["seed"])] = float(cell[METRIC])
+    with open(report / "summary.csv", newline="") as f:
+        base = next(r["arm"] for r in csv.DictReader(f) if r[f"{METRIC}_verdict"] == "baseline")
+    return base, values
+
+
+def real_diffs(report: Path) -> dict[str, np.ndarray]:
+    """Per arm, its paired differences to the report's baseline over the seeds both ran, by seed."""
+    base, values = read_runs(report)
+    return {
+        arm: np.array([v[s] - values[base][s] for s in sorted(v) if s in values[base]])
+        for arm, v in values.items()
+        if arm != base
+    }
+
+
+def committed(report: Path) -> dict[str, tuple[float, float]]:
+    """Per arm, ``(mean, sd)`` of its paired difference from ``summary.csv``: the sd its interval implies."""
+    out = {}
+    with open(report / "summary.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r[f"{METRIC}_verdict"] != "baseline":
+                n = int(r[f"{METRIC}_n_pairs"])
+                half = (float(r[f"{METRIC}_diff_hi"]) - float(r[f"{METRIC}_diff_lo"])) / 2
+                out[r["arm"]] = (float(r[f"{METRIC}_diff"]), half * math.sqrt(n) / scipy.stats.t.ppf(0.975, n - 1))
+    return out
+
+
+def baseline_var(diffs: dict[str, np.ndarray]) -> float:
+    """The baseline's share of each difference's variance: the mean covariance between two arms' differences."""
+    x = np.array(list(diffs.values()))
+    if len(x) < 2:
+        return 0.0
+    c = np.cov(x)
+    return max(0.0, float(c[~np.eye(len(x), dtype=bool)].mean()))
+
+
+@lru_cache(maxsize=64)
+def t975(df: int) -> float:
+    return float(scipy.stats.t.ppf(0.975, df))
+
+
+def full_verdict(x: np.ndarray) -> str:
+    """The report's verdict on all seeds: 95% Student-t interval, the arm's own variance."""
+    half = t975(x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return "better" if x.mean() - half > 0 else "worse" if x.mean() + half < 0 else "no clear difference"
+
+
+def seq_verdict(state: str) -> str:
+    return state if state in ("better", "worse") else "no clear difference"
+
+
+def simulate(arms: dict[str, tuple[float, float]], base_var: float, seeds: int, reps: int, seed: int) -> np.ndarray:
+    """``(reps, arms, seeds)`` paired differences: each arm's mean plus its own noise plus the shared baseline's."""
+    rng = np.random.default_rng(seed)
+    mean = np.array([m for m, _ in arms.values()])[None, :, None]
+    v = min(base_var, min(s * s for _, s in arms.values()))
+    own = np.sqrt(np.array([s * s for _, s in arms.values()]) - v)[None, :, None]
+    return (
+        mean
+        + own * rng.standard_normal((reps, len(arms), seeds))
+        + math.sqrt(v) * rng.standard_normal((reps, 1, seeds))
+    )
+
+
+def score(draws: np.ndarray, rule: Rule) -> dict[str, float]:
+    """Mean fraction of runs saved, verdict changes and reversals against the full grid, false verdicts per arm."""
+    reps, k, seeds = draws.shape
+    rule = replace(rule, max_seeds=seeds)
+    saved, changed, reversed_, false = [], 0, 0, []
+    mean, half = draws.mean(axis=2), t975(seeds - 1) * draws.std(axis=2, ddof=1) / math.sqrt(seeds)
+    fulls = np.where(mean - half > 0, "better", np.where(mean + half < 0, "worse", "no clear difference"))
+    for d, full in zip(draws, fulls.tolist()):
+        dec = decide({str(i): d[i] for i in range(k)}, rule)
+        saved.append(1 - runs_used(dec) / ((k + 1) * seeds))
+        seq = [seq_verdict(dec[str(i)].state) for i in range(k)]
+        changed += sum(a != b for a, b in zip(seq, full))
+        reversed_ += sum({a, b} == {"better", "worse"} for a, b in zip(seq, full))
+        false.append([v != "no clear difference" for v in seq])
+    per_arm = np.array(false, dtype=np.float64)
+    f = per_arm.mean(axis=1)
+    worst = int(per_arm.mean(axis=0).argmax())
+    return {
+        "worst_arm": worst,
+        "worst": float(per_arm[:, worst].mean()),
+        "worst_se": float(per_arm[:, worst].std(ddof=1) / math.sqrt(reps)),
+        "saved": float(np.mean(saved)),
+        "changed": changed / (reps * k),
+        "reversed": reversed_,
+        "false": float(f.mean()),
+        "false_se": float(f.std(ddof=1) / math.sqrt(reps)),
+    }
+
+
+def fmt_interval(lo: float | None, hi: float | None) -> str:
+    return "" if lo is None or hi is None else f"[{lo:+.4f}, {hi:+.4f}]"
+
+
+def replay_real(name: str, diffs: dict[str, np.ndarray], detail: bool) -> None:
+    """The 5-seed grid on the recorded per-seed values, every rule; the chosen rule's stops per arm."""
+    k, seeds = len(diffs), min(x.size for x in diffs.values())
+    full = {a: full_verdict(x) for a, x in diffs.items()}
+    parts = []
+    for label in RULES:
+        dec = decide(diffs, replace(use(label), max_seeds=seeds))
+        used = runs_used(dec)
+        changed = [a for a in diffs if seq_verdict(dec[a].state) != full[a]]
+        rev = sum({seq_verdict(dec[a].state), full[a]} == {"better", "worse"} for a in diffs)
+        parts.append(
+            f"{label} {used}/{(k + 1) * seeds} runs ({1 - used / ((k + 1) * seeds):.0%} saved, "
+            f"{len(changed)} verdict(s) changed, {rev} reversed)"
+        )
+        if label == "chosen" and detail:
+            for a, d in dec.items():
+                print(f"    {a:16s} {d.state:10s} n={d.n} {fmt_interval(d.lo, d.hi):20s} full grid: {full[a]}")
+    print(f"  real {seeds} seeds: " + "; ".join(parts))
+
+
+def report_sims(label: str, arms: dict[str, tuple[float, float]], bv: float, reps: int, seed: int) -> None:
+    """Simulated 5- and 8-seed grids: savings and verdict changes; then the same arms at a true difference of 0."""
+    null = {a: (0.0, s) for a, (_, s) in arms.items()}
+    names, sds = list(arms), [s for _, s in arms.values()]
+    for rname in RULES:
+        rule, cells = use(rname), []
+        for seeds in (5, 8):
+            s = score(simulate(arms, bv, seeds, reps, seed + seeds), rule)
+            z = score(simulate(null, bv, seeds, reps, seed + 100 + seeds), rule)
+            cells.append(
+                f"{seeds} seeds: {s['saved']:.1%} saved, {s['changed']:.1%} changed, {s['reversed']} reversed,"
+                f" false at 0 {z['false']:.2%} ± {z['false_se']:.2%} (worst arm {names[z['worst_arm']]}, sd"
+                f" {sds[z['worst_arm']]:.4f}: {z['worst']:.2%} ± {z['worst_se']:.2%})"
+            )
+        print(f"  {label}, {rname}: " + "; ".join(cells))
+
+
+def synthetic(k: int, sd: float, bv: float, reps: int, seed: int) -> None:
+    """``k`` arms all at the same true difference (0, +-0.5 sd, +-2 sd), the chosen rule, 5 and 8 seeds."""
+    use("chosen")
+    for mult in (0.0, 0.5, -0.5, 2.0, -2.0):
+        arms = {str(i): (mult * sd, sd) for i in range(k)}
+        cells = []
+        for seeds in (5, 8):
+            s = score(simulate(arms, bv, seeds, reps, seed + seeds + int(10 * mult)), CHOSEN)
+            tail = f", false {s['false']:.2%} ± {s['false_se']:.2%}" if mult == 0 else ""
+            cells.append(
+                f"{seeds} seeds {s['saved']:.1%} saved, {s['changed']:.1%} changed, {s['reversed']} reversed{tail}"
+            )
+        print(f"  synthetic {k} arms at {mult:+.1f} sd: " + "; ".join(cells))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the replay of every committed fine-tuning report and the simulations of the two headline ones."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=1500, help="simulated experiments per case")
+    args = p.parse_args(argv)
+    print(
+        f"rule: {CHOSEN}; Bonferroni level per look at 5 seeds {replace(CHOSEN).look_alpha:.4f}, "
+        f"at 8 seeds {replace(CHOSEN, max_seeds=8).look_alpha:.4f}"
+    )
+    for i, name in enumerate(REPORTS):
+        diffs, arms = real_diffs(RESULTS / name), committed(RESULTS / name)
+        bv = baseline_var(diffs)
+        sd = math.sqrt(float(np.mean([s * s for _, s in arms.values()])))
+        print(
+            f"== {name}: {len(diffs)} arms + baseline; pooled paired sd {sd:.4f}, "
+            f"baseline share of a difference's variance {bv / sd**2:.2f}"
+        )
+        replay_real(name, diffs, detail=name in HEADLINE)
+        if name in HEADLINE:
+            report_sims("simulated from committed means/intervals", arms, bv, args.reps, 1000 * i)
+            synthetic(len(arms), sd, bv, args.reps, 1000 * i + 500)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The sequential A/B rule (issue 26): decisions on fixed paired differences, resume, planning."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from yolo_vfl.ab.sequential import Decision, Rule, _pooled, decide, next_round, plan_seeds, runs_used
+
+NOISE = [0.004, -0.003, 0.001, -0.002, 0.003]
+DIFFS = {
+    "big": [-0.04 + e / 4 for e in NOISE],  # far below the baseline
+    "late": [0.006 + e / 2 for e in reversed(NOISE)],  # a small gain, small noise
+    "zero": list(reversed(NOISE)),  # no difference, as noisy as the others
+    "tiny": [0.0005, -0.0004, 0.0002, -0.0001, 0.0],  # within the margin, quiet
+}
+
+
+def test_decided_early_late_equivalent_and_budget():
+    """Pooled, no futility: the clear loser stops at 2 seeds, the small gain at 3, the quiet tie is equivalent."""
+    out = decide(DIFFS, Rule(futility=None))
+    assert (out["big"].state, out["big"].n) == ("worse", 2)
+    assert (out["late"].state, out["late"].n) == ("better", 3)
+    assert (out["tiny"].state, out["tiny"].n) == ("equivalent", 3)
+    assert (out["zero"].state, out["zero"].n) == ("budget", 5)
+    assert out["zero"].lo < 0 < out["zero"].hi
+    assert runs_used(out) == 2 + 3 + 3 + 5 + 5  # the baseline runs as long as the last arm
+    assert next_round(DIFFS, Rule(futility=None)) is None
+
+
+def test_decided_at_the_last_look_per_arm():
+    """Per-arm variance: the same gain is decided at the 5th seed, or not at all when noisier."""
+    rule = Rule(pooled=False, futility=None)
+    assert decide({"a": [0.008, 0.002, 0.009, 0.004, 0.008]}, rule)["a"].state == "better"
+    assert decide({"a": [0.008, 0.002, 0.009, 0.004, 0.008]}, rule)["a"].n == 5
+    assert decide({"a": [0.010, 0.002, 0.012, 0.004, 0.011]}, rule)["a"] == Decision(
+        "budget", 5, pytest.approx(0.0078), pytest.approx(-0.000872, abs=1e-6), pytest.approx(0.016472, abs=1e-6)
+    )
+
+
+def test_interval_is_the_bonferroni_t_interval():
+    """Per arm at one look: mean +- t(1 - alpha / (2 L), n - 1) * sd / sqrt(n), L = max - min + 1 looks."""
+    x = [0.008, 0.002, 0.009, 0.004, 0.008]
+    d = decide({"a": x}, Rule(pooled=False, futility=None))["a"]
+    half = scipy.stats.t.ppf(1 - 0.05 / 8, 4) * np.std(x, ddof=1) / math.sqrt(5)
+    assert d.lo == pytest.approx(np.mean(x) - half) and d.hi == pytest.approx(np.mean(x) + half)
+
+
+def test_futility_stops_the_tie_it_cannot_decide():
+    """With futility (the default), the noisy zero arm stops at 2 seeds, undecided; the others decide as before."""
+    out = decide(DIFFS)
+    assert (out["zero"].state, out["zero"].n) == ("futile", 2)
+    assert out["big"].state == "worse" and out["late"].state == "better" and out["tiny"].state == "equivalent"
+    assert runs_used(out) == 2 + 3 + 3 + 2 + 3
+
+
+def test_pooled_degrees_of_freedom():
+    """Satterthwaite: only shared (seed) noise gives n - 1 df, independent noise about k (n - 1)."""
+    x = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]) + np.array([[0.0], [5.0]])
+    assert _pooled(x, x.mean(axis=1)) == (1.0, 2.0)
+    y = np.random.default_rng(0).standard_normal((6, 4))
+    var, df = _pooled(y, y.mean(axis=1))
+    assert var == pytest.approx(float(np.mean(y.var(axis=1, ddof=1))))
+    assert 9 < df <= 18
+
+
+def _executor(
+    full: dict[str, list[float]], rule: Rule, kill_at: int | None = None, start: dict[str, list[float]] | None = None
+) -> dict[str, list[float]]:
+    """Train (append) what ``next_round`` asks for, one run at a time, from the recorded values ``start`` (none).
+
+    ``kill_at``: stop after that many new runs.
+    """
+    done = {a: list(start[a]) if start else [] for a in full}
+    runs = 0
+    while (step := next_round(done, rule)) is not None:
+        k, arms = step
+        for a in arms:
+            assert len(done[a]) == k
+            done[a].append(full[a][k])
+            runs += 1
+            if runs == kill_at:
+                return done
+    return done
+
+
+@pytest.mark.parametrize("futility", [None, 0.1])
+def test_resume_mid_round_gives_the_same_decisions(futility):
+    """Killed after any run (mid-round too) and restarted from the recorded values, the decisions are the same."""
+    rng = np.random.default_rng(7)
+    means = [-0.04, -0.012, -0.004, 0.0, 0.002, 0.009]
+    full = {f"arm{i}": list(m + 0.006 * rng.standard_normal(5)) for i, m in enumerate(means)}
+    rule = Rule(futility=futility)
+    final = decide(_executor(full, rule), rule)
+    assert final == decide(full, rule)  # values past an arm's stop are ignored
+    total = sum(d.n for d in final.values())
+    for kill in range(1, total):
+        partial = _executor(full, rule, kill_at=kill)
+        resumed = _executor(full, rule, start=partial)  # restarted from what the killed run recorded
+        for a, xs in partial.items():
+            assert resumed[a][: len(xs)] == xs
+        assert decide(resumed, rule) == final
+        stopped = {a: d for a, d in decide(partial, rule).items() if d.state != "open"}
+        assert all(final[a] == d for a, d in stopped.items())
+
+
+def test_next_round_mid_round_and_baseline():
+    """Mid-round the arms lacking the round's seed are asked for; the round is not looked at until it is complete."""
+    rule = Rule(futility=None)
+    partial = {"big": DIFFS["big"][:2], "zero": DIFFS["zero"][:2], "late": DIFFS["late"][:1]}
+    assert next_round(partial, rule) == (1, ["late"])
+    assert decide(partial, rule)["big"].state == "open"  # round 2 incomplete: not decided yet
+    assert next_round({a: [] for a in DIFFS}, rule) == (0, list(DIFFS))
+
+
+def test_plan_seeds_on_a_fixed_pilot():
+    """Per arm: smallest N with t(1 - 0.05 / (2 (N - 1)), N - 1) * sd / sqrt(N) <= margin; pooled: shared."""
+    pilot = {"a": 0.004, "b": 0.006}
+    assert plan_seeds(pilot, Rule(pooled=False)) == {"a": 9, "b": 18}
+    for arm, n in {"a": 9, "b": 18}.items():
+        half = [scipy.stats.t.ppf(1 - 0.05 / (2 * (m - 1)), m - 1) * pilot[arm] / math.sqrt(m) for m in (n - 1, n)]
+        assert half[0] > 0.005 >= half[1]
+    assert plan_seeds(pilot) == {"a": 11, "b": 11}
+    assert plan_seeds({"a": 0.05}, Rule(pooled=False), cap=20) == {"a": None}
+
+
+def test_rule_validation():
+    with pytest.raises(ValueError):
+        Rule(min_seeds=1)
+    with pytest.raises(ValueError):
+        Rule(min_seeds=6, max_seeds=5)
+    assert Rule(max_seeds=8).look_alpha == pytest.approx(0.05 / 7)

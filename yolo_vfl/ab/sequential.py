@@ -1,0 +1,224 @@
+"""Sequential A/B decisions (issue 26): stop each arm once its paired difference to the baseline is decided.
+
+Seeds run in rounds; after round ``n`` (``n = min_seeds .. max_seeds``, the planned looks) each open arm's paired
+differences ``arm - baseline`` (mAP50-95, same seed) get a Student-t interval at level ``1 - alpha / L`` with
+``L = max_seeds - min_seeds + 1`` looks: Bonferroni over the looks fixed in advance, so the chance that an arm whose
+true difference is 0 is ever called better or worse is at most ``alpha``, however many looks it survives (each look's
+t-test is exact for normal differences; a union bound needs nothing about their dependence). Checked before choosing:
+an anytime-valid normal-mixture confidence sequence (Howard, Ramdas, McAuliffe & Sekhon, Ann. Statist. 49, 1055-1080,
+2021; the boundaries of the ``confseq`` package) is wider at n <= 10 even with a known variance (half-width 3.04
+sigma/sqrt(n) at alpha 0.05 with its mixture tuned to each n, against the Bonferroni z of 2.50 for 4 looks, 2.69 for
+7), and an O'Brien-Fleming spending function (Lan & DeMets, Biometrika 70, 659-663, 1983) spends almost nothing at
+n = 2, where most runs are saved. An arm stops as ``better`` / ``worse`` (interval excludes 0), ``equivalent``
+(interval inside ``+-margin``: a TOST at the same level, Schuirmann 1987), ``futile``, or ``budget`` (``max_seeds``
+reached, undecided).
+
+Variance (``pooled=True``): the paired variance pooled over the arms open in the round (``sum SS_i / (k (n - 1))``); at
+2 seeds a lone arm's t quantile is 51 (1 degree of freedom, 4 looks), seven arms' 3.3 (7). The arms share the baseline's
+runs, so their differences correlate (in the committed reports up to 0.7 of a difference's variance is shared) and the
+pool holds fewer independent degrees of freedom than ``k (n - 1)``; counted naively (the replay's "naive df") the
+noisiest arm at a true 0 is called better or worse 11-13% of the time on glyphs. So the degrees of freedom are
+Satterthwaite's for the pool written as arm x seed interaction plus seed mean squares (``_pooled``): ``k (n - 1)`` when
+nothing is shared, ``n - 1`` when all is. An arm noisier than the pool would get an interval too narrow, so each arm's
+variance is the larger of the pool's and its own. Averaged over the arms the false-verdict rate at 0 stays at 2.7-3.9%,
+but the noisiest arm of arms whose sds differ up to threefold (glyphs) still reaches about 8%: ``pooled=False`` (each
+arm's own variance, exact for every arm, slower to decide) where that matters. Stopped arms leave the pool (stopping
+selected their variance).
+
+Futility (``futility=p``, non-binding, so it cannot raise the false-verdict rate): an open arm also stops, as
+``futile``, when the predictive probability (Spiegelhalter, Freedman & Blackburn, Controlled Clin. Trials 7, 8-17,
+1986) that it is decided at ``max_seeds`` is below ``p``: the final mean is predicted ``N(mean, s^2 (N - n) / (N n))``,
+the final half-width is today's variance at the last look's level. These arms (within a few thousandths of the
+baseline, too noisy to be called equivalent) are where a rule without it spends most runs.
+
+Every decision is a pure function of the per-seed differences: ``decide`` replays the looks from round
+``min_seeds`` on and stops at the first round some open arm has not finished, so a restarted experiment re-derives
+the same decisions and values past an arm's stop are ignored. ``plan_seeds``: the seeds after which every arm is
+resolved (final half-width at most ``margin``, the smallest difference the interval tells from 0; planned with
+``margin / 2`` every arm gets a verdict: its interval then excludes 0 or lies inside ``+-margin``), from a pilot's
+paired standard deviations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import scipy.stats
+
+__all__ = ["Rule", "Decision", "decide", "next_round", "runs_used", "plan_seeds"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The sequential rule's settings, fixed before the first round.
+
+    Attributes:
+        margin: equivalence margin on the metric (mAP50-95).
+        alpha: two-sided false-verdict rate per arm at a true difference of 0, over all looks.
+        min_seeds: first look (at least 2).
+        max_seeds: last look, the budget per arm.
+        pooled: pool the paired variance over the open arms of a round.
+        futility: stop an arm whose predictive probability of a verdict at ``max_seeds`` is below this (None: off).
+    """
+
+    margin: float = 0.005
+    alpha: float = 0.05
+    min_seeds: int = 2
+    max_seeds: int = 5
+    pooled: bool = True
+    futility: float | None = 0.1
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.min_seeds <= self.max_seeds or not 0 < self.alpha < 1 or self.margin < 0:
+            raise ValueError(f"invalid sequential rule {self}")
+
+    @property
+    def look_alpha(self) -> float:
+        """Two-sided level of each look's interval: ``alpha`` split evenly over the planned looks."""
+        return self.alpha / (self.max_seeds - self.min_seeds + 1)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An arm's state after the last complete round, the seeds ``n`` it used, and its last interval.
+
+    ``state``: ``better``, ``worse``, ``equivalent``, ``futile``, ``budget`` or ``open`` (then ``n`` counts the values
+    it has so far).
+    """
+
+    state: str
+    n: int
+    mean: float | None = None
+    lo: float | None = None
+    hi: float | None = None
+
+
+@lru_cache(maxsize=4096)
+def _t(alpha: float, df: float) -> float:
+    return float(scipy.stats.t.ppf(1.0 - alpha / 2.0, df))
+
+
+def _phi(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def _p_decided(mean: float, var: float, n: int, df_final: float, rule: Rule) -> float:
+    """Predictive probability that an arm at ``n`` seeds gets a verdict at ``rule.max_seeds``."""
+    big_n = rule.max_seeds
+    h = _t(rule.look_alpha, df_final) * math.sqrt(var / big_n)
+    sd = math.sqrt(var * (big_n - n) / (big_n * n))
+    if sd == 0.0:
+        return 1.0
+    p = _phi((-h - mean) / sd) + 1.0 - _phi((h - mean) / sd)
+    if h < rule.margin:
+        p += _phi((rule.margin - h - mean) / sd) - _phi((h - rule.margin - mean) / sd)
+    return p
+
+
+def _pooled(x: np.ndarray, means: np.ndarray) -> tuple[float, float]:
+    """Pooled variance of the rows' values (arms x seeds) and its Satterthwaite degrees of freedom.
+
+    The pooled variance ``sum SS_i / (k (n - 1))`` is ``((k - 1) MS_int + MS_seed) / k``: the arm x seed interaction
+    mean square (``(k - 1)(n - 1)`` df, the arms' own noise) and the seed mean square (``n - 1`` df, the noise the
+    arms share through the baseline's run); Satterthwaite (Biometrics Bulletin 2, 110-114, 1946) gives the degrees
+    of freedom of that sum, ``k (n - 1)`` without shared noise, ``n - 1`` with only shared noise. Floored to 0.1.
+    """
+    k, n = x.shape
+    resid = x - means[:, None]
+    seed = resid.mean(axis=0)
+    ms_seed = k * float((seed**2).sum()) / (n - 1)
+    a = (k - 1) * (float(((resid - seed) ** 2).sum()) / ((k - 1) * (n - 1)) if k > 1 else 0.0) / k
+    b = ms_seed / k
+    var = a + b
+    if var <= 0.0:
+        return 0.0, float(k * (n - 1))
+    den = (a * a / ((k - 1) * (n - 1)) if k > 1 else 0.0) + b * b / (n - 1)
+    return var, math.floor(10.0 * min(var * var / den, k * (n - 1))) / 10.0
+
+
+def _look(n: int, mean: float, var: float, df: float, df_final: float, rule: Rule) -> Decision:
+    half = _t(rule.look_alpha, df) * math.sqrt(var / n)
+    lo, hi = mean - half, mean + half
+    if lo > 0 or hi < 0:
+        state = "better" if lo > 0 else "worse"
+    elif -rule.margin <= lo and hi <= rule.margin:
+        state = "equivalent"
+    elif n >= rule.max_seeds:
+        state = "budget"
+    elif rule.futility is not None and _p_decided(mean, var, n, df_final, rule) < rule.futility:
+        state = "futile"
+    else:
+        state = "open"
+    return Decision(state, n, mean, lo, hi)
+
+
+def decide(diffs: Mapping[str, Sequence[float]], rule: Rule = Rule()) -> dict[str, Decision]:
+    """Replay the looks on per-arm paired differences (``arm - baseline``, in seed-round order) and decide each arm.
+
+    Args:
+        diffs: per arm, its differences by round; an arm may hold more values than it used (they are ignored) or,
+            mid-round, one fewer than the others (the round is not looked at until every open arm has it).
+        rule: the settings.
+    """
+    data = {arm: np.asarray(v, dtype=np.float64) for arm, v in diffs.items()}
+    out = {arm: Decision("open", min(x.size, rule.min_seeds - 1)) for arm, x in data.items()}
+    for n in range(rule.min_seeds, rule.max_seeds + 1):
+        arms = [a for a in data if out[a].state == "open"]
+        if not arms or any(data[a].size < n for a in arms):
+            break
+        x = np.stack([data[a][:n] for a in arms])
+        means = x.mean(axis=1)
+        own = ((x - means[:, None]) ** 2).sum(axis=1) / (n - 1)
+        var, df = _pooled(x, means) if rule.pooled else (0.0, n - 1.0)
+        for i, a in enumerate(arms):  # pooled: never narrower than the arm's own variance gives
+            out[a] = _look(n, float(means[i]), max(var, float(own[i])), df, df * (rule.max_seeds - 1) / (n - 1), rule)
+    for a, d in out.items():  # an open arm counts the values it has, up to the budget
+        if d.state == "open":
+            out[a] = Decision("open", min(data[a].size, rule.max_seeds), d.mean, d.lo, d.hi)
+    return out
+
+
+def next_round(diffs: Mapping[str, Sequence[float]], rule: Rule = Rule()) -> tuple[int, list[str]] | None:
+    """The next seed index (0-based, in the spec's seed order) and the arms to train at it; None when all stopped.
+
+    The baseline is not named: it trains that seed index too whenever an arm is returned (and it has not yet).
+    Mid-round, the arms that still lack the round's seed are returned.
+    """
+    decisions = decide(diffs, rule)
+    open_arms = [a for a, d in decisions.items() if d.state == "open"]
+    if not open_arms:
+        return None
+    k = min(len(diffs[a]) for a in open_arms)
+    return k, [a for a in open_arms if len(diffs[a]) == k]
+
+
+def runs_used(decisions: Mapping[str, Decision]) -> int:
+    """Trained runs: each arm's seeds plus the baseline's, which runs as long as any arm (the largest ``n``)."""
+    return sum(d.n for d in decisions.values()) + max((d.n for d in decisions.values()), default=0)
+
+
+def plan_seeds(pilot_sd: Mapping[str, float], rule: Rule = Rule(), cap: int = 50) -> dict[str, int | None]:
+    """Seeds per arm that resolve ``rule.margin``, from a pilot's paired standard deviations (>= 2 seeds each).
+
+    The smallest ``N >= rule.min_seeds`` whose last look (``alpha`` split over the looks ``rule.min_seeds .. N``, a
+    rule planned with ``max_seeds = N``) has a half-width ``t * sd / sqrt(N) <= margin``; pooled: the pilot's mean
+    variance over its ``k`` arms, ``k (N - 1)`` degrees of freedom. None: more than ``cap`` seeds.
+    """
+    k = len(pilot_sd) if rule.pooled else 1
+    pooled_var = float(np.mean([s * s for s in pilot_sd.values()])) if pilot_sd else 0.0
+    out: dict[str, int | None] = {}
+    for arm, sd in pilot_sd.items():
+        var = pooled_var if rule.pooled else sd * sd
+        out[arm] = next(
+            (
+                n
+                for n in range(rule.min_seeds, cap + 1)
+                if _t(rule.alpha / (n - rule.min_seeds + 1), k * (n - 1)) * math.sqrt(var / n) <= rule.margin
+            ),
+            None,
+        )
+    return out
