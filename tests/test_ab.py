@@ -10,21 +10,19 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 import yaml
 from conftest import IMGSZ
 
 from yolo_vfl.ab import (
     ABSpec,
     RunResult,
-    inspect_run,
     load_spec,
     make_jobs,
     planned_state,
-    read_results_csv,
     run_ab,
     run_one,
     spec_from_dict,
-    train_time,
 )
 from yolo_vfl.ab.jobs import resolve_data, same_fingerprint
 from yolo_vfl.ab.results import TABLE_FILE, read_table
@@ -247,14 +245,6 @@ def test_refused_run_creates_nothing(det_data, tmp_path, change, match):
     assert not (tmp_path / "ab").exists()
 
 
-def test_results_csv_keeps_last_row_per_epoch(tmp_path):
-    """A re-run epoch (resume after a kill) keeps its last row; keys are stripped."""
-    f = tmp_path / "results.csv"
-    f.write_text("epoch, time, metrics/mAP50-95(B)\n1,10,0.1\n2,20,0.2\n2,5,0.25\n3,12,0.3\n")
-    rows = read_results_csv(f)
-    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[1]["metrics/mAP50-95(B)"] == 0.25
-
-
 # ----------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def ab_done(det_data, tmp_path_factory):
@@ -299,6 +289,9 @@ def test_end_to_end_two_arms(ab_done):
     progress = "\n".join(lines)
     assert "[1/2] bce-s0 done in" in progress and "running: -; ETA" in progress and "[2/2] vfl-s0 done in" in progress
     assert "yolo_vfl: classification loss loss=vfl" in (out / "logs" / "vfl-s0.log").read_text()
+    for run in ("bce-s0", "vfl-s0"):  # Ultralytics' final evaluation stripped best.pt and kept the loss settings
+        best = torch.load(out / "runs" / run / "weights" / "best.pt", map_location="cpu", weights_only=False)
+        assert best["optimizer"] is None and best["train_args"]["loss"] == run.split("-")[0]  # stripped, settings kept
 
 
 @pytest.mark.slow
@@ -312,43 +305,25 @@ def test_report_regenerates_from_results(ab_done, capsys):
 
 
 @pytest.mark.slow
-def test_rerun_skips_finished_and_restarts_unusable_checkpoint(ab_done, det_data):
-    """Finished runs are skipped (result.json untouched); a run with a corrupt last.pt is moved aside and redone."""
+def test_rerun_skips_finished_and_restarts_an_interrupted_run(ab_done, det_data):
+    """Finished runs are skipped (result.json untouched); a run without result.json is moved aside and redone."""
     spec, out, _ = ab_done
     bce_result = out / "runs" / "bce-s0" / "result.json"
     vfl_dir = out / "runs" / "vfl-s0"
     mtime = bce_result.stat().st_mtime_ns
-    (vfl_dir / "result.json").unlink()
-    (vfl_dir / "weights" / "last.pt").write_bytes(b"truncated checkpoint")  # killed while saving
+    (vfl_dir / "result.json").unlink()  # killed after training, before the result was written
     job = make_jobs(spec, out, str(det_data))[1]
-    assert inspect_run(job)[0] == "restart"
+    assert planned_state(job)[0] == "restart"
     time.sleep(0.01)
     run_ab(spec, command="again")
     assert bce_result.stat().st_mtime_ns == mtime
     res = RunResult.from_dict(json.loads((vfl_dir / "result.json").read_text()))
-    assert res.run == "vfl-s0" and res.epochs_done == 1 and not res.resumed
+    assert res.run == "vfl-s0" and res.epochs_done == 1 and not res.resumed and res.restarts == 1
+    assert res.metrics_source.startswith("yolo-vfl ab recording pass") and (vfl_dir / "detections.npz").is_file()
     assert list((out / "aside").glob("vfl-s0.*"))
-    assert "unusable" in (out / "logs" / "vfl-s0.log").read_text()
+    assert "restarts from zero" in (out / "logs" / "vfl-s0.log").read_text()
     exp = json.loads((out / "experiment.json").read_text())
     assert exp["commands"][-1] == "again" and len(exp["history"]) >= 2
-
-
-@pytest.mark.slow
-def test_finished_training_without_result_is_only_evaluated(ab_done, det_data):
-    """Killed after training but before result.json: the run is evaluated, not retrained."""
-    spec, out, _ = ab_done
-    run_dir = out / "runs" / "bce-s0"
-    (run_dir / "result.json").unlink()
-    csv_mtime = (run_dir / "results.csv").stat().st_mtime_ns
-    best_mtime = (run_dir / "weights" / "best.pt").stat().st_mtime_ns
-    job = make_jobs(spec, out, str(det_data))[0]
-    assert inspect_run(job) == ("trained", "training had finished")
-    res = run_one(job, log=lambda msg: None)  # what the run's subprocess does (in-process here: faster)
-    assert (run_dir / "result.json").exists() and res.metrics_source.startswith("yolo-vfl ab recording pass")
-    assert res.records == "detections.npz" and (run_dir / "detections.npz").is_file()
-    assert (run_dir / "results.csv").stat().st_mtime_ns == csv_mtime
-    assert (run_dir / "weights" / "best.pt").stat().st_mtime_ns == best_mtime
-    assert res.epochs_done == 1 and res.ranking["n_images"] > 0
 
 
 @pytest.mark.slow
@@ -378,8 +353,20 @@ def _train_interrupted(job) -> None:
 
 
 @pytest.mark.slow
-def test_interrupted_run_restarts_and_matches_an_uninterrupted_run(det_data, tmp_path):
-    """By default an interrupted run restarts from zero: its result equals the uninterrupted run's, bit for bit."""
+def test_interrupted_run_restarts_and_matches_an_uninterrupted_run(det_data, tmp_path, monkeypatch):
+    """An interrupted run restarts from zero: its result equals the uninterrupted run's, bit for bit.
+
+    Each run is validated once after training (Ultralytics' final validation of best.pt is skipped).
+    """
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    calls, validate = [], DetectionValidator.__call__
+
+    def spy(self, trainer=None, model=None):
+        calls.append("epoch" if trainer is not None else type(model).__name__)  # final_eval passes best.pt's path
+        return validate(self, trainer=trainer, model=model)
+
+    monkeypatch.setattr(DetectionValidator, "__call__", spy)
     ref_out, out = tmp_path / "ref", tmp_path / "exp"
     ref_job = make_jobs(
         tiny_spec(det_data, ref_out, arms=("vfl",), epochs=2, ranking={"enabled": False}, baseline="vfl"), ref_out
@@ -388,49 +375,15 @@ def test_interrupted_run_restarts_and_matches_an_uninterrupted_run(det_data, tmp
         0
     ]
     ref = run_one(ref_job, log=lambda msg: None)
+    assert calls == ["epoch", "epoch", "DetectionModel"]  # two epochs, then the run's one validation pass
+    assert ref.metrics_source == "yolo-vfl ab validation" and ref.ranking is None and ref.records is None
     _train_interrupted(job)
-    assert inspect_run(job)[0] == "resume" and planned_state(job)[0] == "restart"
+    assert (job.run_dir / "weights" / "last.pt").is_file() and planned_state(job)[0] == "restart"
     res = run_one(job, log=lambda msg: None)
     assert res.resumed is False and res.segments == 1 and res.restarts == 1
     assert res.final_losses == ref.final_losses and res.metrics == ref.metrics
     assert res.curve == ref.curve
     assert len(list((out / "aside").glob("vfl-s0.*"))) == 1
-
-
-@pytest.mark.slow
-def test_interrupted_run_resumes_when_allowed(det_data, tmp_path):
-    """resume_interrupted=true continues from last.pt: two training segments, epochs 1 and 2, both timed."""
-    out = tmp_path / "exp"
-    spec = tiny_spec(det_data, out, arms=("bce",), epochs=2, ranking={"enabled": False}, resume_interrupted=True)
-    job = make_jobs(spec, out, str(det_data))[0]
-    _train_interrupted(job)
-    assert planned_state(job)[0] == "resume"
-    run_one(job, log=lambda msg: None)  # what the run's subprocess does (in-process here: faster)
-    run_dir = Path(job.run_dir)
-    res = RunResult.from_dict(json.loads((run_dir / "result.json").read_text()))
-    assert (
-        res.resumed is True
-        and res.segments == 2
-        and res.curve.epoch
-        == (
-            1,
-            2,
-        )
-    )
-    assert res.restarts == 0 and res.ranking is None and res.metrics_source == "ultralytics final validation"
-    times = [float(r["time"]) for r in csv.DictReader(open(run_dir / "results.csv"))]
-    assert res.train_time_s == pytest.approx(sum(times))  # each segment's clock restarts at 0
-    assert not (out / "aside").exists()
-
-
-def test_train_time_counts_a_resumed_epoch_slower_than_the_ones_before(tmp_path):
-    """Segments come from the runner's record, not from the time column going down (a slow resumed epoch counts)."""
-    (tmp_path / "results.csv").write_text("epoch,time\n1,5.0\n2,9.0\n3,30.0\n")
-    segments = [{"how": "fresh", "csv_rows_before": 0}, {"how": "resume", "csv_rows_before": 2}]
-    (tmp_path / "segments.json").write_text(json.dumps({"segments": segments}))
-    assert train_time(tmp_path) == (pytest.approx(39.0), 2)
-    (tmp_path / "segments.json").unlink()  # an older runner's run: one segment
-    assert train_time(tmp_path) == (pytest.approx(30.0), 1)
 
 
 @pytest.mark.slow

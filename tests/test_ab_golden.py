@@ -265,7 +265,7 @@ def write_experiment(out: Path) -> None:
     """Write the golden experiment into ``out`` (deterministic; ``YOLO_VFL_UPDATE_GOLDEN=inputs`` calls it)."""
     from yolo_vfl.ab.evaluation import ranking_quality
     from yolo_vfl.ab.results import Curve, RunResult
-    from yolo_vfl.ab.run import read_results_csv, train_time
+    from yolo_vfl.ab.run import read_results_csv
     from yolo_vfl.fileio import atomic_write_json
 
     shutil.rmtree(out, ignore_errors=True)
@@ -293,7 +293,8 @@ def write_experiment(out: Path) -> None:
             )
             atomic_write_json(run_dir / "segments.json", {"segments": segments})
         rows = read_results_csv(run_dir / "results.csv")
-        seconds, segments_n = train_time(run_dir)
+        times, segments_n = [r["time"] for r in rows], 2 if run in RESUMED else 1
+        seconds = times[-1] + (times[RESUMED[run] - 1] if run in RESUMED else 0.0)  # the clock restarted at the resume
         settings = {"loss": arm}
         result = RunResult(
             run=run,

@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data",),
     ("labels",),
     ("checks",),
+    ("executor",),
     ("pretrain",),
     ("ab.protocol",),
     ("ab.spec",),

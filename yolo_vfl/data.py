@@ -38,7 +38,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -49,6 +48,7 @@ import numpy as np
 import yaml
 
 from .errors import InvalidSettingError, InvalidTypeError
+from .fileio import remove_path as _remove
 
 __all__ = [
     "CLASS_NAMES",
@@ -805,14 +805,6 @@ def _write_dataset(root: Path, final: Path, params: dict[str, Any]) -> None:
         "fingerprint": "sha256:" + digest.hexdigest(),
     }
     (root / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")  # the completion marker, last
-
-
-def _remove(path: Path) -> None:
-    """Remove a file, link or directory tree; missing is fine."""
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _clean_stale(parent: Path, name: str) -> None:

@@ -1,4 +1,7 @@
-"""File IO every layer shares: atomic writes (a killed process leaves the old file or the new one), JSON, locks."""
+"""File IO every layer shares: atomic writes, JSON, locks, removing a tree, publishing a directory by a rename.
+
+A killed process leaves the old file or the new one, never a partial one.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,15 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "json_safe", "read_json", "file_lock"]
+__all__ += ["remove_path", "publish_dir", "sha256_file"]
 
 
 def _umask() -> int:
@@ -86,13 +92,39 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def remove_path(path: str | os.PathLike[str]) -> None:
+    """Remove a file, link or directory tree; a missing one is fine."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def publish_dir(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path:
+    """Rename the complete directory ``tmp`` to ``final``, replacing whatever is there (moved aside, then removed).
+
+    Readers see ``final`` absent, old or new, never partly written.
+    """
+    tmp, final = Path(tmp), Path(final)
+    if final.exists() or final.is_symlink():
+        old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        remove_path(old)
+    os.replace(tmp, final)
+    return final
+
+
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike[str], *, wait: bool = False) -> Iterator[bool]:
+def file_lock(
+    path: str | os.PathLike[str], *, wait: bool = False, on_wait: Callable[[str], None] | None = None
+) -> Iterator[bool]:
     """Hold an exclusive advisory lock on ``path`` while in the block.
 
     Args:
         path: the lock file (created if missing).
         wait: block until the lock is free (default: yield False at once when another process holds it).
+        on_wait: with ``wait``, called once with the holder's pid (as written in the file) before blocking.
 
     Yields:
         True when this process holds the lock (always on systems without ``fcntl``), False when another does.
@@ -107,12 +139,16 @@ def file_lock(path: str | os.PathLike[str], *, wait: bool = False) -> Iterator[b
     fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            if on_wait is not None:
+                on_wait(os.pread(fd, 64, 0).decode(errors="replace").strip() or "?")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a person looking
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for a person looking
         try:
             yield True
         finally:

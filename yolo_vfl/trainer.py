@@ -28,6 +28,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -53,6 +54,7 @@ __all__ = [
     "GAIN_KEYS",
     "resume_conflicts",
     "conflict_error",
+    "skip_final_validation",
 ]
 
 #: The checkpoint record written next to the settings in ``train_args``: how many epochs had trained with ``loss``
@@ -181,6 +183,29 @@ def _record_settings(path: Path, settings: dict[str, Any]) -> None:
             os.remove(tmp)
 
 
+class _FinalValidationSkipped(Exception):
+    """Raised by the stand-in validator of ``final_eval``: Ultralytics has stripped the checkpoints by then."""
+
+
+class _SkippedValidator:
+    """Stands in for the validator during ``final_eval`` when ``final_validation`` is off."""
+
+    def __init__(self) -> None:
+        self.args = SimpleNamespace()  # Ultralytics sets plots and compile on it before the call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _FinalValidationSkipped
+
+
+def skip_final_validation(trainer: Any) -> None:
+    """Ultralytics callback (``on_pretrain_routine_start``): no final validation of ``best.pt`` after training.
+
+    For a caller that validates ``best.pt`` itself once (the A/B runner's recording pass scores and records it), so
+    each run is validated once. The checkpoints are still stripped and carry the loss settings.
+    """
+    trainer.final_validation = False
+
+
 def _save_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write a YAML file through a temporary file in the same directory and an atomic rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -209,6 +234,8 @@ class VFLDetectionTrainer(DetectionTrainer):
     """
 
     task_name = "detect"
+    #: Whether ``final_eval`` validates ``best.pt`` (off: :func:`skip_final_validation`).
+    final_validation: bool = True
 
     def __new__(cls, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: Any = None):
         """Pick the trainer class of the model's task (``overrides["task"]``) when called as VFLDetectionTrainer."""
@@ -328,13 +355,23 @@ class VFLDetectionTrainer(DetectionTrainer):
         return self.cls_loss_settings.loss != "bce" and self.cls_loss_record.get(which) == 0
 
     def final_eval(self, *args: Any, **kwargs: Any) -> Any:
-        """Ultralytics' final evaluation, then the loss settings back into the stripped ``last.pt`` / ``best.pt``."""
+        """Ultralytics' final evaluation, then the loss settings back into the stripped ``last.pt`` / ``best.pt``.
+
+        With ``final_validation`` off, Ultralytics strips the checkpoints and a stand-in validator ends the call
+        before it validates ``best.pt`` (``self.metrics`` stays the last epoch's).
+        """
         paths = {"last": self.last, "best": self.best}
         if RANK in {-1, 0}:  # read before Ultralytics strips the unknown keys of train_args
             self.cls_loss_record = {k: n for k, p in paths.items() if p.exists() and (n := _read_record(p)) is not None}
+        validator = self.validator
+        if not self.final_validation and validator is not None:
+            self.validator = _SkippedValidator()
         try:
             return super().final_eval(*args, **kwargs)
+        except _FinalValidationSkipped:
+            return None
         finally:
+            self.validator = validator
             if RANK in {-1, 0}:
                 for which, path in paths.items():
                     if path.exists():

@@ -9,8 +9,8 @@ Modules import one way, bottom to top (``tests/test_layers.py`` checks it):
    detection and ground-truth box into ``detections.npz`` next to the run's result, with the metrics of that pass.
 5. ``results``: the typed result of one run (``RunResult``, ``result.json``) and the long results table every report
    is computed from (``results_long.csv`` per run: run, arm, seed, epoch or empty for final, metric, value).
-6. ``run``: running one job (fresh, restarted, resumed or only evaluated), in its own process.
-7. ``backends``: the local process pool and Ray.
+6. ``run``: running one job from zero (the run lifecycle of ``yolo_vfl.executor``) in its own process, validated once.
+7. ``backends``: the local process pool and Ray behind one submit/wait interface.
 8. ``evaluation``: pure functions of the records: ranking quality, false positives by kind, recall grids.
 9. ``stats``: means, paired differences and their t-intervals, correlations.
 10. ``report``: ``summary.md`` / ``summary.csv`` / ``diagnosis.md`` / ``diagnosis.csv`` text (no torch, no Ultralytics).
@@ -23,7 +23,7 @@ Below all of them: ``yolo_vfl.errors`` and ``yolo_vfl.fileio``; the CLI (``yolo_
 from .jobs import Job, make_jobs
 from .orchestrate import ABRunError, check_devices, diagnose_experiment, load_results, plan, regenerate_report, run_ab
 from .results import RunResult
-from .run import inspect_run, planned_state, read_results_csv, run_one, train_time
+from .run import planned_state, read_results_csv, run_one, train_time
 from .spec import ABSpec, Arm, keys_help, load_spec, spec_from_dict
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
     "RunResult",
     "check_devices",
     "diagnose_experiment",
-    "inspect_run",
     "keys_help",
     "load_results",
     "load_spec",

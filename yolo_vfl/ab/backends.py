@@ -1,7 +1,9 @@
-"""Where jobs run: a pool of local subprocesses (one per device slot) or Ray tasks, with progress and an ETA.
+"""Where jobs run: local subprocesses (one per device slot) or Ray tasks, behind one submit/wait interface.
 
 Every job runs in its own process (``python -m yolo_vfl.ab.run JOB.json``); a killed runner takes its runs with it
-(Linux: ``PR_SET_PDEATHSIG``), and the same command started again resumes the experiment.
+(Linux: ``PR_SET_PDEATHSIG``), and the same command started again runs what is not finished. ``run_jobs`` is the one
+loop above the backends: it fills the free slots, reports progress and an ETA, and stops starting runs after a
+failure unless ``keep_going``.
 """
 
 from __future__ import annotations
@@ -25,48 +27,46 @@ from .jobs import Job
 from .run import EXIT_BUSY
 from .spec import ABSpec
 
-__all__ = ["Progress", "execute_job", "run_jobs"]
+__all__ = ["Progress", "LocalBackend", "RayBackend", "execute_job", "run_jobs"]
 
 #: ``(run, why, log path)`` of a failed run.
 Failure = tuple[str, str, str]
+#: What a backend's ``wait`` returns: the job, its result (None: failed) and why it failed.
+Outcome = tuple[Job, "dict[str, Any] | None", str]
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: end the run when the runner dies (a killed runner leaves no orphan training)."""
-    try:
+    with contextlib.suppress(Exception):
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001
-        pass
 
 
 def _child_env(extra: Mapping[str, str] | None = None, drop: Sequence[str] = ()) -> dict[str, str]:
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     for k in drop:
         env.pop(k, None)
-    env.update(extra or {})
-    return env
+    return {**env, **(extra or {})}
 
 
-def _spawn(job: Job, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+def _spawn(job: Job, env: Mapping[str, str]) -> subprocess.Popen:
     """Start ``python -m yolo_vfl.ab.run JOB.json`` with its output appended to the run's log."""
     job_path = Path(job.out_dir) / "jobs" / f"{job.run}.json"
     atomic_write_json(job_path, job.to_dict())
     Path(job.log).parent.mkdir(parents=True, exist_ok=True)
     with open(job.log, "ab") as logf:  # the child keeps its own copy of the file descriptor
-        stamp = datetime.now().isoformat(timespec="seconds")
-        logf.write(f"\n===== {stamp} {job.run} on device {job.device} =====\n".encode())
+        logf.write(f"\n===== {datetime.now().isoformat(timespec='seconds')} {job.run} on {job.device} =====\n".encode())
         logf.flush()
         return subprocess.Popen(
             [sys.executable, "-m", "yolo_vfl.ab.run", str(job_path)],
             stdout=logf,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=dict(env or _child_env()),
+            env=dict(env),
             **({"preexec_fn": _die_with_parent} if sys.platform.startswith("linux") else {}),
         )
 
@@ -76,26 +76,16 @@ def _log_tail(path: str | os.PathLike[str], lines: int = 15) -> str:
         text = Path(path).read_bytes()[-20000:].decode(errors="replace").replace("\r", "\n")
     except OSError:
         return ""
-    kept = [ln for ln in text.splitlines() if ln.strip()][-lines:]
-    return "\n".join("    " + ln for ln in kept)
+    return "\n".join("    " + ln for ln in [ln for ln in text.splitlines() if ln.strip()][-lines:])
 
 
-def execute_job(job: Job, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Run one job in its own subprocess and wait; returns its result dict.
-
-    Raises:
-        RuntimeError: the run failed (the message has the end of its log).
-    """
-    proc = _spawn(job, env)
-    try:
-        rc = proc.wait()
-    except BaseException:
-        _terminate([proc])
-        raise
+def _outcome(job: Job, rc: int) -> Outcome:
+    """A finished subprocess's outcome: its ``result.json``, or why it failed (the end of its log)."""
     result = read_json(job.result)
-    if rc != 0 or result is None:
-        raise RuntimeError(f"{job.run} failed (exit code {rc}); log {job.log}:\n{_log_tail(job.log)}")
-    return result
+    if rc == 0 and result is not None:
+        return job, result, ""
+    why = "another process holds its lock" if rc == EXIT_BUSY else f"exit code {rc}"
+    return job, None, f"{job.run} failed ({why}); log {job.log}:\n{_log_tail(job.log)}"
 
 
 def _terminate(procs: Sequence[subprocess.Popen], timeout: float = 15.0) -> None:
@@ -113,15 +103,131 @@ def _terminate(procs: Sequence[subprocess.Popen], timeout: float = 15.0) -> None
             p.wait()
 
 
+def execute_job(job: Job, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run one job in its own subprocess and wait; returns its result dict.
+
+    Raises:
+        RuntimeError: the run failed (the message has the end of its log).
+    """
+    proc = _spawn(job, env or _child_env())
+    try:
+        rc = proc.wait()
+    except BaseException:
+        _terminate([proc])
+        raise
+    _, result, error = _outcome(job, rc)
+    if result is None:
+        raise RuntimeError(error)
+    return result
+
+
+class LocalBackend:
+    """One subprocess per device slot of ``spec.device``."""
+
+    def __init__(self, spec: ABSpec) -> None:
+        self.devices = list(spec.device)
+        self.slots = len(self.devices)
+        self.running: dict[int, tuple[subprocess.Popen, Job]] = {}
+        self.env = _child_env()
+
+    def submit(self, job: Job) -> Job:
+        """Start ``job`` on a free device slot; returns it as started (on that device)."""
+        slot = min(set(range(self.slots)) - set(self.running))
+        job = job.on(self.devices[slot])
+        self.running[slot] = (_spawn(job, self.env), job)
+        return job
+
+    def where(self, job: Job) -> str:
+        """Where a started job runs, for the progress line."""
+        return f"device {job.device or 'default'}"
+
+    def wait(self) -> Outcome:
+        """Block until a run ends."""
+        while True:
+            for slot, (proc, job) in list(self.running.items()):
+                if (rc := proc.poll()) is not None:
+                    del self.running[slot]
+                    return _outcome(job, rc)
+            time.sleep(0.5)
+
+    def cancel(self) -> None:
+        """Stop every running job (SIGINT, then SIGKILL after 15 s)."""
+        _terminate([p for p, _ in self.running.values()])
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _ray_task(job: Job, num_gpus: float) -> dict[str, Any]:  # pragma: no cover - runs in a Ray worker
+    """The Ray task: run one job in its own subprocess on the node Ray placed it on."""
+    import ray
+
+    if num_gpus <= 0:
+        return execute_job(job.on("cpu"), _child_env())
+    ids = ",".join(str(i) for i in ray.get_gpu_ids())
+    # Ray's physical GPU ids as the device, CUDA_VISIBLE_DEVICES dropped (Ultralytics 8.3 and 8.4 alike)
+    return execute_job(job.on(ids or None), _child_env({"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, ["CUDA_VISIBLE_DEVICES"]))
+
+
+class RayBackend:
+    """Ray tasks with the spec's resource request, as many at once as the cluster has room for."""
+
+    def __init__(self, spec: ABSpec) -> None:
+        try:
+            import ray
+        except ImportError as e:
+            raise UserError("backend=ray needs Ray: pip install 'yolo-vfl[ray]' (or pip install ray).") from e
+        self.ray, self.started_here = ray, not ray.is_initialized()
+        if self.started_here:
+            runtime_env = {"runtime_env": spec.ray["runtime_env"]} if spec.ray["runtime_env"] else {}
+            ray.init(address=spec.ray["address"] or None, **runtime_env)
+        self.cpus, self.gpus = spec.ray["num_cpus"], spec.ray["num_gpus"]
+        res = ray.cluster_resources()
+        slots = res.get("GPU", 0) // self.gpus if self.gpus > 0 else res.get("CPU", 1) // max(self.cpus, 1e-9)
+        self.slots = max(1, int(slots))
+        self.remote = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(_ray_task)
+        self.refs: dict[Any, Job] = {}
+
+    def submit(self, job: Job) -> Job:
+        """Queue ``job`` as a Ray task; returns it."""
+        self.refs[self.remote.remote(job, self.gpus)] = job
+        return job
+
+    def where(self, job: Job) -> str:
+        """The resource request, for the progress line."""
+        return f"ray (num_cpus={self.cpus:g}, num_gpus={self.gpus:g})"
+
+    def wait(self) -> Outcome:
+        """Block until a task ends; a result from a node without this filesystem is written here."""
+        done, _ = self.ray.wait(list(self.refs), num_returns=1)
+        job = self.refs.pop(done[0])
+        try:
+            result = self.ray.get(done[0])
+        except Exception as e:  # noqa: BLE001 - a failed task is reported, the others go on
+            return job, None, str(e) or type(e).__name__
+        if not Path(job.result).is_file():
+            atomic_write_json(job.result, result)
+        return job, result, ""
+
+    def cancel(self) -> None:
+        """Cancel every queued or running task."""
+        for ref in self.refs:
+            with contextlib.suppress(Exception):
+                self.ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        """Shut Ray down if this backend started it."""
+        if self.started_here:
+            self.ray.shutdown()
+
+
 def _fmt_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "?"
     s = int(round(seconds))
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class Progress:
@@ -142,8 +248,7 @@ class Progress:
         if not self.durations:
             return None
         avg = sum(self.durations) / len(self.durations)
-        now = time.time()
-        running = sum(max(avg - (now - t), 0.0) for t in self.started.values())
+        running = sum(max(avg - (time.time() - t), 0.0) for t in self.started.values())
         pending = self.total - self.done - len(self.started)
         return (pending * avg + running) / min(self.slots, max(1, pending + len(self.started)))
 
@@ -152,123 +257,42 @@ class Progress:
         t0 = self.started.pop(run, None)
         took = time.time() - t0 if t0 is not None else None
         running = ", ".join(self.started) or "-"
-        if error is None:
-            self.done += 1
-            if took is not None:
-                self.durations.append(took)
-            m = ((result or {}).get("metrics") or {}).get("mAP50-95")
-            score = f"mAP50-95 {m:.3f}" if isinstance(m, (int, float)) and math.isfinite(m) else "mAP50-95 n/a"
-            eta = "ETA 0s" if self.done == self.total else f"ETA {_fmt_duration(self.eta())}"
-            self.log(
-                f"[{self.done}/{self.total}] {run} done in {_fmt_duration(took)} ({score}); running: {running}; {eta}"
-            )
-        else:
-            self.log(
-                f"[{self.done}/{self.total}] {run} FAILED after {_fmt_duration(took)}; running: {running}\n{error}"
-            )
-
-
-def _run_local(jobs: list[Job], spec: ABSpec, progress: Progress) -> list[Failure]:
-    """A pool of local subprocesses, one per device slot."""
-    pending = deque(jobs)
-    free = list(range(len(spec.device)))
-    running: dict[int, tuple[subprocess.Popen, Job]] = {}
-    failed: list[Failure] = []
-    env = _child_env()
-    try:
-        while pending or running:
-            while pending and free and (spec.keep_going or not failed):
-                slot = free.pop(0)
-                job = pending.popleft().on(spec.device[slot])
-                running[slot] = (_spawn(job, env), job)
-                progress.start(job.run, f"device {job.device or 'default'}", job.log)
-            if not running:
-                break
-            time.sleep(0.5)
-            for slot, (proc, job) in list(running.items()):
-                rc = proc.poll()
-                if rc is None:
-                    continue
-                del running[slot]
-                free = sorted([*free, slot])
-                result = read_json(job.result)
-                if rc == 0 and result is not None:
-                    progress.finish(job.run, result)
-                else:
-                    why = "another process holds its lock" if rc == EXIT_BUSY else f"exit code {rc}"
-                    failed.append((job.run, why, str(job.log)))
-                    progress.finish(job.run, None, f"  {job.run} failed ({why}); log {job.log}:\n{_log_tail(job.log)}")
-    except BaseException:
-        _terminate([p for p, _ in running.values()])
-        raise
-    if pending:
-        progress.log(
-            f"not started after the failure: {', '.join(j.run for j in pending)} (keep_going=true runs them anyway)"
-        )
-    return failed
-
-
-def _ray_task(job: Job, num_gpus: float) -> dict[str, Any]:  # pragma: no cover - runs in a Ray worker
-    """The Ray task: run one job in its own subprocess on the node Ray placed it on."""
-    import ray
-
-    if num_gpus <= 0:
-        return execute_job(job.on("cpu"), _child_env())
-    ids = ",".join(str(i) for i in ray.get_gpu_ids())
-    # Ray's physical GPU ids as the device, CUDA_VISIBLE_DEVICES dropped (Ultralytics 8.3 and 8.4 alike)
-    return execute_job(job.on(ids or None), _child_env({"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, ["CUDA_VISIBLE_DEVICES"]))
-
-
-def _run_ray(jobs: list[Job], spec: ABSpec, progress: Progress) -> list[Failure]:
-    """Every job as a Ray task with the spec's resource request; progress as they complete (``ray.wait``)."""
-    try:
-        import ray
-    except ImportError as e:
-        raise UserError("backend=ray needs Ray: pip install 'yolo-vfl[ray]' (or pip install ray).") from e
-    started_here = not ray.is_initialized()
-    if started_here:
-        runtime_env = {"runtime_env": spec.ray["runtime_env"]} if spec.ray["runtime_env"] else {}
-        ray.init(address=spec.ray["address"] or None, **runtime_env)
-    refs: dict[Any, Job] = {}
-    failed: list[Failure] = []
-    try:
-        cpus, gpus = spec.ray["num_cpus"], spec.ray["num_gpus"]
-        resources = ray.cluster_resources()
-        slots = resources.get("GPU", 0) // gpus if gpus > 0 else resources.get("CPU", 1) // max(cpus, 1e-9)
-        progress.slots = max(1, int(slots))
-        remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_ray_task)
-        for job in jobs:
-            refs[remote.remote(job, gpus)] = job
-            progress.start(job.run, f"ray (num_cpus={cpus:g}, num_gpus={gpus:g})", job.log)
-        while refs:
-            done, _ = ray.wait(list(refs), num_returns=1)
-            job = refs.pop(done[0])
-            try:
-                result = ray.get(done[0])
-            except Exception as e:  # noqa: BLE001 - a failed task is reported, the others go on
-                failed.append((job.run, str(e).splitlines()[0] if str(e) else type(e).__name__, str(job.log)))
-                progress.finish(job.run, None, f"  {e}")
-                if not spec.keep_going:
-                    for ref in refs:
-                        ray.cancel(ref, force=True)
-                    for other in refs.values():
-                        progress.finish(other.run, None, "  cancelled after the failure")
-                    refs.clear()
-                continue
-            if not Path(job.result).is_file():  # the node that ran it may not share this filesystem
-                atomic_write_json(job.result, result)
-            progress.finish(job.run, result)
-        return failed
-    except BaseException:
-        for ref in refs:
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
-        raise
-    finally:
-        if started_here:
-            ray.shutdown()
+        if error is not None:
+            self.log(f"[{self.done}/{self.total}] {run} FAILED after {_fmt_duration(took)}; running: {running}")
+            self.log(error)
+            return
+        self.done += 1
+        if took is not None:
+            self.durations.append(took)
+        m = ((result or {}).get("metrics") or {}).get("mAP50-95")
+        score = f"mAP50-95 {m:.3f}" if isinstance(m, (int, float)) and math.isfinite(m) else "mAP50-95 n/a"
+        eta = "ETA 0s" if self.done == self.total else f"ETA {_fmt_duration(self.eta())}"
+        self.log(f"[{self.done}/{self.total}] {run} done in {_fmt_duration(took)} ({score}); running: {running}; {eta}")
 
 
 def run_jobs(jobs: list[Job], spec: ABSpec, progress: Progress) -> list[Failure]:
     """Run the jobs on the spec's backend; returns the failed runs (the others have their ``result.json``)."""
-    return (_run_ray if spec.backend == "ray" else _run_local)(jobs, spec, progress)
+    backend = RayBackend(spec) if spec.backend == "ray" else LocalBackend(spec)
+    pending, failed, running = deque(jobs), [], 0
+    progress.slots = backend.slots
+    try:
+        while pending or running:
+            while pending and running < backend.slots and (spec.keep_going or not failed):
+                job = backend.submit(pending.popleft())
+                running += 1
+                progress.start(job.run, backend.where(job), job.log)
+            if not running:
+                break
+            job, result, error = backend.wait()
+            running -= 1
+            if result is None:
+                failed.append((job.run, error.splitlines()[0], str(job.log)))
+            progress.finish(job.run, result, None if result is not None else f"  {error}")
+    except BaseException:
+        backend.cancel()
+        raise
+    finally:
+        backend.close()
+    if pending:
+        progress.log(f"not started after the failure: {', '.join(j.run for j in pending)} (keep_going=true runs them)")
+    return failed

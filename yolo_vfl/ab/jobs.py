@@ -47,7 +47,6 @@ class Job:
     out_dir: str
     ranking: dict[str, Any] = field(default_factory=dict)
     device: str | None = None
-    resume_interrupted: bool = False
 
     @property
     def run_dir(self) -> Path:
@@ -160,7 +159,6 @@ def make_jobs(spec: ABSpec, out_dir: str | os.PathLike[str], data: str | None = 
                     out_dir=str(out),
                     ranking=dict(spec.ranking),
                     device=spec.device[0],
-                    resume_interrupted=spec.resume_interrupted,
                 )
             )
     return jobs

@@ -169,12 +169,6 @@ RUNNER_KEYS: tuple[Key, ...] = (
     Key("device", None, _devices, 'device slots: 0,1 runs two at a time; ["0,1"] one DDP run on two GPUs'),
     Key("backend", "local", _choice("local", "ray"), "local process pool or ray"),
     Key("keep_going", False, _bool, "after a failed run, keep starting the others"),
-    Key(
-        "resume_interrupted",
-        False,
-        _bool,
-        "continue an interrupted run from last.pt (not bit-identical; default: restart it from zero)",
-    ),
 )
 #: Sections addressed as ``<section>.<key>=value``; ``train`` (Ultralytics arguments) and the arms are the others.
 SECTION_KEYS: dict[str, tuple[Key, ...]] = {
@@ -303,7 +297,6 @@ class ABSpec:
     device: list[str | None]
     backend: str
     keep_going: bool
-    resume_interrupted: bool
     ray: dict[str, Any]
     ranking: dict[str, Any]
     out: str | None
