@@ -298,17 +298,17 @@ def predicted_iou(pred_bboxes: Tensor, target_bboxes: Tensor, fg_mask: Tensor) -
         fg_mask (Tensor[B, A]): foreground anchors.
 
     Returns:
-        Tensor[B, A] float32 in [0, 1].
+        Tensor[B, A] float32 in [0, 1], computed without a host sync (every anchor's IoU, masked).
     """
     from ultralytics.utils.metrics import bbox_iou, probiou
 
+    # Every anchor, then zeroed off the foreground: selecting the foreground first (``x[fg]``, ``if fg.any()``) would
+    # read the mask on the host and stall the device every training step.
     fg = fg_mask.bool()
-    iou = torch.zeros(fg.shape, dtype=torch.float32, device=fg.device)
-    if fg.any():
-        pd, gt = pred_bboxes[fg].detach().float(), target_bboxes[fg].detach().float()
-        value = probiou(pd, gt) if pd.shape[-1] == 5 else bbox_iou(pd, gt, xywh=False)
-        iou[fg] = value.view(-1).clamp_(0.0, 1.0)
-    return iou
+    dim = pred_bboxes.shape[-1]
+    pd, gt = pred_bboxes.detach().float().reshape(-1, dim), target_bboxes.detach().float().reshape(-1, dim)
+    value = probiou(pd, gt) if dim == 5 else bbox_iou(pd, gt, xywh=False)  # (B * A, 1): probiou takes (N, 5) only
+    return torch.where(fg, value.view(fg.shape).clamp(0.0, 1.0), 0.0)  # a background box's NaN -> 0 too
 
 
 def foreground_labels(target_labels: Tensor, fg_mask: Tensor, nc: int) -> Tensor:
@@ -325,7 +325,7 @@ def foreground_labels(target_labels: Tensor, fg_mask: Tensor, nc: int) -> Tensor
     """
     fg = fg_mask.bool()
     labels = torch.zeros((*fg.shape, nc), dtype=torch.bool, device=fg.device)
-    index = target_labels.long().clamp_(0, nc - 1).unsqueeze(-1)
+    index = target_labels.long().clamp(0, nc - 1).unsqueeze(-1)  # not in place: may be the assigner's
     return labels.scatter_(-1, index, fg.unsqueeze(-1))
 
 
@@ -380,14 +380,14 @@ class ClsLossTap(nn.Module):
             target_scores = labels * predicted_iou(pred_bboxes, target_bboxes, fg_mask).unsqueeze(-1)
         loss = self.cls_loss(pred_scores, target_scores, labels)
         if self.fg_negatives == "bce" and self.cls_loss.name != "bce":
-            fg = fg_mask.bool()
             if labels is None:
                 labels = foreground_labels(target_labels, fg_mask, self.nc)
             with torch.autocast(pred_scores.device.type, enabled=False):
-                bce = F.binary_cross_entropy_with_logits(  # only the (few) foreground anchors: (N_fg, nc)
-                    pred_scores[fg].float(), target_scores[fg].float(), reduction="none"
+                bce = F.binary_cross_entropy_with_logits(  # every entry: selecting the fg anchors would sync
+                    pred_scores.float(), target_scores.float(), reduction="none"
                 )
-            loss = loss.index_put((fg,), torch.where(labels[fg], loss[fg], bce))  # out of place
+            fg_negative = fg_mask.bool().unsqueeze(-1) & ~labels  # (B, A, nc): other classes of fg anchors
+            loss = torch.where(fg_negative, bce, loss)
         return loss
 
     def extra_repr(self) -> str:
