@@ -7,19 +7,22 @@ For each report under ``experiments/results/ab_finetune_*`` (each arm paired wit
   grid's (the report's 95% t-interval at 5 seeds);
 - 5- and 8-seed grids simulated from each arm's committed mean and the sd its interval implies
   (``sd = halfwidth * sqrt(n) / t(0.975, n - 1)``), with the shared baseline: part of every difference's noise is
-  the baseline run's, common to all arms of a seed (its variance estimated from the real per-seed differences as the
-  mean covariance between arms). Reported: mean runs saved, how often an arm's verdict differs from the full grid's
-  of the same draw, reversals (better <-> worse), and the false better/worse rate per arm with every arm's true
-  difference set to 0 (its own sd kept), with its Monte-Carlo standard error;
+  the baseline run's, one draw common to all arms of a seed (its variance estimated from the real per-seed
+  differences as the mean covariance between arms, capped at the quietest arm's variance so that every arm keeps its
+  committed sd). Reported: mean runs saved, how often an arm's verdict differs from the full grid's of the same draw,
+  reversals (better <-> worse), and the false better/worse rate with every arm's true difference set to 0 (its own
+  sd kept), averaged over the arms and for the worst arm, with Monte-Carlo standard errors;
+- for the chosen rule, each arm's false-verdict rate at 0 with ``--null-reps`` experiments, also with the baseline's
+  share uncapped (the quieter arms' sds raised to it: more correlated arms);
 - synthetic experiments (as many arms as the report, the report's pooled sd and baseline share) with every arm's
   true difference 0, +-0.5 sigma, +-2 sigma.
 
-Rules compared: the chosen one (pooled variance with Satterthwaite df, Bonferroni over the looks, futility at 0.1)
-and, for reference, the same without futility, the pooled variance with its naive ``k (n - 1)`` df (no futility: the
-issue's "pooling over all arms of a round") and the per-arm t-interval (no futility). Deterministic (fixed seeds),
-one core, under a minute::
+Rules compared: the chosen one (each arm's own variance, Bonferroni over the looks, futility at 0.1 predicted from
+the larger of the arm's and the pooled variance) and, for reference, the same without futility and the previous rule
+(the variance pooled over the open arms for the verdicts, Satterthwaite df). Deterministic (fixed seeds), one core,
+about two minutes::
 
-    python experiments/sequential_replay.py [--reps 1500]
+    python experiments/sequential_replay.py [--reps 1500] [--null-reps 4000]
 """
 
 from __future__ import annotations
@@ -58,25 +61,12 @@ REPORTS = [
 ]
 HEADLINE = REPORTS[:2]  # the issue's: digits 7 arms, glyphs 8 arms, plus the baseline
 METRIC = "mAP50-95"
-CHOSEN = Rule(margin=0.005, alpha=0.05, min_seeds=2, max_seeds=5, pooled=True, futility=0.1)
+CHOSEN = Rule(margin=0.005, alpha=0.05, min_seeds=2, max_seeds=5, pooled=False, futility=0.1)
 RULES = {
     "chosen": CHOSEN,
     "no futility": replace(CHOSEN, futility=None),
-    "naive df": replace(CHOSEN, futility=None),  # pooled with k (n - 1) df, as if the arms were independent
-    "per-arm": replace(CHOSEN, pooled=False, futility=None),
+    "pooled (previous)": replace(CHOSEN, pooled=True),
 }
-_SATTERTHWAITE = sequential._pooled
-
-
-def _naive_pooled(x: np.ndarray, means: np.ndarray) -> tuple[float, float]:
-    k, n = x.shape
-    return float(((x - means[:, None]) ** 2).sum()) / (k * (n - 1)), float(k * (n - 1))
-
-
-def use(label: str) -> Rule:
-    """The rule named ``label``; "naive df" swaps the module's pooled variance for the naive count."""
-    sequential._pooled = _naive_pooled if label == "naive df" else _SATTERTHWAITE
-    return RULES[label]
 
 
 def read_runs(report: Path) -> tuple[str, dict[str, dict[int, float]]]:
@@ -138,12 +128,18 @@ def seq_verdict(state: str) -> str:
     return state if state in ("better", "worse") else "no clear difference"
 
 
-def simulate(arms: dict[str, tuple[float, float]], base_var: float, seeds: int, reps: int, seed: int) -> np.ndarray:
-    """``(reps, arms, seeds)`` paired differences: each arm's mean plus its own noise plus the shared baseline's."""
+def simulate(
+    arms: dict[str, tuple[float, float]], base_var: float, seeds: int, reps: int, seed: int, capped: bool = True
+) -> np.ndarray:
+    """``(reps, arms, seeds)`` paired differences: each arm's mean plus its own noise plus the shared baseline's.
+
+    The baseline's variance is capped at the quietest arm's (every arm keeps its sd), or not (``capped=False``: the
+    arms quieter than the baseline's share get its sd).
+    """
     rng = np.random.default_rng(seed)
     mean = np.array([m for m, _ in arms.values()])[None, :, None]
-    v = min(base_var, min(s * s for _, s in arms.values()))
-    own = np.sqrt(np.array([s * s for _, s in arms.values()]) - v)[None, :, None]
+    v = min(base_var, min(s * s for _, s in arms.values())) if capped else base_var
+    own = np.sqrt(np.maximum(np.array([s * s for _, s in arms.values()]) - v, 0.0))[None, :, None]
     return (
         mean
         + own * rng.standard_normal((reps, len(arms), seeds))
@@ -169,6 +165,7 @@ def score(draws: np.ndarray, rule: Rule) -> dict[str, float]:
     f = per_arm.mean(axis=1)
     worst = int(per_arm.mean(axis=0).argmax())
     return {
+        "per_arm": per_arm.mean(axis=0),
         "worst_arm": worst,
         "worst": float(per_arm[:, worst].mean()),
         "worst_se": float(per_arm[:, worst].std(ddof=1) / math.sqrt(reps)),
@@ -190,7 +187,7 @@ def replay_real(name: str, diffs: dict[str, np.ndarray], detail: bool) -> None:
     full = {a: full_verdict(x) for a, x in diffs.items()}
     parts = []
     for label in RULES:
-        dec = decide(diffs, replace(use(label), max_seeds=seeds))
+        dec = decide(diffs, replace(RULES[label], max_seeds=seeds))
         used = runs_used(dec)
         changed = [a for a in diffs if seq_verdict(dec[a].state) != full[a]]
         rev = sum({seq_verdict(dec[a].state), full[a]} == {"better", "worse"} for a in diffs)
@@ -208,8 +205,8 @@ def report_sims(label: str, arms: dict[str, tuple[float, float]], bv: float, rep
     """Simulated 5- and 8-seed grids: savings and verdict changes; then the same arms at a true difference of 0."""
     null = {a: (0.0, s) for a, (_, s) in arms.items()}
     names, sds = list(arms), [s for _, s in arms.values()]
-    for rname in RULES:
-        rule, cells = use(rname), []
+    for rname, rule in RULES.items():
+        cells = []
         for seeds in (5, 8):
             s = score(simulate(arms, bv, seeds, reps, seed + seeds), rule)
             z = score(simulate(null, bv, seeds, reps, seed + 100 + seeds), rule)
@@ -221,9 +218,24 @@ def report_sims(label: str, arms: dict[str, tuple[float, float]], bv: float, rep
         print(f"  {label}, {rname}: " + "; ".join(cells))
 
 
+def null_per_arm(arms: dict[str, tuple[float, float]], bv: float, reps: int, seed: int) -> None:
+    """The chosen rule, every arm at a true 0: each arm's false better/worse rate, +- its Monte-Carlo error."""
+    null = {a: (0.0, s) for a, (_, s) in arms.items()}
+    for capped in (True, False):
+        for seeds in (5, 8):
+            z = score(simulate(null, bv, seeds, reps, seed + seeds, capped), CHOSEN)["per_arm"]
+            se = np.sqrt(z * (1 - z) / reps)
+            w = int(z.argmax())
+            print(
+                f"  chosen, all at 0, {seeds} seeds, {reps} experiments, baseline share "
+                f"{'capped' if capped else 'as estimated'}: worst {list(arms)[w]} {z[w]:.2%} ± {se[w]:.2%} "
+                f"(95% upper {z[w] + 1.96 * se[w]:.2%}); "
+                + ", ".join(f"{a} {r:.2%}±{e:.2%}" for a, r, e in zip(arms, z, se))
+            )
+
+
 def synthetic(k: int, sd: float, bv: float, reps: int, seed: int) -> None:
     """``k`` arms all at the same true difference (0, +-0.5 sd, +-2 sd), the chosen rule, 5 and 8 seeds."""
-    use("chosen")
     for mult in (0.0, 0.5, -0.5, 2.0, -2.0):
         arms = {str(i): (mult * sd, sd) for i in range(k)}
         cells = []
@@ -240,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     """Print the replay of every committed fine-tuning report and the simulations of the two headline ones."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=1500, help="simulated experiments per case")
+    p.add_argument("--null-reps", type=int, default=4000, help="experiments per case for the per-arm rates at 0")
     args = p.parse_args(argv)
     print(
         f"rule: {CHOSEN}; Bonferroni level per look at 5 seeds {replace(CHOSEN).look_alpha:.4f}, "
@@ -256,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         replay_real(name, diffs, detail=name in HEADLINE)
         if name in HEADLINE:
             report_sims("simulated from committed means/intervals", arms, bv, args.reps, 1000 * i)
+            null_per_arm(arms, bv, args.null_reps, 1000 * i + 200)
             synthetic(len(arms), sd, bv, args.reps, 1000 * i + 500)
     return 0
 
