@@ -231,15 +231,6 @@ def plot_pr_curves(table: pl.DataFrame, path: _Path, order: _Order = None, basel
 
 
 # ------------------------------------------------------------------------------------------------ report files
-def _versions(results: Sequence[RunResult]) -> dict[str, str]:
-    """Each package's versions over the runs, ``a / b`` when they differ."""
-    seen: dict[str, dict[str, None]] = {}
-    for r in results:
-        for k, v in (r.versions or {}).items():
-            seen.setdefault(k, {})[str(v)] = None
-    return {k: " / ".join(v) for k, v in seen.items()}
-
-
 def write_report(
     out_dir: _Path,
     results: Sequence[RunResult],
@@ -249,28 +240,25 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``summary.csv``, ``summary.md``, ``curves.png`` and ``ranking.png`` into ``out_dir`` (atomically).
 
-    ``results``: the finished runs; ``meta``: ``name``, ``baseline``, ``arms`` (order), ``commands``, ``versions``
-    (default: the runs'), ``data``, ``train``, ``seeds``, ``missing``, ``level``; ``table``: their results table
-    (default: ``table_of(results)``); ``points``: per run, the ranking scatter points (default: the results').
-    Returns the written paths by name.
+    ``meta``: as ``report.summary_markdown``'s, plus ``arms`` (order); ``versions`` default to the runs' (``a / b``
+    where they differ). ``table``: default ``table_of(results)``; ``points``: per run, its ranking scatter points.
 
     Raises:
-        ValueError: no finished run to report on.
-        MissingMetricError: a run of ``table`` lacks a metric of the report.
+        ValueError: no finished run. MissingMetricError: a run of ``table`` lacks a metric of the report.
     """
-    out = Path(out_dir)
-    results = list(results)
+    out, results, meta = Path(out_dir), list(results), dict(meta or {})
     if not results:
         raise ValueError(f"No finished runs (runs/*/result.json) in {out}: nothing to report")
-    meta = dict(meta or {})
-    meta["versions"] = meta.get("versions") or _versions(results)
+    seen: dict[str, dict[str, None]] = {}
+    for k, v in (kv for r in results for kv in (r.versions or {}).items()):
+        seen.setdefault(k, {})[str(v)] = None
+    meta["versions"] = meta.get("versions") or {k: " / ".join(v) for k, v in seen.items()}
     baseline, order = meta.get("baseline", BASELINE), meta.get("arms")
     table = table_of(results) if table is None else table
-    points = {r.run: (r.ranking or {}).get("points") for r in results} if points is None else points
     rows = report.summarize(results, baseline=baseline, order=order, level=meta.get("level", LEVEL), table=table)
     return {
         "summary.csv": atomic_write_text(out / "summary.csv", report.summary_csv_text(rows, meta)),
-        "summary.md": atomic_write_text(out / "summary.md", report.summary_markdown(rows, results, meta)),
+        "summary.md": atomic_write_text(out / "summary.md", report.summary_markdown(rows, table, meta)),
         "curves.png": plot_curves(table, out / "curves.png", order=order, baseline=baseline),
         "ranking.png": plot_ranking(table, out / "ranking.png", points, order=order, baseline=baseline),
     }
