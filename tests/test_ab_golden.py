@@ -7,10 +7,11 @@ committed runs; ``YOLO_VFL_UPDATE_GOLDEN=inputs`` first rebuilds the runs themse
 ``tests/golden/ab_experiment`` is a finished experiment as the runner lays it out (``experiment.json``, and per run
 ``runs/<arm>-s<seed>/`` with ``result.json``, Ultralytics' ``results.csv`` and ``detections.npz``), made once by
 ``write_experiment`` from fixed synthetic detections (no training): arms bce, vfl, qfl x seeds 0-2, ``qfl-s2``
-unfinished, ``vfl-s1`` resumed once. The test copies it, runs ``regenerate_report`` and ``diagnose_experiment``
-on the copy and compares every number of ``summary.csv``, ``diagnosis.csv`` (keyed by arm and column) and of each
-table of ``summary.md`` and ``diagnosis.md`` (keyed by section heading, row label and column header) with the golden
-file, as printed. Prose, warnings, findings and figures are not compared: a rewrite may reword or reorder them.
+unfinished, ``vfl-s1``'s clock restarted once. The test copies it, runs ``regenerate_report`` and
+``diagnose_experiment`` on the copy and compares every number of ``summary.csv``, ``diagnosis.csv`` (keyed by arm and
+column) and of each table of ``summary.md`` and ``diagnosis.md`` (keyed by section heading, row label and column
+header) with the golden file, as printed. Prose, warnings, findings and figures are not compared: a rewrite may reword
+or reorder them.
 """
 
 from __future__ import annotations
@@ -285,15 +286,8 @@ def write_experiment(out: Path) -> None:
         records.save(run_dir / "detections.npz")
         metrics = {m: records.metrics[m] for m in ("precision", "recall", "mAP50", "mAP50-95")}
         (run_dir / "results.csv").write_text(_results_csv(arm, seed, metrics, RESUMED.get(run)))
-        if run in RESUMED:
-            segments = [{"how": "fresh", "first_epoch": 1, "csv_rows_before": 0, "started_at": "2025-06-01T10:00:00"}]
-            segments.append(
-                {"how": "resume", "first_epoch": RESUMED[run] + 1, "csv_rows_before": RESUMED[run]}
-                | {"started_at": "2025-06-01T11:00:00"}
-            )
-            atomic_write_json(run_dir / "segments.json", {"segments": segments})
         rows = read_results_csv(run_dir / "results.csv")
-        times, segments_n = [r["time"] for r in rows], 2 if run in RESUMED else 1
+        times = [r["time"] for r in rows]
         seconds = times[-1] + (times[RESUMED[run] - 1] if run in RESUMED else 0.0)  # the clock restarted at the resume
         settings = {"loss": arm}
         result = RunResult(
@@ -313,8 +307,6 @@ def write_experiment(out: Path) -> None:
             ),
             epochs_done=len(rows),
             train_time_s=seconds,
-            segments=segments_n,
-            resumed=segments_n > 1,
             settings=settings,
             model="yolov8n.yaml",
             data=DATA,

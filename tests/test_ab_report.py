@@ -14,16 +14,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from yolo_vfl.ab import plots
 from yolo_vfl.ab.evaluation import FP_KINDS, KINDS, summarize_detections
-from yolo_vfl.ab.plots import plot_curves, plot_fp_scores, plot_pr_curves, plot_ranking, write_diagnosis, write_report
 from yolo_vfl.ab.report import (
-    ArmRow,
     _ap50_text,
     arm_order,
     common_recall,
     curve_gain,
-    diagnosis_csv_text,
     diagnosis_markdown,
     diagnosis_runs,
     diagnosis_stats,
@@ -38,7 +34,6 @@ from yolo_vfl.ab.report import (
 from yolo_vfl.ab.results import SCHEMA, Curve, MissingMetricError, RunResult, final_rows, table_of
 from yolo_vfl.checks import source_hash
 
-PNG = b"\x89PNG\r\n\x1a\n"
 NOT_CONVERGED = "not converged: conclusions are about an early stage of training"
 
 
@@ -82,24 +77,6 @@ def table_rows(md: str, heading: str) -> list[str]:
     return lines[2:]
 
 
-def captured_figures(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Make plots._save_figure keep each figure (and still write the file)."""
-    figures: list = []
-    save = plots._save_figure
-
-    def keep(fig, path):
-        figures.append(fig)
-        return save(fig, path)
-
-    monkeypatch.setattr(plots, "_save_figure", keep)
-    return figures
-
-
-def points(results: list[RunResult]) -> dict:
-    """The ranking scatter points of hand-made runs, by run."""
-    return {r.run: (r.ranking or {}).get("points") for r in results}
-
-
 def epoch_table(curves: list[dict]) -> pl.DataFrame:
     """The results table (per-epoch precision and recall) of hand-made ``{arm, seed, curve}`` runs."""
     keys = {"precision": "metrics/precision(B)", "recall": "metrics/recall(B)"}
@@ -112,12 +89,6 @@ def epoch_table(curves: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")
 
 
-def integer_ticks(ax) -> bool:
-    lo, hi = ax.get_xlim()
-    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
-    return bool(ticks) and all(float(t).is_integer() for t in ticks)
-
-
 # ----------------------------------------------------------------------------------------------- summary rows
 def test_summarize_rows_and_markdown():
     """summarize: baseline first, means/stds, paired CI vs baseline, verdict from mAP50-95; markdown shows them.
@@ -128,19 +99,19 @@ def test_summarize_rows_and_markdown():
     results += [result("bce", s, v) for s, v in [(0, 0.45), (1, 0.46), (2, 0.45)]]
     results += [result("qfl", 0, 0.30)]
     rows = summarize(results, baseline="bce")
-    assert all(isinstance(r, ArmRow) for r in rows)
-    assert [r.arm for r in rows] == ["bce", "vfl", "qfl"]
+    assert all(isinstance(r, dict) for r in rows)
+    assert [r["arm"] for r in rows] == ["bce", "vfl", "qfl"]
     bce, vfl, qfl = rows
-    assert bce.verdict == "baseline" and bce.is_baseline and bce.primary.diff is None
-    assert vfl.primary.value.mean == pytest.approx(0.50833333) and vfl.n_seeds == 3 and vfl.seeds == (0, 1, 2)
-    assert vfl.primary.diff.mean == pytest.approx(0.055) and vfl.verdict == "better"
+    assert bce["verdict"] == "baseline" and bce["mAP50-95_diff"] is None
+    assert vfl["mAP50-95_mean"] == pytest.approx(0.50833333) and vfl["n_seeds"] == 3 and vfl["seeds"] == [0, 1, 2]
+    assert vfl["mAP50-95_diff"] == pytest.approx(0.055) and vfl["verdict"] == "better"
     # mAP50 is twice mAP50-95: diffs 0.10, 0.12, 0.11, interval excludes 0
-    assert vfl.metrics["mAP50"].verdict == "better"
-    assert vfl.metrics["precision"].verdict == "no clear difference"  # identical everywhere: interval [0, 0]
-    assert qfl.primary.value.std is None and qfl.verdict == "no clear difference (1 seed)"
-    assert vfl.train_time_s.mean == 60.0 and vfl.final_losses["train/cls_loss"].mean == 2.0
-    assert vfl.ranking["pearson_matched"].mean == pytest.approx(0.61) and vfl.epochs_done.mean == 6
-    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce", "commands": ["yolo-vfl ab x.yaml"]})
+    assert vfl["mAP50_verdict"] == "better"
+    assert vfl["precision_verdict"] == "no clear difference"  # identical everywhere: interval [0, 0]
+    assert qfl["mAP50-95_std"] is None and qfl["verdict"] == "no clear difference (1 seed)"
+    assert vfl["train_time_s_mean"] == 60.0 and vfl["train/cls_loss_mean"] == 2.0
+    assert vfl["rank_pearson_matched_mean"] == pytest.approx(0.61) and vfl["epochs_done_mean"] == 6
+    md = summary_markdown(rows, table_of(results), {"name": "t", "baseline": "bce", "commands": ["yolo-vfl ab x.yaml"]})
     assert "**better**" in md and "no clear difference (1 seed)" in md and "`yolo-vfl ab x.yaml`" in md
     assert "0.5083 ± 0.0104" in md
 
@@ -159,9 +130,9 @@ def test_missing_values_are_not_measured():
     results = [result("bce", 0, 0.3), result("bce", 1, 0.3), result("vfl", 0, 0.32), bare]
     rows = summarize(results, baseline="bce")
     vfl = rows[1]
-    assert vfl.metrics["precision"].value.n == 1 and vfl.metrics["precision"].diff.n == 1
-    assert vfl.primary.diff.n == 2 and vfl.ranking["pearson"].n == 1
-    md = summary_markdown(rows, results, {"name": "t"})
+    assert vfl["precision_std"] is None and vfl["precision_n_pairs"] == 1
+    assert vfl["mAP50-95_n_pairs"] == 2 and vfl["rank_pearson_std"] is None
+    md = summary_markdown(rows, table_of(results), {"name": "t"})
     assert "nan" not in md.lower().replace("mean", "") and "None" not in md
     assert any(line.startswith("| vfl-s1 |") and "| - |" in line for line in md.splitlines())
 
@@ -211,31 +182,14 @@ def test_csv_keeps_the_columns_and_values_of_the_first_runner():
     assert vfl[n + 5] == "0.000000"  # identical values: a zero-width interval
 
 
-def test_write_report_files(tmp_path):
-    """write_report writes summary.csv/.md, curves.png and ranking.png; the CSV has versions and the command."""
-    results = [result(a, s, 0.4 + 0.01 * s + (0.02 if a == "vfl" else 0)) for a in ("bce", "vfl") for s in (0, 1)]
-    paths = write_report(tmp_path, results, {"name": "t", "baseline": "bce", "commands": ["yolo-vfl ab"]})
-    assert sorted(paths) == ["curves.png", "ranking.png", "summary.csv", "summary.md"]
-    for name in ("summary.csv", "summary.md", "curves.png", "ranking.png"):
-        assert paths[name].stat().st_size > 0
-    assert paths["curves.png"].read_bytes()[:8] == PNG and paths["ranking.png"].read_bytes()[:8] == PNG
-    rows = list(csv.DictReader(open(paths["summary.csv"])))
-    assert [r["arm"] for r in rows] == ["bce", "vfl"]
-    assert rows[1]["verdict"] == "better" and float(rows[1]["mAP50-95_diff"]) == pytest.approx(0.02)
-    assert "ultralytics 8.4.190" in rows[0]["versions"] and rows[0]["command"] == "yolo-vfl ab"
-    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
-    with pytest.raises(ValueError, match="nothing to report"):
-        write_report(tmp_path, [], {})
-
-
 # ----------------------------------------------------------------------------------------------- warnings
 def test_nothing_learned_warns_in_markdown_and_csv():
     """Every arm's mAP50-95 below 0.01: 'no clear difference' comes with a loud warning in summary.md and .csv."""
     results = [result(a, s, 0.001 + 0.0005 * s) for a in ("bce", "vfl") for s in (0, 1)]
     rows = summarize(results, baseline="bce")
-    assert rows[1].verdict == "no clear difference"  # the statistical verdict itself is unchanged
-    assert len(rows[0].warnings) == 1  # nothing learned says it all (no 'not converged' on top)
-    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    assert rows[1]["verdict"] == "no clear difference"  # the statistical verdict itself is unchanged
+    assert len(rows[0]["warnings"]) == 1  # nothing learned says it all (no 'not converged' on top)
+    md = summary_markdown(rows, table_of(results), {"name": "t", "baseline": "bce"})
     assert "nothing learned" in md.lower() and "below 0.01" in md
     warning_line = next(line for line in md.splitlines() if "nothing learned" in line.lower())
     assert warning_line.startswith("> **Warning")
@@ -249,30 +203,21 @@ def test_baseline_near_zero_warns():
     results = [result("bce", s, 0.002 + 0.001 * s) for s in (0, 1, 2)]
     results += [result("vfl", s, 0.2 + 0.01 * s) for s in (0, 1, 2)]
     rows = summarize(results, baseline="bce")
-    assert rows[1].verdict == "better"
-    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    assert rows[1]["verdict"] == "better"
+    md = summary_markdown(rows, table_of(results), {"name": "t", "baseline": "bce"})
     assert "nothing learned" not in md.lower()
     assert re.search(r"baseline `bce`.*mAP50-95 .*below 0\.01", md)
-    assert "near 0" in rows[1].warning and "near 0" in rows[0].warning
-    assert NOT_CONVERGED not in rows[0].warning  # flat curve; 'below 0.1' is not repeated for a baseline near 0
+    assert "near 0" in rows[1]["warning"] and "near 0" in rows[0]["warning"]
+    assert NOT_CONVERGED not in rows[0]["warning"]  # flat curve; 'below 0.1' is not repeated for a baseline near 0
 
 
 def test_healthy_experiment_has_no_warning():
     """Normal, converged values: no warning line, and an empty warning column."""
     results = [result(a, s, 0.3 + 0.01 * s) for a in ("bce", "vfl") for s in (0, 1)]
     rows = summarize(results, baseline="bce")
-    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    md = summary_markdown(rows, table_of(results), {"name": "t", "baseline": "bce"})
     assert "Warning" not in md
-    assert all(r.warning == "" and r.warnings == () for r in rows)
-
-
-def test_written_csv_carries_the_warning(tmp_path):
-    """write_report: the warning is in summary.csv, next to the verdict that 'yolo-vfl ab' prints."""
-    results = [result(a, 0, 0.0) for a in ("bce", "vfl")]
-    write_report(tmp_path, results, {"name": "t", "baseline": "bce"})
-    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
-    assert "nothing learned" in rows[1]["warning"]
-    assert "nothing learned" in (tmp_path / "summary.md").read_text().lower()
+    assert all(r["warning"] == "" and r["warnings"] == () for r in rows)
 
 
 def test_source_hash_follows_the_code_not_the_place(tmp_path):
@@ -308,8 +253,8 @@ def test_runs_of_different_code_are_flagged():
         "aaaaaaaaaaaa: 4 runs (bce-s0, bce-s1, vfl-s0, ...)" in text and "bbbbbbbbbbbb: 2 runs (qfl-s0, qfl-s1)" in text
     )
     rows = summarize(old + new, baseline="bce")
-    assert all(source_warning(old + new) in r.warnings for r in rows)
-    md = summary_markdown(rows, old + new, {"name": "t", "baseline": "bce"})
+    assert all(source_warning(old + new) in r["warnings"] for r in rows)
+    md = summary_markdown(rows, table_of(old + new), {"name": "t", "baseline": "bce"})
     assert "> **Warning: code changed during the experiment" in md
     assert any("code changed" in line for line in verdict_lines(rows))
 
@@ -350,12 +295,12 @@ def test_still_rising_baseline_is_not_converged():
     results += [result("vfl", s, 0.31, rising(0.31, 0.02)) for s in (0, 1)]
     rows = summarize(results, baseline="bce")
     bce, vfl = rows
-    assert bce.convergence.gain_rel.mean == pytest.approx(0.15) and bce.convergence.epochs == 3
-    assert bce.convergence.gain.mean == pytest.approx((0.05 + 0.30 - 0.30 / 1.1) / 2)
-    assert vfl.convergence.gain_rel.mean == pytest.approx(0.02)
-    assert len(bce.warnings) == 1 and bce.warnings[0].startswith(NOT_CONVERGED)
-    assert "+15.0%" in bce.warning and "below" not in bce.warning  # 0.30 >= 0.10: only the rise
-    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    assert bce["mAP50-95_gain_last3_rel_mean"] == pytest.approx(0.15) and bce["gain_epochs"] == 3
+    assert bce["mAP50-95_gain_last3_mean"] == pytest.approx((0.05 + 0.30 - 0.30 / 1.1) / 2)
+    assert vfl["mAP50-95_gain_last3_rel_mean"] == pytest.approx(0.02)
+    assert len(bce["warnings"]) == 1 and bce["warnings"][0].startswith(NOT_CONVERGED)
+    assert "+15.0%" in bce["warning"] and "below" not in bce["warning"]  # 0.30 >= 0.10: only the rise
+    md = summary_markdown(rows, table_of(results), {"name": "t", "baseline": "bce"})
     assert md.index(NOT_CONVERGED) < md.index("## Accuracy")
     conv = table_rows(md, "## Convergence and resolution")
     assert conv[0].startswith("| bce | 0.3000 ± 0.0000 | 3 | +0.0386 ± ") and "+15.0% ± 7.1%" in conv[0]
@@ -375,29 +320,31 @@ def test_curve_differences_show_whether_the_gap_moved_at_the_end():
     results = [result("bce", s, 0.30, rising(0.30, 0.20)) for s in (0, 1)]
     results += [result("vfl", s, 0.27, rising(0.27, 0.08)) for s in (0, 1)]
     bce, vfl = summarize(results, baseline="bce")
-    assert bce.convergence.earlier is None and bce.convergence.last is None
-    assert vfl.convergence.earlier.mean == pytest.approx(0.0, abs=1e-12) and vfl.convergence.earlier.n == 2
-    assert vfl.convergence.last.mean == pytest.approx(-0.03)
-    md = summary_markdown([bce, vfl], results, {"name": "t", "baseline": "bce"})
+    assert bce["mAP50-95_curve_diff_earlier"] is None and bce["mAP50-95_curve_diff_last"] is None
+    assert vfl["mAP50-95_curve_diff_earlier"] == pytest.approx(0.0, abs=1e-12)
+    assert vfl["mAP50-95_curve_diff_last"] == pytest.approx(-0.03)
+    md = summary_markdown([bce, vfl], table_of(results), {"name": "t", "baseline": "bce"})
     conv = table_rows(md, "## Convergence and resolution")
     assert conv[0].endswith("| (baseline) | (baseline) | (baseline) |")
     assert conv[1].endswith("| +0.0000 [+0.0000, +0.0000] | -0.0300 [-0.0300, -0.0300] |"), conv[1]
     table = list(csv.DictReader(summary_csv_text([bce, vfl]).splitlines()))
     assert table[0]["mAP50-95_curve_diff_last"] == "" and float(table[1]["mAP50-95_curve_diff_last"]) == -0.03
     one = summarize([result("bce", 0, 0.3, rising(0.3, 0.2)), result("vfl", 0, 0.3, rising(0.3, 0.2))])
-    assert one[1].convergence.last.n == 1 and one[1].convergence.last.lo is None  # one pair: no interval
+    assert (
+        one[1]["mAP50-95_curve_diff_last"] is not None and one[1]["mAP50-95_curve_diff_last_lo"] is None
+    )  # one pair: no interval
 
 
 def test_low_baseline_is_not_converged_and_small_rise_is_fine():
     """A flat baseline at 0.05 (< 0.10) is not converged; at 0.30 rising 2% (< 3%) it is."""
     low = [result("bce", s, 0.05) for s in (0, 1)] + [result("vfl", s, 0.06) for s in (0, 1)]
-    warning = summarize(low, baseline="bce")[0].warning
+    warning = summarize(low, baseline="bce")[0]["warning"]
     assert warning.startswith(NOT_CONVERGED) and "0.0500 is below 0.1" in warning and "rose" not in warning
     fine = [result(a, s, 0.30, rising(0.30, 0.02)) for a in ("bce", "vfl") for s in (0, 1)]
-    assert summarize(fine, baseline="bce")[0].warnings == ()
+    assert summarize(fine, baseline="bce")[0]["warnings"] == ()
     # only the baseline counts: another arm still rising does not make the experiment 'not converged'
     other = [result("bce", s, 0.30) for s in (0, 1)] + [result("vfl", s, 0.30, rising(0.30, 0.5)) for s in (0, 1)]
-    assert summarize(other, baseline="bce")[0].warnings == ()
+    assert summarize(other, baseline="bce")[0]["warnings"] == ()
 
 
 def test_resolution_by_hand():
@@ -411,13 +358,13 @@ def test_resolution_by_hand():
     results += [result("vfl", s, v + d) for s, (v, d) in enumerate(zip(base, (0.05, 0.06, 0.055)))]
     results += [result("qfl", s, v + d) for s, (v, d) in enumerate(zip(base, (0.01, 0.03, 0.02)))]
     rows = summarize(results, baseline="bce")
-    assert rows[1].primary.diff.half_width == pytest.approx(4.302652729911275 * 0.005 / math.sqrt(3))
+    assert rows[1]["mAP50-95_diff_halfwidth"] == pytest.approx(4.302652729911275 * 0.005 / math.sqrt(3))
     text = resolution(rows)
     assert text == (
         "with 3 paired seeds the paired 95% intervals of mAP50-95 are ±0.0124 to ±0.0248: differences smaller than "
         "that cannot be seen"
     )
-    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    md = summary_markdown(rows, table_of(results), {"name": "t", "baseline": "bce"})
     assert f"**Resolution: {text}.**" in md
     conv = table_rows(md, "## Convergence and resolution")
     assert "| ±0.0124 | +0.0550 [" in conv[1] and "| ±0.0248 | " in conv[2]
@@ -451,7 +398,7 @@ def test_single_seed_shows_value_with_n1_and_no_interval():
     """One seed: the value with 'n=1', no ± and no interval; the difference table says why there is none."""
     results = [result("bce", 0, 0.0406), result("vfl", 0, 0.0500)]
     rows = summarize(results, baseline="bce")
-    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    md = summary_markdown(rows, table_of(results), {"name": "t", "baseline": "bce"})
     assert "nan" not in md
     accuracy = table_rows(md, "## Accuracy")
     assert all("±" not in line for line in accuracy)
@@ -467,7 +414,7 @@ def test_every_na_and_dash_is_explained():
     bare = RunResult.from_dict({**bare.to_dict(), "metrics": {"mAP50": 0.4, "mAP50-95": 0.2, "precision": None}})
     results = [result("bce", s, 0.2 + 0.01 * s) for s in (0, 1)] + [result("vfl", 0, 0.25), bare]
     rows = summarize(results, baseline="bce")
-    md = summary_markdown(rows, results, {"name": "t", "baseline": "bce"})
+    md = summary_markdown(rows, table_of(results), {"name": "t", "baseline": "bce"})
     sections = md.split("\n## ")[1:]
     assert any(s.startswith("Convergence") for s in sections)
     for section in sections:
@@ -480,58 +427,6 @@ def test_every_na_and_dash_is_explained():
             assert "n/a:" in legend or "n/a (" in " ".join(cells), section.splitlines()[0]
         if any(c.endswith("(n=1)") for c in cells):
             assert "`(n=1)`:" in legend, section.splitlines()[0]
-
-
-# ----------------------------------------------------------------------------------------------- plots
-def test_ranking_titles_show_the_iou_gt0_correlation(tmp_path, monkeypatch):
-    """ranking.png: each title leads with the IoU>0 correlation (the README's claim), then the all-detections one."""
-    figures = captured_figures(monkeypatch)
-    results = [result(a, s, 0.3) for a in ("bce", "vfl") for s in (0, 1)]
-    plot_ranking(table_of(results), tmp_path / "ranking.png", points(results))
-    titles = [ax.get_title() for ax in figures[0].axes]
-    assert len(titles) == 2
-    for t in titles:
-        assert "IoU>0" in t and "0.610" in t and "0.620" in t  # Pearson / Spearman over matched detections
-        assert "all detections" in t and "0.110" in t
-        assert t.index("0.610") < t.index("0.110")  # the IoU>0 one first
-
-
-def test_ranking_without_measurement_explains_na(tmp_path, monkeypatch):
-    """A run without ranking: 'n/a' in its title and the note under the figure."""
-    figures = captured_figures(monkeypatch)
-    results = [result("bce", 0, 0.3), result("vfl", 0, 0.3, ranking=None)]
-    plot_ranking(table_of(results), tmp_path / "r.png", points(results))
-    assert "n/a" in figures[0].axes[1].get_title()
-    assert any(t.get_text().startswith("n/a: not measured") for t in figures[0].texts)
-
-
-def test_epoch_curves_have_integer_ticks_and_baseline_in_black(tmp_path, monkeypatch):
-    """curves.png: whole-number epoch ticks (3 epochs gave 1.00, 1.25, ...); the baseline is the thick black line."""
-    figures = captured_figures(monkeypatch)
-    plot_curves(table_of([result(a, 0, 0.3, [0.1, 0.2, 0.3]) for a in ("vfl", "bce")]), tmp_path / "curves.png")
-    ax = figures[0].axes[0]
-    assert integer_ticks(ax)
-    first = ax.get_lines()[0]
-    assert first.get_label() == "bce (1 seed)" and first.get_color() == "black" and first.get_linewidth() > 2
-
-
-def test_many_arms_stay_readable(tmp_path, monkeypatch):
-    """16 arms: tab20 colours with alternating dashes and the legend outside the axes."""
-    figures = captured_figures(monkeypatch)
-    results = [result("bce", 0, 0.3)] + [result(f"a{i}", 0, 0.3 + 0.001 * i) for i in range(15)]
-    plot_curves(table_of(results), tmp_path / "curves.png")
-    ax = figures[0].axes[0]
-    styles = {line.get_linestyle() for line in ax.get_lines()}
-    assert styles == {"-", "--"} and ax.get_legend().get_bbox_to_anchor() is not None
-    assert len(ax.get_legend().get_texts()) == 16
-
-
-def test_pr_curves_have_integer_epoch_ticks(tmp_path, monkeypatch):
-    """pr_curves.png: whole-number epoch ticks (3 epochs gave 1.00, 1.25, ...)."""
-    figures = captured_figures(monkeypatch)
-    curve = {"epoch": [1, 2, 3], "precision": [0.1, 0.2, 0.3], "recall": [0.1] * 3}
-    plot_pr_curves(epoch_table([{"arm": "bce", "seed": 0, "curve": curve}]), tmp_path / "pr.png")
-    assert all(integer_ticks(ax) for ax in figures[0].axes)
 
 
 # ----------------------------------------------------------------------------------------------- diagnosis
@@ -597,34 +492,6 @@ def test_ap50_finding_names_the_kind_that_narrows_the_gap_for_either_sign(sign):
     assert "removing no single kind narrows it" in _ap50_text(wider, "vfl", "bce", 0.95)
 
 
-def test_diagnosis_files_from_hand_made_runs(tmp_path):
-    """diagnosis.md / .csv text and both plots from hand-made runs (no model), written by write_diagnosis."""
-    table, detections = experiment(*(fake_run("bce", s, 2) for s in (0, 1)), *(fake_run("qfl", s, 25) for s in (0, 1)))
-    stats = diagnosis_stats(table, baseline="bce")
-    meta = {"name": "t", "baseline": "bce", "missing": ["qfl-s2"]}
-    md = diagnosis_markdown(stats, diagnosis_runs(table, "bce"), meta)
-    for part in ("## Findings", "## Detections at conf ≥ 0.25", "equal recall", "F1-optimal", "qfl-s2", "fp_scores"):
-        assert part in md, part
-    rows = list(csv.DictReader(diagnosis_csv_text(stats).splitlines()))
-    assert [r["arm"] for r in rows] == ["bce", "qfl"] and float(rows[1]["background@0.25_mean"]) > 0
-    assert rows[0]["seeds"] == "0 1"
-    curves = [
-        {"arm": a, "seed": s, "curve": {"epoch": [1, 2, 3], "precision": [0.1, 0.2, 0.3], "recall": [0.2, 0.3, None]}}
-        for a in ("bce", "qfl")
-        for s in (0, 1)
-    ]
-    paths = write_diagnosis(
-        tmp_path / "d", pl.concat([table, epoch_table(curves)]), detections, meta | {"arms": ["qfl", "bce"]}
-    )
-    assert sorted(paths) == ["diagnosis.csv", "diagnosis.md", "fp_scores.png", "pr_curves.png"]
-    assert [r["arm"] for r in csv.DictReader(open(paths["diagnosis.csv"]))] == ["qfl", "bce"]
-    for f in ("fp_scores.png", "pr_curves.png"):
-        assert paths[f].read_bytes()[:8] == PNG
-    plot_fp_scores(stats, detections, tmp_path / "fp.png")
-    assert (tmp_path / "fp.png").read_bytes()[:8] == PNG
-    assert not list((tmp_path / "d").glob(".*.tmp"))
-
-
 def test_diagnosis_without_true_positives_has_no_blank_values():
     """A model that found nothing (no TP: e.g. one epoch from scratch) gave 'Mean TP score per arm: bce , vfl .'."""
     runs = []
@@ -654,11 +521,9 @@ def test_a_run_without_a_diagnosis_metric_is_named():
         diagnosis_stats(broken, "bce")
 
 
-def test_markdown_names_the_pretrained_start_and_the_resumed_runs():
-    """The summary names the pretrained start (fingerprint, own mAP, build time) and lists resumed runs."""
-    from dataclasses import replace
-
-    results = [result("bce", 0, 0.40), replace(result("vfl", 0, 0.38), resumed=True, segments=2)]
+def test_markdown_names_the_pretrained_start():
+    """The summary names the pretrained start (fingerprint, weights, own mAP, build time)."""
+    results = [result("bce", 0, 0.40), result("vfl", 0, 0.38)]
     meta = {
         "name": "ft",
         "baseline": "bce",
@@ -669,8 +534,6 @@ def test_markdown_names_the_pretrained_start_and_the_resumed_runs():
             "train_time_s": 960,
         },
     }
-    md = summary_markdown(summarize(results, baseline="bce"), results, meta)
+    md = summary_markdown(summarize(results, baseline="bce"), table_of(results), meta)
     assert "`c34e3690d919792a`" in md and "mAP50-95 0.3671" in md and "16m00s" in md
     assert "(stock BCE; weights sha256 `0123456789ab`; mAP50-95 0.3671," in md  # the weights, not only the spec
-    assert "**Resumed runs**" in md and "vfl-s0" in md.split("**Resumed runs**")[1].splitlines()[0]
-    assert "Resumed runs" not in summary_markdown(summarize(results[:1]), results[:1], {"name": "x"})

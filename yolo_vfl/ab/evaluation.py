@@ -1,20 +1,11 @@
-"""Pure functions of a run's records (``yolo_vfl.ab.records``): false positives by kind, AP50 costs, ranking quality.
+"""Pure numpy functions of a run's ``Records``: false positives by kind, AP50 costs, ranking quality.
 
-Everything here is numpy on ``Records``; no IoU is recomputed (``det_gt_iou`` holds Ultralytics' IoUs of the
-validation pass). Only the AP imports Ultralytics (``compute_ap``), so the rest of the module imports without torch.
-
-``classify`` processes each image's detections COCO-style, in descending confidence order (ties: record order):
-
-* ``tp``: IoU >= 0.5 (``protocol.IOU_MATCH``) with a same-class ground truth that no higher-scored detection has
-  matched yet (the one with the highest IoU among those);
-* ``duplicate``: IoU >= 0.5 with a same-class ground truth, but all of those are already matched;
-* ``wrong_class``: not the above, and IoU >= 0.5 with a ground truth of another class;
-* ``localization``: not the above, and 0.1 (``protocol.IOU_BACKGROUND``) <= best IoU with any ground truth < 0.5;
-* ``background``: best IoU with any ground truth < 0.1.
-
-The matching is greedy in confidence order, so the detections above any threshold are classified as if the lower
-ones did not exist: the counts at ``conf >= t`` all follow from one classification at the validation threshold.
-The AP50 cost of each false-positive kind is TIDE-style (arXiv 2008.08115); ranking quality as in GFL (2006.04388).
+``classify`` takes each image's detections in descending confidence (COCO-style; no IoU recomputed): ``tp`` (IoU >=
+``IOU_MATCH`` with a still unmatched same-class ground truth, the highest-IoU one), ``duplicate`` (such a ground truth,
+all matched), ``wrong_class`` (IoU >= ``IOU_MATCH`` with another class), ``localization`` (best IoU in
+[``IOU_BACKGROUND``, ``IOU_MATCH``)), ``background``. Greedy in confidence order, so the counts at any ``conf >= t``
+follow from one classification. AP50 costs per FP kind as TIDE (arXiv 2008.08115); ranking quality as GFL
+(2006.04388). Only the AP imports Ultralytics (``compute_ap``).
 """
 
 from __future__ import annotations
@@ -53,15 +44,9 @@ def classify(
 ) -> dict[str, np.ndarray]:
     """Classify every detection as ``tp`` or a false-positive kind (module docstring; IoU ties: first in ``gt``).
 
-    Args:
-        records: the run's records.
-        iou_match: IoU for a match (TP, duplicate, wrong class).
-        iou_background: best IoU below which a false positive is background.
-
     Returns:
-        dict, in record order: ``kind`` (N,) int64 indices into ``KINDS``; ``iou`` (N,) float64, the IoU with the
-        matched ground truth for a TP and the best IoU with any ground truth of the image otherwise (0 without
-        one); ``gt`` (N,) int64, the matched ground truth's index into ``records.gt_*`` (-1 when not a TP).
+        in record order: ``kind`` (N,) int64 indices into ``KINDS``; ``iou`` (N,) the matched ground truth's IoU for
+        a TP, else the best IoU with any ground truth (0 without one); ``gt`` (N,) the TP's ground truth (else -1).
     """
     n = records.n_det
     kind = np.full(n, _BACKGROUND, dtype=np.int64)
@@ -102,11 +87,7 @@ def classify(
 
 
 def best_same_class_iou(records: Records) -> np.ndarray:
-    """(N,) float64: each detection's highest IoU with a same-class ground truth of its image (0 when none).
-
-    Several detections may take the same ground truth: this measures how well each score ranks its own localization
-    quality, not detection accuracy.
-    """
+    """(N,) each detection's highest IoU with a same-class ground truth of its image (0: none; shared GTs allowed)."""
     if records.n_det == 0 or records.n_gt == 0:
         return np.zeros(records.n_det)
     cols = records.gt_columns()
@@ -115,12 +96,10 @@ def best_same_class_iou(records: Records) -> np.ndarray:
 
 
 def ranking_quality(records: Records, max_points: int = protocol.MAX_POINTS, seed: int = 0) -> dict[str, Any]:
-    """Score-vs-IoU ranking quality of the recorded detections (IoU: ``best_same_class_iou``).
+    """Score-vs-IoU ``correlations`` (IoU: ``best_same_class_iou``) with ``n_images``, ``n_gt``, ``conf_threshold``.
 
-    Returns:
-        ``correlations(...)`` over all detections plus ``n_images``, ``n_gt``, ``conf_threshold`` (the validation's
-        ``conf``) and ``points``: ``{"conf": [...], "iou": [...]}`` rounded to 5 digits, for the scatter plot: at
-        most ``max_points``, a random subset drawn with ``seed``, in record order.
+    ``points``: ``{"conf": [...], "iou": [...]}`` (5 digits) for the scatter plot, at most ``max_points`` drawn with
+    ``seed``, in record order.
     """
     conf = records.det_conf.astype(np.float64)
     iou = best_same_class_iou(records)
@@ -138,12 +117,9 @@ def ranking_quality(records: Records, max_points: int = protocol.MAX_POINTS, see
 
 
 def average_precision(tp: np.ndarray, n_gt: int) -> float:
-    """AP of detections sorted by descending score (``tp`` flags), by Ultralytics' ``compute_ap`` (101 points).
+    """AP of detections sorted by descending score (``tp`` flags) by the installed Ultralytics' ``compute_ap``.
 
-    Returns:
-        the AP; 0 without detections (as Ultralytics' ``ap_per_class``), NaN without ground truth. The value is the
-        installed Ultralytics' own: 8.4 ends the precision envelope at the highest recall reached (2 GT, one found
-        first: 0.495), 8.3 ran it on linearly to recall 1 (0.75); a perfect ranking scores 0.995.
+    0 without detections, NaN without ground truth (2 GT, one found first: 0.495 in 8.4, 0.75 in 8.3).
     """
     if n_gt <= 0:
         return math.nan
@@ -215,15 +191,12 @@ def summarize_detections(
     gt_counts: Mapping[int, int],
     thresholds: Sequence[float] = THRESHOLDS,
 ) -> pl.DataFrame:
-    """The diagnosis numbers of classified detections (all images of a run pooled), one row per ``metric``.
+    """The diagnosis numbers of classified detections (a run's images pooled): ``metric``, ``value`` (null: undefined).
 
-    ``scores``, ``kinds`` (indices into ``KINDS``), ``cls`` and ``ious`` hold one value per detection, as ``classify``
-    gives them; ``gt_counts``: ground-truth boxes per class. Metrics: ``n_det``, ``n_gt``, ``tp``, ``ap50``,
-    ``ap50_tp_only`` (every FP removed: the recall ceiling), ``ap50_without_<kind>`` and ``ap50_cost_<kind>``
-    per FP kind (TIDE), ``score_<kind>`` (mean score); per operating point ``P`` (each of ``thresholds`` as ``0.25``,
-    the F1-optimal ``f1``, each ``RECALL_LEVELS`` level as ``recall0.72``) ``<kind>@P``, ``fp@P``, ``missed@P``,
-    ``precision@P``, ``recall@P``, ``threshold@P`` (not for fixed thresholds) and ``tp_iou@P`` (not for recall levels);
-    ``recall_max``: the highest level reached. ``value``: null where undefined.
+    Per detection ``scores``, ``kinds``, ``cls``, ``ious`` (``classify``'s); ``gt_counts``: ground truths per class.
+    Metrics: ``n_det``, ``n_gt``, ``tp``, ``ap50``, ``ap50_tp_only``, ``ap50_without_<kind>``, ``ap50_cost_<kind>``,
+    ``score_<kind>``; per operating point ``P`` (``0.25``, ``f1``, ``recall0.72`` ...) ``<kind>@P``, ``fp@P``,
+    ``missed@P``, ``precision@P``, ``recall@P``, ``threshold@P`` and ``tp_iou@P``; ``recall_max``.
     """
     scores, ious = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (scores, ious))
     kinds, cls = (np.asarray(a, dtype=np.int64).reshape(-1) for a in (kinds, cls))
@@ -265,11 +238,7 @@ def diagnose(
     iou_background: float = protocol.IOU_BACKGROUND,
     thresholds: Sequence[float] = THRESHOLDS,
 ) -> pl.DataFrame:
-    """The false-positive diagnosis of one run: ``classify`` then ``summarize_detections``, all images pooled.
-
-    Adds ``n_images`` and ``ultralytics/<metric>`` (the validation's own precision, recall, mAP50, mAP50-95 of the
-    same pass).
-    """
+    """One run's diagnosis: ``classify``, ``summarize_detections``, ``n_images`` and the pass's ``ultralytics/*``."""
     c = classify(records, iou_match=iou_match, iou_background=iou_background)
     out = summarize_detections(records.det_conf, c["kind"], records.det_cls, c["iou"], records.gt_counts(), thresholds)
     extra = [("n_images", float(records.n_images))] + [(f"ultralytics/{k}", v) for k, v in records.metrics.items()]

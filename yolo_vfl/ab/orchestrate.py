@@ -24,16 +24,7 @@ from ..fileio import atomic_write_json, atomic_write_text, file_lock, read_json
 from . import protocol
 from .backends import Failure, Progress, run_jobs
 from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, same_fingerprint, start_model
-from .results import (
-    TABLE_FILE,
-    RunResult,
-    epoch_table,
-    final_rows,
-    run_dir_table,
-    run_ranking,
-    run_table,
-    write_table,
-)
+from .results import TABLE_FILE, RunResult, epoch_table, final_rows, run_table, write_table
 from .spec import DEFAULT_MODEL, ABSpec
 
 __all__ = ["ABRunError", "run_ab", "regenerate_report", "diagnose_experiment", "load_results", "check_devices", "plan"]
@@ -265,17 +256,21 @@ def _record_experiment(spec: ABSpec, out: Path, command: str) -> dict[str, Any]:
 
 
 def _tables(out: Path, results: Sequence[RunResult]) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """The experiment's results table, each run's rewritten (``results_long.csv``), and the ranking scatter points.
+    """The experiment's results table (each run's ``results_long.csv`` rewritten) and the ranking scatter points.
 
-    Each run's ranking quality is recomputed from its records where they are there (``run_ranking``).
+    Ranking quality and points come from each run's ``detections.npz`` (none without it).
     """
+    from .evaluation import ranking_quality
+    from .records import load_records
+
     tables, points = [], {}
     for r in results:
         run_dir = out / "runs" / r.run
-        ranking = run_ranking(run_dir, r)
-        tables.append(run_dir_table(run_dir, r, ranking))
+        records = run_dir / protocol.RECORDS_FILE
+        ranking = ranking_quality(load_records(records), seed=r.seed) if records.is_file() else {}
+        tables.append(run_table(r, epoch_table(run_dir / "results.csv"), ranking))
         write_table(tables[-1], run_dir / TABLE_FILE)
-        points[r.run] = (ranking or {}).get("points")
+        points[r.run] = ranking.get("points")
     return pl.concat(tables), points
 
 

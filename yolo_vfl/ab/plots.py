@@ -1,10 +1,7 @@
-"""The figures of the A/B report, and the functions that write a report's files (text and figures) atomically.
+"""The figures of the A/B report, and ``write_report`` / ``write_diagnosis``, which write a report's files atomically.
 
-Matplotlib on its Agg canvas (no pyplot, the global backend is left alone), imported when a figure is drawn.
-``write_report`` writes ``summary.md``, ``summary.csv``, ``curves.png`` (``plot_curves``) and ``ranking.png``
-(``plot_ranking``); ``write_diagnosis`` writes ``diagnosis.md``, ``diagnosis.csv``, ``fp_scores.png``
-(``plot_fp_scores``) and ``pr_curves.png`` (``plot_pr_curves``). Each ``plot_*`` writes its PNG to ``path``
-atomically and returns ``path``; ``order`` is the arm order (default: ``baseline`` first, then as found).
+Matplotlib on its Agg canvas (no pyplot), imported when a figure is drawn. Each ``plot_*`` writes its PNG to ``path``
+and returns it; ``order`` is the arm order (default: ``baseline`` first, then as found).
 """
 
 from __future__ import annotations
@@ -67,10 +64,8 @@ def plot_epoch_band(
 ) -> None:
     """Draw a metric per epoch for each arm on ``ax``: the mean over seeds with a ± 1 std band.
 
-    ``table``: a results table (its per-epoch rows of ``metric``, Ultralytics' name, are drawn); ``arms``: the arms in
-    order; ``title_size``: the title's font size (None: matplotlib's default); ``legend``: inside the axes for up to 6
-    arms, outside on the right for more. The first arm (the baseline) is thick black; up to 11 arms use tab10, more use
-    tab20 with alternating dashes, and the bands fade as arms are added. Epoch ticks are whole numbers.
+    ``metric``: Ultralytics' name; ``legend``: inside for up to 6 arms, else outside on the right. The first arm (the
+    baseline) is thick black; more than 11 arms use tab20 with alternating dashes. Epoch ticks are whole numbers.
     """
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
@@ -122,10 +117,8 @@ def plot_ranking(
 ) -> Path:
     """``ranking.png``: one confidence-vs-IoU scatter per arm (all seeds), titled with the mean correlations.
 
-    ``points``: per run, its scatter points (``conf``, ``iou``: ``ranking_quality``'s). Titles lead with the Pearson and
-    Spearman correlations over the detections with IoU > 0 (those overlapping a same-class GT: the README's claim),
-    then those over all detections (the table's ``rank/*`` means). IoU 0 points are grey; an ``n/a`` in a title is
-    explained under the figure.
+    ``points``: per run, ``ranking_quality``'s ``conf`` and ``iou``. Titles lead with the correlations over IoU > 0
+    (the README's claim), then over all detections; IoU 0 points are grey; an ``n/a`` is explained under the figure.
     """
     arms, points = _arms(table, order, baseline), points or {}
     final = table.filter(pl.col("epoch").is_null() & pl.col("metric").str.starts_with("rank/"))
@@ -176,10 +169,9 @@ def _bars(ax: Any, stats: pl.DataFrame, t: str, title: str) -> None:
 def plot_fp_scores(stats: pl.DataFrame, detections: pl.DataFrame, path: _Path) -> Path:
     """``fp_scores.png``: detections by kind per arm, and the score histograms of TP and each FP kind per arm.
 
-    ``stats``: ``report.diagnosis_stats`` (arms in order); ``detections``: each run's ``evaluation.detection_kinds``
-    with ``run`` and ``arm``. Top row: stacked bars of TP and the FP kinds per arm at equal recall, at each run's
-    F1-optimal threshold and at ``OPERATING_CONF``. Below, one panel per arm: the score histograms of each kind (mean
-    count per run, log scale; dashed: ``OPERATING_CONF``, dotted: mean F1-optimal threshold).
+    ``stats``: ``report.diagnosis_stats``; ``detections``: ``evaluation.detection_kinds`` with ``run`` and ``arm``.
+    Top row: stacked bars at equal recall, F1-optimal threshold and ``OPERATING_CONF``; then per arm the score
+    histograms (mean count per run, log scale; dashed: ``OPERATING_CONF``, dotted: mean F1-optimal threshold).
     """
     fig, axes = _figure(5.0, 3.6, 1 + math.ceil(max(1, stats.height) / 3), 3, 3 + stats.height)
     recall = stats["eq_recall"][0]
@@ -218,11 +210,7 @@ def plot_fp_scores(stats: pl.DataFrame, detections: pl.DataFrame, path: _Path) -
 
 
 def plot_pr_curves(table: pl.DataFrame, path: _Path, order: _Order = None, baseline: str = BASELINE) -> Path:
-    """``pr_curves.png``: validation precision and recall per epoch per arm, mean over seeds with a ± 1 std band.
-
-    ``table``: the runs' results table (its per-epoch ``metrics/precision(B)`` and ``metrics/recall(B)``);
-    ``baseline`` is drawn in thick black.
-    """
+    """``pr_curves.png``: validation precision and recall per epoch per arm, mean over seeds with a ± 1 std band."""
     arms = _arms(table, order, baseline)
     fig, axes = _figure(6.5, 4.8, 1, 2)
     for ax, metric in zip(axes, ("precision", "recall")):  # legend right of the second
@@ -231,15 +219,6 @@ def plot_pr_curves(table: pl.DataFrame, path: _Path, order: _Order = None, basel
 
 
 # ------------------------------------------------------------------------------------------------ report files
-def _versions(results: Sequence[RunResult]) -> dict[str, str]:
-    """Each package's versions over the runs, ``a / b`` when they differ."""
-    seen: dict[str, dict[str, None]] = {}
-    for r in results:
-        for k, v in (r.versions or {}).items():
-            seen.setdefault(k, {})[str(v)] = None
-    return {k: " / ".join(v) for k, v in seen.items()}
-
-
 def write_report(
     out_dir: _Path,
     results: Sequence[RunResult],
@@ -249,28 +228,25 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``summary.csv``, ``summary.md``, ``curves.png`` and ``ranking.png`` into ``out_dir`` (atomically).
 
-    ``results``: the finished runs; ``meta``: ``name``, ``baseline``, ``arms`` (order), ``commands``, ``versions``
-    (default: the runs'), ``data``, ``train``, ``seeds``, ``missing``, ``level``; ``table``: their results table
-    (default: ``table_of(results)``); ``points``: per run, the ranking scatter points (default: the results').
-    Returns the written paths by name.
+    ``meta``: as ``report.summary_markdown``'s, plus ``arms`` (order); ``versions`` default to the runs' (``a / b``
+    where they differ). ``table``: default ``table_of(results)``; ``points``: per run, its ranking scatter points.
 
     Raises:
-        ValueError: no finished run to report on.
-        MissingMetricError: a run of ``table`` lacks a metric of the report.
+        ValueError: no finished run. MissingMetricError: a run of ``table`` lacks a metric of the report.
     """
-    out = Path(out_dir)
-    results = list(results)
+    out, results, meta = Path(out_dir), list(results), dict(meta or {})
     if not results:
         raise ValueError(f"No finished runs (runs/*/result.json) in {out}: nothing to report")
-    meta = dict(meta or {})
-    meta["versions"] = meta.get("versions") or _versions(results)
+    seen: dict[str, dict[str, None]] = {}
+    for k, v in (kv for r in results for kv in (r.versions or {}).items()):
+        seen.setdefault(k, {})[str(v)] = None
+    meta["versions"] = meta.get("versions") or {k: " / ".join(v) for k, v in seen.items()}
     baseline, order = meta.get("baseline", BASELINE), meta.get("arms")
     table = table_of(results) if table is None else table
-    points = {r.run: (r.ranking or {}).get("points") for r in results} if points is None else points
     rows = report.summarize(results, baseline=baseline, order=order, level=meta.get("level", LEVEL), table=table)
     return {
         "summary.csv": atomic_write_text(out / "summary.csv", report.summary_csv_text(rows, meta)),
-        "summary.md": atomic_write_text(out / "summary.md", report.summary_markdown(rows, results, meta)),
+        "summary.md": atomic_write_text(out / "summary.md", report.summary_markdown(rows, table, meta)),
         "curves.png": plot_curves(table, out / "curves.png", order=order, baseline=baseline),
         "ranking.png": plot_ranking(table, out / "ranking.png", points, order=order, baseline=baseline),
     }
@@ -281,9 +257,8 @@ def write_diagnosis(
 ) -> dict[str, Path]:
     """Write ``diagnosis.csv``, ``diagnosis.md``, ``fp_scores.png`` and ``pr_curves.png`` into ``dest`` (atomically).
 
-    ``table``: the runs' results table with their diagnosis rows (``evaluation.diagnose``); ``detections``: their
-    ``detection_kinds`` with ``run`` and ``arm``; ``meta``: ``name``, ``baseline``, ``arms`` (order), ``params``,
-    ``out``, ``command``, ``missing``. Returns the written paths by name.
+    ``table``: results table with the diagnosis rows; ``detections``: as ``plot_fp_scores``; ``meta``: as
+    ``report.diagnosis_markdown``'s, plus ``arms`` (order). Returns the written paths by name.
 
     Raises:
         MissingMetricError: a run without a row for a metric of the report.

@@ -26,7 +26,6 @@ ULTRALYTICS_KEYS = {m: f"metrics/{m}(B)" for m in METRICS}
 #: Names of the files a run directory holds, besides Ultralytics' own.
 RESULT_FILE = "result.json"
 RECORDS_FILE = "detections.npz"
-SEGMENTS_FILE = "segments.json"
 
 #: The arm every other arm is compared with, unless a spec says ``baseline:``.
 BASELINE = "bce"

@@ -1,13 +1,9 @@
 """The one inference pass per finished run: every detection and ground-truth box of Ultralytics' validation.
 
-``record_detections`` records, image by image, what Ultralytics' own validator scores, with the IoUs between them
-(Ultralytics' ``box_iou``) and the metrics of that pass; everything downstream is a numpy function of these records
-(``yolo_vfl.ab.evaluation``). ``Records.save`` writes ``detections.npz`` (``protocol.RECORDS_FILE``);
-``load_records`` reads it without torch or Ultralytics.
-
-File format (``RECORDS_VERSION`` 1): a compressed ``.npz`` holding the ten array fields of ``Records`` under their
-names (as recorded: boxes, confidences and IoUs float32, the rest int64) and ``meta``, a 1-element string array with a
-JSON object: ``version``, ``names``, ``n_images``, ``params``, ``metrics``, ``versions``, ``image_files``.
+``record_detections`` records what Ultralytics' own validator scores, image by image, with their IoUs (``box_iou``) and
+the pass's metrics; ``Records.save`` writes ``detections.npz`` (a compressed ``.npz`` of the array fields and ``meta``,
+a JSON string: ``version`` = ``RECORDS_VERSION``, ``names``, ``n_images``, ``params``, ``metrics``, ``versions``,
+``image_files``); ``load_records`` reads it without torch or Ultralytics.
 """
 
 from __future__ import annotations
@@ -58,25 +54,15 @@ class Records:
     """Every detection and ground-truth box of one validation pass (numpy only; arrays are read-only).
 
     Attributes:
-        det_boxes: (N, 4) float xyxy detections, in the pixels of the validator's (letterboxed) input image.
-        det_conf: (N,) their confidences.
-        det_cls: (N,) int their classes.
-        det_image: (N,) int index of their image (0 ... n_images - 1, validation order).
-        gt_boxes: (M, 4) float xyxy ground-truth boxes, same pixels as the detections.
-        gt_cls: (M,) int their classes.
-        gt_image: (M,) int index of their image.
-        det_gt_iou: (N, K) float32 IoU of each detection with each ground truth of its own image: column j is the
-            j-th ground truth of that image in ``gt`` order; -1 where the image has fewer than j + 1; K = max(1,
-            most ground truths in one image).
-        names: class names by class index.
-        n_images: images validated (also those without detections or ground truth).
-        params: how the detections were made (``weights``, ``data``, ``imgsz``, ``conf``, ``iou``, ``max_det``,
-            ``task``, the other validation arguments), JSON values.
-        metrics: the same validation pass's ``precision``, ``recall``, ``mAP50``, ``mAP50-95`` (box metrics).
-        versions: package versions of the pass (``yolo_vfl``, ``ultralytics``, ``torch``, ``numpy``, ``python``).
-        image_files: (n_images,) the image paths, or empty when unknown.
-        orig_shapes: (n_images, 2) int (height, width) of each image on disk (zeros when unknown).
-        input_shapes: (n_images, 2) int (height, width) of each image as validated (zeros when unknown).
+        det_boxes, det_conf, det_cls, det_image: (N, 4) xyxy in the validator's (letterboxed) input pixels, (N,)
+            confidences, (N,) classes, (N,) image index (validation order).
+        gt_boxes, gt_cls, gt_image: (M, 4), (M,), (M,) the ground truth, alike.
+        det_gt_iou: (N, K) float32 IoU of each detection with the j-th ground truth of its own image (``gt`` order);
+            -1 where the image has fewer; K = max(1, most ground truths in one image).
+        names, n_images: class names by index; images validated (also those without boxes).
+        params, metrics, versions: the pass's arguments (JSON values), box metrics and package versions.
+        image_files, orig_shapes, input_shapes: (n_images,) paths (or empty), (n_images, 2) int (height, width) on
+            disk and as validated (zeros when unknown).
     """
 
     det_boxes: np.ndarray
@@ -188,12 +174,10 @@ class Records:
 
 
 def load_records(path: str | os.PathLike[str]) -> Records:
-    """Read a ``detections.npz`` written by ``Records.save`` (numpy only: no torch, no Ultralytics).
+    """Read a ``detections.npz`` (numpy only).
 
     Raises:
-        FileNotFoundError: no such file.
-        RecordsFormatError: not a records file, a format version other than ``RECORDS_VERSION``, or inconsistent
-            arrays.
+        FileNotFoundError: no such file. RecordsFormatError: not a records file, another version, inconsistent arrays.
     """
     path = Path(path)
     try:
@@ -235,9 +219,8 @@ def _numpy(t: Any, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
 def _recording_validator(base: type, sink: list[dict[str, Any]]) -> type:
     """A subclass of the task's validator ``base`` that appends each image's boxes to ``sink``.
 
-    Ultralytics 8.3.x (late) and 8.4 call ``_process_batch(preds, batch)`` once per image from ``update_metrics``
-    with the post-NMS predictions (``bboxes``, ``conf``, ``cls``) and the prepared ground truth (``bboxes``, ``cls``,
-    ``ori_shape``, ``imgsz``, ``im_file``), both in input-image pixels; ``self.seen`` counts the images so far.
+    Ultralytics 8.3 (late) and 8.4 call ``_process_batch(preds, batch)`` once per image with the post-NMS predictions
+    and the prepared ground truth, both in input-image pixels; ``self.seen`` counts the images so far.
     """
     from ultralytics.utils.metrics import box_iou
 
@@ -314,19 +297,14 @@ def record_detections(
     max_det: int = protocol.MAX_DET,
     **val_args: Any,
 ) -> Records:
-    """Validate a trained model with Ultralytics' own validator and record every detection it scores.
+    """Validate ``weights`` with Ultralytics' own validator and record every detection it scores.
 
-    The detections are those of the validation (its dataloader, letterboxing and multi-label NMS with ``conf``,
-    ``iou``, ``max_det``: a box may carry several classes, each a detection of its own), so the recorded ``metrics``
-    (the same pass) and everything computed from the records describe the same detections. ``weights``: the
-    checkpoint; ``data_yaml``: its ``val`` split unless ``split=`` is given; ``imgsz``: the training imgsz;
-    ``**val_args``: further arguments of ``model.val`` (``split``, ``half``, ``rect``, ``single_cls`` ...).
-
-    Returns:
-        the records, ``params`` holding the arguments above (paths as strings) and ``task``.
+    The detections are the validation's (dataloader, letterboxing, multi-label NMS with ``conf``, ``iou``,
+    ``max_det``), so the recorded ``metrics`` describe the same detections. ``data_yaml``: its ``val`` split unless
+    ``split=`` is given; ``**val_args``: ``model.val``'s other arguments. ``params`` holds the arguments and ``task``.
 
     Raises:
-        ValueError: an OBB model (rotated boxes: not recorded) or a task without boxes (classify).
+        ValueError: an OBB model (rotated boxes) or a task without boxes (classify).
     """
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER

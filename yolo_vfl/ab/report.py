@@ -1,6 +1,9 @@
 """The text of the A/B report: ``summary.md`` / ``summary.csv`` and ``diagnosis.md`` / ``diagnosis.csv``.
 
-Pure functions (no torch, Ultralytics or matplotlib). Every ``-``, ``n/a`` and ``(n=1)`` in a table has a legend line.
+Pure functions of the results table (no torch, Ultralytics or matplotlib): statistics come from ``stats`` and polars
+group-bys, one row per arm as a dict of ``summary.csv`` / ``diagnosis.csv`` columns (``<metric>_mean``,
+``<metric>_std`` ...), and every markdown table goes through ``_table``, which adds a legend line for each ``-``,
+``n/a`` and ``(n=1)`` it shows.
 """
 
 from __future__ import annotations
@@ -9,51 +12,19 @@ import csv
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import polars as pl
 
 from .evaluation import FP_KINDS, KINDS
 from .protocol import BASELINE, LEVEL, LOSS_KEYS, METRICS, OPERATING_CONF, PRIMARY_METRIC, ULTRALYTICS_KEYS
-from .results import (
-    FINAL_METRICS,
-    RANK_KEYS,
-    Curve,
-    MissingMetricError,
-    RunResult,
-    check_metrics,
-    final_values,
-    table_of,
-)
-from .stats import PairedDifference, finite, mean_std, paired_difference, verdict
+from .results import FINAL_METRICS, RANK_KEYS, MissingMetricError, RunResult, check_metrics, final_values, table_of
+from .stats import finite, mean_std, paired_difference, verdict
 
-__all__ = [
-    "NOTHING_LEARNED",
-    "CONVERGED_MIN",
-    "CONVERGED_RISE",
-    "CONVERGENCE_EPOCHS",
-    "RANK_KEYS",
-    "MeanStd",
-    "MetricRow",
-    "Convergence",
-    "ArmRow",
-    "arm_order",
-    "curve_gain",
-    "summarize",
-    "experiment_warnings",
-    "source_warning",
-    "resolution",
-    "verdict_lines",
-    "summary_csv_text",
-    "summary_markdown",
-    "common_recall",
-    "diagnosis_stats",
-    "diagnosis_runs",
-    "findings",
-    "diagnosis_csv_text",
-    "diagnosis_markdown",
-]
+__all__ = ["NOTHING_LEARNED", "CONVERGED_MIN", "CONVERGED_RISE", "CONVERGENCE_EPOCHS", "arm_order", "curve_gain"]
+__all__ += ["summarize", "experiment_warnings", "source_warning", "resolution", "verdict_lines", "summary_csv_text"]
+__all__ += ["summary_markdown", "common_recall", "diagnosis_stats", "diagnosis_runs", "findings"]
+__all__ += ["diagnosis_csv_text", "diagnosis_markdown"]
 
 #: Mean mAP50-95 below which an arm counts as having learned (nearly) nothing.
 NOTHING_LEARNED = 0.01
@@ -63,98 +34,13 @@ CONVERGED_MIN = 0.10
 CONVERGED_RISE = 0.03
 #: Epochs at the end of the curves over which the convergence gain is measured.
 CONVERGENCE_EPOCHS = 3
+_P = PRIMARY_METRIC
+_GAIN = f"{_P}_gain_last{CONVERGENCE_EPOCHS}"
+_N1_NOTE = "`(n=1)`: one seed: that seed's value, not a mean; no standard deviation."
+_NO_INTERVAL = "n=1, no interval"
+_Window = tuple[tuple[int, float], tuple[int, float]]
 
 
-# ------------------------------------------------------------------------------------------------ typed rows
-@dataclass(frozen=True)
-class MeanStd:
-    """Mean, sample std (ddof=1; None below 2 values) and count of the finite values over seeds."""
-
-    mean: float | None = None
-    std: float | None = None
-    n: int = 0
-
-    @classmethod
-    def of(cls, values: Iterable[Any]) -> MeanStd:
-        """From values (None and NaN left out)."""
-        vals = finite(values)
-        return cls(*mean_std(vals), len(vals))
-
-
-@dataclass(frozen=True)
-class MetricRow:
-    """One metric of an arm: ``value`` over seeds, ``diff`` to the baseline (None for it) and its ``verdict``."""
-
-    value: MeanStd
-    diff: PairedDifference | None
-    verdict: str
-
-
-@dataclass(frozen=True)
-class Convergence:
-    """An arm's gain at the end of training (``curve_gain`` per seed): absolute, relative, epochs spanned (fewest).
-
-    ``earlier`` / ``last``: the paired differences to the baseline of the curves' values at the epoch the gain is
-    measured from and at the last epoch (None for the baseline): whether the gap still moved at the end.
-    """
-
-    gain: MeanStd = field(default_factory=MeanStd)
-    gain_rel: MeanStd = field(default_factory=MeanStd)
-    epochs: int | None = None
-    earlier: PairedDifference | None = None
-    last: PairedDifference | None = None
-
-
-@dataclass(frozen=True)
-class ArmRow:
-    """One arm of the summary (``summarize``); ``warnings``: the experiment's (the same in every row)."""
-
-    arm: str
-    loss: str
-    overrides: str
-    seeds: tuple[int, ...]
-    is_baseline: bool
-    metrics: dict[str, MetricRow]  # per METRICS name
-    epochs_done: MeanStd
-    train_time_s: MeanStd
-    wall_time_s: MeanStd
-    final_losses: dict[str, MeanStd]  # per LOSS_KEYS
-    ranking: dict[str, MeanStd]  # per RANK_KEYS
-    convergence: Convergence
-    warnings: tuple[str, ...] = ()
-    runs: tuple[Mapping[str, Any], ...] = ()  # per run: run, arm, seed and its FINAL_METRICS values
-
-    n_seeds = property(lambda self: len(self.seeds))
-    primary = property(lambda self: self.metrics[PRIMARY_METRIC])  # the PRIMARY_METRIC row
-    verdict = property(lambda self: self.primary.verdict)  # the headline verdict
-    warning = property(lambda self: "; ".join(self.warnings))  # the CSV column
-
-    def csv_columns(self) -> dict[str, Any]:
-        """The ``summary.csv`` columns of this row, in order (the first runner's, then the convergence ones)."""
-        c: dict[str, Any] = {"arm": self.arm, "loss": self.loss, "overrides": self.overrides}
-        c.update(n_seeds=self.n_seeds, seeds=list(self.seeds))
-        for m in METRICS:
-            row, d = self.metrics[m], self.metrics[m].diff
-            c[f"{m}_mean"], c[f"{m}_std"] = row.value.mean, row.value.std
-            c[f"{m}_diff"], c[f"{m}_diff_lo"], c[f"{m}_diff_hi"] = (d.mean, d.lo, d.hi) if d else (None, None, None)
-            c[f"{m}_n_pairs"], c[f"{m}_verdict"] = (d.n if d else 0), row.verdict
-        c["verdict"] = self.verdict
-        gain = f"{PRIMARY_METRIC}_gain_last{CONVERGENCE_EPOCHS}"
-        stats = [(k, getattr(self, k)) for k in ("train_time_s", "wall_time_s", "epochs_done")]
-        stats += [*self.final_losses.items(), *((f"rank_{k}", self.ranking[k]) for k in RANK_KEYS), ("warning", None)]
-        stats += [(gain, self.convergence.gain), (f"{gain}_rel", self.convergence.gain_rel)]
-        for key, s in stats:
-            c.update({key: self.warning} if s is None else {f"{key}_mean": s.mean, f"{key}_std": s.std})
-        c["gain_epochs"] = self.convergence.epochs
-        c[f"{PRIMARY_METRIC}_diff_halfwidth"] = self.primary.diff.half_width if self.primary.diff else None
-        for when in ("earlier", "last"):
-            d = getattr(self.convergence, when)
-            for key, value in (("", "mean"), ("_lo", "lo"), ("_hi", "hi")):
-                c[f"{PRIMARY_METRIC}_curve_diff_{when}{key}"] = getattr(d, value) if d else None
-        return c
-
-
-# ------------------------------------------------------------------------------------------------ grouping
 def arm_order(found: Iterable[str], order: Sequence[str] | None = None, baseline: str = BASELINE) -> list[str]:
     """The arms in report order: ``order``, the baseline, then as found (each once)."""
     found = list(dict.fromkeys(found))
@@ -162,32 +48,26 @@ def arm_order(found: Iterable[str], order: Sequence[str] | None = None, baseline
     return names + sorted((a for a in found if a not in names), key=lambda a: a != baseline)  # stable
 
 
-# ------------------------------------------------------------------------------------------------ summary
-_CURVE_FIELDS = {"mAP50-95": "map50_95", "mAP50": "map50"}
-_Window = tuple[tuple[int, float], tuple[int, float]]
-
-
-def curve_gain(
-    curve: Curve, metric: str = PRIMARY_METRIC, epochs: int = CONVERGENCE_EPOCHS
-) -> tuple[float | None, float | None, int | None]:
-    """``(absolute gain, relative gain, epochs spanned)`` of ``metric`` over the curve's last ``epochs`` epochs.
+# ------------------------------------------------------------------------------------------------ convergence
+def curve_gain(curve: Any, metric: str = _P, epochs: int = CONVERGENCE_EPOCHS) -> tuple[Any, Any, Any]:
+    """``(absolute gain, relative gain, epochs spanned)`` of a ``Curve``'s ``metric`` over its last ``epochs`` epochs.
 
     The last value against the latest one at least ``epochs`` before it (else the first): 0.2, 0.3, 0.4, 0.44 at
     epochs 1-4 give ``(0.24, 1.2, 3)``. Relative: None for an earlier value <= 0; all None below 2 values.
     """
-    return _gain(_window(curve.epoch, getattr(curve, _CURVE_FIELDS[metric]), epochs))
+    values = curve.map50_95 if metric == "mAP50-95" else curve.map50
+    return _gain(_window(curve.epoch, values, epochs))
 
 
 def _gain(window: _Window | None) -> tuple[float | None, float | None, int | None]:
     if window is None:
         return None, None, None
     (e0, v0), (e_last, v_last) = window
-    gain = v_last - v0
-    return gain, (gain / v0 if v0 > 0 else None), e_last - e0
+    return v_last - v0, ((v_last - v0) / v0 if v0 > 0 else None), e_last - e0
 
 
 def _window(epoch: Sequence[int], values: Sequence[Any], epochs: int) -> _Window | None:
-    """``((epoch, value) the gain is measured from, (last epoch, value))`` of a curve; None below 2 values."""
+    """``((epoch, value) the gain is measured from, (last epoch, value))``; None below 2 finite values."""
     pts = sorted((int(e), float(v)) for e, v in zip(epoch, values) if finite([v]))
     if len(pts) < 2:
         return None
@@ -196,63 +76,51 @@ def _window(epoch: Sequence[int], values: Sequence[Any], epochs: int) -> _Window
 
 
 def _windows(table: pl.DataFrame) -> dict[str, _Window | None]:
-    """Each run's convergence window of the primary metric's per-epoch curve (None: fewer than 2 epochs)."""
-    curve = table.filter(pl.col("epoch").is_not_null() & (pl.col("metric") == ULTRALYTICS_KEYS[PRIMARY_METRIC]))
+    """Each run's convergence window of the primary metric's per-epoch curve."""
+    curve = table.filter(pl.col("epoch").is_not_null() & (pl.col("metric") == ULTRALYTICS_KEYS[_P]))
     by_run = curve.group_by("run").agg(pl.col("epoch"), pl.col("value"))
     out: dict[str, _Window | None] = dict.fromkeys(table["run"].unique().to_list())
     return out | {r: _window(e, v, CONVERGENCE_EPOCHS) for r, e, v in by_run.iter_rows()}
 
 
-def _arm_stats(table: pl.DataFrame, metrics: Sequence[str]) -> dict[tuple[str, str], MeanStd]:
-    """``(arm, metric) -> MeanStd`` of the final values over seeds (empty values left out)."""
-    final = table.filter(pl.col("epoch").is_null() & pl.col("metric").is_in(list(metrics)))
-    stats = final.group_by("arm", "metric").agg(
-        m=pl.col("value").mean(), s=pl.col("value").std(), n=pl.col("value").count()
-    )
-    return {(a, k): MeanStd(m, s if n > 1 else None, n) for a, k, m, s, n in stats.iter_rows()}
-
-
+# ------------------------------------------------------------------------------------------------ summary rows
 def _by_seed(runs: pl.DataFrame, column: str) -> dict[int, Any]:
     return dict(zip(runs["seed"], runs[column]))
 
 
-def _convergence(
-    runs: pl.DataFrame, windows: Mapping[str, _Window | None], base: pl.DataFrame | None, level: float
-) -> Convergence:
-    """An arm's gains; against the baseline's runs ``base`` also its paired curve differences (start and end)."""
-    gains = [_gain(windows[r]) for r in runs["run"]]
-    spans = [g[2] for g in gains if g[2] is not None]
-
-    def ends(rs: pl.DataFrame, end: int) -> dict[int, float | None]:
-        return {s: w[end][1] if (w := windows[r]) else None for r, s in zip(rs["run"], rs["seed"])}
-
-    diffs = [paired_difference(ends(runs, e), ends(base, e), level) for e in (0, 1)] if base is not None else []
-    return Convergence(
-        MeanStd.of(g[0] for g in gains), MeanStd.of(g[1] for g in gains), min(spans, default=None), *diffs
-    )
+def _diff_columns(key: str, d: Any) -> dict[str, Any]:
+    return {key: d and d.mean, f"{key}_lo": d and d.lo, f"{key}_hi": d and d.hi}
 
 
-def _arm_row(
-    arm: str, runs: pl.DataFrame, base: pl.DataFrame, is_base: bool, stats: Mapping, windows: Mapping, level: float
-) -> ArmRow:
-    """One arm's ``ArmRow`` from its runs' final values (``final_values``) and the baseline's (``base``)."""
-    metrics = {}
+def _arm_row(arm: str, runs: pl.DataFrame, base: pl.DataFrame | None, stats: Mapping, windows: Mapping, level: float):
+    """One arm's ``summary.csv`` columns (``base``: the baseline's runs; None for the baseline itself)."""
+
+    def ms(key: str) -> dict[str, Any]:
+        col = key.replace("rank/", "rank_")
+        return dict(zip((f"{col}_mean", f"{col}_std"), stats.get((arm, key), (None, None))))
+
+    def paired(of: Any) -> Any:
+        return None if base is None else paired_difference(of(runs), of(base), level)
+
+    row: dict[str, Any] = {"arm": arm, "loss": arm, "overrides": "", "n_seeds": runs.height}
+    row["seeds"], diffs = runs["seed"].to_list(), {}
     for m in METRICS:
-        d = None if is_base else paired_difference(_by_seed(runs, m), _by_seed(base, m), level)
-        metrics[m] = MetricRow(stats.get((arm, m), MeanStd()), d, "baseline" if is_base else verdict(d))
-    return ArmRow(
-        arm=arm,
-        loss="",
-        overrides="",
-        seeds=tuple(runs["seed"]),
-        is_baseline=is_base,
-        metrics=metrics,
-        **{k: stats.get((arm, k), MeanStd()) for k in ("epochs_done", "train_time_s", "wall_time_s")},
-        final_losses={k: stats.get((arm, k), MeanStd()) for k in LOSS_KEYS},
-        ranking={k: stats.get((arm, f"rank/{k}"), MeanStd()) for k in RANK_KEYS},
-        convergence=_convergence(runs, windows, None if is_base else base, level),
-        runs=tuple(runs.iter_rows(named=True)),
-    )
+        d = diffs[m] = paired(lambda rs, m=m: _by_seed(rs, m))
+        row |= ms(m) | _diff_columns(f"{m}_diff", d) | {f"{m}_n_pairs": d.n if d else 0}
+        row[f"{m}_verdict"] = verdict(d) if d else "baseline"
+    row["verdict"] = row[f"{_P}_verdict"]
+    for k in ("train_time_s", "wall_time_s", "epochs_done", *LOSS_KEYS, *(f"rank/{k}" for k in RANK_KEYS)):
+        row |= ms(k)
+    gains = [_gain(windows[r]) for r in runs["run"]]
+    row["warning"] = ""
+    for key, i in ((_GAIN, 0), (f"{_GAIN}_rel", 1)):
+        row |= dict(zip((f"{key}_mean", f"{key}_std"), mean_std(g[i] for g in gains)))
+    row["gain_epochs"] = min((g[2] for g in gains if g[2] is not None), default=None)
+    row[f"{_P}_diff_halfwidth"] = diffs[_P] and diffs[_P].half_width
+    for when, end in (("earlier", 0), ("last", 1)):
+        d = paired(lambda rs, e=end: {s: w[e][1] if (w := windows[r]) else None for r, s in zip(rs["run"], rs["seed"])})
+        row |= _diff_columns(f"{_P}_curve_diff_{when}", d)
+    return row
 
 
 def summarize(
@@ -261,10 +129,10 @@ def summarize(
     order: Sequence[str] | None = None,
     level: float = LEVEL,
     table: pl.DataFrame | None = None,
-) -> list[ArmRow]:
-    """One ``ArmRow`` per arm (``arm_order``) from the results table (default: ``table_of(results)``).
+) -> list[dict[str, Any]]:
+    """One row per arm (``arm_order``): its ``summary.csv`` columns, and ``warnings`` (the experiment's, every row).
 
-    ``results`` give the labels (loss, overrides) and the code versions; ``level``: confidence level of the intervals.
+    ``table``: the results table (default ``table_of(results)``); ``results`` give the labels and code versions.
 
     Raises:
         MissingMetricError: a run of ``table`` without a row for one of ``FINAL_METRICS``.
@@ -272,108 +140,102 @@ def summarize(
     results = list(results)
     table = table_of(results) if table is None else table
     final = final_values(table, FINAL_METRICS).sort("seed")
-    stats, windows = _arm_stats(table, FINAL_METRICS), _windows(table)
-    base = final.filter(pl.col("arm") == baseline)
+    agg = table.filter(pl.col("epoch").is_null()).group_by("arm", "metric")
+    stats = agg.agg(pl.col("value").mean(), pl.when(pl.col("value").count() > 1).then(pl.col("value").std()).alias("s"))
+    stats = {(a, k): (m, s) for a, k, m, s in stats.iter_rows()}
+    windows, base = _windows(table), final.filter(pl.col("arm") == baseline)
     labels = {r.arm: (r.loss, _pairs(r.overrides, "=", " ")) for r in sorted(results, key=lambda r: -r.seed)}
     rows = []
     for arm in arm_order(table["arm"].unique(maintain_order=True), order, baseline):
-        row = _arm_row(arm, final.filter(pl.col("arm") == arm), base, arm == baseline, stats, windows, level)
-        loss, overrides = labels.get(arm, (arm, ""))
-        rows.append(replace(row, loss=loss, overrides=overrides))
-    source = source_warning(results)
-    warnings = (*experiment_warnings(rows, baseline), *([source] if source else []))
-    return [replace(r, warnings=warnings) for r in rows]
+        runs = final.filter(pl.col("arm") == arm)
+        row = _arm_row(arm, runs, None if arm == baseline else base, stats, windows, level)
+        row["loss"], row["overrides"] = labels.get(arm, (arm, ""))
+        rows.append(row)
+    warnings = (*experiment_warnings(rows, baseline), *filter(None, [source_warning(results)]))
+    return [r | {"warning": "; ".join(warnings), "warnings": warnings} for r in rows]
 
 
-def experiment_warnings(rows: Sequence[ArmRow], baseline: str = BASELINE) -> list[str]:
+def experiment_warnings(rows: Sequence[Mapping[str, Any]], baseline: str = BASELINE) -> list[str]:
     """Plain-text warnings: ``nothing learned`` (alone), else ``baseline ... near 0`` and ``not converged``."""
-    means = {r.arm: r.primary.value.mean for r in rows if r.primary.value.mean is not None}
-    if not means:
-        return []
-    if all(v < NOTHING_LEARNED for v in means.values()):
+    means = {r["arm"]: r[f"{_P}_mean"] for r in rows if r[f"{_P}_mean"] is not None}
+    if means and all(v < NOTHING_LEARNED for v in means.values()):
         top = max(means, key=lambda a: means[a])
         return [
-            f"nothing learned: every arm's {PRIMARY_METRIC} is below {NOTHING_LEARNED:g} (highest: {top} "
-            f"{means[top]:.4f}); the comparison says nothing (train longer, or check the data and labels)"
+            f"nothing learned: every arm's {_P} is below {NOTHING_LEARNED:g} (highest: {top} {means[top]:.4f}); the "
+            "comparison says nothing (train longer, or check the data and labels)"
         ]
-    out, reasons = [], []
-    base = means.get(baseline)
+    out, reasons, base = [], [], means.get(baseline)
     if base is not None and base < NOTHING_LEARNED:
         out.append(
-            f"baseline `{baseline}` near 0: its mean {PRIMARY_METRIC} {base:.4f} is below {NOTHING_LEARNED:g}, so a "
-            "difference says that the other arm learned something, not that its loss is better"
+            f"baseline `{baseline}` near 0: its mean {_P} {base:.4f} is below {NOTHING_LEARNED:g}, so a difference "
+            "says that the other arm learned something, not that its loss is better"
         )
     elif base is not None and base < CONVERGED_MIN:
-        reasons.append(f"its mean {PRIMARY_METRIC} {base:.4f} is below {CONVERGED_MIN:g}")
-    conv = next((r.convergence for r in rows if r.arm == baseline), Convergence())
-    rise = conv.gain_rel.mean
+        reasons.append(f"its mean {_P} {base:.4f} is below {CONVERGED_MIN:g}")
+    b = next((r for r in rows if r["arm"] == baseline), {})
+    rise, k = b.get(f"{_GAIN}_rel_mean"), b.get("gain_epochs")
     if rise is not None and rise > CONVERGED_RISE:
         reasons.append(
-            f"it still rose {rise:+.1%} over its last {conv.epochs} epoch{'s' if conv.epochs != 1 else ''}, more "
-            f"than {CONVERGED_RISE:.0%}"
+            f"it still rose {rise:+.1%} over its last {k} epoch{'s' * (k != 1)}, more than {CONVERGED_RISE:.0%}"
         )
     if reasons:
+        why = "; ".join(reasons)
         out.append(
-            f"not converged: conclusions are about an early stage of training; baseline `{baseline}`: "
-            + "; ".join(reasons)
-            + " (train longer)"
+            f"not converged: conclusions are about an early stage of training; baseline `{baseline}`: {why} "
+            "(train longer)"
         )
     return out
 
 
 def source_warning(results: Sequence[RunResult]) -> str | None:
-    """A warning when the runs ran different yolo_vfl code (``versions["yolo_vfl_source"]``); None: one or unknown.
-
-    Runs from before the source was recorded have no hash and are not counted.
-    """
+    """A warning when the runs ran different yolo_vfl code (``versions["yolo_vfl_source"]``; unrecorded: ignored)."""
     by_source: dict[str, list[str]] = {}
     for r in results:
-        source = (r.versions or {}).get("yolo_vfl_source")
-        if source:
-            by_source.setdefault(str(source), []).append(r.run or f"{r.arm}-s{r.seed}")
+        if source := (r.versions or {}).get("yolo_vfl_source"):
+            by_source.setdefault(str(source), []).append(r.run)
     if len(by_source) < 2:
         return None
-    parts = [
-        f"{h}: {len(runs)} run{'s' if len(runs) != 1 else ''} ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''})"
-        for h, runs in by_source.items()
-    ]
+    parts = "; ".join(
+        f"{h}: {len(rs)} run{'s' * (len(rs) != 1)} ({', '.join(rs[:3])}{', ...' * (len(rs) > 3)})"
+        for h, rs in by_source.items()
+    )
     return (
-        f"code changed during the experiment: the runs ran {len(by_source)} different yolo_vfl sources "
-        f"({'; '.join(parts)}); a difference between arms may come from the code, not the loss (delete the runs "
-        "of the older source to retrain them)"
+        f"code changed during the experiment: the runs ran {len(by_source)} different yolo_vfl sources ({parts}); a "
+        "difference between arms may come from the code, not the loss (delete the runs of the older source to "
+        "retrain them)"
     )
 
 
-def resolution(rows: Sequence[ArmRow]) -> str | None:
+def resolution(rows: Sequence[Mapping[str, Any]], level: float = LEVEL) -> str | None:
     """The smallest resolvable difference of the primary metric (the paired half-widths), as text; None: no arm."""
-    diffs = [r.primary.diff for r in rows if not r.is_baseline and r.primary.diff is not None]
-    diffs = [d for d in diffs if d.n > 0]
-    if not diffs:
-        return None
-    widths = [d.half_width for d in diffs if d.half_width is not None]
+    pairs = [(r[f"{_P}_n_pairs"], r[f"{_P}_diff_halfwidth"]) for r in rows if r["verdict"] != "baseline"]
+    pairs = [(n, w) for n, w in pairs if n > 0]
+    widths = [w for _, w in pairs if w is not None]
     if not widths:
         return (
-            f"with 1 paired seed there is no interval: no difference of {PRIMARY_METRIC} can be resolved (the paired "
-            "interval needs ≥ 2 paired seeds)"
+            None
+            if not pairs
+            else (
+                f"with 1 paired seed there is no interval: no difference of {_P} can be resolved (the paired interval "
+                "needs ≥ 2 paired seeds)"
+            )
         )
-    ns = sorted({d.n for d in diffs if d.half_width is not None})
-    n_text = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+    ns = sorted({n for n, w in pairs if w is not None})
     lo, hi = f"{min(widths):.4f}", f"{max(widths):.4f}"
-    span = f"±{lo}" if lo == hi else f"±{lo} to ±{hi}"
     text = (
-        f"with {n_text} paired seeds the paired {int(round(100 * diffs[0].level))}% intervals of {PRIMARY_METRIC} are "
-        f"{span}: differences smaller than that cannot be seen"
+        f"with {ns[0]}{f'-{ns[-1]}' if len(ns) > 1 else ''} paired seeds the paired {round(100 * level)}% intervals of "
+        f"{_P} are {f'±{lo}' if lo == hi else f'±{lo} to ±{hi}'}: differences smaller than that cannot be seen"
     )
-    return text + (" (arms with 1 paired seed have no interval)" if len(widths) < len(diffs) else "")
+    return text + (" (arms with 1 paired seed have no interval)" if len(widths) < len(pairs) else "")
 
 
-def verdict_lines(rows: Sequence[ArmRow]) -> list[str]:
+def verdict_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """What the runner prints: ``  vfl            mAP50-95 0.4523  better`` per arm, then each warning."""
-    out = [f"  {r.arm:<14} {PRIMARY_METRIC} {_fmt(r.primary.value.mean) or '-':<6}  {r.verdict}" for r in rows]
-    return out + [f"  Warning: {w}." for w in (rows[0].warnings if rows else ())]
+    out = [f"  {r['arm']:<14} {_P} {_fmt(r[f'{_P}_mean']) or '-':<6}  {r['verdict']}" for r in rows]
+    return out + [f"  Warning: {w}." for w in (rows[0]["warnings"] if rows else ())]
 
 
-# ------------------------------------------------------------------------------------------------ formatting
+# ------------------------------------------------------------------------------------------------ cells and tables
 def _fmt(v: Any, digits: int | None = 4, none: str = "") -> str:
     """A float with ``digits`` decimals (None: as text), other values as text; ``none`` for None and NaN/inf."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
@@ -381,54 +243,32 @@ def _fmt(v: Any, digits: int | None = 4, none: str = "") -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) and digits is not None else str(v)
 
 
-def _pairs(d: Mapping[str, Any] | None, sep: str = " ", join: str = ", ") -> str:
-    """``k v, k v`` (or ``k=v k=v``) of a mapping; empty for None."""
-    return join.join(f"{k}{sep}{v}" for k, v in (d or {}).items())
+def _mean(row: Mapping[str, Any], key: str) -> Any:
+    """``<key>_mean`` of a row (MissingMetricError: not a column)."""
+    if f"{key}_mean" not in row:
+        raise MissingMetricError(key, None, (k.rsplit("_", 1)[0] for k in row))
+    return row[f"{key}_mean"]
 
 
-def _csv(rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> str:
-    """Every key of the rows (first-seen order), then the ``extra`` columns (the same in every line)."""
-    header = [*dict.fromkeys(k for row in rows for k in row), *(extra or {})]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        values = [{**row, **(extra or {})}.get(c) for c in header]
-        writer.writerow([" ".join(map(str, v)) if isinstance(v, (list, tuple)) else _fmt(v, 6) for v in values])
-    return buf.getvalue()
-
-
-def summary_csv_text(rows: Sequence[ArmRow], meta: Mapping[str, Any] | None = None) -> str:
-    """``summary.csv``: one line per arm, ``ArmRow.csv_columns`` plus ``versions`` and ``command``."""
-    meta = meta or {}
-    extra = {"versions": _pairs(meta.get("versions")), "command": " ; ".join(meta.get("commands") or [])}
-    return _csv([r.csv_columns() for r in rows], extra)
-
-
-def _stat(s: MeanStd, digits: int = 4, signed: bool = False, percent: bool = False) -> str:
-    """``mean ± std``; one value (std undefined) is shown as itself with ``(n=1)``; ``-`` when there is none."""
-    if s.mean is None or not math.isfinite(s.mean):
+def _stat(row: Mapping[str, Any], key: str, digits: int = 4, signed: bool = False, percent: bool = False) -> str:
+    """``mean ± std`` of ``key`` in a row; one value (no std) as itself with ``(n=1)``; ``-`` when there is none."""
+    mean, std = _mean(row, key), row[f"{key}_std"]
+    if mean is None or not math.isfinite(mean):
         return "-"
     scale, unit = (100.0, "%") if percent else (1.0, "")
-    sign = "+" if signed else ""
-    text = f"{s.mean * scale:{sign}.{digits}f}{unit}"
-    if s.std is None or not math.isfinite(s.std):
-        return f"{text} (n=1)"
-    return f"{text} ± {s.std * scale:.{digits}f}{unit}"
+    text = f"{mean * scale:{'+' if signed else ''}.{digits}f}{unit}"
+    return f"{text} (n=1)" if std is None or not math.isfinite(std) else f"{text} ± {std * scale:.{digits}f}{unit}"
 
 
-#: What a cell of ``_diff_text`` with one paired seed means.
-_NO_INTERVAL = "n=1, no interval"
-
-
-def _diff_text(d: PairedDifference | None) -> str:
-    if d is None:
-        return "(baseline)"
-    if d.mean is None:
+def _diff_text(mean: float | None, lo: float | None, hi: float | None) -> str:
+    if mean is None:
         return "-"
-    if d.lo is None or d.hi is None:
-        return f"{d.mean:+.4f} ({_NO_INTERVAL})"
-    return f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"
+    return f"{mean:+.4f} ({_NO_INTERVAL})" if lo is None or hi is None else f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
+def _diff(row: Mapping[str, Any], key: str) -> str:
+    """The paired difference ``key`` of a summary row, ``(baseline)`` for the baseline."""
+    return "(baseline)" if row["verdict"] == "baseline" else _diff_text(row[key], row[f"{key}_lo"], row[f"{key}_hi"])
 
 
 def _duration(seconds: Any) -> str:
@@ -438,11 +278,25 @@ def _duration(seconds: Any) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _table(head: str, body: Iterable[Sequence[Any]], *notes: str) -> list[str]:
-    """A markdown table (``head``: ``a | b``; cells per row), then each note whose marker a cell is or contains.
+def _pairs(d: Mapping[str, Any] | None, sep: str = " ", join: str = ", ") -> str:
+    """``k v, k v`` (or ``k=v k=v``) of a mapping; empty for None."""
+    return join.join(f"{k}{sep}{v}" for k, v in (d or {}).items())
 
-    A note starts with its marker and a colon (```-`:``, ``n/a:``, ```(n=1)`:``); ``-`` must be the whole cell.
-    """
+
+def _csv(rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> str:
+    """Every key of the rows (first-seen order) but ``warnings``, then the ``extra`` columns (same in every line)."""
+    header = [*dict.fromkeys(k for row in rows for k in row if k != "warnings"), *(extra or {})]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        values = [{**row, **(extra or {})}.get(c) for c in header]
+        writer.writerow([" ".join(map(str, v)) if isinstance(v, (list, tuple)) else _fmt(v, 6) for v in values])
+    return buf.getvalue()
+
+
+def _table(head: str, body: Iterable[Sequence[Any]], *notes: str) -> list[str]:
+    """A markdown table (``head``: ``a | b``), then each note whose marker (before its colon) a cell is or contains."""
     lines = [[str(c) for c in row] for row in body]
     cells = {c.strip() for row in lines for c in row}
     legend = []
@@ -453,173 +307,155 @@ def _table(head: str, body: Iterable[Sequence[Any]], *notes: str) -> list[str]:
     return [f"| {head} |", "|" + " --- |" * (head.count(" | ") + 1), *(f"| {' | '.join(r)} |" for r in lines), *legend]
 
 
-_N1_NOTE = "`(n=1)`: one seed: that seed's value, not a mean; no standard deviation."
+# ------------------------------------------------------------------------------------------------ summary.md
+def summary_csv_text(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None) -> str:
+    """``summary.csv``: one line per arm, ``summarize``'s columns plus ``versions`` and ``command``."""
+    meta = meta or {}
+    return _csv(rows, {"versions": _pairs(meta.get("versions")), "command": " ; ".join(meta.get("commands") or [])})
 
 
-def _half_width(d: PairedDifference | None) -> str:
-    if d is None:
-        return "(baseline)"
-    if d.half_width is None:
-        return "n/a (1 paired seed)" if d.n == 1 else "n/a (no paired seed)"
-    return f"±{d.half_width:.4f}"
+def _warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [f"> **Warning: {w}.**\n" for w in (rows[0]["warnings"] if rows else ())]
 
 
-def _header(rows: Sequence[ArmRow], results: Sequence[RunResult], meta: Mapping[str, Any]) -> list[str]:
-    """The title, the warnings and the experiment's settings, start model, resumed and missing runs."""
+def _header(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> list[str]:
+    """The title, the warnings, the experiment's settings, start model and missing runs."""
     out = [f"# A/B experiment: {meta.get('name', 'ab')}", "", *_warnings(rows)]
     out += [f"- Command: `{cmd}`" for cmd in meta.get("commands") or []]
     out += [f"- Versions: {_pairs(meta['versions'])}"] if meta.get("versions") else []
     for key, label in (("data", "Data"), ("train", "Shared training arguments"), ("seeds", "Seeds")):
-        value = meta.get(key)
-        if value not in (None, "", {}):
+        if (value := meta.get(key)) not in (None, "", {}):
             out.append(f"- {label}: `{_pairs(value, '=', ' ') if isinstance(value, Mapping) else value}`")
     out.append(
         f"- Baseline arm: `{meta.get('baseline', BASELINE)}`; every arm x seed trains with the same data, epochs, "
         "image size and seed (Ultralytics deterministic mode)."
     )
-    pre = meta.get("pretrain")
-    if isinstance(pre, Mapping):
-        m = pre.get("metrics") or {}
+    if isinstance(pre := meta.get("pretrain"), Mapping):
+        m, sha = pre.get("metrics") or {}, f"weights sha256 `{str(pre['sha256'])[:12]}`; " if pre.get("sha256") else ""
         out.append(
-            f"- Start model: the project-made pretrained checkpoint `{pre.get('fingerprint')}` (stock BCE; "
-            + (f"weights sha256 `{str(pre['sha256'])[:12]}`; " if pre.get("sha256") else "")
-            + "mAP50-95 "
-            f"{_fmt(m.get('mAP50-95')) or 'n/a'}, mAP50 {_fmt(m.get('mAP50')) or 'n/a'} on its own val split; built "
-            f"in {_duration(pre.get('train_time_s'))}; `yolo-vfl pretrain`): every arm fine-tunes it."
-        )
-    resumed = sorted(r.run for r in results if r.resumed)
-    if resumed:
-        out.append(
-            f"- **Resumed runs** (continued from last.pt after an interruption, so not bit-identical to an "
-            f"uninterrupted run): {', '.join(resumed)}."
+            f"- Start model: the project-made pretrained checkpoint `{pre.get('fingerprint')}` (stock BCE; {sha}"
+            f"mAP50-95 {_fmt(m.get('mAP50-95')) or 'n/a'}, mAP50 {_fmt(m.get('mAP50')) or 'n/a'} on its own val split; "
+            f"built in {_duration(pre.get('train_time_s'))}; `yolo-vfl pretrain`): every arm fine-tunes it."
         )
     if meta.get("missing"):
         out.append(
-            f"- **Missing runs (not finished)**: {', '.join(meta['missing'])}; the statistics below use the finished "
-            "ones."
+            f"- **Missing runs (not finished)**: {', '.join(meta['missing'])}; the statistics use the finished ones."
         )
     return out
 
 
-def _warnings(rows: Sequence[ArmRow]) -> list[str]:
-    return [f"> **Warning: {w}.**\n" for w in (rows[0].warnings if rows else ())]
-
-
-def _accuracy(rows: Sequence[ArmRow], baseline: str, level: int) -> list[str]:
+def _accuracy(rows: Sequence[Mapping[str, Any]], baseline: str, level: int) -> list[str]:
     """The accuracy table and the paired differences to the baseline."""
-    accuracy = [
-        [r.arm, r.loss or "-", r.overrides or "(none)", r.n_seeds, *(_stat(r.metrics[m].value) for m in METRICS)]
+    accuracy = [[r["arm"], r["loss"] or "-", r["overrides"] or "(none)", r["n_seeds"]] for r in rows]
+    diffs = [
+        [r["arm"], r[f"{_P}_n_pairs"] if r["verdict"] != "baseline" else "(baseline)", _diff(r, f"{_P}_diff")]
+        + [f"**{r['verdict']}**", _diff(r, "mAP50_diff"), r["mAP50_verdict"]]
+        + [_diff(r, f"{m}_diff") for m in ("precision", "recall")]
         for r in rows
     ]
-    diffs = []
-    for r in rows:
-        pairs = r.primary.diff.n if r.primary.diff is not None else "(baseline)"
-        map50 = [_diff_text(r.metrics["mAP50"].diff), r.metrics["mAP50"].verdict]
-        rest = [_diff_text(r.metrics[m].diff) for m in ("precision", "recall")]
-        diffs.append([r.arm, pairs, _diff_text(r.primary.diff), f"**{r.verdict}**", *map50, *rest])
     return [
         "\n## Accuracy\n",
-        "Final validation of each run's `best.pt` on the val split; mean ± sample std over seeds (one seed: its value, "
-        "marked `(n=1)`).\n",
+        "Final validation of each run's `best.pt` on the val split; mean ± sample std over seeds.\n",
         *_table(
             "arm | loss | overrides | seeds | mAP50 | mAP50-95 | precision | recall",
-            accuracy,
+            [a + [_stat(r, m) for m in METRICS] for a, r in zip(accuracy, rows)],
             "`-`: not measured: no value in any run of this arm.",
             _N1_NOTE,
         ),
         f"\n## Difference to `{baseline}`\n",
         *_warnings(rows),
-        f"Paired by seed (arm − {baseline}, same seed), mean and {level}% Student-t interval over the seeds. "
-        f"The verdict says better or worse only when the interval excludes zero; it is decided on {PRIMARY_METRIC}.\n",
+        f"Paired by seed (arm − {baseline}, same seed), mean and {level}% Student-t interval over the seeds; the "
+        f"verdict says better or worse only when the interval excludes zero, decided on {_P}.\n",
         *_table(
-            f"arm | pairs | Δ{PRIMARY_METRIC} [{level}% CI] | verdict | ΔmAP50 [{level}% CI] | verdict (mAP50) "
+            f"arm | pairs | Δ{_P} [{level}% CI] | verdict | ΔmAP50 [{level}% CI] | verdict (mAP50) "
             "| Δprecision [CI] | Δrecall [CI]",
             diffs,
-            f"`{_NO_INTERVAL}`: one paired seed; the paired interval needs ≥ 2 paired seeds (a t-interval from one "
-            "difference is undefined), so the verdict cannot be better or worse.",
+            f"`{_NO_INTERVAL}`: one paired seed; the paired interval needs ≥ 2 paired seeds, so the verdict cannot be "
+            "better or worse.",
             f"`-`: no paired value: no seed with this metric in both this arm and `{baseline}`.",
             f"n/a: the reason is in the cell (no seed that both this arm and `{baseline}` finished).",
         ),
     ]
 
 
-def _convergence_section(rows: Sequence[ArmRow], baseline: str, level: int) -> list[str]:
+def _half_width(row: Mapping[str, Any]) -> str:
+    if row["verdict"] == "baseline":
+        return "(baseline)"
+    if (w := row[f"{_P}_diff_halfwidth"]) is None:
+        return "n/a (1 paired seed)" if row[f"{_P}_n_pairs"] == 1 else "n/a (no paired seed)"
+    return f"±{w:.4f}"
+
+
+def _convergence_section(rows: Sequence[Mapping[str, Any]], baseline: str, level: int) -> list[str]:
     """Gains over the last epochs, resolution, and the paired curve differences."""
-    conv = []
-    for r in rows:
-        c = r.convergence
-        gains = [_stat(c.gain, signed=True), _stat(c.gain_rel, 1, signed=True, percent=True)]
-        row = [r.arm, _stat(r.primary.value), _fmt(c.epochs, none="-"), *gains, _half_width(r.primary.diff)]
-        conv.append([*row, _diff_text(c.earlier), _diff_text(c.last)])
-    res, k = resolution(rows), CONVERGENCE_EPOCHS
+    conv = [
+        [r["arm"], _stat(r, _P), _fmt(r["gain_epochs"], none="-"), _stat(r, _GAIN, signed=True)]
+        + [_stat(r, f"{_GAIN}_rel", 1, signed=True, percent=True), _half_width(r)]
+        + [_diff(r, f"{_P}_curve_diff_{when}") for when in ("earlier", "last")]
+        for r in rows
+    ]
+    res, k = resolution(rows, level / 100), CONVERGENCE_EPOCHS
     return [
         "\n## Convergence and resolution\n",
-        f"Gain of {PRIMARY_METRIC} over each run's last {k} epochs (`curves.png`; a shorter run: from its first "
-        "epoch), absolute and relative, mean ± std over seeds: a run still rising has not converged. The baseline "
-        f"counts as not converged below {CONVERGED_MIN:g} or rising more than {CONVERGED_RISE:.0%}. Resolution: the "
-        f"half-width of the paired {level}% interval against `{baseline}`; a smaller difference cannot be told from "
-        f"zero. The last two columns: the paired difference to `{baseline}` {k} epochs before the end and at the "
-        "last epoch; when they agree, the gap did not move while training went on.\n",
+        f"Gain of {_P} over each run's last {k} epochs (`curves.png`; a shorter run: from its first epoch), mean ± std "
+        f"over seeds: a run still rising has not converged (the baseline: below {CONVERGED_MIN:g} or rising more than "
+        f"{CONVERGED_RISE:.0%}). Resolution: the half-width of the paired {level}% interval against `{baseline}`. The "
+        f"last two columns: the paired difference to `{baseline}` {k} epochs before the end and at the last epoch.\n",
         *([f"**Resolution: {res}.**\n"] if res else []),
         *_table(
-            f"arm | final {PRIMARY_METRIC} | epochs spanned | gain | relative gain | ± {level}% CI vs {baseline} "
+            f"arm | final {_P} | epochs spanned | gain | relative gain | ± {level}% CI vs {baseline} "
             f"| Δ vs {baseline}, {k} epochs earlier [CI] | Δ vs {baseline}, last epoch [CI]",
             conv,
             "`-`: not measured: no seed of the arm has a curve with 2 epochs or more (relative gain: the earlier value "
             "is 0), or no final value.",
-            "n/a: no paired interval; the reason is in the cell (an interval needs ≥ 2 seeds that both this arm and "
-            f"`{baseline}` finished).",
+            "n/a: no paired interval; the reason is in the cell (an interval needs ≥ 2 seeds finished in both arms).",
             _N1_NOTE,
         ),
     ]
 
 
-def _ranking_and_times(rows: Sequence[ArmRow]) -> list[str]:
+def _ranking_and_times(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Ranking quality, training time and final losses per arm."""
     times = [
-        [r.arm, _fmt(r.epochs_done.mean, 1) or "-", _duration(r.train_time_s.mean), _duration(r.wall_time_s.mean)]
-        + [_stat(r.final_losses[k]) for k in LOSS_KEYS]
+        [r["arm"], _fmt(r["epochs_done_mean"], 1) or "-", _duration(r["train_time_s_mean"])]
+        + [_duration(r["wall_time_s_mean"]), *(_stat(r, k) for k in LOSS_KEYS)]
         for r in rows
     ]
     return [
         "\n## Ranking quality (confidence vs IoU)\n",
-        "Each detection of the final model on the val images is matched to the same-class ground truth with the "
-        "highest IoU (0 if none); a higher correlation of confidence and IoU ranks localization quality better (GFL, "
-        'arXiv 2006.04388). Mean ± std over seeds; "IoU>0": only detections that overlap a same-class ground truth. '
-        "Scatter plots: `ranking.png`.\n",
+        "Correlation of each final-model detection's confidence with its IoU to the best same-class ground truth (0 if "
+        'none; GFL, arXiv 2006.04388), mean ± std over seeds; "IoU>0": detections overlapping one. `ranking.png`.\n',
         *_table(
             "arm | Pearson | Spearman | Pearson (IoU>0) | Spearman (IoU>0)",
-            [[r.arm, *(_stat(r.ranking[k], 3) for k in RANK_KEYS)] for r in rows],
-            "`-`: not measured: no ranking in the runs' records or result.json, or the correlation is undefined "
-            "(fewer than 2 detections, or a constant confidence or IoU).",
+            [[r["arm"], *(_stat(r, f"rank_{k}", 3) for k in RANK_KEYS)] for r in rows],
+            "`-`: not measured (no detections.npz), or undefined (fewer than 2 detections, or a constant).",
             _N1_NOTE,
         ),
         "\n## Training time and final losses\n",
-        "Training time: Ultralytics' epoch times summed over the run's segments; wall time: the last attempt's, with "
-        "final validation and ranking; means over seeds. `cls_loss` is each arm's own loss: not comparable across "
-        "losses.\n",
+        "Training time: Ultralytics' epoch times summed; wall time: with validation and ranking; means over seeds. "
+        "`cls_loss` is each arm's own loss: not comparable across losses.\n",
         *_table(
             "arm | epochs | train time | wall time | box_loss | cls_loss | dfl_loss",
             times,
-            "`-`: not recorded in any run of this arm (result.json or results.csv).",
+            "`-`: not recorded in any run of this arm.",
             _N1_NOTE,
         ),
     ]
 
 
-def _runs_section(rows: Sequence[ArmRow]) -> list[str]:
-    """One line per run: its final metrics, training time, segments and correlations."""
+def _runs_section(rows: Sequence[Mapping[str, Any]], table: pl.DataFrame) -> list[str]:
+    """One line per run: its final metrics, training time and correlations."""
+    final = final_values(table, (*METRICS, "train_time_s", "rank/pearson", "rank/spearman")).sort("seed")
     runs = [
         [x["run"], x["arm"], x["seed"], *(_fmt(x[m], 4, "-") for m in METRICS), _duration(x["train_time_s"])]
-        + ["-" if x["segments"] is None else int(x["segments"])]
         + [_fmt(x[f"rank/{k}"], 3, "-") for k in ("pearson", "spearman")]
         for r in rows
-        for x in r.runs
+        for x in final.filter(pl.col("arm") == r["arm"]).iter_rows(named=True)
     ]
     return [
         "\n## Runs\n",
         *_table(
-            "run | arm | seed | mAP50 | mAP50-95 | precision | recall | train time | segments | Pearson | Spearman",
+            "run | arm | seed | mAP50 | mAP50-95 | precision | recall | train time | Pearson | Spearman",
             runs,
             "`-`: not measured in that run (or the correlation is undefined).",
         ),
@@ -628,18 +464,17 @@ def _runs_section(rows: Sequence[ArmRow]) -> list[str]:
 
 
 def summary_markdown(
-    rows: Sequence[ArmRow], results: Sequence[RunResult], meta: Mapping[str, Any] | None = None
+    rows: Sequence[Mapping[str, Any]], table: pl.DataFrame, meta: Mapping[str, Any] | None = None
 ) -> str:
-    """``summary.md`` from ``summarize`` rows (numbers) and the runs (which were resumed).
+    """``summary.md`` from ``summarize`` rows and the results table (the Runs table).
 
     ``meta``: ``name``, ``baseline``, ``commands``, ``versions``, ``data``, ``train``, ``seeds``, ``pretrain``,
     ``missing``, ``level``.
     """
     meta = meta or {}
     baseline, level = meta.get("baseline", BASELINE), int(round(100 * meta.get("level", LEVEL)))
-    out = _header(rows, results, meta) + _accuracy(rows, baseline, level)
-    out += _convergence_section(rows, baseline, level) + _ranking_and_times(rows) + _runs_section(rows)
-    return "\n".join(out)
+    out = _header(rows, meta) + _accuracy(rows, baseline, level) + _convergence_section(rows, baseline, level)
+    return "\n".join(out + _ranking_and_times(rows) + _runs_section(rows, table))
 
 
 # ------------------------------------------------------------------------------------------------ diagnosis
@@ -704,20 +539,13 @@ def diagnosis_stats(
     )
 
 
-def _diag(row: Mapping[str, Any], key: str) -> MeanStd:
-    """``<key>_mean`` / ``<key>_std`` of a ``diagnosis_stats`` row (MissingMetricError: not a column)."""
-    if f"{key}_mean" not in row:
-        raise MissingMetricError(key, None, (k.rsplit("_", 1)[0] for k in row))
-    return MeanStd(row[f"{key}_mean"], row[f"{key}_std"])
-
-
 def _growth_text(row: Mapping[str, Any], base: Mapping[str, Any], t: str) -> str:
     """``FPs per run a → b (precision p → q); by kind ...: **kind** grows most`` at operating point ``t``."""
-    deltas = {k: (_diag(row, f"{k}@{t}").mean or 0.0) - (_diag(base, f"{k}@{t}").mean or 0.0) for k in FP_KINDS}
+    deltas = {k: (_mean(row, f"{k}@{t}") or 0.0) - (_mean(base, f"{k}@{t}") or 0.0) for k in FP_KINDS}
     by_kind = ", ".join(f"{k} {d:+.1f}" for k, d in sorted(deltas.items(), key=lambda kv: -kv[1]))
     top = max(deltas, key=lambda k: deltas[k])
     fp, p = (
-        " → ".join(_fmt(_diag(r, f"{key}@{t}").mean, n, "n/a") for r in (base, row))
+        " → ".join(_fmt(_mean(r, f"{key}@{t}"), n, "n/a") for r in (base, row))
         for key, n in (("fp", 1), ("precision", 3))
     )
     grows = f"**{top}** grows most" if deltas[top] > 0 else "no FP kind grows"
@@ -730,14 +558,14 @@ def _ap50_text(runs: pl.DataFrame, arm: str, baseline: str, level: float) -> str
     Removing a kind narrows the gap when it brings the paired mean gap closer to zero, whichever arm is ahead.
     """
 
-    def gap(metric: str) -> PairedDifference:
+    def gap(metric: str) -> Any:
         of = {a: _by_seed(runs.filter(pl.col("arm") == a), metric) for a in (arm, baseline)}
         return paired_difference(of[arm], of[baseline], level)
 
     g = gap("ap50")
     if g.mean is None:
         return "AP50: no seed with a value in both arms"
-    text = f"AP50 gap paired by seed {_diff_text(g)}"
+    text = f"AP50 gap paired by seed {_diff_text(g.mean, g.lo, g.hi)}"
     gaps = {k: d.mean for k in FP_KINDS if (d := gap(f"ap50_without_{k}")).mean is not None}
     if not gaps:
         return text
@@ -782,9 +610,9 @@ _DASH_NOTE += "of that kind, or no ground truth for AP50)."
 def _kind_table(stats: pl.DataFrame, t: str) -> list[str]:
     threshold = t != _OP
     body = [
-        [r["arm"], r["n_seeds"], *([_stat(_diag(r, f"threshold@{t}"), 3)] if threshold else [])]
-        + [_stat(_diag(r, f"{k}@{t}"), 1) for k in (*KINDS, "fp", "missed")]
-        + [_stat(_diag(r, f"precision@{t}"), 3)]
+        [r["arm"], r["n_seeds"], *([_stat(r, f"threshold@{t}", 3)] if threshold else [])]
+        + [_stat(r, f"{k}@{t}", 1) for k in (*KINDS, "fp", "missed")]
+        + [_stat(r, f"precision@{t}", 3)]
         for r in stats.iter_rows(named=True)
     ]
     head = " | ".join(["arm", "seeds", *(["threshold"] if threshold else []), "TP", *FP_KINDS, "FP", "missed GT"])
@@ -793,7 +621,7 @@ def _kind_table(stats: pl.DataFrame, t: str) -> list[str]:
 
 def _tp_score(row: Mapping[str, Any]) -> str:
     """The arm's mean TP score, or why there is none."""
-    score = _diag(row, "score_tp").mean
+    score = _mean(row, "score_tp")
     return "n/a (no true positives)" if score is None else f"{score:.3f}"
 
 
@@ -823,7 +651,7 @@ def _scores_section(stats: pl.DataFrame) -> list[str]:
     keys = [*(f"score_{k}" for k in KINDS), f"tp_iou@{_OP}", "tp_iou@f1"]
     keys4 = ["ap50", *(f"ap50_cost_{k}" for k in FP_KINDS), "ap50_tp_only"]
     body = [
-        [r["arm"], *(_stat(_diag(r, k), 3) for k in keys), *(_stat(_diag(r, k), 4) for k in keys4)]
+        [r["arm"], *(_stat(r, k, 3) for k in keys), *(_stat(r, k, 4) for k in keys4)]
         for r in stats.iter_rows(named=True)
     ]
     head = " | ".join(["arm", *(f"score {'TP' if k == 'tp' else k}" for k in KINDS), f"TP IoU@{_OP}", "TP IoU@F1"])
