@@ -143,3 +143,27 @@ def test_diagnosis_files_from_hand_made_runs(tmp_path):
     plot_fp_scores(stats, detections, tmp_path / "fp.png")
     assert (tmp_path / "fp.png").read_bytes()[:8] == PNG
     assert not list((tmp_path / "d").glob(".*.tmp"))
+
+
+def test_one_epoch_smoke_run_keeps_every_arm_visible(tmp_path, monkeypatch):
+    """seeds=[0] epochs=1: three arms with one equal value each are drawn side by side, with markers, integer ticks."""
+    figures = captured_figures(monkeypatch)
+    plot_curves(table_of([result(a, 0, 0.0, [0.0]) for a in ("bce", "vfl", "qfl")]), tmp_path / "curves.png")
+    ax = figures[0].axes[0]
+    xs = [tuple(line.get_xdata()) for line in ax.get_lines()]
+    assert len(xs) == 3 and len(set(xs)) == 3  # not hidden under each other
+    assert all(line.get_marker() == "o" for line in ax.get_lines())
+    assert integer_ticks(ax) and [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]] == [1.0]
+
+
+def test_ranking_too_early_says_so(tmp_path, monkeypatch):
+    """Every detection below the operating confidence: the panel says 'too early to rank' instead of a flat cloud."""
+    figures = captured_figures(monkeypatch)
+    results = [result(a, 0, 0.0) for a in ("bce", "vfl")]
+    low = {r.run: {"iou": [0.0, 0.1, 0.3], "conf": [0.001, 0.002, 0.01]} for r in results}
+    plot_ranking(table_of(results), tmp_path / "ranking.png", low)
+    for ax in figures[0].axes:
+        assert any("too early to rank" in t.get_text() for t in ax.texts)
+    figures.clear()
+    plot_ranking(table_of(results), tmp_path / "ranking.png", points([result("bce", 0, 0.3), result("vfl", 0, 0.3)]))
+    assert not any("too early" in t.get_text() for ax in figures[0].axes for t in ax.texts)

@@ -65,7 +65,8 @@ def plot_epoch_band(
     """Draw a metric per epoch for each arm on ``ax``: the mean over seeds with a ± 1 std band.
 
     ``metric``: Ultralytics' name; ``legend``: inside for up to 6 arms, else outside on the right. The first arm (the
-    baseline) is thick black; more than 11 arms use tab20 with alternating dashes. Epoch ticks are whole numbers.
+    baseline) is thick black; more than 11 arms use tab20 with alternating dashes. Epoch ticks are whole numbers;
+    runs of fewer than 5 epochs draw each arm a little to the side of the epoch, so arms with equal values stay visible.
     """
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
@@ -80,6 +81,8 @@ def plot_epoch_band(
         if not b.height:
             continue
         epochs, mean, std = b["epoch"].to_numpy(), b["m"].to_numpy(), b["s"].to_numpy()
+        if band["epoch"].n_unique() < 5:  # a short run: dodge the arms sideways so equal values stay visible
+            epochs = epochs + 0.12 * (i - (n - 1) / 2) / max(1, n - 1)
         color, lw, zorder = ("black", 2.2, 3) if i == 0 else (palette[(i - 1) % len(palette)], 1.3, 2)
         ls = "-" if i == 0 or n <= 11 or i % 2 else "--"
         label = f"{arm} ({seeds[arm]} seed{'s' if seeds[arm] != 1 else ''})"
@@ -87,6 +90,10 @@ def plot_epoch_band(
         (line,) = ax.plot(epochs, mean, marker=marker, ms=3, color=color, lw=lw, ls=ls, zorder=zorder, label=label)
         ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2 if n <= 4 else 0.08, lw=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if 0 < band["epoch"].n_unique() < 5:  # a short run: every epoch a tick, half an epoch of room on each side
+        ticks = sorted(band["epoch"].unique().to_list())
+        ax.set_xticks(ticks)
+        ax.set_xlim(ticks[0] - 0.5, ticks[-1] + 0.5)
     ax.set(xlabel="epoch", ylabel=name)
     ax.set_title(f"{name} per epoch (mean ± 1 std over seeds)", fontsize=title_size)
     ax.grid(alpha=0.3)
@@ -132,6 +139,8 @@ def plot_ranking(
         x = np.asarray([v for p in pts for v in p.get("iou", [])], dtype=np.float64)
         y = np.asarray([v for p in pts for v in p.get("conf", [])], dtype=np.float64)
         hit = x > 0
+        if not (y >= OPERATING_CONF).any():  # nothing confident yet: a cloud at confidence 0 says nothing
+            ax.text(0.5, 0.5, f"too early to rank:\nno detection reaches\nconfidence {_OP}", ha="center", va="center")
         ax.scatter(x[~hit], y[~hit], s=3, alpha=0.25, lw=0, color="gray", label="IoU 0")
         ax.scatter(x[hit], y[hit], s=3, alpha=0.25, lw=0, color="tab:blue", label="IoU>0")
         corr = {k: "n/a" if (m := means.get((arm, f"rank/{k}"))) is None else f"{m:.3f}" for k in RANK_KEYS}
