@@ -11,16 +11,13 @@ from yolo_vfl.ab.backends import Progress, run_jobs
 class FakeBackend:
     """Two slots; runs whose arm is ``bad`` fail; records what was started and how many ran at once."""
 
-    def __init__(self, spec):
+    def __init__(self, devices):
         self.slots, self.running, self.started, self.most = 2, [], [], 0
 
     def submit(self, job):
         self.running.append(job)
         self.started.append(job.run)
         self.most = max(self.most, len(self.running))
-        return job
-
-    def where(self, job):
         return "fake"
 
     def wait(self):
@@ -40,7 +37,7 @@ class FakeBackend:
 def test_run_jobs_fills_slots_and_stops_after_a_failure(tmp_path, monkeypatch, keep_going):
     """Two at a time; after a failure nothing new starts (keep_going: everything runs); the backend is closed."""
     made = []
-    monkeypatch.setattr(backends, "LocalBackend", lambda spec: made.append(FakeBackend(spec)) or made[-1])
+    monkeypatch.setattr(backends, "LocalBackend", lambda devices: made.append(FakeBackend(devices)) or made[-1])
     arms = {"bce": {}, "bad": {"loss": "bce"}, "vfl": {}}
     spec = spec_from_dict({"arms": arms, "seeds": [0, 1], "keep_going": keep_going, "train": {"data": "d.yaml"}})
     jobs = make_jobs(spec, tmp_path, data="d.yaml")

@@ -297,18 +297,8 @@ def test_checkpoint_is_plain_ultralytics_and_fine_tunes(built, tmp_path):
 
     glyphs = data_mod.generate_dataset(tmp_path / "glyphs", n=12, seed=7, imgsz=32, variant="glyphs")
     model = YOLO(str(result.path))
-    model.train(
-        data=str(glyphs),
-        epochs=1,
-        imgsz=32,
-        batch=4,
-        workers=0,
-        device="cpu",
-        project=str(tmp_path),
-        name="ft",
-        plots=False,
-        verbose=False,
-    )
+    tiny = {"epochs": 1, "imgsz": 32, "batch": 4, "workers": 0, "device": "cpu", "plots": False, "verbose": False}
+    model.train(data=str(glyphs), project=str(tmp_path), name="ft", **tiny)
     assert (tmp_path / "ft" / "weights" / "best.pt").is_file()
     assert len(model.trainer.model.names) == 6  # the head was rebuilt for the six glyph classes
 

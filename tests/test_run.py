@@ -1,12 +1,13 @@
-"""One A/B run: its plan, its results.csv reading and training time, and its lock (no training here)."""
+"""One A/B run: its results.csv reading and its lock (no training here)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
-from yolo_vfl.ab import make_jobs, planned_state, read_results_csv, spec_from_dict, train_time
+from yolo_vfl.ab import make_jobs, read_results_csv, spec_from_dict
 from yolo_vfl.ab.run import EXIT_BUSY, main
 from yolo_vfl.fileio import file_lock
 
@@ -25,27 +26,10 @@ def test_results_csv_keeps_last_row_per_epoch(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[1]["metrics/mAP50-95(B)"] == 0.25
 
 
-def test_train_time_is_the_last_time_of_results_csv(tmp_path):
-    """Ultralytics' time column counts from the start of training: the last finite value is the training time."""
-    assert train_time(tmp_path) is None
-    (tmp_path / "results.csv").write_text("epoch,time\n1,5.0\n2,9.0\n3,\n")
-    assert train_time(tmp_path) == pytest.approx(9.0)
-
-
-def test_planned_state_fresh_restart_done(job):
-    """No directory: fresh; a directory without result.json: restart from zero; result.json: done."""
-    assert planned_state(job)[0] == "fresh"
-    (job.run_dir / "weights").mkdir(parents=True)
-    assert planned_state(job) == ("restart", "interrupted earlier (no result.json); restarts from zero")
-    job.result.write_text("{}")
-    assert planned_state(job)[0] == "done"
-
-
 def test_busy_run_exits_75_and_touches_nothing(job, tmp_path, capsys):
     """A second process on a run whose lock is held exits 75 (the runner reports it) without training."""
     path = tmp_path / "job.json"
-    path.write_text(json.dumps(job.to_dict()))
+    path.write_text(json.dumps(asdict(job)))
     with file_lock(job.run_dir.parent / f".{job.run}.lock"):
         assert main([str(path)]) == EXIT_BUSY
     assert "being trained by another process" in capsys.readouterr().out and not job.run_dir.exists()
-    assert main([]) == 2

@@ -1,27 +1,20 @@
 """A pretrained starting point made here: stock-BCE YOLO trained on a large generated dataset, cached by fingerprint.
 
 The stand-in for COCO weights in experiments that fine-tune instead of training from scratch. The default
-:class:`PretrainSpec` trains ``yolov8n.yaml`` with plain Ultralytics (stock BCE, no yolo-vfl loss) on 3,200 generated
-``shapes`` images (seed 100, 160 px, 12 epochs, AdamW lr0 0.002, an optimizer step per batch): classes different
-from the A/B target datasets (``glyphs``, ``digits``). Measured (fingerprint ``962ce1c1d0a4271a``, Ultralytics 8.4,
-2 CPU cores): mAP50-95 0.4642 on its own val split after 856 s of training (sha256 ``444e5eec356b``); two fresh
-machines built it with the same metrics to every digit and the same fine-tuning results. An earlier build of the same
-spec reached 0.4859, for a reason not established.
+:class:`PretrainSpec` trains ``yolov8n.yaml`` with plain Ultralytics (stock BCE) on 3,200 generated ``shapes`` images
+(seed 100, 160 px, 12 epochs, AdamW lr0 0.002, an optimizer step per batch), classes unlike the A/B target datasets'.
+Measured (fingerprint ``962ce1c1d0a4271a``, Ultralytics 8.4, 2 CPU cores): mAP50-95 0.4642 on its own val split after
+856 s (sha256 ``444e5eec356b``), the same to every digit on two fresh machines; an earlier build of the same spec
+reached 0.4859, for a reason not established.
 
-Layout under ``cache_dir()/pretrained``::
+Layout under ``cache_dir()/pretrained``: ``<fingerprint>/`` holds ``best.pt`` (a plain Ultralytics checkpoint),
+``pretrain.json`` (spec, metrics, training time, versions, dataset), ``results.csv`` and ``args.yaml``;
+``.building-<fingerprint>/`` is the build in progress and ``.<fingerprint>.lock`` its lock. The build follows the run
+lifecycle of :mod:`yolo_vfl.executor`: one process builds a fingerprint at a time (the others wait, then reuse it), an
+interrupted build starts again from zero, and a fully written directory is renamed into place.
 
-    <fingerprint>/best.pt          the checkpoint (a plain Ultralytics checkpoint: loads, predicts, fine-tunes)
-    <fingerprint>/pretrain.json    metadata: spec, metrics, training time, versions, dataset
-    <fingerprint>/results.csv      Ultralytics' per-epoch log of the build (and args.yaml)
-    .building-<fingerprint>/       the build in progress (an Ultralytics run directory)
-    .<fingerprint>.lock            the cross-process build lock
-
-The build follows the run lifecycle of :mod:`yolo_vfl.executor`: only one process builds a fingerprint at a time
-(the others wait for the lock and then reuse the result), an interrupted build starts again from zero, and a build is
-published by renaming a fully written directory into place, so ``<fingerprint>/`` is either absent or complete.
-
-Command line: ``yolo-vfl pretrain [key=value ...]`` (keys: the :class:`PretrainSpec` fields, ``device``
-and, as a shortcut for ``train_args``, any other Ultralytics train argument).
+Command line: ``yolo-vfl pretrain [key=value ...]`` (the :class:`PretrainSpec` fields, ``device`` and any other
+Ultralytics train argument, a shortcut for ``train_args``).
 """
 
 from __future__ import annotations
@@ -53,6 +46,7 @@ __all__ = ["PretrainResult", "PretrainSpec", "cli_pretrain", "pretrain_dir", "pr
 META_FILE = "pretrain.json"
 """Metadata of a published checkpoint (written inside the directory before it is renamed into place)."""
 CHECKPOINT = "best.pt"
+Log = Callable[[str], None]
 
 # Train arguments the spec or the builder controls; they cannot be set through ``train_args``.
 _RESERVED = frozenset(
@@ -60,16 +54,19 @@ _RESERVED = frozenset(
     "cfg save save_dir pretrained time".split()
 )
 _BASE_TRAIN_ARGS: dict[str, Any] = {"plots": False}  # overridable by train_args; does not change the weights
+#: The default recipe under any ``train_args`` given. Ultralytics' own (``optimizer=auto nbs=64 warmup_epochs=3``: AdamW
+#: lr0 0.000833, an optimizer step every 4th batch of 16) reached mAP50-95 0.157 in 12 epochs.
 DEFAULT_TRAIN_ARGS: dict[str, Any] = {"optimizer": "AdamW", "lr0": 0.002, "nbs": 16, "warmup_epochs": 1}
-"""The default recipe, under any ``train_args`` given (a given key wins; ``optimizer=auto nbs=64 warmup_epochs=3``
-gives Ultralytics' own choice back). Ultralytics' ``optimizer=auto`` picks AdamW lr0 0.000833 for a run this short and
-``nbs=64`` makes only every 4th batch of 16 an optimizer step: that build reached mAP50-95 0.157 in 12 epochs."""
 
 
-# ------------------------------------------------------------------------------------------------------ validation
 def _suggest(key: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(key, choices, n=1)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _as_dict(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """Sorted ``(key, value)`` pairs as train arguments (lists for tuples)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in pairs}
 
 
 def _check_int(name: str, value: Any, lo: int, hi: Optional[int] = None, multiple: int = 1) -> None:
@@ -96,8 +93,6 @@ def _plain(value: Any, key: str) -> Any:
 
 def _check_train_args(pairs: tuple[tuple[str, Any], ...]) -> None:
     """Keys are Ultralytics train arguments not controlled by the spec; values pass Ultralytics' own type checks."""
-    if not pairs:
-        return
     from ultralytics.cfg import DEFAULT_CFG_DICT, get_cfg
 
     valid = sorted(set(DEFAULT_CFG_DICT) - _RESERVED)
@@ -109,7 +104,7 @@ def _check_train_args(pairs: tuple[tuple[str, Any], ...]) -> None:
             hint = _suggest(key, valid)
             raise InvalidSettingError(f"Unknown Ultralytics train argument {key!r} in PretrainSpec train_args.{hint}")
     try:
-        get_cfg(DEFAULT_CFG_DICT, {k: list(v) if isinstance(v, tuple) else v for k, v in pairs})
+        get_cfg(DEFAULT_CFG_DICT, _as_dict(pairs))
     except (TypeError, ValueError, SyntaxError) as e:
         error = InvalidTypeError if isinstance(e, TypeError) else InvalidSettingError
         raise error(f"Invalid PretrainSpec train_args: {' '.join(str(e).split())}") from None
@@ -127,9 +122,8 @@ def _train_arg_pairs(given: Any) -> tuple[tuple[str, Any], ...]:
             f"PretrainSpec train_args must be a mapping of Ultralytics train arguments, got {given!r}"
         )
     keys = [k for k, _ in items]
-    for k in keys:
-        if not isinstance(k, str):
-            raise InvalidTypeError(f"PretrainSpec train_args keys must be str, got {k!r}")
+    if bad := [k for k in keys if not isinstance(k, str)]:
+        raise InvalidTypeError(f"PretrainSpec train_args keys must be str, got {bad[0]!r}")
     if len(set(keys)) != len(keys):
         raise InvalidSettingError(f"PretrainSpec train_args has a repeated key: {sorted(keys)}")
     pairs = tuple(sorted((k, _plain(v, k)) for k, v in {**DEFAULT_TRAIN_ARGS, **dict(items)}.items()))
@@ -137,7 +131,6 @@ def _train_arg_pairs(given: Any) -> tuple[tuple[str, Any], ...]:
     return pairs
 
 
-# ------------------------------------------------------------------------------------------------------------ spec
 @dataclass(frozen=True)
 class PretrainSpec:
     """What to pretrain: model, generated dataset, training settings. Validated on construction.
@@ -189,7 +182,6 @@ class PretrainSpec:
             raise InvalidTypeError(f"PretrainSpec deterministic must be a bool (true or false), got {got}")
         object.__setattr__(self, "train_args", _train_arg_pairs(self.train_args))
 
-    # ------------------------------------------------------------------------------------------------------------
     @classmethod
     def fields(cls) -> tuple[str, ...]:
         """Names of the spec's fields (the keys :meth:`from_dict` accepts)."""
@@ -203,38 +195,36 @@ class PretrainSpec:
             TypeError: ``mapping`` is not a mapping (None: the default spec), or a value has the wrong type.
             ValueError: An unknown key (with a close-match suggestion) or an invalid value.
         """
-        mapping = {} if mapping is None else mapping
+        mapping, names = {} if mapping is None else mapping, list(cls.fields())
         if not isinstance(mapping, Mapping):
-            raise InvalidTypeError(f"A pretrain spec must be a mapping of {', '.join(cls.fields())}, got {mapping!r}")
-        names = list(cls.fields())
-        for key in mapping:
-            if key not in names:
-                raise InvalidSettingError(
-                    f"Unknown pretrain key {key!r}. Valid keys: {', '.join(names)}.{_suggest(str(key), names)}"
-                )
+            raise InvalidTypeError(f"A pretrain spec must be a mapping of {', '.join(names)}, got {mapping!r}")
+        for key in [k for k in mapping if k not in names][:1]:
+            hint = _suggest(str(key), names)
+            raise InvalidSettingError(f"Unknown pretrain key {key!r}. Valid keys: {', '.join(names)}.{hint}")
         return cls(**dict(mapping))
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as a JSON-able dict (``train_args`` as a dict, lists for tuples); ``from_dict`` inverts it."""
-        out = {f: getattr(self, f) for f in self.fields()}
-        out["train_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.train_args}
-        return out
+        return {**{f: getattr(self, f) for f in self.fields()}, "train_args": _as_dict(self.train_args)}
 
     def fingerprint(self) -> str:
         """16 hex digits of the sha256 of the spec, the dataset generator version and Ultralytics' major.minor version.
 
         Any change of a field, of ``GENERATOR_VERSION`` or of the Ultralytics minor version gives another checkpoint.
         """
-        payload = {"spec": self.to_dict(), "generator_version": _data.GENERATOR_VERSION}
-        payload["ultralytics"] = _ultralytics_minor()
+        payload = {
+            "spec": self.to_dict(),
+            "generator_version": _data.GENERATOR_VERSION,
+            "ultralytics": _ultralytics_minor(),
+        }
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def train_overrides(self) -> dict[str, Any]:
         """The Ultralytics train arguments of a fresh build (without data, project, name and device)."""
-        given = {k: list(v) if isinstance(v, tuple) else v for k, v in self.train_args}
         own = {"epochs": self.epochs, "imgsz": self.imgsz, "batch": self.batch, "seed": self.train_seed}
-        return {**_BASE_TRAIN_ARGS, **given, **own, "deterministic": self.deterministic, "workers": self.workers}
+        own |= {"deterministic": self.deterministic, "workers": self.workers}
+        return {**_BASE_TRAIN_ARGS, **_as_dict(self.train_args), **own}
 
 
 @dataclass(frozen=True)
@@ -265,18 +255,11 @@ class PretrainResult:
     meta: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
-# ---------------------------------------------------------------------------------------------------------- helpers
 def _ultralytics_minor() -> str:
-    """Ultralytics' major.minor version (from its distribution metadata, else the module)."""
-    from importlib.metadata import PackageNotFoundError, version
+    """Ultralytics' major.minor version."""
+    from importlib.metadata import version
 
-    try:
-        full = version("ultralytics")
-    except PackageNotFoundError:
-        import ultralytics
-
-        full = str(ultralytics.__version__)
-    return ".".join(full.split(".")[:2])
+    return ".".join(version("ultralytics").split(".")[:2])
 
 
 def pretrain_dir() -> Path:
@@ -289,11 +272,10 @@ def _now() -> str:
 
 
 def _metrics(rd: Mapping[str, Any]) -> dict[str, Optional[float]]:
-    out: dict[str, Optional[float]] = {}
-    for name in ("mAP50", "mAP50-95", "precision", "recall"):
-        v = rd.get(f"metrics/{name}(B)")
-        out[name] = float(v) if v is not None and math.isfinite(float(v)) else None
-    return out
+    values = {
+        name: float(rd.get(f"metrics/{name}(B)", math.nan)) for name in ("mAP50", "mAP50-95", "precision", "recall")
+    }
+    return {name: v if math.isfinite(v) else None for name, v in values.items()}
 
 
 def _result_from_meta(final: Path, meta: Mapping[str, Any], built_now: bool) -> PretrainResult:
@@ -310,49 +292,17 @@ def _result_from_meta(final: Path, meta: Mapping[str, Any], built_now: bool) -> 
     )
 
 
-def _published(final: Path, fp: str) -> Optional[dict[str, Any]]:
-    """The metadata of a complete published checkpoint directory with this fingerprint, else None."""
-    meta = read_json(final / META_FILE)
-    if meta is None or meta.get("fingerprint") != fp or not (final / CHECKPOINT).is_file():
-        return None
-    try:
-        PretrainSpec.from_dict(meta.get("spec"))
-    except (TypeError, ValueError):
-        return None
-    return meta
-
-
-# ------------------------------------------------------------------------------------------------------------ build
 def _check_task(spec: PretrainSpec) -> None:
     """The model YAML exists and is a detection model, before any data or training."""
     from ultralytics import YOLO
 
-    task = YOLO(spec.model).task
-    if task != "detect":
+    if (task := YOLO(spec.model).task) != "detect":
         raise InvalidSettingError(
             f"Invalid PretrainSpec model={spec.model!r}: its task is {task!r}; valid task: detect."
         )
 
 
-def _meta(spec: PretrainSpec, fp: str, best: Path, metrics: Mapping[str, Any], data_yaml: Path) -> dict[str, Any]:
-    """The metadata of a finished build (``pretrain.json``); the caller adds the times and the device."""
-    dataset = read_json(data_yaml.parent / _data.META_FILE) or {}
-    meta = {"fingerprint": fp, "spec": spec.to_dict(), "checkpoint": CHECKPOINT, "checkpoint_from": best.name}
-    meta.update(checkpoint_sha256=sha256_file(best), metrics=_metrics(metrics), epochs=spec.epochs)
-    meta.update(metrics_source="ultralytics final validation", train={"model": spec.model, **spec.train_overrides()})
-    meta["data"] = {"yaml": str(data_yaml), **{k: dataset.get(k) for k in ("fingerprint", "n_train", "n_val", "names")}}
-    meta.update(versions=versions(generator_version=_data.GENERATOR_VERSION), published_at=_now(), host=platform.node())
-    return meta
-
-
-def _build(
-    spec: PretrainSpec,
-    fp: str,
-    root: Path,
-    device: Any,
-    callbacks: Mapping[str, Callable[[Any], None]],
-    log: Callable[[str], None],
-) -> dict[str, Any]:
+def _build(spec: PretrainSpec, fp: str, root: Path, device: Any, callbacks: Mapping[str, Any], log: Log) -> dict:
     """Train the checkpoint of ``spec`` in ``root/.building-<fp>`` and publish it as ``root/fp``; returns its metadata.
 
     The caller holds the lock. Ultralytics' final validation of ``best.pt`` gives the metrics (one pass).
@@ -365,9 +315,13 @@ def _build(
     building = root / f".building-{fp}"
     log(f"pretrain: training {spec.model} on {data_yaml} for {spec.epochs} epochs (stock BCE) in {building}")
     args = {"data": str(data_yaml), **spec.train_overrides(), **({} if device is None else {"device": device})}
-    trainer = train(spec.model, building, args, callbacks=callbacks)
-    best = final_weights(building)
-    meta = _meta(spec, fp, best, trainer.metrics or {}, data_yaml)
+    metrics = _metrics(train(spec.model, building, args, callbacks=callbacks).metrics or {})
+    best, dataset = final_weights(building), read_json(data_yaml.parent / _data.META_FILE) or {}
+    meta = {"fingerprint": fp, "spec": spec.to_dict(), "checkpoint": CHECKPOINT, "checkpoint_from": best.name}
+    meta.update(checkpoint_sha256=sha256_file(best), metrics=metrics, epochs=spec.epochs)
+    meta.update(metrics_source="ultralytics final validation", train={"model": spec.model, **spec.train_overrides()})
+    meta["data"] = {"yaml": str(data_yaml), **{k: dataset.get(k) for k in ("fingerprint", "n_train", "n_val", "names")}}
+    meta.update(versions=versions(generator_version=_data.GENERATOR_VERSION), published_at=_now(), host=platform.node())
     meta.update(train_time_s=round(time.monotonic() - t, 3), data_time_s=round(data_s, 3), created_at=created)
     meta.update(device=None if device is None else str(device))
     tmp = root / f".{fp}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -389,7 +343,7 @@ def pretrained_checkpoint(
     spec: Optional[PretrainSpec] = None,
     *,
     device: Any = None,
-    log: Callable[[str], None] = print,
+    log: Log = print,
     callbacks: Optional[Mapping[str, Callable[[Any], None]]] = None,
 ) -> PretrainResult:
     """The pretrained checkpoint of ``spec``: from the cache, else built now (see the module's layout and lifecycle).
@@ -409,21 +363,19 @@ def pretrained_checkpoint(
         The :class:`PretrainResult`; ``built_now`` says whether this call trained.
 
     Raises:
-        TypeError: ``spec`` is not a PretrainSpec.
         ValueError: The model YAML is not a detection model.
         FileNotFoundError: The model YAML does not exist.
     """
-    if spec is None:
-        spec = PretrainSpec()
-    if not isinstance(spec, PretrainSpec):
-        raise InvalidTypeError(f"spec must be a PretrainSpec (see PretrainSpec.from_dict), got {type(spec).__name__}")
+    spec = spec or PretrainSpec()
     fp = spec.fingerprint()
     root = pretrain_dir()
     final = root / fp
 
-    def finished() -> Optional[PretrainResult]:
-        meta = _published(final, fp)
-        return None if meta is None else _result_from_meta(final, meta, built_now=False)
+    def finished() -> Optional[PretrainResult]:  # a complete published directory of this fingerprint
+        meta = read_json(final / META_FILE)
+        if meta is None or meta.get("fingerprint") != fp or not (final / CHECKPOINT).is_file():
+            return None
+        return _result_from_meta(final, meta, built_now=False)
 
     def build() -> PretrainResult:
         return _result_from_meta(final, _build(spec, fp, root, device, dict(callbacks or {}), log), built_now=True)
@@ -437,7 +389,6 @@ def pretrained_checkpoint(
     return result
 
 
-# ------------------------------------------------------------------------------------------------------------- CLI
 def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{float(v):.4f}"
 
@@ -450,23 +401,19 @@ def cli_pretrain(args: Mapping[str, Any]) -> int:
     Raises:
         InvalidSettingError: an unknown key or an invalid value (a ``UserError``: one line on the CLI).
     """
-    if not isinstance(args, Mapping):
-        raise InvalidTypeError(f"cli_pretrain expects a mapping of key=value arguments, got {type(args).__name__}")
-    args = dict(args)
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    args, names = dict(args), sorted({*PretrainSpec.fields(), "device"})
     device = args.pop("device", None)
-    names = set(PretrainSpec.fields())
     spec_args = {k: v for k, v in args.items() if k in names}
     extra = {k: v for k, v in args.items() if k not in names}
+    valid = set(DEFAULT_CFG_DICT) - _RESERVED
+    for key in set(extra) - valid:
+        hint = _suggest(str(key), names + sorted(valid))
+        raise InvalidSettingError(
+            f"Unknown pretrain key {key!r}. Valid keys: {', '.join(names)} or an Ultralytics train argument.{hint}"
+        )
     if extra:
-        from ultralytics.cfg import DEFAULT_CFG_DICT
-
-        for key in extra:
-            if key not in DEFAULT_CFG_DICT or key in _RESERVED:
-                valid = sorted(names | {"device"}) + sorted(set(DEFAULT_CFG_DICT) - _RESERVED)
-                raise InvalidSettingError(
-                    f"Unknown pretrain key {key!r}. Valid keys: {', '.join(sorted(names | {'device'}))} or an "
-                    f"Ultralytics train argument.{_suggest(str(key), valid)}"
-                )
         spec_args["train_args"] = {**dict(spec_args.get("train_args") or {}), **extra}
     try:
         spec = PretrainSpec.from_dict(spec_args)

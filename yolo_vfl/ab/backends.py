@@ -1,9 +1,8 @@
-"""Where jobs run: local subprocesses (one per device slot) or Ray tasks, behind one submit/wait interface.
+"""Where jobs run: one subprocess per device slot, or Ray tasks, behind one submit/wait interface.
 
 Every job runs in its own process (``python -m yolo_vfl.ab.run JOB.json``); a killed runner takes its runs with it
-(Linux: ``PR_SET_PDEATHSIG``), and the same command started again runs what is not finished. ``run_jobs`` is the one
-loop above the backends: it fills the free slots, reports progress and an ETA, and stops starting runs after a
-failure unless ``keep_going``.
+(Linux: ``PR_SET_PDEATHSIG``). ``run_jobs``, the one loop above the backends, fills the free slots, reports progress
+and an ETA, and starts no run after a failure unless ``keep_going``.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from .jobs import Job
 from .run import EXIT_BUSY
 from .spec import ABSpec
 
-__all__ = ["Progress", "LocalBackend", "RayBackend", "execute_job", "run_jobs"]
+__all__ = ["Progress", "LocalBackend", "RayBackend", "run_jobs"]
 
 #: ``(run, why, log path)`` of a failed run.
 Failure = tuple[str, str, str]
@@ -44,101 +44,45 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 def _child_env(extra: Mapping[str, str] | None = None, drop: Sequence[str] = ()) -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    for k in drop:
-        env.pop(k, None)
-    return {**env, **(extra or {})}
-
-
-def _spawn(job: Job, env: Mapping[str, str]) -> subprocess.Popen:
-    """Start ``python -m yolo_vfl.ab.run JOB.json`` with its output appended to the run's log."""
-    job_path = Path(job.out_dir) / "jobs" / f"{job.run}.json"
-    atomic_write_json(job_path, job.to_dict())
-    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
-    with open(job.log, "ab") as logf:  # the child keeps its own copy of the file descriptor
-        logf.write(f"\n===== {datetime.now().isoformat(timespec='seconds')} {job.run} on {job.device} =====\n".encode())
-        logf.flush()
-        return subprocess.Popen(
-            [sys.executable, "-m", "yolo_vfl.ab.run", str(job_path)],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=dict(env),
-            **({"preexec_fn": _die_with_parent} if sys.platform.startswith("linux") else {}),
-        )
-
-
-def _log_tail(path: str | os.PathLike[str], lines: int = 15) -> str:
-    try:
-        text = Path(path).read_bytes()[-20000:].decode(errors="replace").replace("\r", "\n")
-    except OSError:
-        return ""
-    return "\n".join("    " + ln for ln in [ln for ln in text.splitlines() if ln.strip()][-lines:])
+    """This process's environment with the repository root on ``PYTHONPATH``, ``extra`` set and ``drop`` unset."""
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    path = [str(Path(__file__).resolve().parents[2]), *filter(None, [env.get("PYTHONPATH")])]
+    return {"PYTHONUNBUFFERED": "1", **env, "PYTHONPATH": os.pathsep.join(path), **(extra or {})}
 
 
 def _outcome(job: Job, rc: int) -> Outcome:
-    """A finished subprocess's outcome: its ``result.json``, or why it failed (the end of its log)."""
+    """A finished subprocess's outcome: its ``result.json``, or why it failed (with the end of its log)."""
     result = read_json(job.result)
     if rc == 0 and result is not None:
         return job, result, ""
+    text = job.log.read_bytes()[-20000:].decode(errors="replace").replace("\r", "\n") if job.log.is_file() else ""
+    tail = "\n".join("    " + ln for ln in [ln for ln in text.splitlines() if ln.strip()][-15:])
     why = "another process holds its lock" if rc == EXIT_BUSY else f"exit code {rc}"
-    return job, None, f"{job.run} failed ({why}); log {job.log}:\n{_log_tail(job.log)}"
-
-
-def _terminate(procs: Sequence[subprocess.Popen], timeout: float = 15.0) -> None:
-    for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(OSError):
-                p.send_signal(signal.SIGINT)  # Ultralytics/torch stop cleanly on KeyboardInterrupt
-    deadline = time.time() + timeout
-    for p in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(max(0.0, deadline - time.time()))
-        if p.poll() is None:
-            with contextlib.suppress(OSError):
-                p.kill()
-            p.wait()
-
-
-def execute_job(job: Job, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Run one job in its own subprocess and wait; returns its result dict.
-
-    Raises:
-        RuntimeError: the run failed (the message has the end of its log).
-    """
-    proc = _spawn(job, env or _child_env())
-    try:
-        rc = proc.wait()
-    except BaseException:
-        _terminate([proc])
-        raise
-    _, result, error = _outcome(job, rc)
-    if result is None:
-        raise RuntimeError(error)
-    return result
+    return job, None, f"{job.run} failed ({why}); log {job.log}:\n{tail}"
 
 
 class LocalBackend:
-    """One subprocess per device slot of ``spec.device``."""
+    """One subprocess per device slot."""
 
-    def __init__(self, spec: ABSpec) -> None:
-        self.devices = list(spec.device)
-        self.slots = len(self.devices)
+    def __init__(self, devices: Sequence[str | None], env: Mapping[str, str] | None = None) -> None:
+        self.devices, self.slots, self.env = list(devices), len(devices), dict(env or _child_env())
         self.running: dict[int, tuple[subprocess.Popen, Job]] = {}
-        self.env = _child_env()
 
-    def submit(self, job: Job) -> Job:
-        """Start ``job`` on a free device slot; returns it as started (on that device)."""
+    def submit(self, job: Job) -> str:
+        """Start ``job`` (its output appended to its log) on a free device slot; returns where it runs."""
         slot = min(set(range(self.slots)) - set(self.running))
-        job = job.on(self.devices[slot])
-        self.running[slot] = (_spawn(job, self.env), job)
-        return job
-
-    def where(self, job: Job) -> str:
-        """Where a started job runs, for the progress line."""
+        job = replace(job, device=self.devices[slot])
+        atomic_write_json(path := Path(job.out_dir) / "jobs" / f"{job.run}.json", asdict(job))
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "yolo_vfl.ab.run", str(path)]
+        linux = {"preexec_fn": _die_with_parent} if sys.platform.startswith("linux") else {}
+        with open(job.log, "ab") as log:  # the child keeps its own copy of the file descriptor
+            log.write(f"\n===== {datetime.now():%Y-%m-%dT%H:%M:%S} {job.run} on {job.device} =====\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, **linux
+            )
+        self.running[slot] = (proc, job)
         return f"device {job.device or 'default'}"
 
     def wait(self) -> Outcome:
@@ -150,23 +94,41 @@ class LocalBackend:
                     return _outcome(job, rc)
             time.sleep(0.5)
 
-    def cancel(self) -> None:
-        """Stop every running job (SIGINT, then SIGKILL after 15 s)."""
-        _terminate([p for p, _ in self.running.values()])
+    def cancel(self, timeout: float = 15.0) -> None:
+        """Stop every running job: SIGINT (Ultralytics and torch stop cleanly), SIGKILL after ``timeout`` seconds."""
+        procs = [p for p, _ in self.running.values() if p.poll() is None]
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        deadline = time.time() + timeout
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(0.0, deadline - time.time()))
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
     def close(self) -> None:
         """Nothing to release."""
 
 
 def _ray_task(job: Job, num_gpus: float) -> dict[str, Any]:  # pragma: no cover - runs in a Ray worker
-    """The Ray task: run one job in its own subprocess on the node Ray placed it on."""
+    """The Ray task: run one job in its own subprocess on the node Ray placed it on; returns its result."""
     import ray
 
-    if num_gpus <= 0:
-        return execute_job(job.on("cpu"), _child_env())
-    ids = ",".join(str(i) for i in ray.get_gpu_ids())
-    # Ray's physical GPU ids as the device, CUDA_VISIBLE_DEVICES dropped (Ultralytics 8.3 and 8.4 alike)
-    return execute_job(job.on(ids or None), _child_env({"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, ["CUDA_VISIBLE_DEVICES"]))
+    if num_gpus > 0:  # Ray's physical GPU ids as the device, CUDA_VISIBLE_DEVICES dropped (Ultralytics 8.3 and 8.4)
+        ids = ",".join(str(i) for i in ray.get_gpu_ids()) or None
+        local = LocalBackend([ids], _child_env({"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, ["CUDA_VISIBLE_DEVICES"]))
+    else:
+        local = LocalBackend(["cpu"])
+    local.submit(job)
+    try:
+        _, result, error = local.wait()
+    except BaseException:
+        local.cancel()
+        raise
+    if result is None:
+        raise RuntimeError(error)
+    return result
 
 
 class RayBackend:
@@ -188,13 +150,9 @@ class RayBackend:
         self.remote = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(_ray_task)
         self.refs: dict[Any, Job] = {}
 
-    def submit(self, job: Job) -> Job:
-        """Queue ``job`` as a Ray task; returns it."""
+    def submit(self, job: Job) -> str:
+        """Queue ``job`` as a Ray task; returns its resource request."""
         self.refs[self.remote.remote(job, self.gpus)] = job
-        return job
-
-    def where(self, job: Job) -> str:
-        """The resource request, for the progress line."""
         return f"ray (num_cpus={self.cpus:g}, num_gpus={self.gpus:g})"
 
     def wait(self) -> Outcome:
@@ -205,7 +163,7 @@ class RayBackend:
             result = self.ray.get(done[0])
         except Exception as e:  # noqa: BLE001 - a failed task is reported, the others go on
             return job, None, str(e) or type(e).__name__
-        if not Path(job.result).is_file():
+        if not job.result.is_file():
             atomic_write_json(job.result, result)
         return job, result, ""
 
@@ -221,13 +179,11 @@ class RayBackend:
             self.ray.shutdown()
 
 
-def _fmt_duration(seconds: float | None) -> str:
+def _duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "?"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class Progress:
@@ -252,42 +208,39 @@ class Progress:
         pending = self.total - self.done - len(self.started)
         return (pending * avg + running) / min(self.slots, max(1, pending + len(self.started)))
 
-    def finish(self, run: str, result: Mapping[str, Any] | None, error: str | None = None) -> None:
+    def finish(self, run: str, result: Mapping[str, Any] | None, error: str = "") -> None:
         """A run ended: with its result, or failed with ``error`` (the end of its log)."""
-        t0 = self.started.pop(run, None)
-        took = time.time() - t0 if t0 is not None else None
+        took = time.time() - self.started.pop(run)
         running = ", ".join(self.started) or "-"
-        if error is not None:
-            self.log(f"[{self.done}/{self.total}] {run} FAILED after {_fmt_duration(took)}; running: {running}")
-            self.log(error)
+        if result is None:
+            self.log(f"[{self.done}/{self.total}] {run} FAILED after {_duration(took)}; running: {running}\n{error}")
             return
         self.done += 1
-        if took is not None:
-            self.durations.append(took)
-        m = ((result or {}).get("metrics") or {}).get("mAP50-95")
+        self.durations.append(took)
+        m = (result.get("metrics") or {}).get("mAP50-95")
         score = f"mAP50-95 {m:.3f}" if isinstance(m, (int, float)) and math.isfinite(m) else "mAP50-95 n/a"
-        eta = "ETA 0s" if self.done == self.total else f"ETA {_fmt_duration(self.eta())}"
-        self.log(f"[{self.done}/{self.total}] {run} done in {_fmt_duration(took)} ({score}); running: {running}; {eta}")
+        eta = f"ETA {_duration(0 if self.done == self.total else self.eta())}"
+        self.log(f"[{self.done}/{self.total}] {run} done in {_duration(took)} ({score}); running: {running}; {eta}")
 
 
 def run_jobs(jobs: list[Job], spec: ABSpec, progress: Progress) -> list[Failure]:
     """Run the jobs on the spec's backend; returns the failed runs (the others have their ``result.json``)."""
-    backend = RayBackend(spec) if spec.backend == "ray" else LocalBackend(spec)
+    backend = RayBackend(spec) if spec.backend == "ray" else LocalBackend(spec.device)
     pending, failed, running = deque(jobs), [], 0
     progress.slots = backend.slots
     try:
         while pending or running:
             while pending and running < backend.slots and (spec.keep_going or not failed):
-                job = backend.submit(pending.popleft())
+                job = pending.popleft()
+                progress.start(job.run, backend.submit(job), job.log)
                 running += 1
-                progress.start(job.run, backend.where(job), job.log)
             if not running:
                 break
             job, result, error = backend.wait()
             running -= 1
             if result is None:
                 failed.append((job.run, error.splitlines()[0], str(job.log)))
-            progress.finish(job.run, result, None if result is not None else f"  {error}")
+            progress.finish(job.run, result, f"  {error}")
     except BaseException:
         backend.cancel()
         raise

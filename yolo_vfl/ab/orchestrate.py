@@ -1,8 +1,8 @@
 """An A/B experiment from spec to report: check, plan, run the missing runs, write the report.
 
 The runner can be killed at any moment and started again with the same command: runs with a ``result.json`` are kept
-(after checking they were trained with the same settings), the others run again (see ``yolo_vfl.ab.run`` for what
-happens to an interrupted one). Everything a refused command would need is checked before anything is written.
+(after checking they were trained with the same settings), the others train again from zero. Everything a refused
+command would need is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..fileio import atomic_write_json, atomic_write_text, file_lock, read_json
 from . import protocol
 from .backends import Failure, Progress, run_jobs
-from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, same_fingerprint, start_model
+from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, start_model
 from .results import TABLE_FILE, RunResult, epoch_table, final_rows, run_table, write_table
 from .spec import DEFAULT_MODEL, ABSpec
 
@@ -78,17 +78,14 @@ def plan(jobs: list[Job], out: Path) -> tuple[list[Job], list[Job]]:
     Raises:
         UserError: a finished run was trained with other settings (results would be mixed).
     """
-    done, todo = [], []
-    for job in jobs:
-        existing = read_json(job.result)
-        if existing is not None and not same_fingerprint(existing.get("fingerprint"), job.fingerprint):
+    done = [job for job in jobs if job.state() == "done"]
+    for job in done:
+        if diff := fingerprint_diff((read_json(job.result) or {}).get("fingerprint"), job.fingerprint):
             raise UserError(
-                f"Run {job.run} in {out} finished with other settings "
-                f"({fingerprint_diff(existing.get('fingerprint') or {}, job.fingerprint)}). Use another out= "
-                f"directory, or remove {job.run_dir} to retrain it."
+                f"Run {job.run} in {out} finished with other settings ({diff}). Use another out= directory, or "
+                f"remove {job.run_dir} to retrain it."
             )
-        (todo if existing is None else done).append(job)
-    return done, todo
+    return done, [job for job in jobs if job not in done]
 
 
 def check_devices(slots: Sequence[str | None]) -> None:
@@ -100,20 +97,18 @@ def check_devices(slots: Sequence[str | None]) -> None:
     import torch
 
     n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    have = ["cpu", *(str(i) for i in range(n_cuda))]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        have.append("mps")
+    have = ["cpu", *map(str, range(n_cuda)), *(["mps"] if torch.backends.mps.is_available() else [])]
     for slot in slots:
-        for dev in ("" if slot is None else str(slot)).lower().split(","):
+        for dev in str(slot or "").lower().split(","):
             name = "0" if dev.strip() == "cuda" else dev.strip().removeprefix("cuda:")
-            if name in ("", "cpu") or name in have:
+            if name in ("", *have):
                 continue
             if name == "mps":
                 what = "MPS is not available"
-            elif name.isdigit():
-                what = f"CUDA is not available (torch {torch.__version__})" if not n_cuda else f"only {n_cuda} GPU(s)"
-            else:
+            elif not name.isdigit():
                 raise UserError(f"Invalid device={slot!r}: unknown device '{dev}'. Valid here: {', '.join(have)}.")
+            else:
+                what = f"only {n_cuda} GPU(s)" if n_cuda else f"CUDA is not available (torch {torch.__version__})"
             raise UserError(f"Invalid device={slot!r}: {what} on this machine. Valid here: {', '.join(have)}.")
 
 
@@ -152,19 +147,13 @@ def check_out_dir(out: Path) -> None:
         raise UserError(f"out={out} is not writable ('{existing}' is read-only to this user): give another out=.")
 
 
-def _check_labels(data: str, single_cls: bool) -> None:
-    """Read the dataset's images and labels once, before any run (class ids >= nc are fine only with single_cls)."""
-    from ..checks import check_data
-
-    check_data(data, single_cls=single_cls)
-
-
 def _preflight(spec: ABSpec, data: str) -> None:
-    """Model (loadable, of a detection-family task), dataset and devices, before anything is written.
+    """Model (loadable, of a detection-family task), labels (read once) and devices, before anything is written.
 
     Raises:
         UserError: naming the model, dataset or device and what is valid.
     """
+    from ..checks import check_data
     from ..trainer import TASK_TRAINERS
 
     model = str(spec.pretrain.model if spec.pretrain is not None else spec.train.get("model", DEFAULT_MODEL))
@@ -174,8 +163,8 @@ def _preflight(spec: ABSpec, data: str) -> None:
             f"Invalid model={model!r}: its task is {task!r}; the A/B runner trains tasks {', '.join(TASK_TRAINERS)} "
             "(their criteria have the classification branch the losses replace)."
         )
-    if spec.train.get("data") is not None:
-        _check_labels(data, single_cls=all({**spec.train, **arm.overrides}.get("single_cls") for arm in spec.arms))
+    if spec.train.get("data") is not None:  # class ids >= nc are fine only with single_cls
+        check_data(data, single_cls=all({**spec.train, **arm.overrides}.get("single_cls") for arm in spec.arms))
     check_devices(spec.device)
 
 
@@ -185,38 +174,26 @@ def _pretrained(spec: ABSpec, log: Log) -> dict[str, Any]:
 
     device = next((d for d in spec.device if d is not None), None)
     res = pretrained_checkpoint(spec.pretrain, device=device, log=lambda msg: log(f"yolo-vfl ab: {msg}"))
-    if str(res.path) != start_model(spec):
-        raise RuntimeError(f"pretrained checkpoint at {res.path}, expected {start_model(spec)}")
-    return {
-        "fingerprint": res.fingerprint,
-        "sha256": res.sha256,
-        "path": str(res.path),
-        "metrics": dict(res.metrics),
-        "train_time_s": res.train_time_s,
-        "built_now": res.built_now,
-        "spec": res.spec.to_dict(),
-        "versions": dict(res.versions),
-    }
+    rec = {k: getattr(res, k) for k in ("fingerprint", "sha256", "metrics", "train_time_s", "built_now", "versions")}
+    return {**rec, "path": str(res.path), "spec": res.spec.to_dict()}
 
 
 def _same_start(out: Path, pre: dict[str, Any]) -> None:
     """Refuse to add runs to an experiment whose finished runs fine-tuned other weights under the same fingerprint.
 
-    A pretrained checkpoint rebuilt on another machine keeps its fingerprint but need not keep its weights (two builds
-    of one spec have differed), and mixing runs from two start models would silently break the pairing. The weights
-    are compared by sha256 where both records have one, else by the checkpoint's own metrics.
+    Two builds of one spec (on other machines) have differed: the weights are compared by sha256 where both records
+    have one, else by the checkpoint's own metrics. Mixed start models would silently break the pairing.
 
     Raises:
         UserError: ``out`` holds finished runs and its ``pretrain.json`` names another checkpoint.
     """
     old = read_json(out / "pretrain.json")
-    if not isinstance(old, dict) or not load_results(out):
+    if old is None or not load_results(out):
         return
-    if old.get("sha256") and pre.get("sha256"):
-        same = old["sha256"] == pre["sha256"]
-    else:
-        same = old.get("fingerprint") == pre.get("fingerprint") and old.get("metrics") == pre.get("metrics")
-    if same:
+    if old.get("sha256") and pre["sha256"]:
+        if old["sha256"] == pre["sha256"]:
+            return
+    elif old.get("fingerprint") == pre["fingerprint"] and old.get("metrics") == pre["metrics"]:
         return
 
     def what(rec: dict[str, Any]) -> str:
@@ -226,7 +203,7 @@ def _same_start(out: Path, pre: dict[str, Any]) -> None:
 
     raise UserError(
         f"The finished runs in {out} fine-tuned the pretrained checkpoint {what(old)}, but the cache now holds "
-        f"{what(pre)} at {pre.get('path')} (rebuilt on another machine?). New runs would not be paired with the "
+        f"{what(pre)} at {pre['path']} (rebuilt on another machine?). New runs would not be paired with the "
         "finished ones: give a new out= (and name=) to run the experiment again from the current checkpoint, or "
         f"put the earlier checkpoint back in the cache. 'yolo-vfl ab report out={out}' rewrites the report of the "
         "finished runs without training."
@@ -287,17 +264,8 @@ def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log
     return paths
 
 
-def _checked_plan(
-    spec: ABSpec, out_dir: str | os.PathLike[str] | None, log: Log, dry_run: bool
-) -> tuple[Path, list[Job], list[Job]]:
-    """Check everything a run needs (``out``, model, data, devices) and log the plan; writes nothing.
-
-    Returns:
-        the experiment directory, every job, and those still to run.
-    """
-    from .run import planned_state
-
-    out = Path(out_dir or spec.out_dir()).expanduser().resolve()
+def _checked_plan(spec: ABSpec, out: Path, log: Log) -> tuple[list[Job], list[Job]]:
+    """Check all a run needs (``out``, model, data, devices), log the plan, write nothing; ``(jobs, todo)``."""
     check_out_dir(out)
     data = resolve_data(spec)
     jobs = make_jobs(spec, out, data)
@@ -308,15 +276,12 @@ def _checked_plan(
     if done:
         log(f"  finished, kept: {', '.join(j.run for j in done)}")
     for job in todo:
-        state, reason = planned_state(job)
-        if state != "fresh":
-            log(f"  {job.run}: {state} ({reason})")
+        if job.state() == "restart":
+            log(f"  {job.run}: restart (interrupted earlier, no result.json; restarts from zero)")
     if spec.pretrain is not None:
         state = "cached" if Path(start_model(spec)).is_file() else "built before the first run"
         log(f"  pretrained checkpoint {spec.pretrain.fingerprint()}: {state}")
-    if dry_run:
-        log(f"  to run: {', '.join(j.run for j in todo) or 'nothing'}")
-    return out, jobs, todo
+    return jobs, todo
 
 
 def run_ab(
@@ -334,7 +299,7 @@ def run_ab(
         out_dir: experiment directory (default ``spec.out`` or ``runs/ab/<name>``).
         command: the command line to record (default: ``sys.argv``).
         log: progress printer (default ``print``).
-        dry_run: only print the plan (runs to do, to skip, to restart or resume); writes nothing.
+        dry_run: only print the plan (runs to do, to keep, to restart); writes nothing.
 
     Raises:
         UserError: invalid settings, an unwritable out=, a missing or non-detection model, missing data or device,
@@ -342,42 +307,39 @@ def run_ab(
         ABRunError: some runs failed (the report is written for the finished ones).
     """
     log = log or (lambda msg: print(msg, flush=True))
-    command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-    out, jobs, todo = _checked_plan(spec, out_dir, log, dry_run)
+    out = Path(out_dir or spec.out_dir()).expanduser().resolve()
+    jobs, todo = _checked_plan(spec, out, log)
     if dry_run:
+        log(f"  to run: {', '.join(j.run for j in todo) or 'nothing'}")
         return out
     out.mkdir(parents=True, exist_ok=True)
     with file_lock(out / ".ab.lock") as locked:
         if not locked:
             raise UserError(f"Another 'yolo-vfl ab' is running on {out} (lock {out / '.ab.lock'}).")
         done, todo = plan(jobs, out)  # again under the lock: another runner may have finished some
-        pre = None
-        if spec.pretrain is not None:
-            pre = _pretrained(spec, log)
+        pre = _pretrained(spec, log) if spec.pretrain is not None else None
+        if pre is not None:
             _same_start(out, pre)
-        meta = _record_experiment(spec, out, command)
-        failed: list[Failure] = []
+        meta = _record_experiment(spec, out, command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
         if pre is not None:
             meta["pretrain"] = pre
             atomic_write_json(out / "pretrain.json", pre)
-        if todo:
-            progress = Progress(len(jobs), len(done), len(spec.device), log)
-            try:
-                failed = run_jobs(todo, spec, progress)
-            except KeyboardInterrupt:
-                log("yolo-vfl ab: interrupted; finished runs are kept. Run the same command again to resume.")
-                raise
+        try:
+            failed = run_jobs(todo, spec, Progress(len(jobs), len(done), len(spec.device), log)) if todo else []
+        except KeyboardInterrupt:
+            log("yolo-vfl ab: interrupted; finished runs are kept. Run the same command again to resume.")
+            raise
         runs = [j.run for j in jobs]
         results = [r for r in load_results(out) if r.run in runs]
         meta.update(missing=_missing(runs, results), level=0.95)
         if results:
             _write_report(out, results, meta, log)
-        if failed:
-            raise ABRunError(
-                f"{len(failed)} run(s) failed: {', '.join(r for r, _, _ in failed)}. Logs: {out / 'logs'}. Fix the "
-                "cause and run the same command again: finished runs are kept.",
-                failed,
-            )
+    if failed:
+        raise ABRunError(
+            f"{len(failed)} run(s) failed: {', '.join(r for r, _, _ in failed)}. Logs: {out / 'logs'}. Fix the cause "
+            "and run the same command again: finished runs are kept.",
+            failed,
+        )
     return out
 
 

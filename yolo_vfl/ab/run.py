@@ -1,14 +1,9 @@
-"""Running one job: train it from zero (the run lifecycle of ``yolo_vfl.executor``), validate it once, write its result.
+"""Running one job in its own process: train it from zero (``yolo_vfl.executor``), validate it once, write its result.
 
-Each job runs in its own process (``python -m yolo_vfl.ab.run JOB.json``, output in ``out/logs/<run>.log``), so that a
-crash or Ultralytics' global state cannot leak between runs. A run with a ``result.json`` is finished; any other run
-directory is an interrupted run: it is moved to ``out/aside/`` and the run trains again from zero.
-
-Training skips Ultralytics' final validation; the run's one validation pass of ``best.pt`` follows. With ranking on it
-is the recording pass (``records``): its metrics are the run's final metrics, and its detections (``detections.npz``)
-give the ranking quality now and the diagnosis later; with ranking off, a plain Ultralytics validation. The run's
-numbers go to its long results table ``results_long.csv`` (``yolo_vfl.ab.results``), its provenance to
-``result.json``, written last.
+``python -m yolo_vfl.ab.run JOB.json`` (output in ``out/logs/<run>.log``): a crash or Ultralytics' global state cannot
+leak between runs. Training skips Ultralytics' final validation; the run's one validation pass of ``best.pt`` follows:
+with ranking on, the recording pass (``records``: metrics, ``detections.npz``, ranking quality), else a plain
+Ultralytics validation. Then ``results_long.csv`` and, last (it marks the run finished), ``result.json``.
 """
 
 from __future__ import annotations
@@ -31,7 +26,7 @@ from . import protocol
 from .jobs import Job
 from .results import TABLE_FILE, Curve, RunResult, epoch_table, run_table, write_table
 
-__all__ = ["planned_state", "read_results_csv", "train_time", "run_one", "main", "EXIT_BUSY"]
+__all__ = ["read_results_csv", "run_one", "main", "EXIT_BUSY"]
 
 EXIT_BUSY = 75  # another process holds the run's lock
 #: What a run's result copies from its job.
@@ -57,31 +52,12 @@ def read_results_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
     return [rows[e] for e in sorted(rows)] if rows else order
 
 
-def train_time(run_dir: str | os.PathLike[str]) -> float | None:
-    """Training time in seconds: the last ``time`` of the run's ``results.csv`` (None: not recorded)."""
-    times = [t for r in read_results_csv(Path(run_dir) / "results.csv") if math.isfinite(t := r.get("time", math.nan))]
-    return times[-1] if times else None
-
-
-def planned_state(job: Job) -> tuple[str, str]:
-    """What the runner will do with a job, ``(state, reason)``: ``done``, ``fresh`` or ``restart`` (from zero)."""
-    if job.result.is_file():
-        return "done", "result.json exists"
-    if not job.run_dir.exists():
-        return "fresh", "new run"
-    return "restart", "interrupted earlier (no result.json); restarts from zero"
-
-
 def _validation_args(job: Job) -> dict[str, Any]:
-    """Image size, batch, device and the train arguments that change validation, as the trainer validates."""
+    """Image size, batch (twice training's, as the trainer validates), device and the train arguments it uses."""
     batch = job.train.get("batch", 16)
-    kwargs = {k: job.train[k] for k in ("single_cls", "classes", "workers") if k in job.train}
-    return {
-        "imgsz": job.train.get("imgsz", 640),
-        "batch": batch * 2 if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else 16,
-        "device": job.device,
-        **kwargs,
-    }
+    kept = {k: job.train[k] for k in ("single_cls", "classes", "workers") if k in job.train}
+    batch = batch * 2 if type(batch) is int and batch > 0 else 16
+    return {"imgsz": job.train.get("imgsz", 640), "batch": batch, "device": job.device, **kept}
 
 
 def _evaluate(job: Job, weights: Path, log: Log) -> dict[str, Any]:
@@ -101,9 +77,8 @@ def _evaluate(job: Job, weights: Path, log: Log) -> dict[str, Any]:
         return {**out, "metrics": metrics, "metrics_source": "yolo-vfl ab validation"}
     conf, iou, max_det = rk.get("conf", protocol.CONF), rk.get("iou", protocol.NMS_IOU), rk.get("max_det")
     log(f"recording the detections of {weights} (conf {conf}, NMS IoU {iou}, max_det {max_det})")
-    records = record_detections(
-        weights, job.data, conf=conf, iou=iou, max_det=max_det or protocol.MAX_DET, **_validation_args(job)
-    )
+    max_det = max_det or protocol.MAX_DET
+    records = record_detections(weights, job.data, conf=conf, iou=iou, max_det=max_det, **_validation_args(job))
     records.save(job.run_dir / protocol.RECORDS_FILE)
     return {
         **out,
@@ -127,7 +102,7 @@ def _write_result(job: Job, evaluation: dict[str, Any], t0: float, started_with:
             *(tuple(r.get(protocol.ULTRALYTICS_KEYS[m], math.nan) for r in rows) for m in ("mAP50-95", "mAP50")),
         ),
         epochs_done=len(rows),
-        train_time_s=train_time(job.run_dir),
+        train_time_s=next((r["time"] for r in reversed(rows) if math.isfinite(r.get("time", math.nan))), None),
         restarts=len(list((Path(job.out_dir) / "aside").glob(f"{job.run}.*"))),
         wall_time_s=time.time() - t0,
         host=platform.node(),
@@ -136,14 +111,14 @@ def _write_result(job: Job, evaluation: dict[str, Any], t0: float, started_with:
     )
     write_table(run_table(result, epoch_table(job.run_dir / "results.csv")), job.run_dir / TABLE_FILE)
     atomic_write_json(job.result, result.to_dict())
-    return RunResult.from_dict(read_json(job.result) or result.to_dict())
+    return result
 
 
 def run_one(job: Job, log: Log | None = None) -> RunResult:
     """Train one arm x seed from zero under its lock, validate it once and write its ``result.json`` atomically.
 
     Returns:
-        the run's result (as written to ``result.json``; an existing one is returned as it is).
+        the run's result (an existing ``result.json`` is returned as it is).
 
     Raises:
         RunBusyError: another process holds the run's lock.
@@ -168,14 +143,10 @@ def run_one(job: Job, log: Log | None = None) -> RunResult:
     return execute(job.run, job.run_dir, lock, finished, build, log=log, aside=aside)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     """``python -m yolo_vfl.ab.run JOB.json``: run one job under its lock (exit 75 when another process holds it)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 1:
-        print("usage: python -m yolo_vfl.ab.run JOB.json", file=sys.stderr)
-        return 2
     try:
-        run_one(Job.from_dict(read_json(argv[0]) or {}))
+        run_one(Job(**read_json(argv[0])))
     except RunBusyError as e:
         print(f"yolo-vfl ab: {e}", flush=True)
         return EXIT_BUSY
@@ -183,4 +154,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
