@@ -360,3 +360,75 @@ def test_train_prints_the_loss_in_force_at_the_end(monkeypatch, capfd, tmp_path)
     last = out.strip().splitlines()[-1]
     assert "trained with loss=vfl vfl_alpha=0.75 vfl_gamma=2.0" in last
     assert f"best.pt: {tmp_path / 'weights' / 'best.pt'}" in last and "mAP50 0.412" in last and "mAP50-95 0.212" in last
+
+
+def test_help_lists_the_registry_settings_and_datasets(capfd):
+    """``yolo-vfl help`` lists every loss, trainer setting and generated dataset: its tables are the registry's."""
+    from yolo_vfl import cli
+    from yolo_vfl.criterion import SETTING_KEYS
+    from yolo_vfl.data import EMBEDDED_NAMES, VARIANTS
+    from yolo_vfl.losses import list_losses
+
+    assert cli.HELP_LOSSES == {s.name: tuple(p.arg for p in s.params) for s in list_losses()}
+    assert ("loss", *(p for ps in cli.HELP_LOSSES.values() for p in ps), *cli.HELP_SETTINGS) == SETTING_KEYS
+    assert cli.HELP_DATASETS == {k: v[0] for k, v in EMBEDDED_NAMES.items()}
+    assert set(VARIANTS) == set(cli.HELP_DATASETS.values())
+    code, out, _ = run(capfd, "help")
+    assert code == 0 and f"loss={'|'.join(s.name for s in list_losses())} " in out
+    assert all(re.search(rf"\b{k}\b", out) for k in SETTING_KEYS) and f"data={'|'.join(EMBEDDED_NAMES)}:" in out
+
+
+@pytest.mark.parametrize("mode", ["help", "version"])
+def test_help_and_version_import_neither_torch_nor_ultralytics(mode):
+    """``help`` and ``version`` answer without importing torch or Ultralytics (seconds otherwise)."""
+    heavy = "{'torch', 'ultralytics', 'cv2'}"
+    code = f"import sys; from yolo_vfl.cli import main; main([{mode!r}]); print(sorted({heavy} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]", out
+
+
+def test_losses_columns_align(capfd):
+    """``yolo-vfl losses``: every column starts at the same place on every row, however long the cells."""
+    from yolo_vfl.losses import list_losses
+
+    code, out, _ = run(capfd, "losses")
+    header, *rows = out.splitlines()
+    starts = [header.index(h) for h in ("formula", "defaults", "reference")]
+    assert code == 0 and len(rows) == len(list_losses())
+    for line, spec in zip(rows, list_losses()):
+        defaults = ", ".join(f"{p.arg}={p.default}" for p in spec.params) or "-"
+        for start, cell in zip(starts, (spec.formula, defaults, spec.reference)):
+            assert line[start:].startswith(cell + (" " if cell != spec.reference else "")) and line[start - 1] == " "
+
+
+def test_val_resolves_generated_dataset_names(capfd, tmp_path, monkeypatch, det_data):
+    """``val data=embedded`` hands Ultralytics the generated dataset's YAML, as ``train data=embedded`` does."""
+    import ultralytics.cfg
+
+    import yolo_vfl.data
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(yolo_vfl.data, "resolve_embedded", lambda name: det_data if name == "embedded" else None)
+    seen = []
+    monkeypatch.setattr(ultralytics.cfg, "entrypoint", lambda: seen.append(list(sys.argv)))
+    code, out, _ = run(capfd, "val", "model=yolov8n.yaml", "data=embedded", "imgsz=64")
+    assert code == 0 and seen == [["yolo", "val", "model=yolov8n.yaml", f"data={det_data}", "imgsz=64"]]
+
+
+def test_val_with_missing_data_creates_no_run_directory(capfd, tmp_path, monkeypatch):
+    """``val data=missing.yaml``: one line naming the dataset, exit 2, and no empty runs/detect/val."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capfd, "val", "model=yolov8n.yaml", "data=missing.yaml")
+    assert code == 2 and "missing.yaml" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_out_naming_a_file_says_what_to_give(capfd, tmp_path):
+    """``data out=FILE`` or ``out=FILE/sub``: one line naming the path and asking for a directory; the file is kept."""
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    code, _, err = run(capfd, "data", f"out={f}", "n=2")
+    assert code == 2 and f"out={f} is a file: give a directory" in err
+    code, _, err = run(capfd, "data", f"out={f / 'sub'}", "n=2")
+    assert code == 2 and f"is inside '{f}', a file: give a directory" in err and "Errno" not in err
+    assert f.read_text() == "x" and sorted(tmp_path.iterdir()) == [f]

@@ -531,3 +531,41 @@ def test_bad_variant_suggests_the_close_one(tmp_path):
     """variant=glyph suggests glyphs."""
     with pytest.raises(ValueError, match="Did you mean 'glyphs'"):
         generate_dataset(tmp_path / "d", **SMALL, variant="glyph")
+
+
+def test_too_many_images_or_too_little_space_is_refused_before_writing(tmp_path, monkeypatch):
+    """``n`` above ``MAX_IMAGES`` is refused naming the limit; a dataset that cannot fit the disk names sizes."""
+    with pytest.raises(ValueError, match=r"n=100000000 is more images than a generated dataset may have \(1,000,000\)"):
+        generate_dataset(tmp_path / "big", n=100_000_000, imgsz=64)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(D.shutil, "disk_usage", lambda p: usage._replace(free=10**6))
+    with pytest.raises(ValueError, match=r"n=1000 images of 192x192 need about 0\.\d GB, but .* has 0\.0 GB free"):
+        generate_dataset(tmp_path / "sub" / "big", n=1000, imgsz=192)
+    assert not any(tmp_path.iterdir())
+
+
+def test_temp_dirs_of_dead_processes_are_removed(tmp_path):
+    """A SIGKILLed generation's temp dir (its pid gone here) is removed by the next run; a live process's is kept."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = D._host()
+    gone = tmp_path / f".other.tmp-{host}-{int(dead.stdout)}-0123abcd"
+    live = tmp_path / f".other.tmp-{host}-{os.getppid()}-0123abcd"
+    elsewhere = tmp_path / f".other.tmp-{host}x-{int(dead.stdout)}-0123abcd"  # another machine's: kept
+    for d in (gone, live, elsewhere):
+        (d / "images").mkdir(parents=True)
+    generate_dataset(tmp_path / "shapes", **SMALL)
+    assert not gone.exists() and live.exists() and elsewhere.exists()
+
+
+def test_sigterm_during_generation_removes_the_temp_dir(tmp_path):
+    """SIGTERM mid-way (as a job scheduler sends) removes the temporary directory as Ctrl-C does."""
+    import signal
+
+    code = f"from yolo_vfl.data import generate_dataset; generate_dataset({str(tmp_path / 'ds')!r}, n=5000, imgsz=256)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".ds.tmp-*/images/train/*.png")) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []

@@ -28,7 +28,6 @@ from typing import Any
 
 from .checks import check_data, check_model, check_resumable, first_line
 from .errors import UserError
-from .losses import list_losses
 
 MODES = ("train", "ab", "pretrain", "val", "predict", "export", "data", "losses", "version", "help")
 ULTRALYTICS_MODES = ("val", "predict", "export")
@@ -36,15 +35,30 @@ DEFAULT_MODEL_WITH_DATA = "yolov8n.pt"
 DEFAULT_MODEL_OFFLINE = "yolov8n.yaml"
 DATA_KEYS = {"out": None, "n": 600, "seed": 0, "imgsz": 192, "variant": "shapes", "overwrite": False}
 
+#: The loss registry (name -> its trainer settings), the other trainer settings and the generated datasets (name ->
+#: variant) as ``yolo-vfl help`` lists them without importing torch, Ultralytics or OpenCV; tests/test_cli.py checks
+#: them against ``losses.list_losses()``, ``criterion.SETTING_KEYS`` and ``data.EMBEDDED_NAMES``.
+HELP_LOSSES: dict[str, tuple[str, ...]] = {
+    "bce": (),
+    "focal": ("fl_alpha", "fl_gamma"),
+    "vfl": ("vfl_alpha", "vfl_gamma", "vfl_iou_weighted"),
+    "qfl": ("qfl_beta",),
+    "mal": ("mal_alpha", "mal_gamma"),
+    "iabce": ("iabce_alpha", "iabce_gamma"),
+}
+HELP_SETTINGS = ("cls_target", "cls_fg_negatives", "cls_warmup", "tal_topk", "tal_alpha", "tal_beta")
+HELP_DATASETS = {"embedded": "shapes", "embedded-glyphs": "glyphs", "embedded-digits": "digits"}
+
 HELP = """\
-yolo-vfl: train Ultralytics YOLO with Varifocal / Quality Focal classification losses.
+yolo-vfl: train Ultralytics YOLO with IoU-aware classification losses (Varifocal, Quality Focal, ...).
 
 Usage:
   yolo-vfl train [key=value ...]    train; every Ultralytics train argument passes through
-      loss=bce|focal|vfl|qfl        classification loss (default bce)
-      vfl_alpha vfl_gamma vfl_iou_weighted qfl_beta fl_alpha fl_gamma   loss hyperparameters
+      loss={losses}   classification loss (default bce; 'yolo-vfl losses': formulas, defaults)
+      loss hyperparameters: {params}
+      also: {settings}
       without data=: trains yolov8n.yaml on the embedded synthetic dataset (works offline);
-      data=embedded-glyphs: the second, differently made generated dataset
+      data={datasets}: the generated datasets (variants {variants})
       with data= and no model=: model=yolov8n.pt, as in Ultralytics
   yolo-vfl ab [spec.yaml] [key=value ...]   A/B experiment: arms x seeds, report with paired 95% intervals
   yolo-vfl ab report out=DIR        rewrite the report of an experiment directory
@@ -52,7 +66,7 @@ Usage:
   yolo-vfl pretrain [key=value ...] build (once, cached) the project-made pretrained checkpoint: stock-BCE yolov8n
                                     on 3,200 generated shapes images; A/B specs fine-tune from it with pretrain:
   yolo-vfl val|predict|export ...   hand over to Ultralytics (checkpoints are plain Ultralytics)
-  yolo-vfl data out=DIR [n=600 seed=0 imgsz=192 variant=shapes|glyphs|digits]   write a generated dataset
+  yolo-vfl data out=DIR [n=600 seed=0 imgsz=192 variant={variants}]   write a generated dataset
   yolo-vfl losses                   list the losses: formula, defaults, paper
   yolo-vfl version                  versions of yolo-vfl, ultralytics and torch
   yolo-vfl help                     this text (also -h, --help)
@@ -62,6 +76,20 @@ Examples:
   yolo-vfl train data=coco128.yaml model=yolov8n.pt loss=qfl qfl_beta=2.0 epochs=100 imgsz=640
   yolo-vfl val model=runs/detect/train/weights/best.pt data=coco128.yaml
 """
+
+
+def help_text() -> str:
+    """``yolo-vfl help``: the usage, with the losses, settings and datasets of the tables above."""
+    import textwrap
+
+    variants = "|".join(dict.fromkeys(HELP_DATASETS.values()))
+    return HELP.format(
+        losses="|".join(HELP_LOSSES),
+        params=textwrap.fill(" ".join(p for ps in HELP_LOSSES.values() for p in ps), 90, subsequent_indent=" " * 8),
+        settings=" ".join(HELP_SETTINGS),
+        datasets="|".join(HELP_DATASETS),
+        variants=variants,
+    )
 
 
 class CLIError(UserError):
@@ -183,21 +211,35 @@ def _wants_traceback(args: dict[str, Any]) -> bool:
 # Modes
 
 
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as left-aligned columns, each as wide as its widest cell (the last column unpadded)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]).rstrip() for row in rows)
+
+
 def _cmd_losses() -> int:
-    print(f"{'loss':<6} {'formula':<48} {'defaults':<44} reference")
+    from .losses import list_losses
+
+    rows = [("loss", "formula", "defaults", "reference")]
     for spec in list_losses():
         defaults = ", ".join(f"{p.arg}={p.default}" for p in spec.params) or "-"
-        print(f"{spec.name:<6} {spec.formula:<48} {defaults:<44} {spec.reference}")
+        rows.append((spec.name, spec.formula, defaults, spec.reference))
+    print(_table(rows))
     return 0
 
 
 def _cmd_version() -> int:
-    import torch
-    import ultralytics
+    from importlib.metadata import PackageNotFoundError, version
 
     from . import __version__
 
-    print(f"yolo-vfl {__version__}  ultralytics {ultralytics.__version__}  torch {torch.__version__}")
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    print(f"yolo-vfl {__version__}  ultralytics {installed('ultralytics')}  torch {installed('torch')}")
     return 0
 
 
@@ -213,7 +255,13 @@ def _cmd_data(args: dict[str, Any]) -> int:
     if args.get("out") in (None, ""):
         raise CLIError("'yolo-vfl data' needs out=DIR, the directory to write the dataset to.")
     kwargs = {k: args.get(k, v) for k, v in DATA_KEYS.items() if k != "out"}
-    yaml_path = generate_dataset(Path(str(args["out"])).expanduser(), **kwargs)
+    out = Path(str(args["out"])).expanduser()
+    if out.is_file() and kwargs["overwrite"] is not True:
+        raise CLIError(f"out={out} is a file: give a directory (new, empty, or a dataset 'yolo-vfl data' wrote).")
+    inside = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
+    if inside is not None and not inside.is_dir():
+        raise CLIError(f"out={out} is inside '{inside}', a file: give a directory path.")
+    yaml_path = generate_dataset(out, **kwargs)
     print(f"Dataset written: {yaml_path}")
     return 0
 
@@ -327,6 +375,15 @@ def _cmd_ultralytics(mode: str, args: dict[str, Any], tokens: Sequence[str]) -> 
     model = args.get("model")
     if isinstance(model, str) and model.endswith(".pt"):
         check_model(model)
+    from .data import EMBEDDED_NAMES, resolve_embedded
+
+    data = args.get("data")
+    if isinstance(data, str) and data in EMBEDDED_NAMES:  # a generated dataset, as for train (made on first use)
+        path = str(resolve_embedded(data))
+        tokens = [f"data={path}" if t.partition("=")[0].strip().replace("-", "_") == "data" else t for t in tokens]
+        print(f"yolo-vfl: data={data}: the generated dataset {path}")
+    elif mode == "val" and data not in (None, ""):
+        check_data(str(data))  # before Ultralytics makes a run directory
     from ultralytics.cfg import entrypoint
 
     # Ultralytics reads its arguments from ARGV, bound to the sys.argv list at import: change that list in place
@@ -484,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("help", "-h", "--help"):
-        print(HELP)
+        print(help_text())
         return 0
     mode, tokens = argv[0], argv[1:]
     args: dict[str, Any] = {}
@@ -524,3 +581,6 @@ def entrypoint() -> None:
 
 
 __all__ = ["main", "entrypoint", "cli_ab", "parse_args", "parse_value", "is_user_error", "CLIError", "MODES"]
+
+if __name__ == "__main__":
+    entrypoint()

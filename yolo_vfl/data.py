@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -38,8 +39,14 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
+import signal
+import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
@@ -90,6 +97,11 @@ META_FILE = "dataset.json"
 
 _GENERATOR = "yolo_vfl.data"
 _STALE_S = 3600.0  # leftover temporary directories older than this are removed
+MAX_IMAGES = 1_000_000
+"""The most images one dataset may have (``n``): a million 192-pixel images take ~70 GB and hours to write."""
+_BYTES_PER_PIXEL = 2.0  # these noisy PNGs: ~1.9 bytes per pixel at 192 and 640 pixels
+_BYTES_PER_FILE = 4096  # a label file (and the image's last block) takes a filesystem block
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?:(?P<host>[A-Za-z0-9_]+)-)?(?P<pid>\d+)-[0-9a-f]{8}$")
 _MIN_VISIBLE = 0.65  # an occluded object keeps at least this fraction of its pixels ...
 _MIN_EXTENT = 0.8  # ... and at least this fraction of its box width and height
 _MAX_IOU = 0.5  # boxes of two objects never overlap more than this
@@ -227,6 +239,8 @@ def _check_args(n: Any, seed: Any, imgsz: Any, val_fraction: Any, overwrite: Any
     """Validate the parameters of :func:`generate_dataset`; raise naming the bad value and what is valid."""
     _check_variant(variant)
     _check_int("n", n, 1)
+    if n > MAX_IMAGES:
+        raise InvalidSettingError(f"n={n} is more images than a generated dataset may have ({MAX_IMAGES:,}).")
     _check_int("seed", seed, 0)
     _check_int("imgsz", imgsz, 32, 4096)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, np.integer, np.floating)):
@@ -807,16 +821,70 @@ def _write_dataset(root: Path, final: Path, params: dict[str, Any]) -> None:
     (root / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")  # the completion marker, last
 
 
+def _host() -> str:
+    """This machine's name as it appears in temporary directory names (letters, digits, '_')."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process, or no permission to ask: assume alive
+    return True
+
+
 def _clean_stale(parent: Path, name: str) -> None:
-    """Remove temporary / replaced siblings of ``parent/name`` left over by interrupted runs (older than an hour)."""
-    now = time.time()
-    for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
-        for p in parent.glob(pattern):
-            try:
-                if now - p.stat().st_mtime > _STALE_S:
-                    _remove(p)
-            except OSError:
-                pass
+    """Remove what interrupted runs left in ``parent``.
+
+    Temporary / replaced siblings of ``parent/name`` older than an hour, and the temporary directory of any dataset
+    whose process (on this machine) is gone: a ``SIGKILL`` or a power loss gives no chance to clean up.
+    """
+    now, host = time.time(), _host()
+    for p in parent.glob(".*-*"):
+        m, same = _TMP_RE.match(p.name), p.name.startswith((f".{name}.tmp-", f".{name}.old-"))
+        try:
+            ours = m is not None and (same or m["kind"] == "tmp") and m["host"] == host
+            dead = ours and not _pid_alive(int(m["pid"]))
+            if dead or (same and now - p.stat().st_mtime > _STALE_S):
+                _remove(p)
+        except OSError:
+            pass
+
+
+def _check_space(out: Path, n: int, imgsz: int) -> None:
+    """Refuse a dataset that cannot fit on the disk of ``out`` (estimated from ``n`` and ``imgsz``)."""
+    need = int(n * (_BYTES_PER_PIXEL * imgsz * imgsz + 2 * _BYTES_PER_FILE))
+    free = shutil.disk_usage(next(p for p in (out, *out.parents) if p.exists())).free
+    if need > free:
+        gb = 1e9
+        raise InvalidSettingError(
+            f"n={n} images of {imgsz}x{imgsz} need about {need / gb:.1f} GB, but {out.parent} has {free / gb:.1f} GB "
+            f"free: give a smaller n or imgsz, or another out directory."
+        )
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """While generating, SIGTERM raises SystemExit, so ``finally`` removes the temporary directory as for Ctrl-C.
+
+    Only in the main thread and when no SIGTERM handler is set.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _guard_overwrite(out: Path) -> None:
@@ -901,7 +969,7 @@ def _publish(tmp: Path, out: Path, params: dict[str, Any], overwrite: bool) -> P
             _remove(tmp)
             _check_existing(out, params, overwrite)  # raises FileExistsError naming out
             raise FileExistsError(f"{out} appeared while the dataset was being generated.")
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        old = out.parent / f".{out.name}.old-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.rename(out, old)
         try:
             os.rename(tmp, out)
@@ -961,13 +1029,15 @@ def generate_dataset(
     found, replace = _check_existing(out, params, bool(overwrite))
     if found is not None:
         return found
+    _check_space(out, n, imgsz)
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out.parent, out.name)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        _write_dataset(tmp, out, params)
-        return _publish(tmp, out, params, replace)
-    finally:
-        if tmp.exists():
-            _remove(tmp)
+    tmp = out.parent / f".{out.name}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with _terminate_cleanly():
+        tmp.mkdir()
+        try:
+            _write_dataset(tmp, out, params)
+            return _publish(tmp, out, params, replace)
+        finally:
+            if tmp.exists():
+                _remove(tmp)
