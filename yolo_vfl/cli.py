@@ -46,7 +46,7 @@ HELP_LOSSES: dict[str, tuple[str, ...]] = {
     "mal": ("mal_alpha", "mal_gamma"),
     "iabce": ("iabce_alpha", "iabce_gamma"),
 }
-HELP_SETTINGS = ("cls_target", "cls_fg_negatives", "cls_warmup", "tal_topk", "tal_alpha", "tal_beta")
+HELP_SETTINGS = ("cls_target", "cls_fg_negatives", "cls_warmup", "cls_branches", "tal_topk", "tal_alpha", "tal_beta")
 HELP_DATASETS = {"embedded": "shapes", "embedded-glyphs": "glyphs", "embedded-digits": "digits"}
 
 HELP = """\
