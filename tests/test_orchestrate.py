@@ -242,6 +242,8 @@ def test_sequential_rounds_stop_the_worse_arm_and_keep_the_baseline_while_any_ar
     assert "| gain | 5 | better (interval above 0) | +0.0064 [+0.0012, +0.0116] |" in md
     assert f"Runs trained: {len(ran)} of the full grid's 15 (3 arms x 5 seeds)" in md
     assert "intervals at 98.8% = 1 - 0.05/4 looks" in md
+    (out / "summary.md").unlink()  # 'yolo-vfl ab report' writes it again with the recorded rule
+    assert main(["ab", "report", f"out={out}"]) == 0 and (out / "summary.md").read_text() == md
 
 
 def test_sequential_resume_after_a_kill_mid_round_trains_nothing_twice(det_data, tmp_path, monkeypatch):
