@@ -308,17 +308,13 @@ def plan_lines(results: Sequence[Any], arms: Sequence[str], baseline: str, rule:
     Raises:
         UserError: an arm with fewer than 2 paired seeds in the pilot.
     """
-    value = {(r.arm, r.seed): r.metric(protocol.PRIMARY_METRIC) for r in results}
-    base = {s: v for (a, s), v in value.items() if a == baseline}
-    diffs = {a: paired_difference({s: v for (b, s), v in value.items() if b == a}, base) for a in arms if a != baseline}
+    value = {arm: {r.seed: r.metric(protocol.PRIMARY_METRIC) for r in results if r.arm == arm} for arm in arms}
+    diffs = {a: paired_difference(value[a], value.get(baseline, {})) for a in arms if a != baseline}
     if short := [f"{a} ({d.n})" for a, d in diffs.items() if d.std is None] or ([] if diffs else ["none"]):
         raise UserError(f"The pilot needs >= 2 seeds paired with {baseline} per arm; paired seeds: {', '.join(short)}.")
     need = plan_seeds({a: float(d.std) for a, d in diffs.items()}, rule)
     lines = [
-        f"{a}: paired sd {diffs[a].std:.4f} over {diffs[a].n} seeds -> {n or 'more than 50'} seeds"
-        for a, n in need.items()
+        f"{a}: paired sd {diffs[a].std:.4f} over {diffs[a].n} seeds -> {n or '> 50'} seeds" for a, n in need.items()
     ]
-    if None in need.values():
-        return [*lines, f"total: n/a (an arm needs more than 50 seeds to resolve ±{rule.margin:g})"]
-    total = sum(need.values()) + max(need.values())  # the baseline runs as long as the last arm
+    total = "n/a" if None in need.values() else sum(need.values()) + max(need.values())  # baseline: as the last arm
     return [*lines, f"total: {total} runs, {baseline} included, to resolve ±{rule.margin:g}"]
