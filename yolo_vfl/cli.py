@@ -445,7 +445,7 @@ def _ab_plan(tokens: list[str]) -> int:
 
 
 def cli_ab(tokens: Sequence[str]) -> int:
-    """``yolo-vfl ab [spec.yaml] [key=value ...]``, ``yolo-vfl ab report out=DIR``, ``yolo-vfl ab diagnose out=DIR``.
+    """``yolo-vfl ab [spec.yaml] [key=value ...]``, ``ab report out=DIR``, ``ab diagnose out=DIR``, ``ab plan out=DIR``.
 
     Returns:
         0 on success, 1 when some runs failed (the report is written for the others).
