@@ -330,6 +330,29 @@ def test_interrupted_run_restarts_and_matches_an_uninterrupted_run(det_data, tmp
 
 
 @pytest.mark.slow
+def test_sequential_end_to_end_writes_its_decisions(det_data, tmp_path, capsys):
+    """'yolo-vfl ab spec.yaml decide=sequential': rounds of real tiny runs, summary.md's 'Sequential decisions'."""
+    out = tmp_path / "seq"
+    spec_file = tmp_path / "seq.yaml"
+    raw = tiny_spec(det_data, out, seeds=(0, 1, 2), ranking={"enabled": False}).to_dict()
+    spec_file.write_text(yaml.safe_dump(raw))
+    assert cli_ab([str(spec_file), "decide=sequential", "margin=0.01"]) == 0
+    assert "runs at most (decide=sequential)" in capsys.readouterr().out
+    finished = sorted(p.parent.name for p in out.glob("runs/*/result.json"))
+    assert finished[:2] == ["bce-s0", "bce-s1"] and len(finished) in (4, 6)
+    assert finished == sorted(
+        [f"bce-s{k}" for k in range(len(finished) // 2)] + [f"vfl-s{k}" for k in range(len(finished) // 2)]
+    )
+    section = (out / "summary.md").read_text().split("## Sequential decisions")[1]
+    assert "intervals at 97.5% = 1 - 0.05/2 looks" in section
+    assert f"| vfl | {len(finished) // 2} | " in section
+    assert f"Runs trained: {len(finished)} of the full grid's 6 (2 arms x 3 seeds)." in section
+    assert json.loads((out / "experiment.json").read_text())["sequential"]["max_seeds"] == 3
+    (out / "summary.md").unlink()
+    assert cli_ab(["report", f"out={out}"]) == 0 and "## Sequential decisions" in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_backend_local_instance(det_data, tmp_path):
     """backend=ray runs each arm x seed as a Ray task on a local Ray instance (CPU) and writes the report."""

@@ -160,3 +160,18 @@ def test_rule_validation():
     with pytest.raises(ValueError):
         Rule(min_seeds=6, max_seeds=5)
     assert Rule(max_seeds=8).look_alpha == pytest.approx(0.05 / 7)
+
+
+def test_paired_diffs_stop_at_the_first_missing_or_non_finite_pair():
+    """The rule's data: finished pairs in seed order; a missing (failed, unfinished) or NaN run ends an arm's values."""
+    from types import SimpleNamespace
+
+    from yolo_vfl.ab.sequential import paired_diffs
+
+    def run(arm, seed, v):
+        return SimpleNamespace(arm=arm, seed=seed, metric=lambda name: v)
+
+    results = [run("bce", s, 0.5) for s in (3, 1, 2)] + [run("a", s, 0.4) for s in (3, 1, 2)]
+    results += [run("b", 3, 0.6), run("b", 1, math.nan), run("b", 2, 0.6), run("c", 1, 0.5)]
+    diffs = paired_diffs(results, ["bce", "a", "b", "c"], "bce", [3, 1, 2])
+    assert diffs == {"a": [pytest.approx(-0.1)] * 3, "b": [pytest.approx(0.1)], "c": []}

@@ -171,3 +171,147 @@ def test_rebuilt_pretrained_checkpoint_refuses_to_mix_with_finished_runs(
     (empty / "pretrain.json").write_text(json.dumps(old))
     run_ab(spec_from_dict({**raw, "out": str(empty)}), command="fresh")
     assert trained[-1] == "bce-s0" and json.loads((empty / "pretrain.json").read_text()) == new
+
+
+# ------------------------------------------------------------------------------- decide=sequential: rounds on fake runs
+#: Fake mAP50-95 per arm and seed index: ``worse`` is clearly below bce, ``gain`` a little above (decided at 5 seeds).
+BCE = [0.500, 0.510, 0.495, 0.505, 0.500]
+FAKE = {
+    "bce": BCE,
+    "worse": [b + d for b, d in zip(BCE, [-0.05, -0.049, -0.051, -0.049, -0.051])],
+    "gain": [b + d for b, d in zip(BCE, [0.008, 0.003, 0.009, 0.004, 0.008])],
+}
+
+
+def _seq_spec(data, out, **extra):
+    raw = _spec(data, out).to_dict()
+    raw.update(seeds=[0, 1, 2, 3, 4], arms={"bce": {}, "worse": {"loss": "vfl"}, "gain": {"loss": "qfl"}})
+    return spec_from_dict({**raw, "decide": "sequential", "margin": 0.005, **extra})
+
+
+def _fake_runs(monkeypatch, rounds: list[list[str]], kill_after: int | None = None):
+    """run_jobs replaced: each job gets a ``result.json`` with its FAKE mAP50-95 (``kill_after`` runs, then Ctrl-C)."""
+    from test_ab_report import result as made
+
+    from yolo_vfl.ab import orchestrate
+
+    def run_jobs(todo, spec, progress):
+        rounds.append([j.run for j in todo])
+        for job in todo:
+            if kill_after is not None and sum(map(len, rounds)) - len(todo) + todo.index(job) >= kill_after:
+                raise KeyboardInterrupt
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            res = made(job.arm, job.seed, FAKE[job.arm][spec.seeds.index(job.seed)])
+            job.result.write_text(json.dumps({**res.to_dict(), "fingerprint": job.fingerprint}))
+        return []
+
+    monkeypatch.setattr(orchestrate, "run_jobs", run_jobs)
+    monkeypatch.setattr(orchestrate, "_preflight", lambda spec, data: None)
+    monkeypatch.setattr(orchestrate, "_tables", lambda out, results: (None, {}))
+    monkeypatch.setattr("yolo_vfl.ab.plots.write_report", lambda out, *a: {"summary.md": _touch(out / "summary.md")})
+    monkeypatch.setattr("yolo_vfl.ab.report.summarize", lambda *a: None)
+    monkeypatch.setattr("yolo_vfl.ab.report.verdict_lines", lambda s: [])
+
+
+def _touch(path: Path) -> Path:
+    path.write_text("# summary\n")
+    return path
+
+
+def test_sequential_rounds_stop_the_worse_arm_and_keep_the_baseline_while_any_arm_is_open(
+    det_data, tmp_path, monkeypatch
+):
+    """Seed k for every open arm and the baseline per round; the clear loser stops at 2-3 seeds, the tie goes on."""
+    rounds: list[list[str]] = []
+    _fake_runs(monkeypatch, rounds)
+    out = tmp_path / "ab"
+    run_ab(_seq_spec(det_data, out), command="seq")
+    assert rounds[:2] == [["bce-s0", "worse-s0", "gain-s0"], ["bce-s1", "worse-s1", "gain-s1"]]
+    stop = next(i for i, r in enumerate(rounds) if "worse" not in " ".join(r))
+    assert stop in (2, 3) and rounds[stop:] == [[f"bce-s{k}", f"gain-s{k}"] for k in range(stop, 5)]
+    ran = [run for r in rounds for run in r]
+    assert len(ran) == len(set(ran)) == 15 - (5 - stop)
+    meta = json.loads((out / "experiment.json").read_text())
+    assert meta["sequential"] == {"margin": 0.005, "alpha": 0.05, "min_seeds": 2, "max_seeds": 5} | {
+        "pooled": False,
+        "futility": 0.1,
+    }
+    assert meta["spec"]["decide"] == "sequential" and meta["spec"]["margin"] == 0.005
+    md = (out / "summary.md").read_text()
+    assert "## Sequential decisions" in md and f"| worse | {stop} | worse (interval below 0) | -0.0495 [" in md
+    assert "| gain | 5 | better (interval above 0) | +0.0064 [+0.0012, +0.0116] |" in md
+    assert f"Runs trained: {len(ran)} of the full grid's 15 (3 arms x 5 seeds)" in md
+    assert "intervals at 98.8% = 1 - 0.05/4 looks" in md
+    (out / "summary.md").unlink()  # 'yolo-vfl ab report' writes it again with the recorded rule
+    assert main(["ab", "report", f"out={out}"]) == 0 and (out / "summary.md").read_text() == md
+
+
+def test_sequential_resume_after_a_kill_mid_round_trains_nothing_twice(det_data, tmp_path, monkeypatch):
+    """Killed after 4 runs (mid round 2), run again: the same runs and decisions as an uninterrupted experiment."""
+    full: list[list[str]] = []
+    _fake_runs(monkeypatch, full)
+    run_ab(_seq_spec(det_data, tmp_path / "full"), command="seq")
+    killed: list[list[str]] = []
+    _fake_runs(monkeypatch, killed, kill_after=4)
+    out = tmp_path / "ab"
+    with pytest.raises(KeyboardInterrupt):
+        run_ab(_seq_spec(det_data, out), command="seq")
+    resumed: list[list[str]] = []
+    _fake_runs(monkeypatch, resumed)
+    run_ab(_seq_spec(det_data, out), command="seq")
+    assert resumed[0] == ["worse-s1", "gain-s1"]  # bce-s1 finished before the kill
+    trained = sorted(p.parent.name for p in out.glob("runs/*/result.json"))
+    assert trained == sorted(run for r in full for run in r)
+    section = (out / "summary.md").read_text().split("## Sequential decisions")[1]
+    assert section == (tmp_path / "full" / "summary.md").read_text().split("## Sequential decisions")[1]
+
+
+def test_sequential_refuses_another_rule_and_bad_settings(det_data, tmp_path, monkeypatch):
+    """A different margin or seeds on a sequential experiment is refused naming both rules; < 2 seeds, bad margin."""
+    rounds: list[list[str]] = []
+    _fake_runs(monkeypatch, rounds)
+    out = tmp_path / "ab"
+    run_ab(_seq_spec(det_data, out), command="seq")
+    before = (out / "experiment.json").read_text()
+    with pytest.raises(
+        UserError, match=r"rule was .*'margin': 0.005.*this command's is .*'margin': 0.01.*margin 0.005 -> 0.01"
+    ):
+        run_ab(_seq_spec(det_data, out, margin=0.01), command="other")
+    with pytest.raises(UserError, match=r"max_seeds 5 -> 4"):
+        run_ab(_seq_spec(det_data, out, seeds=[0, 1, 2, 3]), command="other")
+    assert (out / "experiment.json").read_text() == before
+    with pytest.raises(UserError, match=r"decide=sequential needs at least 2 seeds"):
+        run_ab(_seq_spec(det_data, tmp_path / "one", seeds=[0]), command="one", dry_run=True)
+    for bad in (0, -1, float("inf"), "x"):
+        with pytest.raises(UserError, match=r"Invalid margin="):
+            _seq_spec(det_data, tmp_path / "bad", margin=bad)
+    with pytest.raises(UserError, match=r"Invalid decide='seq': 'grid' or 'sequential'"):
+        _seq_spec(det_data, tmp_path / "bad", decide="seq")
+    assert not (tmp_path / "one").exists()
+
+
+def test_plan_command_on_a_fixed_pilot(tmp_path, capsys):
+    """'yolo-vfl ab plan out=DIR margin=': seeds per arm from the pilot's paired sds, a total; < 2 seeds refused."""
+    from test_ab_report import result as made
+
+    out = tmp_path / "pilot"
+    pilot = {"bce": [0.50, 0.51, 0.49], "vfl": [0.46, 0.475, 0.445], "qfl": [0.501, 0.512, 0.4915]}
+    for arm, values in pilot.items():
+        for seed, v in enumerate(values):
+            (out / "runs" / f"{arm}-s{seed}").mkdir(parents=True)
+            (out / "runs" / f"{arm}-s{seed}" / "result.json").write_text(json.dumps(made(arm, seed, v).to_dict()))
+    (out / "experiment.json").write_text(json.dumps({"baseline": "bce", "arms": ["bce", "vfl", "qfl"]}))
+    assert main(["ab", "plan", f"out={out}", "margin=0.005"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    # vfl: diffs -0.04, -0.035, -0.045 (sd 0.005): t(1 - 0.05 / (2 (N - 1)), N - 1) <= sqrt(N) from N = 13 on
+    assert lines == [
+        "vfl: paired sd 0.0050 over 3 seeds -> 13 seeds",
+        "qfl: paired sd 0.0005 over 3 seeds -> 2 seeds",
+        "total: 28 runs, bce included, to resolve ±0.005",
+    ]
+    for seed in (1, 2):
+        (out / "runs" / f"vfl-s{seed}" / "result.json").unlink()
+    assert main(["ab", "plan", f"out={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs >= 2 seeds paired with bce per arm; paired seeds: vfl (1)" in err
+    assert main(["ab", "plan", f"out={out}", "margin=0"]) == 2

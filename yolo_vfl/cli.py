@@ -487,8 +487,22 @@ def _ab_diagnose(tokens: list[str]) -> int:
     return 0
 
 
+def _ab_plan(tokens: list[str]) -> int:
+    from .ab.orchestrate import sequential_plan
+    from .ab.spec import RUNNER_KEYS
+
+    args = parse_args(tokens)
+    _only(args, ("out", "margin"), "yolo-vfl ab plan")
+    if args.get("out") in (None, ""):
+        raise CLIError("'yolo-vfl ab plan' needs out=DIR (a pilot experiment with >= 2 seeds).")
+    margin_key = next(k for k in RUNNER_KEYS if k.name == "margin")
+    margin = margin_key.check(args.get("margin", margin_key.default), "margin")
+    print("\n".join(sequential_plan(str(args["out"]), margin)))
+    return 0
+
+
 def cli_ab(tokens: Sequence[str]) -> int:
-    """``yolo-vfl ab [spec.yaml] [key=value ...]``, ``yolo-vfl ab report out=DIR``, ``yolo-vfl ab diagnose out=DIR``.
+    """``yolo-vfl ab [spec.yaml] [key=value ...]``, ``ab report out=DIR``, ``ab diagnose out=DIR``, ``ab plan out=DIR``.
 
     Returns:
         0 on success, 1 when some runs failed (the report is written for the others).
@@ -506,6 +520,8 @@ def cli_ab(tokens: Sequence[str]) -> int:
         return _ab_report(tokens[1:])
     if tokens and tokens[0] == "diagnose":
         return _ab_diagnose(tokens[1:])
+    if tokens and tokens[0] == "plan":
+        return _ab_plan(tokens[1:])
     spec_path = tokens.pop(0) if tokens and "=" not in tokens[0] else None
     args = parse_args(tokens)
     dry_run = args.get("dry_run", False)

@@ -13,6 +13,7 @@ import platform
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,14 @@ import polars as pl
 
 from ..errors import UserError
 from ..fileio import atomic_write_json, atomic_write_text, file_lock, read_json
-from . import protocol
+from . import protocol, sequential
 from .backends import Failure, Progress, run_jobs
 from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, start_model
 from .results import TABLE_FILE, RunResult, epoch_table, final_rows, run_table, write_table
 from .spec import DEFAULT_MODEL, ABSpec
 
 __all__ = ["ABRunError", "run_ab", "regenerate_report", "diagnose_experiment", "load_results", "check_devices", "plan"]
-__all__ += ["check_out_dir", "model_task"]
+__all__ += ["check_out_dir", "model_task", "sequential_plan"]
 
 Log = Callable[[str], None]
 
@@ -227,6 +228,8 @@ def _record_experiment(spec: ABSpec, out: Path, command: str) -> dict[str, Any]:
         "commands": list(dict.fromkeys(h["command"] for h in history)),
         "runs": [f"{a}-s{s}" for s in spec.seeds for a in spec.arm_names],
     }
+    if spec.decide == "sequential":
+        meta["sequential"] = asdict(sequential.spec_rule(spec))
     atomic_write_json(out / "experiment.json", {**meta, "spec": spec.to_dict(), "history": history})
     atomic_write_text(out / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
     return meta
@@ -261,7 +264,29 @@ def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log
     baseline, level = meta.get("baseline", protocol.BASELINE), meta["level"]
     for line in verdict_lines(summarize(results, baseline, meta.get("arms"), level, table)):
         log(line)
+    if rule := sequential.recorded_rule(meta):
+        text = sequential.section(results, meta, rule)
+        atomic_write_text(paths["summary.md"], paths["summary.md"].read_text().rstrip("\n") + "\n\n" + text)
+        log(text.rstrip("\n"))
     return paths
+
+
+def _round(spec: ABSpec, jobs: list[Job], out: Path) -> list[Job]:
+    """decide=sequential: the next round's unfinished runs (its open arms and the baseline); [] when all stopped.
+
+    Raises:
+        UserError: the round's runs are finished but give no paired mAP50-95 (not finite): nothing left to train.
+    """
+    diffs = sequential.paired_diffs(load_results(out), spec.arm_names, spec.baseline, spec.seeds)
+    if (nxt := sequential.next_round(diffs, sequential.spec_rule(spec))) is None:
+        return []
+    seed, arms = spec.seeds[nxt[0]], [spec.baseline, *nxt[1]]
+    if todo := [j for j in jobs if j.seed == seed and j.arm in arms and j.state() != "done"]:
+        return todo
+    raise UserError(
+        f"The runs of seed {seed} ({', '.join(arms)}) are finished but give no finite mAP50-95 difference: "
+        f"remove the run directories under {out / 'runs'} to train them again."
+    )
 
 
 def _checked_plan(spec: ABSpec, out: Path, log: Log) -> tuple[list[Job], list[Job]]:
@@ -270,9 +295,13 @@ def _checked_plan(spec: ABSpec, out: Path, log: Log) -> tuple[list[Job], list[Jo
     data = resolve_data(spec)
     jobs = make_jobs(spec, out, data)
     done, todo = plan(jobs, out)
+    if spec.decide == "sequential":
+        sequential.recorded_rule(read_json(out / "experiment.json") or {}, sequential.spec_rule(spec))
+        todo = _round(spec, jobs, out)
     if todo:
         _preflight(spec, data)
-    log(f"yolo-vfl ab: {spec.name}: {len(spec.arms)} arms x {len(spec.seeds)} seeds = {len(jobs)} runs in {out}")
+    runs = f"{len(jobs)} runs" + (" at most (decide=sequential)" if spec.decide == "sequential" else "")
+    log(f"yolo-vfl ab: {spec.name}: {len(spec.arms)} arms x {len(spec.seeds)} seeds = {runs} in {out}")
     if done:
         log(f"  finished, kept: {', '.join(j.run for j in done)}")
     for job in todo:
@@ -324,8 +353,11 @@ def run_ab(
         if pre is not None:
             meta["pretrain"] = pre
             atomic_write_json(out / "pretrain.json", pre)
+        progress = Progress(len(jobs), len(done), len(spec.device), log)
         try:
-            failed = run_jobs(todo, spec, Progress(len(jobs), len(done), len(spec.device), log)) if todo else []
+            failed = run_jobs(todo, spec, progress) if todo and spec.decide == "grid" else []
+            while spec.decide == "sequential" and not failed and (todo := _round(spec, jobs, out)):
+                failed = run_jobs(todo, spec, progress)  # a round's runs side by side on the device slots
         except KeyboardInterrupt:
             log("yolo-vfl ab: interrupted; finished runs are kept. Run the same command again to resume.")
             raise
@@ -358,6 +390,18 @@ def regenerate_report(out_dir: str | os.PathLike[str], baseline: str | None = No
     meta["missing"] = _missing(meta.get("runs") or [], results)
     meta.setdefault("level", protocol.LEVEL)
     return _write_report(out, results, meta, lambda msg: None)
+
+
+def sequential_plan(out_dir: str | os.PathLike[str], margin: float) -> list[str]:
+    """``yolo-vfl ab plan``: per arm the seeds that resolve ``margin``, from the pilot experiment in ``out_dir``.
+
+    Raises:
+        UserError: no experiment or finished runs, or an arm with fewer than 2 paired seeds.
+    """
+    _, meta, results = _finished(out_dir, "plan from")
+    arms = meta.get("arms") or sorted({r.arm for r in results})
+    rule = sequential.Rule(margin=margin, alpha=round(1.0 - protocol.LEVEL, 10))
+    return sequential.plan_lines(results, arms, meta.get("baseline", protocol.BASELINE), rule)
 
 
 def _records(

@@ -44,13 +44,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import scipy.stats
 
-__all__ = ["Rule", "Decision", "decide", "next_round", "runs_used", "plan_seeds"]
+from ..errors import InvalidSettingError, UserError
+from . import protocol
+from .stats import paired_difference
+
+__all__ = ["Rule", "Decision", "decide", "next_round", "runs_used", "plan_seeds", "spec_rule", "recorded_rule"]
+__all__ += ["paired_diffs", "section", "plan_lines"]
 
 
 @dataclass(frozen=True)
@@ -228,3 +234,87 @@ def plan_seeds(pilot_sd: Mapping[str, float], rule: Rule = Rule(), cap: int = 50
             None,
         )
     return out
+
+
+# ---------------------------------------------------------------------------------------------- the runner's side
+def spec_rule(spec: Any) -> Rule:
+    """The rule of a ``decide=sequential`` spec: its margin, alpha ``1 - LEVEL``, 2 to ``len(seeds)`` seeds per arm.
+
+    Raises:
+        InvalidSettingError: fewer than 2 seeds, or no arm besides the baseline.
+    """
+    if len(spec.seeds) < 2 or len(spec.arms) < 2:
+        raise InvalidSettingError(
+            f"decide=sequential needs at least 2 seeds and an arm besides the baseline '{spec.baseline}' "
+            f"(seeds={spec.seeds}, arms={spec.arm_names})."
+        )
+    return Rule(margin=spec.margin, alpha=round(1.0 - protocol.LEVEL, 10), max_seeds=len(spec.seeds))
+
+
+def recorded_rule(meta: dict[str, Any], rule: Rule | None = None) -> Rule | None:
+    """The rule ``experiment.json`` recorded (None: a grid experiment); refuses another ``rule`` to continue it.
+
+    Raises:
+        UserError: ``rule`` differs from the recorded one (both named).
+    """
+    old = Rule(**meta["sequential"]) if meta.get("sequential") else None
+    if rule is not None and old is not None and old != rule:
+        diff = ", ".join(f"{k} {v!r} -> {asdict(rule)[k]!r}" for k, v in asdict(old).items() if asdict(rule)[k] != v)
+        raise UserError(
+            f"This experiment's sequential rule was {asdict(old)}; this command's is {asdict(rule)} ({diff}): its "
+            "decisions would change. Use the recorded margin= and seeds=, or another out= directory."
+        )
+    return old
+
+
+def paired_diffs(results: Sequence[Any], arms: Sequence[str], baseline: str, seeds: Sequence[int]) -> dict[str, list]:
+    """Per arm, its finished paired differences of mAP50-95 to the baseline, in seed order, up to its first gap."""
+    value = {(r.arm, r.seed): r.metric(protocol.PRIMARY_METRIC) for r in results}
+    out: dict[str, list[float]] = {}
+    for arm in (a for a in arms if a != baseline):
+        pairs = [(value.get((arm, s)), value.get((baseline, s))) for s in seeds]
+        n = next(
+            (i for i, (a, b) in enumerate(pairs) if a is None or b is None or not math.isfinite(a - b)), len(pairs)
+        )
+        out[arm] = [a - b for a, b in pairs[:n]]
+    return out
+
+
+_WHY = {"better": "better (interval above 0)", "worse": "worse (interval below 0)", "futile": "futile"}
+_WHY |= {"budget": "budget spent, undecided", "open": "open (runs missing)"}
+
+
+def section(results: Sequence[Any], meta: dict[str, Any], rule: Rule) -> str:
+    """The report's "Sequential decisions" section: per arm its seeds, why it stopped and its last interval."""
+    baseline, seeds = meta.get("baseline", protocol.BASELINE), list(meta.get("seeds") or [])
+    arms = list(meta.get("arms") or sorted({r.arm for r in results}))
+    decisions = decide(paired_diffs(results, arms, baseline, seeds), rule)
+    level = f"{1 - rule.look_alpha:.1%} = 1 - {rule.alpha:g}/{rule.max_seeds - rule.min_seeds + 1} looks"
+    lines = ["## Sequential decisions", "", f"Paired mAP50-95 difference to {baseline}; intervals at {level}.", ""]
+    lines += ["| arm | seeds | stopped | interval |", "|---|---|---|---|"]
+    for arm, d in decisions.items():
+        why = f"equivalent within ±{rule.margin:g}" if d.state == "equivalent" else _WHY[d.state]
+        why += f" (P(verdict by {rule.max_seeds} seeds) < {rule.futility:g})" if d.state == "futile" else ""
+        ci = "n/a" if d.lo is None else f"{d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"
+        lines.append(f"| {arm} | {d.n} | {why} | {ci} |")
+    trained, grid = len({r.run for r in results if r.arm in arms}), len(arms) * len(seeds)
+    lines += ["", f"Runs trained: {trained} of the full grid's {grid} ({len(arms)} arms x {len(seeds)} seeds)."]
+    return "\n".join(lines) + "\n"
+
+
+def plan_lines(results: Sequence[Any], arms: Sequence[str], baseline: str, rule: Rule) -> list[str]:
+    """``yolo-vfl ab plan``: per arm the seeds that resolve ``rule.margin`` from a pilot's paired sds, and a total.
+
+    Raises:
+        UserError: an arm with fewer than 2 paired seeds in the pilot.
+    """
+    value = {arm: {r.seed: r.metric(protocol.PRIMARY_METRIC) for r in results if r.arm == arm} for arm in arms}
+    diffs = {a: paired_difference(value[a], value.get(baseline, {})) for a in arms if a != baseline}
+    if short := [f"{a} ({d.n})" for a, d in diffs.items() if d.std is None] or ([] if diffs else ["none"]):
+        raise UserError(f"The pilot needs >= 2 seeds paired with {baseline} per arm; paired seeds: {', '.join(short)}.")
+    need = plan_seeds({a: float(d.std) for a, d in diffs.items()}, rule)
+    lines = [
+        f"{a}: paired sd {diffs[a].std:.4f} over {diffs[a].n} seeds -> {n or '> 50'} seeds" for a, n in need.items()
+    ]
+    total = "n/a" if None in need.values() else sum(need.values()) + max(need.values())  # baseline: as the last arm
+    return [*lines, f"total: {total} runs, {baseline} included, to resolve ±{rule.margin:g}"]

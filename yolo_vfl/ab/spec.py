@@ -142,6 +142,8 @@ RUNNER_KEYS: tuple[Key, ...] = (
     Key("device", None, _devices, 'device slots: 0,1 runs two at a time; ["0,1"] one DDP run on two GPUs'),
     Key("backend", "local", _choice("local", "ray"), "local process pool or ray"),
     Key("keep_going", False, _bool, "after a failed run, keep starting the others"),
+    Key("decide", "grid", _choice("grid", "sequential"), "grid: every arm x seed; sequential: stop arms once decided"),
+    Key("margin", 0.005, _number(1e-6, 1), "decide=sequential: equivalence margin on mAP50-95"),
 )
 #: Sections addressed as ``<section>.<key>=value``; ``train`` (Ultralytics arguments) and the arms are the others.
 SECTION_KEYS: dict[str, tuple[Key, ...]] = {
@@ -258,6 +260,8 @@ class ABSpec:
     out: str | None
     pretrain: Any = None
     source: str | None = None
+    decide: str = "grid"
+    margin: float = 0.005
 
     @property
     def arm_names(self) -> list[str]:
