@@ -45,6 +45,7 @@ Usage:
       vfl_alpha vfl_gamma vfl_iou_weighted qfl_beta fl_alpha fl_gamma   loss hyperparameters
       without data=: trains yolov8n.yaml on the embedded synthetic dataset (works offline);
       data=embedded-glyphs: the second, differently made generated dataset
+      data=embedded-quick: the small first-run demo dataset (three distinct shapes, 96 px)
       with data= and no model=: model=yolov8n.pt, as in Ultralytics
   yolo-vfl ab [spec.yaml] [key=value ...]   A/B experiment: arms x seeds, report with paired 95% intervals
   yolo-vfl ab report out=DIR        rewrite the report of an experiment directory
@@ -52,7 +53,7 @@ Usage:
   yolo-vfl pretrain [key=value ...] build (once, cached) the project-made pretrained checkpoint: stock-BCE yolov8n
                                     on 3,200 generated shapes images; A/B specs fine-tune from it with pretrain:
   yolo-vfl val|predict|export ...   hand over to Ultralytics (checkpoints are plain Ultralytics)
-  yolo-vfl data out=DIR [n=600 seed=0 imgsz=192 variant=shapes|glyphs|digits]   write a generated dataset
+  yolo-vfl data out=DIR [n=600 seed=0 imgsz=192 variant=shapes|glyphs|digits|quick]   write a generated dataset
   yolo-vfl losses                   list the losses: formula, defaults, paper
   yolo-vfl version                  versions of yolo-vfl, ultralytics and torch
   yolo-vfl help                     this text (also -h, --help)
@@ -218,6 +219,16 @@ def _cmd_data(args: dict[str, Any]) -> int:
     return 0
 
 
+def _generated_imgsz(data_yaml: str) -> int:
+    """The image size a generated dataset was made at (its ``dataset.json``), 192 where that cannot be read."""
+    import json
+
+    try:
+        return int(json.loads((Path(data_yaml).parent / "dataset.json").read_text())["imgsz"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 192
+
+
 def _cmd_train(args: dict[str, Any]) -> int:
     from ultralytics.cfg import DEFAULT_CFG_DICT, get_cfg
 
@@ -254,8 +265,8 @@ def _cmd_train(args: dict[str, Any]) -> int:
         from .data import resolve_embedded
 
         theirs.setdefault("model", DEFAULT_MODEL_OFFLINE)
-        theirs.setdefault("imgsz", 192)
         name, theirs["data"] = theirs["data"], str(resolve_embedded(theirs["data"]))
+        theirs.setdefault("imgsz", _generated_imgsz(theirs["data"]))  # embedded-quick: 96, the others 192
         print(f"yolo-vfl: data={name}: training on the generated dataset {theirs['data']}")
     else:
         theirs.setdefault("model", DEFAULT_MODEL_WITH_DATA)
