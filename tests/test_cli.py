@@ -90,7 +90,7 @@ def test_version_and_losses(capfd):
         (["val", "loss=vfl"], "'loss' only applies to 'yolo-vfl train'"),
         (["data"], "needs out=DIR"),
         (["data", "out=x", "seeds=1"], "Unknown argument 'seeds' for 'yolo-vfl data'. Did you mean 'seed'?"),
-        (["data", "out=x", "variant=glyph"], "variant must be one of shapes, glyphs, digits, got 'glyph'"),
+        (["data", "out=x", "variant=glyph"], "variant must be one of shapes, glyphs, digits, quick, got 'glyph'"),
         (["version", "x=1"], "takes no arguments"),
         (["train", "resume=True"], "resume=True needs model=path/to/last.pt"),
         (["train", "resume=missing/last.pt"], "Model file 'missing/last.pt' not found"),

@@ -459,7 +459,7 @@ def test_dataset_without_variant_is_shapes(tmp_path, monkeypatch):
 @pytest.mark.parametrize("variant", ["glyph", "", None, 1])
 def test_bad_variant(tmp_path, variant):
     """An unknown variant names the bad value and the valid ones, before anything is written."""
-    with pytest.raises(ValueError, match=r"variant must be one of shapes, glyphs, digits, got"):
+    with pytest.raises(ValueError, match=r"variant must be one of shapes, glyphs, digits, quick, got"):
         generate_dataset(tmp_path / "d", **SMALL, variant=variant)
     with pytest.raises(ValueError, match="variant must be one of"):
         embedded_dataset(n=12, variant=variant)
@@ -472,6 +472,7 @@ def test_resolve_embedded(tmp_path):
         "embedded": ("shapes", 0),
         "embedded-glyphs": ("glyphs", 1),
         "embedded-digits": ("digits", 2),
+        "embedded-quick": ("quick", 3),
     }
     for value in (None, "", "coco128.yaml", "embedded.yaml", str(tmp_path), 3):
         assert D.resolve_embedded(value) is None

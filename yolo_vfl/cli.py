@@ -47,7 +47,12 @@ HELP_LOSSES: dict[str, tuple[str, ...]] = {
     "iabce": ("iabce_alpha", "iabce_gamma"),
 }
 HELP_SETTINGS = ("cls_target", "cls_fg_negatives", "cls_warmup", "cls_branches", "tal_topk", "tal_alpha", "tal_beta")
-HELP_DATASETS = {"embedded": "shapes", "embedded-glyphs": "glyphs", "embedded-digits": "digits"}
+HELP_DATASETS = {
+    "embedded": "shapes",
+    "embedded-glyphs": "glyphs",
+    "embedded-digits": "digits",
+    "embedded-quick": "quick",
+}
 
 HELP = """\
 yolo-vfl: train Ultralytics YOLO with IoU-aware classification losses (Varifocal, Quality Focal, ...).
@@ -266,6 +271,16 @@ def _cmd_data(args: dict[str, Any]) -> int:
     return 0
 
 
+def _generated_imgsz(data_yaml: str) -> int:
+    """The image size a generated dataset was made at (its ``dataset.json``), 192 where that cannot be read."""
+    import json
+
+    try:
+        return int(json.loads((Path(data_yaml).parent / "dataset.json").read_text())["imgsz"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 192
+
+
 def _cmd_train(args: dict[str, Any]) -> int:
     from ultralytics.cfg import DEFAULT_CFG_DICT, get_cfg
 
@@ -302,8 +317,8 @@ def _cmd_train(args: dict[str, Any]) -> int:
         from .data import resolve_embedded
 
         theirs.setdefault("model", DEFAULT_MODEL_OFFLINE)
-        theirs.setdefault("imgsz", 192)
         name, theirs["data"] = theirs["data"], str(resolve_embedded(theirs["data"]))
+        theirs.setdefault("imgsz", _generated_imgsz(theirs["data"]))  # embedded-quick: 96, the others 192
         print(f"yolo-vfl: data={name}: training on the generated dataset {theirs['data']}")
     else:
         theirs.setdefault("model", DEFAULT_MODEL_WITH_DATA)

@@ -63,6 +63,7 @@ __all__ = [
     "GENERATOR_VERSION",
     "GLYPH_NAMES",
     "DIGIT_NAMES",
+    "QUICK_NAMES",
     "VARIANTS",
     "cache_dir",
     "class_names",
@@ -88,6 +89,9 @@ GLYPH_NAMES: tuple[str, ...] = ("cross", "tee", "ell", "arrow", "diamond", "cres
 
 DIGIT_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
 """Class names of the ``digits`` variant (the digit drawn), index = class id."""
+
+QUICK_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
+"""Class names of the ``quick`` variant (three shapes of the default classes, no look-alike pair), index = class id."""
 
 GENERATOR_VERSION = 1
 """Bumped whenever the generated content changes (part of the cache directory name and of ``dataset.json``)."""
@@ -136,6 +140,8 @@ _VARIANTS: dict[str, _Variant] = {
     # +-20 degrees drawn at random: made by a font renderer, not from polygons), 0-7 objects whose height is 12-35%
     # of the side, partial outlines of the shapes and stray letters as clutter, 5% empty images
     "digits": _Variant(DIGIT_NAMES, empty_p=0.05, max_objects=7, min_diameter=0.12, max_diameter=0.35, text=True),
+    # the first-run demo: three clearly different shapes, 1-3 large objects (25-60% of the side), 3% empty images
+    "quick": _Variant(QUICK_NAMES, empty_p=0.03, max_objects=3, min_diameter=0.25, max_diameter=0.6),
 }
 VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
 """Dataset variants: ``shapes`` (the default, the embedded dataset), ``glyphs`` and ``digits`` (made differently)."""
@@ -144,8 +150,12 @@ EMBEDDED_NAMES: dict[str, tuple[str, int]] = {
     "embedded": ("shapes", 0),
     "embedded-glyphs": ("glyphs", 1),
     "embedded-digits": ("digits", 2),
+    "embedded-quick": ("quick", 3),
 }
 """``data=`` names of the generated datasets: name -> (variant, generator seed)."""
+
+_EMBEDDED_SIZES: dict[str, tuple[int, int]] = {"embedded-quick": (300, 96)}
+"""``(n, imgsz)`` of the generated datasets in :data:`EMBEDDED_NAMES` that are not 600 images of 192 px."""
 
 PathLike = Union[str, "os.PathLike[str]"]
 LOGGER = logging.getLogger(__name__)
@@ -204,7 +214,8 @@ def resolve_embedded(data: Any) -> Path | None:
     if not isinstance(data, str) or data not in EMBEDDED_NAMES:
         return None
     variant, seed = EMBEDDED_NAMES[data]
-    return embedded_dataset(seed=seed, variant=variant)
+    n, imgsz = _EMBEDDED_SIZES.get(data, (600, 192))
+    return embedded_dataset(n=n, seed=seed, imgsz=imgsz, variant=variant)
 
 
 def class_names(variant: str = "shapes") -> tuple[str, ...]:
