@@ -1,7 +1,7 @@
 """The text of the A/B report: ``summary.md`` / ``summary.csv`` and ``diagnosis.md`` / ``diagnosis.csv``.
 
 Pure functions of the results table (no torch, Ultralytics or matplotlib): statistics from ``stats`` and polars
-group-bys, one row per arm of ``<metric>_mean``, ``<metric>_std`` ... columns; every markdown table ends with ``_LEGEND``.
+group-bys, one row per arm of ``<metric>_mean``, ``<metric>_std`` ...; every table ends with ``_LEGEND``.
 """
 
 from __future__ import annotations
