@@ -163,8 +163,7 @@ def load_records(path: str | os.PathLike[str]) -> Records:
                     f"{path}: detections format version {version!r}, this yolo_vfl reads version {RECORDS_VERSION}; "
                     "re-record the run (delete the file and evaluate again)"
                 )
-            missing = [k for k in _ARRAYS if k not in npz.files]
-            if missing:
+            if missing := [k for k in _ARRAYS if k not in npz.files]:
                 raise RecordsFormatError(f"{path}: missing arrays {', '.join(missing)}")
             arrays = {k: npz[k] for k in _ARRAYS}
     except (FileNotFoundError, RecordsFormatError):
@@ -233,8 +232,7 @@ def _assemble(sink: Sequence[dict[str, Any]], **meta: Any) -> Records:
     ious = [np.pad(e["iou"], ((0, 0), (0, k - e["iou"].shape[1])), constant_values=-1.0) for e in sink]
 
     def cat(key: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-        parts = [e[key] for e in sink]
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype=dtype)
+        return np.concatenate([e[key] for e in sink]).astype(dtype) if sink else np.zeros(shape, dtype=dtype)
 
     def image_index(key: str) -> np.ndarray:
         return np.repeat(np.arange(len(sink)), [e[key].size for e in sink]).astype(np.int64)
@@ -283,12 +281,9 @@ def record_detections(
 
     model = YOLO(str(weights))
     task = model.task
-    if task == "obb":
-        raise ValueError(
-            f"{weights}: an OBB model; the records hold axis-aligned boxes only (detect, segment and pose models)"
-        )
     if task not in BOX_TASKS:
-        raise ValueError(f"{weights}: task {task!r} has no boxes to record (detect, segment and pose models only)")
+        what = "an OBB model (rotated boxes)" if task == "obb" else f"task {task!r} has no boxes"
+        raise ValueError(f"{weights}: {what}; only detect, segment and pose models are recorded")
     sink: list[dict[str, Any]] = []
     validator = _recording_validator(model.task_map[task]["validator"], sink)
     shared = {"imgsz": imgsz, "conf": conf, "iou": iou, "max_det": max_det}
