@@ -150,29 +150,24 @@ def experiment_warnings(rows: Sequence[Mapping[str, Any]], baseline: str = BASEL
         top = max(means, key=lambda a: means[a])
         return [
             f"nothing learned: every arm's {_P} is below {NOTHING_LEARNED:g} (highest: {top} {means[top]:.4f}); the "
-            "comparison says nothing (train longer, or check the data and labels)"
+            "comparison says nothing (train longer, or check the data)"
         ]
     out, reasons, base = [], [], means.get(baseline)
     if base is not None and base < NOTHING_LEARNED:
         out.append(
-            f"baseline `{baseline}` near 0: its mean {_P} {base:.4f} is below {NOTHING_LEARNED:g}, so a difference "
-            "says that the other arm learned something, not that its loss is better"
+            f"baseline `{baseline}` near 0: its {_P} {base:.4f} is below {NOTHING_LEARNED:g}, so a difference "
+            "says only that the other arm learned something"
         )
     elif base is not None and base < CONVERGED_MIN:
         reasons.append(f"its mean {_P} {base:.4f} is below {CONVERGED_MIN:g}")
     b = next((r for r in rows if r["arm"] == baseline), {})
-    rise, k = b.get(f"{_GAIN}_rel_mean"), b.get("gain_epochs")
-    if rise is not None and rise > CONVERGED_RISE:
+    if (rise := b.get(f"{_GAIN}_rel_mean")) is not None and rise > CONVERGED_RISE:
+        k = b.get("gain_epochs")
         reasons.append(
             f"it still rose {rise:+.1%} over its last {k} epoch{'s' * (k != 1)}, more than {CONVERGED_RISE:.0%}"
         )
-    if reasons:
-        why = "; ".join(reasons)
-        out.append(
-            f"not converged: conclusions are about an early stage of training; baseline `{baseline}`: {why} "
-            "(train longer)"
-        )
-    return out
+    why = "; ".join(reasons)
+    return out + [f"not converged: conclusions are about an early stage of training; `{baseline}`: {why}"] * bool(why)
 
 
 def source_warning(results: Sequence[RunResult]) -> str | None:
@@ -189,8 +184,7 @@ def source_warning(results: Sequence[RunResult]) -> str | None:
     )
     return (
         f"code changed during the experiment: the runs ran {len(by_source)} different yolo_vfl sources ({parts}); a "
-        "difference between arms may come from the code, not the loss (delete the runs of the older source to "
-        "retrain them)"
+        "difference may come from the code (delete the older runs to retrain them)"
     )
 
 
@@ -198,16 +192,8 @@ def resolution(rows: Sequence[Mapping[str, Any]], level: float = LEVEL) -> str |
     """The smallest resolvable difference of the primary metric (the paired half-widths), as text; None: no arm."""
     pairs = [(r[f"{_P}_n_pairs"], r[f"{_P}_diff_halfwidth"]) for r in rows if r["verdict"] != "baseline"]
     pairs = [(n, w) for n, w in pairs if n > 0]
-    widths = [w for _, w in pairs if w is not None]
-    if not widths:
-        return (
-            None
-            if not pairs
-            else (
-                f"with 1 paired seed there is no interval: no difference of {_P} can be resolved (the paired interval "
-                "needs ≥ 2 paired seeds)"
-            )
-        )
+    if not (widths := [w for _, w in pairs if w is not None]):
+        return f"with 1 paired seed there is no interval: no difference of {_P} can be resolved" if pairs else None
     ns = sorted({n for n, w in pairs if w is not None})
     lo, hi = f"{min(widths):.4f}", f"{max(widths):.4f}"
     text = (
