@@ -1,7 +1,7 @@
 """yolo_vfl.ab.report and yolo_vfl.ab.plots on hand-built results and diagnoses (no model).
 
 Summary rows, markdown, CSV (columns of the first runner), warnings (nothing learned, baseline near 0, not converged),
-resolution, verdict lines, legends for every ``-``, ``n/a`` and ``(n=1)``, the figures, the diagnosis text.
+resolution, verdict lines, the legend under every table, the figures, the diagnosis text.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import pytest
 from yolo_vfl.ab.evaluation import FP_KINDS, KINDS, summarize_detections
 from yolo_vfl.ab.report import (
     _ap50_text,
+    _gain,
+    _window,
     arm_order,
     common_recall,
-    curve_gain,
     diagnosis_markdown,
     diagnosis_runs,
     diagnosis_stats,
@@ -31,7 +32,7 @@ from yolo_vfl.ab.report import (
     summary_markdown,
     verdict_lines,
 )
-from yolo_vfl.ab.results import SCHEMA, Curve, MissingMetricError, RunResult, final_rows, table_of
+from yolo_vfl.ab.results import SCHEMA, MissingMetricError, RunResult, final_rows, table_of
 from yolo_vfl.checks import source_hash
 
 NOT_CONVERGED = "not converged: conclusions are about an early stage of training"
@@ -260,7 +261,7 @@ def test_runs_of_different_code_are_flagged():
 
 
 # ----------------------------------------------------------------------------------------------- convergence
-def test_curve_gain_by_hand():
+def test_convergence_gain_by_hand():
     """The last epoch with a value against the latest one at least 3 epochs before it.
 
     * 0.10, 0.20, 0.30, 0.36, 0.40 (epochs 1-5): epoch 5 vs epoch 2: gain 0.20, relative 0.20 / 0.20 = 1.0, 3 epochs.
@@ -269,14 +270,15 @@ def test_curve_gain_by_hand():
     * earlier value 0: no relative gain; one value: nothing.
     """
     epochs = (1, 2, 3, 4, 5)
-    assert curve_gain(Curve(epochs, (0.10, 0.20, 0.30, 0.36, 0.40))) == pytest.approx((0.20, 1.0, 3))
-    assert curve_gain(Curve((1, 2, 3), (0.1, 0.2, 0.3))) == pytest.approx((0.2, 2.0, 2))
-    assert curve_gain(Curve(epochs, (0.10, math.nan, 0.30, 0.36, 0.40))) == pytest.approx((0.30, 3.0, 4))
-    assert curve_gain(Curve((1, 2, 3, 4), (0.0, 0.1, 0.2, 0.3))) == pytest.approx((0.3, None, 3))
-    assert curve_gain(Curve((1,), (0.3,))) == (None, None, None) and curve_gain(Curve()) == (None, None, None)
-    assert curve_gain(Curve(epochs, (0.5,) * 5, (0.1, 0.2, 0.3, 0.4, 0.5)), metric="mAP50") == pytest.approx(
-        (0.3, 1.5, 3)
-    )
+
+    def gain(e: tuple, v: tuple) -> tuple:
+        return _gain(_window(e, v, 3))
+
+    assert gain(epochs, (0.10, 0.20, 0.30, 0.36, 0.40)) == pytest.approx((0.20, 1.0, 3))
+    assert gain((1, 2, 3), (0.1, 0.2, 0.3)) == pytest.approx((0.2, 2.0, 2))
+    assert gain(epochs, (0.10, math.nan, 0.30, 0.36, 0.40)) == pytest.approx((0.30, 3.0, 4))
+    assert gain((1, 2, 3, 4), (0.0, 0.1, 0.2, 0.3)) == pytest.approx((0.3, None, 3))
+    assert gain((1,), (0.3,)) == (None, None, None) and gain((), ()) == (None, None, None)
 
 
 def rising(final: float, rise: float) -> list[float]:
@@ -409,7 +411,7 @@ def test_single_seed_shows_value_with_n1_and_no_interval():
 
 
 def test_every_na_and_dash_is_explained():
-    """Each table that shows n/a or '-' is followed by a legend line saying what it means there; no blank cells."""
+    """Each table that shows n/a, `-` or `(n=1)` is followed by the legend saying what they mean; no blank cells."""
     bare = result("qfl", 0, 0.2, ranking=None, final_losses={}, curve={"epoch": [1], "mAP50-95": [0.2]})
     bare = RunResult.from_dict({**bare.to_dict(), "metrics": {"mAP50": 0.4, "mAP50-95": 0.2, "precision": None}})
     results = [result("bce", s, 0.2 + 0.01 * s) for s in (0, 1)] + [result("vfl", 0, 0.25), bare]

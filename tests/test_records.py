@@ -94,7 +94,7 @@ def test_gt_columns():
 
 def test_inconsistent_arrays_rejected():
     """An image with more GT than det_gt_iou columns, or an image index out of range, is a ValueError."""
-    with pytest.raises(ValueError, match="K=1"):
+    with pytest.raises(ValueError, match="det_gt_iou must be"):
         small_records(det_gt_iou=np.zeros((3, 1), dtype=np.float32))
     with pytest.raises(ValueError, match="det_image"):
         small_records(det_image=np.array([0, 0, 2]))

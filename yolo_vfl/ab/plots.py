@@ -34,9 +34,7 @@ _Meta = Optional[Mapping[str, Any]]
 _OP = f"{OPERATING_CONF:g}"
 
 
-def _figure(
-    width: float, height: float, rows: int = 1, cols: int = 1, panels: int | None = None
-) -> tuple[Any, list[Any]]:
+def _figure(width: float, height: float, rows: int = 1, cols: int = 1, panels: int | None = None) -> tuple[Any, list]:
     """A Figure on the Agg canvas (no pyplot) of ``width`` x ``height`` per cell, and its first ``panels`` axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -184,9 +182,8 @@ def plot_fp_scores(stats: pl.DataFrame, detections: pl.DataFrame, path: _Path) -
     """
     fig, axes = _figure(5.0, 3.6, 1 + math.ceil(max(1, stats.height) / 3), 3, 3 + stats.height)
     recall = stats["eq_recall"][0]
-    titles = {"eq": f"at equal recall {recall:.2f} (same TPs)" if recall else None, "f1": "at each run's F1-optimal "}
-    titles["f1"] += "threshold"
-    titles[_OP] = f"at conf ≥ {OPERATING_CONF:g}"
+    titles = {"eq": f"at equal recall {recall:.2f} (same TPs)" if recall else None}
+    titles |= {"f1": "at each run's F1-optimal threshold", _OP: f"at conf ≥ {_OP}"}
     for ax, (t, title) in zip(axes, titles.items()):
         if title:
             _bars(ax, stats, t, f"TP and FP kinds {title}")
@@ -261,9 +258,7 @@ def write_report(
     }
 
 
-def write_diagnosis(
-    dest: _Path, table: pl.DataFrame, detections: pl.DataFrame, meta: Mapping[str, Any]
-) -> dict[str, Path]:
+def write_diagnosis(dest: _Path, table: pl.DataFrame, detections: pl.DataFrame, meta: Mapping) -> dict[str, Path]:
     """Write ``diagnosis.csv``, ``diagnosis.md``, ``fp_scores.png`` and ``pr_curves.png`` into ``dest`` (atomically).
 
     ``table``: results table with the diagnosis rows; ``detections``: as ``plot_fp_scores``; ``meta``: as
@@ -273,8 +268,7 @@ def write_diagnosis(
         MissingMetricError: a run without a row for a metric of the report.
     """
     out, baseline, order = Path(dest), meta["baseline"], meta.get("arms")
-    stats = report.diagnosis_stats(table, baseline, order)
-    runs = report.diagnosis_runs(table, baseline, order)
+    stats, runs = report.diagnosis_stats(table, baseline, order), report.diagnosis_runs(table, baseline, order)
     return {
         "diagnosis.csv": atomic_write_text(out / "diagnosis.csv", report.diagnosis_csv_text(stats)),
         "diagnosis.md": atomic_write_text(out / "diagnosis.md", report.diagnosis_markdown(stats, runs, meta)),

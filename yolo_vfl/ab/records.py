@@ -32,21 +32,11 @@ BOX_TASKS: tuple[str, ...] = ("detect", "segment", "pose")
 
 _ARRAYS = ("det_boxes", "det_conf", "det_cls", "det_image", "gt_boxes", "gt_cls", "gt_image", "det_gt_iou")
 _ARRAYS += ("orig_shapes", "input_shapes")
+_FLOATS = ("det_boxes", "det_conf", "gt_boxes")
 
 
 class RecordsFormatError(ValueError):
     """A ``detections.npz`` that cannot be read: unknown version, missing or inconsistent arrays."""
-
-
-def _float_array(a: Any, shape: tuple[int, ...]) -> np.ndarray:
-    a = np.asarray(a)
-    if not np.issubdtype(a.dtype, np.floating):
-        a = a.astype(np.float64)
-    return a.reshape(shape)
-
-
-def _int_array(a: Any, shape: tuple[int, ...]) -> np.ndarray:
-    return np.asarray(a).reshape(shape).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,46 +73,28 @@ class Records:
     input_shapes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        n_images = int(self.n_images)
-        det_conf = _float_array(self.det_conf, (-1,))
-        gt_cls = _int_array(self.gt_cls, (-1,))
-        n, m = det_conf.size, gt_cls.size
-        values: dict[str, Any] = {
-            "det_boxes": _float_array(self.det_boxes, (n, 4)),
-            "det_conf": det_conf,
-            "det_cls": _int_array(self.det_cls, (n,)),
-            "det_image": _int_array(self.det_image, (n,)),
-            "gt_boxes": _float_array(self.gt_boxes, (m, 4)),
-            "gt_cls": gt_cls,
-            "gt_image": _int_array(self.gt_image, (m,)),
-            "det_gt_iou": np.asarray(self.det_gt_iou, dtype=np.float32),
-        }
-        iou = values["det_gt_iou"]
-        if iou.ndim != 2 or iou.shape[0] != n or iou.shape[1] < 1:
-            raise ValueError(f"det_gt_iou must be (N={n}, K>=1), got {iou.shape}")
-        for key in ("orig_shapes", "input_shapes"):
-            shapes = getattr(self, key)
-            values[key] = _int_array(np.zeros((n_images, 2)) if shapes is None else shapes, (n_images, 2))
+        n_images, n, m = int(self.n_images), np.size(self.det_conf), np.size(self.gt_cls)
+        shape = {"det_boxes": (n, 4), "gt_boxes": (m, 4), "gt_cls": (m,), "gt_image": (m,)}
+        shape |= {"orig_shapes": (n_images, 2), "input_shapes": (n_images, 2)}
+        for key in _ARRAYS:
+            a = np.asarray(np.zeros((n_images, 2)) if (v := getattr(self, key)) is None else v)
+            dtype = np.float32 if key == "det_gt_iou" else np.int64
+            if key in _FLOATS:
+                dtype = a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64
+            a = np.ascontiguousarray(a if key == "det_gt_iou" else a.reshape(shape.get(key, (n,))), dtype=dtype)
+            a.setflags(write=False)
+            object.__setattr__(self, key, a)
         for key in ("det_image", "gt_image"):
-            idx = values[key]
-            if idx.size and (idx.min() < 0 or idx.max() >= n_images):
+            if (idx := getattr(self, key)).size and not 0 <= idx.min() <= idx.max() < n_images:
                 raise ValueError(f"{key} must lie in [0, n_images={n_images}), got {idx.min()} ... {idx.max()}")
-        per_image = np.bincount(values["gt_image"], minlength=n_images)
-        if per_image.size and per_image.max() > iou.shape[1]:
-            raise ValueError(f"det_gt_iou has K={iou.shape[1]} columns but an image has {per_image.max()} GT boxes")
-        image_files = tuple(str(f) for f in self.image_files)
-        if image_files and len(image_files) != n_images:
-            raise ValueError(f"image_files has {len(image_files)} entries for n_images={n_images}")
-        for key, value in values.items():
-            value = np.ascontiguousarray(value)
-            value.setflags(write=False)
+        k = max(1, np.bincount(self.gt_image, minlength=1).max())
+        if (iou := self.det_gt_iou).ndim != 2 or iou.shape[0] != n or iou.shape[1] < k:
+            raise ValueError(f"det_gt_iou must be (N={n}, K>={k}, the most GT boxes of one image), got {iou.shape}")
+        meta = {"n_images": n_images, "image_files": tuple(map(str, self.image_files)), "params": dict(self.params)}
+        meta |= {"names": {int(k): str(v) for k, v in dict(self.names).items()}}
+        meta |= {"metrics": {str(k): float(v) for k, v in dict(self.metrics).items()}}
+        for key, value in (meta | {"versions": {str(k): str(v) for k, v in dict(self.versions).items()}}).items():
             object.__setattr__(self, key, value)
-        object.__setattr__(self, "n_images", n_images)
-        object.__setattr__(self, "image_files", image_files)
-        object.__setattr__(self, "names", {int(k): str(v) for k, v in dict(self.names).items()})
-        object.__setattr__(self, "params", dict(self.params))
-        object.__setattr__(self, "metrics", {str(k): float(v) for k, v in dict(self.metrics).items()})
-        object.__setattr__(self, "versions", {str(k): str(v) for k, v in dict(self.versions).items()})
 
     @property
     def n_det(self) -> int:
@@ -191,8 +163,7 @@ def load_records(path: str | os.PathLike[str]) -> Records:
                     f"{path}: detections format version {version!r}, this yolo_vfl reads version {RECORDS_VERSION}; "
                     "re-record the run (delete the file and evaluate again)"
                 )
-            missing = [k for k in _ARRAYS if k not in npz.files]
-            if missing:
+            if missing := [k for k in _ARRAYS if k not in npz.files]:
                 raise RecordsFormatError(f"{path}: missing arrays {', '.join(missing)}")
             arrays = {k: npz[k] for k in _ARRAYS}
     except (FileNotFoundError, RecordsFormatError):
@@ -261,8 +232,7 @@ def _assemble(sink: Sequence[dict[str, Any]], **meta: Any) -> Records:
     ious = [np.pad(e["iou"], ((0, 0), (0, k - e["iou"].shape[1])), constant_values=-1.0) for e in sink]
 
     def cat(key: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-        parts = [e[key] for e in sink]
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype=dtype)
+        return np.concatenate([e[key] for e in sink]).astype(dtype) if sink else np.zeros(shape, dtype=dtype)
 
     def image_index(key: str) -> np.ndarray:
         return np.repeat(np.arange(len(sink)), [e[key].size for e in sink]).astype(np.int64)
@@ -311,12 +281,9 @@ def record_detections(
 
     model = YOLO(str(weights))
     task = model.task
-    if task == "obb":
-        raise ValueError(
-            f"{weights}: an OBB model; the records hold axis-aligned boxes only (detect, segment and pose models)"
-        )
     if task not in BOX_TASKS:
-        raise ValueError(f"{weights}: task {task!r} has no boxes to record (detect, segment and pose models only)")
+        what = "an OBB model (rotated boxes)" if task == "obb" else f"task {task!r} has no boxes"
+        raise ValueError(f"{weights}: {what}; only detect, segment and pose models are recorded")
     sink: list[dict[str, Any]] = []
     validator = _recording_validator(model.task_map[task]["validator"], sink)
     shared = {"imgsz": imgsz, "conf": conf, "iou": iou, "max_det": max_det}

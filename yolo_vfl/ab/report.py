@@ -1,9 +1,7 @@
 """The text of the A/B report: ``summary.md`` / ``summary.csv`` and ``diagnosis.md`` / ``diagnosis.csv``.
 
-Pure functions of the results table (no torch, Ultralytics or matplotlib): statistics come from ``stats`` and polars
-group-bys, one row per arm as a dict of ``summary.csv`` / ``diagnosis.csv`` columns (``<metric>_mean``,
-``<metric>_std`` ...), and every markdown table goes through ``_table``, which adds a legend line for each ``-``,
-``n/a`` and ``(n=1)`` it shows.
+Pure functions of the results table (no torch, Ultralytics or matplotlib): statistics from ``stats`` and polars
+group-bys, one row per arm of ``<metric>_mean``, ``<metric>_std`` ...; every table ends with ``_LEGEND``.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from .protocol import BASELINE, LEVEL, LOSS_KEYS, METRICS, OPERATING_CONF, PRIMA
 from .results import FINAL_METRICS, RANK_KEYS, MissingMetricError, RunResult, check_metrics, final_values, table_of
 from .stats import finite, mean_std, paired_difference, verdict
 
-__all__ = ["NOTHING_LEARNED", "CONVERGED_MIN", "CONVERGED_RISE", "CONVERGENCE_EPOCHS", "arm_order", "curve_gain"]
+__all__ = ["NOTHING_LEARNED", "CONVERGED_MIN", "CONVERGED_RISE", "CONVERGENCE_EPOCHS", "arm_order"]
 __all__ += ["summarize", "experiment_warnings", "source_warning", "resolution", "verdict_lines", "summary_csv_text"]
 __all__ += ["summary_markdown", "common_recall", "diagnosis_stats", "diagnosis_runs", "findings"]
 __all__ += ["diagnosis_csv_text", "diagnosis_markdown"]
@@ -36,7 +34,7 @@ CONVERGED_RISE = 0.03
 CONVERGENCE_EPOCHS = 3
 _P = PRIMARY_METRIC
 _GAIN = f"{_P}_gain_last{CONVERGENCE_EPOCHS}"
-_N1_NOTE = "`(n=1)`: one seed: that seed's value, not a mean; no standard deviation."
+_LEGEND = "`-`: not measured or undefined; `(n=1)`: one seed, no std; n/a: no value or interval, why in the cell."
 _NO_INTERVAL = "n=1, no interval"
 _Window = tuple[tuple[int, float], tuple[int, float]]
 
@@ -49,16 +47,6 @@ def arm_order(found: Iterable[str], order: Sequence[str] | None = None, baseline
 
 
 # ------------------------------------------------------------------------------------------------ convergence
-def curve_gain(curve: Any, metric: str = _P, epochs: int = CONVERGENCE_EPOCHS) -> tuple[Any, Any, Any]:
-    """``(absolute gain, relative gain, epochs spanned)`` of a ``Curve``'s ``metric`` over its last ``epochs`` epochs.
-
-    The last value against the latest one at least ``epochs`` before it (else the first): 0.2, 0.3, 0.4, 0.44 at
-    epochs 1-4 give ``(0.24, 1.2, 3)``. Relative: None for an earlier value <= 0; all None below 2 values.
-    """
-    values = curve.map50_95 if metric == "mAP50-95" else curve.map50
-    return _gain(_window(curve.epoch, values, epochs))
-
-
 def _gain(window: _Window | None) -> tuple[float | None, float | None, int | None]:
     if window is None:
         return None, None, None
@@ -162,29 +150,24 @@ def experiment_warnings(rows: Sequence[Mapping[str, Any]], baseline: str = BASEL
         top = max(means, key=lambda a: means[a])
         return [
             f"nothing learned: every arm's {_P} is below {NOTHING_LEARNED:g} (highest: {top} {means[top]:.4f}); the "
-            "comparison says nothing (train longer, or check the data and labels)"
+            "comparison says nothing (train longer, or check the data)"
         ]
     out, reasons, base = [], [], means.get(baseline)
     if base is not None and base < NOTHING_LEARNED:
         out.append(
-            f"baseline `{baseline}` near 0: its mean {_P} {base:.4f} is below {NOTHING_LEARNED:g}, so a difference "
-            "says that the other arm learned something, not that its loss is better"
+            f"baseline `{baseline}` near 0: its {_P} {base:.4f} is below {NOTHING_LEARNED:g}, so a difference "
+            "says only that the other arm learned something"
         )
     elif base is not None and base < CONVERGED_MIN:
         reasons.append(f"its mean {_P} {base:.4f} is below {CONVERGED_MIN:g}")
     b = next((r for r in rows if r["arm"] == baseline), {})
-    rise, k = b.get(f"{_GAIN}_rel_mean"), b.get("gain_epochs")
-    if rise is not None and rise > CONVERGED_RISE:
+    if (rise := b.get(f"{_GAIN}_rel_mean")) is not None and rise > CONVERGED_RISE:
+        k = b.get("gain_epochs")
         reasons.append(
             f"it still rose {rise:+.1%} over its last {k} epoch{'s' * (k != 1)}, more than {CONVERGED_RISE:.0%}"
         )
-    if reasons:
-        why = "; ".join(reasons)
-        out.append(
-            f"not converged: conclusions are about an early stage of training; baseline `{baseline}`: {why} "
-            "(train longer)"
-        )
-    return out
+    why = "; ".join(reasons)
+    return out + [f"not converged: conclusions are about an early stage of training; `{baseline}`: {why}"] * bool(why)
 
 
 def source_warning(results: Sequence[RunResult]) -> str | None:
@@ -201,8 +184,7 @@ def source_warning(results: Sequence[RunResult]) -> str | None:
     )
     return (
         f"code changed during the experiment: the runs ran {len(by_source)} different yolo_vfl sources ({parts}); a "
-        "difference between arms may come from the code, not the loss (delete the runs of the older source to "
-        "retrain them)"
+        "difference may come from the code (delete the older runs to retrain them)"
     )
 
 
@@ -210,16 +192,8 @@ def resolution(rows: Sequence[Mapping[str, Any]], level: float = LEVEL) -> str |
     """The smallest resolvable difference of the primary metric (the paired half-widths), as text; None: no arm."""
     pairs = [(r[f"{_P}_n_pairs"], r[f"{_P}_diff_halfwidth"]) for r in rows if r["verdict"] != "baseline"]
     pairs = [(n, w) for n, w in pairs if n > 0]
-    widths = [w for _, w in pairs if w is not None]
-    if not widths:
-        return (
-            None
-            if not pairs
-            else (
-                f"with 1 paired seed there is no interval: no difference of {_P} can be resolved (the paired interval "
-                "needs ≥ 2 paired seeds)"
-            )
-        )
+    if not (widths := [w for _, w in pairs if w is not None]):
+        return f"with 1 paired seed there is no interval: no difference of {_P} can be resolved" if pairs else None
     ns = sorted({n for n, w in pairs if w is not None})
     lo, hi = f"{min(widths):.4f}", f"{max(widths):.4f}"
     text = (
@@ -295,16 +269,10 @@ def _csv(rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = No
     return buf.getvalue()
 
 
-def _table(head: str, body: Iterable[Sequence[Any]], *notes: str) -> list[str]:
-    """A markdown table (``head``: ``a | b``), then each note whose marker (before its colon) a cell is or contains."""
-    lines = [[str(c) for c in row] for row in body]
-    cells = {c.strip() for row in lines for c in row}
-    legend = []
-    for text in notes:
-        mark = text.split(":", 1)[0].strip("`")
-        if any(c == mark or (len(mark) > 1 and mark in c) for c in cells):
-            legend += ["", text]
-    return [f"| {head} |", "|" + " --- |" * (head.count(" | ") + 1), *(f"| {' | '.join(r)} |" for r in lines), *legend]
+def _table(head: str, body: Iterable[Sequence[Any]]) -> list[str]:
+    """A markdown table (``head``: ``a | b``), then the fixed legend of the cell markers."""
+    rows = [f"| {' | '.join(str(c) for c in row)} |" for row in body]
+    return [f"| {head} |", "|" + " --- |" * (head.count(" | ") + 1), *rows, "", _LEGEND]
 
 
 # ------------------------------------------------------------------------------------------------ summary.md
@@ -326,22 +294,15 @@ def _header(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> list[
     for key, label in (("data", "Data"), ("train", "Shared training arguments"), ("seeds", "Seeds")):
         if (value := meta.get(key)) not in (None, "", {}):
             out.append(f"- {label}: `{_pairs(value, '=', ' ') if isinstance(value, Mapping) else value}`")
-    out.append(
-        f"- Baseline arm: `{meta.get('baseline', BASELINE)}`; every arm x seed trains with the same data, epochs, "
-        "image size and seed (Ultralytics deterministic mode)."
-    )
+    out.append(f"- Baseline arm: `{meta.get('baseline', BASELINE)}`; every arm x seed trains alike (deterministic).")
     if isinstance(pre := meta.get("pretrain"), Mapping):
         m, sha = pre.get("metrics") or {}, f"weights sha256 `{str(pre['sha256'])[:12]}`; " if pre.get("sha256") else ""
         out.append(
             f"- Start model: the project-made pretrained checkpoint `{pre.get('fingerprint')}` (stock BCE; {sha}"
             f"mAP50-95 {_fmt(m.get('mAP50-95')) or 'n/a'}, mAP50 {_fmt(m.get('mAP50')) or 'n/a'} on its own val split; "
-            f"built in {_duration(pre.get('train_time_s'))}; `yolo-vfl pretrain`): every arm fine-tunes it."
+            f"built in {_duration(pre.get('train_time_s'))}): every arm fine-tunes it."
         )
-    if meta.get("missing"):
-        out.append(
-            f"- **Missing runs (not finished)**: {', '.join(meta['missing'])}; the statistics use the finished ones."
-        )
-    return out
+    return out + ([f"- **Missing runs (not finished)**: {', '.join(meta['missing'])}."] if meta.get("missing") else [])
 
 
 def _accuracy(rows: Sequence[Mapping[str, Any]], baseline: str, level: int) -> list[str]:
@@ -353,28 +314,19 @@ def _accuracy(rows: Sequence[Mapping[str, Any]], baseline: str, level: int) -> l
         + [_diff(r, f"{m}_diff") for m in ("precision", "recall")]
         for r in rows
     ]
+    head = f"arm | pairs | Δ{_P} [{level}% CI] | verdict | ΔmAP50 [{level}% CI] | verdict (mAP50) "
     return [
         "\n## Accuracy\n",
-        "Final validation of each run's `best.pt` on the val split; mean ± sample std over seeds.\n",
+        "Final validation of each run's `best.pt`; mean ± sample std over seeds.\n",
         *_table(
-            "arm | loss | overrides | seeds | mAP50 | mAP50-95 | precision | recall",
+            "arm | loss | overrides | seeds | " + " | ".join(METRICS),
             [a + [_stat(r, m) for m in METRICS] for a, r in zip(accuracy, rows)],
-            "`-`: not measured: no value in any run of this arm.",
-            _N1_NOTE,
         ),
         f"\n## Difference to `{baseline}`\n",
         *_warnings(rows),
-        f"Paired by seed (arm − {baseline}, same seed), mean and {level}% Student-t interval over the seeds; the "
-        f"verdict says better or worse only when the interval excludes zero, decided on {_P}.\n",
-        *_table(
-            f"arm | pairs | Δ{_P} [{level}% CI] | verdict | ΔmAP50 [{level}% CI] | verdict (mAP50) "
-            "| Δprecision [CI] | Δrecall [CI]",
-            diffs,
-            f"`{_NO_INTERVAL}`: one paired seed; the paired interval needs ≥ 2 paired seeds, so the verdict cannot be "
-            "better or worse.",
-            f"`-`: no paired value: no seed with this metric in both this arm and `{baseline}`.",
-            f"n/a: the reason is in the cell (no seed that both this arm and `{baseline}` finished).",
-        ),
+        f"Paired by seed (arm − {baseline}), mean and {level}% Student-t interval; better or worse only when the "
+        f"interval of {_P} excludes zero (it needs ≥ 2 paired seeds).\n",
+        *_table(head + "| Δprecision [CI] | Δrecall [CI]", diffs),
     ]
 
 
@@ -394,22 +346,17 @@ def _convergence_section(rows: Sequence[Mapping[str, Any]], baseline: str, level
         + [_diff(r, f"{_P}_curve_diff_{when}") for when in ("earlier", "last")]
         for r in rows
     ]
-    res, k = resolution(rows, level / 100), CONVERGENCE_EPOCHS
+    res, k, vs = resolution(rows, level / 100), CONVERGENCE_EPOCHS, f"Δ vs {baseline}"
     return [
         "\n## Convergence and resolution\n",
-        f"Gain of {_P} over each run's last {k} epochs (`curves.png`; a shorter run: from its first epoch), mean ± std "
-        f"over seeds: a run still rising has not converged (the baseline: below {CONVERGED_MIN:g} or rising more than "
-        f"{CONVERGED_RISE:.0%}). Resolution: the half-width of the paired {level}% interval against `{baseline}`. The "
-        f"last two columns: the paired difference to `{baseline}` {k} epochs before the end and at the last epoch.\n",
+        f"Gain of {_P} over each run's last {k} epochs (`curves.png`): still rising is not converged. Resolution: the "
+        f"half-width of the paired {level}% interval. Last two columns: paired differences {k} epochs before the end "
+        "and at the end.\n",
         *([f"**Resolution: {res}.**\n"] if res else []),
         *_table(
             f"arm | final {_P} | epochs spanned | gain | relative gain | ± {level}% CI vs {baseline} "
-            f"| Δ vs {baseline}, {k} epochs earlier [CI] | Δ vs {baseline}, last epoch [CI]",
+            f"| {vs}, {k} epochs earlier [CI] | {vs}, last epoch [CI]",
             conv,
-            "`-`: not measured: no seed of the arm has a curve with 2 epochs or more (relative gain: the earlier value "
-            "is 0), or no final value.",
-            "n/a: no paired interval; the reason is in the cell (an interval needs ≥ 2 seeds finished in both arms).",
-            _N1_NOTE,
         ),
     ]
 
@@ -421,25 +368,15 @@ def _ranking_and_times(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         + [_duration(r["wall_time_s_mean"]), *(_stat(r, k) for k in LOSS_KEYS)]
         for r in rows
     ]
+    rank = [[r["arm"], *(_stat(r, f"rank_{k}", 3) for k in RANK_KEYS)] for r in rows]
     return [
         "\n## Ranking quality (confidence vs IoU)\n",
-        "Correlation of each final-model detection's confidence with its IoU to the best same-class ground truth (0 if "
-        'none; GFL, arXiv 2006.04388), mean ± std over seeds; "IoU>0": detections overlapping one. `ranking.png`.\n',
-        *_table(
-            "arm | Pearson | Spearman | Pearson (IoU>0) | Spearman (IoU>0)",
-            [[r["arm"], *(_stat(r, f"rank_{k}", 3) for k in RANK_KEYS)] for r in rows],
-            "`-`: not measured (no detections.npz), or undefined (fewer than 2 detections, or a constant).",
-            _N1_NOTE,
-        ),
+        "Correlation of each detection's confidence with its IoU to the best same-class ground truth (GFL, arXiv "
+        '2006.04388); "IoU>0": detections overlapping one. `ranking.png`.\n',
+        *_table("arm | Pearson | Spearman | Pearson (IoU>0) | Spearman (IoU>0)", rank),
         "\n## Training time and final losses\n",
-        "Training time: Ultralytics' epoch times summed; wall time: with validation and ranking; means over seeds. "
-        "`cls_loss` is each arm's own loss: not comparable across losses.\n",
-        *_table(
-            "arm | epochs | train time | wall time | box_loss | cls_loss | dfl_loss",
-            times,
-            "`-`: not recorded in any run of this arm.",
-            _N1_NOTE,
-        ),
+        "Epoch times summed; wall time with validation. `cls_loss` is each arm's own loss: not comparable.\n",
+        *_table("arm | epochs | train time | wall time | box_loss | cls_loss | dfl_loss", times),
     ]
 
 
@@ -454,11 +391,7 @@ def _runs_section(rows: Sequence[Mapping[str, Any]], table: pl.DataFrame) -> lis
     ]
     return [
         "\n## Runs\n",
-        *_table(
-            "run | arm | seed | mAP50 | mAP50-95 | precision | recall | train time | Pearson | Spearman",
-            runs,
-            "`-`: not measured in that run (or the correlation is undefined).",
-        ),
+        *_table(f"run | arm | seed | {' | '.join(METRICS)} | train time | Pearson | Spearman", runs),
         "\n## Curves\n\n![mAP50-95 per epoch](curves.png)\n\n![confidence vs IoU](ranking.png)\n",
     ]
 
@@ -482,25 +415,23 @@ def summary_markdown(
 _OP = f"{OPERATING_CONF:g}"
 #: The operating points of the diagnosis tables: key in the metric names, heading.
 _POINTS = {_OP: f"at conf ≥ {_OP}", "eq": "at equal recall", "f1": "at each run's F1-optimal threshold"}
-_POINT_METRICS = (*KINDS, "fp", "missed", "precision")
 #: The per-run metrics of the diagnosis' Runs table.
 _RUN_METRICS = (*(f"{k}@{_OP}" for k in ("tp", "fp", *FP_KINDS, "missed")), "threshold@f1", "ap50", "ultralytics/mAP50")
 _DIAG_METRICS = (
     "n_images", "n_gt", "ap50", "ap50_tp_only", f"tp_iou@{_OP}", "tp_iou@f1", "threshold@f1", "recall@f1", "recall_max",
-    *(f"{k}@{p}" for p in (_OP, "f1") for k in _POINT_METRICS), *(f"score_{k}" for k in KINDS),
-    *(f"ap50_{c}_{k}" for k in FP_KINDS for c in ("cost", "without")), *_RUN_METRICS,
+    *(f"{k}@{p}" for p in (_OP, "f1") for k in (*KINDS, "fp", "missed", "precision")),
+    *(f"score_{k}" for k in KINDS), *(f"ap50_{c}_{k}" for k in FP_KINDS for c in ("cost", "without")), *_RUN_METRICS,
 )  # fmt: skip
 
 
 def common_recall(table: pl.DataFrame, baseline: str = BASELINE) -> float | None:
-    """The baseline runs' (else all runs') mean recall at their F1-optimal thresholds, the level the arms share.
+    """The baseline runs' (else all runs') mean ``recall@f1``, floored to 0.01 and capped at every run's ``recall_max``.
 
-    Rounded down to the 0.01 grid and capped at the highest level every run reaches (``recall_max``); None below 0.01.
+    None below 0.01.
     """
     runs = final_values(table, ("recall@f1", "recall_max"))
     base = runs.filter(pl.col("arm") == baseline)
-    mean = (base if base.height else runs)["recall@f1"].mean()
-    if mean is None:
+    if (mean := (base if base.height else runs)["recall@f1"].mean()) is None:
         return None
     level = min(math.floor(mean * 100 + 1e-9) / 100, runs["recall_max"].min())
     return round(level, 2) if level >= 0.01 else None
@@ -511,8 +442,7 @@ def diagnosis_stats(
 ) -> pl.DataFrame:
     """One row per arm (the ``diagnosis.csv`` columns): ``<metric>_mean`` / ``<metric>_std`` over seeds.
 
-    ``table``: the runs' diagnosis rows (``evaluation.diagnose``); the recall grid enters only at ``recall`` (default
-    ``common_recall``), as the operating point ``eq``.
+    The recall grid enters only at ``recall`` (default ``common_recall``), as the operating point ``eq``.
 
     Raises:
         MissingMetricError: a run without a row for a metric of the report.
@@ -526,10 +456,10 @@ def diagnosis_stats(
     stats = rows.group_by("arm", "metric", maintain_order=True).agg(
         mean=pl.col("value").mean(), std=pl.col("value").std()
     )
-    long = stats.unpivot(index=["arm", "metric"], variable_name="stat").with_columns(
-        column=pl.col("metric") + "_" + pl.col("stat")
+    long = stats.unpivot(index=["arm", "metric"], variable_name="stat")
+    wide = long.with_columns(column=pl.col("metric") + "_" + pl.col("stat")).pivot(
+        on="column", index="arm", values="value", maintain_order=True
     )
-    wide = long.pivot(on="column", index="arm", values="value", maintain_order=True)
     seeds = final.group_by("arm").agg(n_seeds=pl.col("seed").n_unique(), seeds=pl.col("seed").unique().sort())
     arms = pl.DataFrame({"arm": arm_order(final["arm"].unique(maintain_order=True), order, baseline)})
     columns = [f"{m}_{s}" for m in rows["metric"].unique(maintain_order=True) for s in ("mean", "std")]
@@ -545,29 +475,23 @@ def _growth_text(row: Mapping[str, Any], base: Mapping[str, Any], t: str) -> str
     by_kind = ", ".join(f"{k} {d:+.1f}" for k, d in sorted(deltas.items(), key=lambda kv: -kv[1]))
     top = max(deltas, key=lambda k: deltas[k])
     fp, p = (
-        " → ".join(_fmt(_mean(r, f"{key}@{t}"), n, "n/a") for r in (base, row))
-        for key, n in (("fp", 1), ("precision", 3))
+        " → ".join(_fmt(_mean(r, f"{k}@{t}"), n, "n/a") for r in (base, row)) for k, n in (("fp", 1), ("precision", 3))
     )
     grows = f"**{top}** grows most" if deltas[top] > 0 else "no FP kind grows"
     return f"FPs per run {fp} (precision {p}); by kind {by_kind}: {grows}"
 
 
 def _ap50_text(runs: pl.DataFrame, arm: str, baseline: str, level: float) -> str:
-    """The AP50 gap to the baseline paired by seed, and how it changes with each FP kind removed from both arms.
-
-    Removing a kind narrows the gap when it brings the paired mean gap closer to zero, whichever arm is ahead.
-    """
+    """The AP50 gap to the baseline paired by seed, and which FP kind, removed from both arms, narrows it most."""
 
     def gap(metric: str) -> Any:
         of = {a: _by_seed(runs.filter(pl.col("arm") == a), metric) for a in (arm, baseline)}
         return paired_difference(of[arm], of[baseline], level)
 
-    g = gap("ap50")
-    if g.mean is None:
+    if (g := gap("ap50")).mean is None:
         return "AP50: no seed with a value in both arms"
     text = f"AP50 gap paired by seed {_diff_text(g.mean, g.lo, g.hi)}"
-    gaps = {k: d.mean for k in FP_KINDS if (d := gap(f"ap50_without_{k}")).mean is not None}
-    if not gaps:
+    if not (gaps := {k: d.mean for k in FP_KINDS if (d := gap(f"ap50_without_{k}")).mean is not None}):
         return text
     text += "; with one FP kind removed from both arms: " + ", ".join(f"{k} {v:+.4f}" for k, v in gaps.items())
     best = min(gaps, key=lambda k: abs(gaps[k]))
@@ -577,24 +501,21 @@ def _ap50_text(runs: pl.DataFrame, arm: str, baseline: str, level: float) -> str
 
 
 def findings(stats: pl.DataFrame, runs: pl.DataFrame, baseline: str = BASELINE, level: float = LEVEL) -> list[str]:
-    """One markdown bullet body per non-baseline arm: which FP kind grows most against the baseline and its AP50 gap.
+    """Per non-baseline arm, a markdown bullet body: the FP kind that grows most, and its AP50 gap.
 
-    ``stats``: ``diagnosis_stats``; ``runs``: per run its ``_RUN_METRICS`` and ``ap50_without_<kind>`` values.
+    ``stats``: ``diagnosis_stats``; ``runs``: ``diagnosis_runs``.
     """
     rows = {r["arm"]: r for r in stats.iter_rows(named=True)}
     if baseline not in rows:
         return [f"No baseline arm `{baseline}` among the diagnosed runs: no comparison."]
-    base, out = rows[baseline], []
-    recall = base["eq_recall"]
+    base, recall, out = rows[baseline], rows[baseline]["eq_recall"], []
+    views = {"eq": f"at equal recall {recall:.2f} (≈{_fmt(base.get('tp@eq_mean'), 0)} TPs per run)" if recall else None}
+    views |= {"f1": _POINTS["f1"], _OP: _POINTS[_OP]}
     for arm, row in rows.items():
-        if arm == baseline:
-            continue
-        tps = _fmt(base.get("tp@eq_mean"), 0)
-        views = {"eq": f"at equal recall {recall:.2f} (≈{tps} TPs per run)" if recall else None, "f1": _POINTS["f1"]}
-        views[_OP] = _POINTS[_OP]
-        parts = [f"{label}: {_growth_text(row, base, t)}" for t, label in views.items() if label]
-        parts.append(_ap50_text(runs, arm, baseline, level))
-        out.append(f"`{arm}` vs `{baseline}`:\n" + "\n".join(f"  - {p}" for p in parts))
+        if arm != baseline:
+            parts = [f"{label}: {_growth_text(row, base, t)}" for t, label in views.items() if label]
+            parts.append(_ap50_text(runs, arm, baseline, level))
+            out.append(f"`{arm}` vs `{baseline}`:\n" + "\n".join(f"  - {p}" for p in parts))
     return out
 
 
@@ -603,45 +524,33 @@ def diagnosis_csv_text(stats: pl.DataFrame) -> str:
     return _csv(list(stats.iter_rows(named=True)))
 
 
-_DASH_NOTE = "`-`: not measured: no value in any run of this arm (the operating point was not reached, no detection "
-_DASH_NOTE += "of that kind, or no ground truth for AP50)."
-
-
 def _kind_table(stats: pl.DataFrame, t: str) -> list[str]:
-    threshold = t != _OP
+    """TP and FP counts per kind and the precision at operating point ``t``, per arm."""
+    th = t != _OP
     body = [
-        [r["arm"], r["n_seeds"], *([_stat(r, f"threshold@{t}", 3)] if threshold else [])]
-        + [_stat(r, f"{k}@{t}", 1) for k in (*KINDS, "fp", "missed")]
-        + [_stat(r, f"precision@{t}", 3)]
+        [r["arm"], r["n_seeds"], *([_stat(r, f"threshold@{t}", 3)] if th else [])]
+        + [*(_stat(r, f"{k}@{t}", 1) for k in (*KINDS, "fp", "missed")), _stat(r, f"precision@{t}", 3)]
         for r in stats.iter_rows(named=True)
     ]
-    head = " | ".join(["arm", "seeds", *(["threshold"] if threshold else []), "TP", *FP_KINDS, "FP", "missed GT"])
-    return _table(head + " | precision", body, _DASH_NOTE, _N1_NOTE)
-
-
-def _tp_score(row: Mapping[str, Any]) -> str:
-    """The arm's mean TP score, or why there is none."""
-    score = _mean(row, "score_tp")
-    return "n/a (no true positives)" if score is None else f"{score:.3f}"
+    head = " | ".join(["arm", "seeds", *(["threshold"] if th else []), "TP", *FP_KINDS, "FP", "missed GT"])
+    return _table(head + " | precision", body)
 
 
 def _diagnosis_header(stats: pl.DataFrame, meta: Mapping[str, Any]) -> list[str]:
     """The title and how the detections were made and classified."""
     p, first = meta.get("params") or {}, next(stats.iter_rows(named=True))
     na = "n/a (not recorded)"
+    nms = ", ".join(f"{k} {_fmt(p.get(k), None, na)}" for k in ("imgsz", "conf", "iou", "max_det"))
     out = [f"# Diagnosis: {meta.get('name', 'ab')}", ""]
     out += [f"- {label}: `{meta[k]}`" for k, label in (("out", "Experiment"), ("command", "Command")) if meta.get(k)]
+    n = (_fmt(first[f"{k}_mean"], 0, na) for k in ("n_images", "n_gt"))
     out += [
-        f"- Detections of each run's `best.pt` as Ultralytics validation scores them (val split, "
-        f"{_fmt(first['n_images_mean'], 0, na)} images, {_fmt(first['n_gt_mean'], 0, na)} ground-truth boxes; "
-        f"imgsz {_fmt(p.get('imgsz'), None, na)}, conf ≥ {_fmt(p.get('conf'), None, na)}, NMS IoU "
-        f"{_fmt(p.get('iou'), None, na)}, max_det {_fmt(p.get('max_det'), None, na)}, multi-label NMS: a box can carry "
-        "several classes).",
-        "- Each image's detections, in descending confidence: **tp** (IoU ≥ 0.5 with an unmatched same-class ground "
-        "truth), **duplicate** (IoU ≥ 0.5 with a same-class ground truth already matched), **wrong_class** (IoU ≥ 0.5 "
-        "with a ground truth of another class), **localization** (best IoU with any ground truth in [0.1, 0.5)), "
-        "**background** (best IoU < 0.1). Missed GT = ground truths without a TP at that threshold.",
-        f"- Counts are per run (all val images), mean ± sample std over seeds. Baseline arm: `{meta['baseline']}`.",
+        "- Detections of each run's `best.pt` as Ultralytics validation scores them ({} val images, {} ground-truth "
+        "boxes; {}; multi-label NMS).".format(*n, nms),
+        "- In descending confidence: **tp** (IoU ≥ 0.5, unmatched same-class GT), **duplicate** (same-class GT "
+        "already matched), **wrong_class** (IoU ≥ 0.5, other class), **localization** (best IoU in [0.1, 0.5)), "
+        "**background**.",
+        f"- Counts per run, mean ± sample std over seeds. Baseline arm: `{meta['baseline']}`.",
     ]
     return out + ([f"- Not diagnosed (no finished run): {', '.join(meta['missing'])}."] if meta.get("missing") else [])
 
@@ -651,78 +560,59 @@ def _scores_section(stats: pl.DataFrame) -> list[str]:
     keys = [*(f"score_{k}" for k in KINDS), f"tp_iou@{_OP}", "tp_iou@f1"]
     keys4 = ["ap50", *(f"ap50_cost_{k}" for k in FP_KINDS), "ap50_tp_only"]
     body = [
-        [r["arm"], *(_stat(r, k, 3) for k in keys), *(_stat(r, k, 4) for k in keys4)]
-        for r in stats.iter_rows(named=True)
+        [r["arm"], *(_stat(r, k, 3) for k in keys), *(_stat(r, k) for k in keys4)] for r in stats.iter_rows(named=True)
     ]
     head = " | ".join(["arm", *(f"score {'TP' if k == 'tp' else k}" for k in KINDS), f"TP IoU@{_OP}", "TP IoU@F1"])
     head += " | AP50 | " + " | ".join(f"cost {k}" for k in FP_KINDS) + " | AP50 TP only"
     return [
         "\n## Scores and AP50 cost per kind\n",
-        f"Mean score of each kind; mean IoU of the TPs at conf ≥ {_OP} and at the F1-optimal threshold. AP50 uses the "
-        "greedy matching above (Ultralytics' `compute_ap`, mean over classes). Cost of a FP kind: the AP50 gained if "
-        "its detections were removed (TIDE). TP only: AP50 with every FP removed, the ceiling that missed objects "
-        "leave.\n",
-        *_table(head, body, _DASH_NOTE, _N1_NOTE),
+        "Mean score per kind; mean TP IoU. AP50 as Ultralytics' `compute_ap`; cost of a FP kind: the AP50 gained "
+        "without it (TIDE); TP only: every FP removed.\n",
+        *_table(head, body),
     ]
 
 
 def _diagnosis_runs(runs: pl.DataFrame) -> list[str]:
     """One line per run: its counts at ``OPERATING_CONF``, F1 threshold and AP50s."""
     digits = {"threshold@f1": 3, "ap50": 4, "ultralytics/mAP50": 4}
-    body = [
-        [
-            r["run"],
-            r["arm"],
-            r["seed"],
-            *(_fmt(r[m] if m in digits else _int(r[m]), digits.get(m), "-") for m in _RUN_METRICS),
-        ]
-        for r in runs.iter_rows(named=True)
-    ]
-    head = f"run | arm | seed | TP@{_OP} | FP@{_OP} | " + " | ".join(FP_KINDS)
-    head += f" | missed@{_OP} | F1 threshold | AP50 | Ultralytics mAP50"
-    return ["\n## Runs\n", *_table(head, body, "`-`: not measured in that run (no detection or no ground truth).")]
 
+    def cell(v: float | None, m: str) -> str:
+        return _fmt(v if m in digits or v is None else int(v), digits.get(m), "-")
 
-def _int(v: float | None) -> int | None:
-    return None if v is None else int(v)
+    body = [[r["run"], r["arm"], r["seed"], *(cell(r[m], m) for m in _RUN_METRICS)] for r in runs.iter_rows(named=True)]
+    head = f"run | arm | seed | TP@{_OP} | FP@{_OP} | {' | '.join(FP_KINDS)} | missed@{_OP} | F1 threshold | AP50"
+    return ["\n## Runs\n", *_table(head + " | Ultralytics mAP50", body)]
 
 
 def diagnosis_markdown(stats: pl.DataFrame, runs: pl.DataFrame, meta: Mapping[str, Any]) -> str:
-    """``diagnosis.md`` from ``diagnosis_stats`` and the per-run values (``diagnosis_runs``).
+    """``diagnosis.md`` from ``diagnosis_stats`` and ``diagnosis_runs``.
 
     ``meta``: ``name``, ``baseline``, ``level``, ``params`` (of the recording pass), ``out``, ``command``, ``missing``.
     """
     baseline, recall = meta["baseline"], stats["eq_recall"][0]
     out = [*_diagnosis_header(stats, meta), "\n## Findings\n"]
-    if stats.height > 1:
-        out += [f"- {s}" for s in findings(stats, runs, baseline, meta.get("level", LEVEL))]
-    else:
-        out.append("- Only one arm: no comparison.")
-    scale = ", ".join(f"{r['arm']} {_tp_score(r)}" for r in stats.iter_rows(named=True))
+    out += [f"- {s}" for s in findings(stats, runs, baseline, meta.get("level", LEVEL))] if stats.height > 1 else []
+    out += [] if stats.height > 1 else ["- Only one arm: no comparison."]
+    tp = {r["arm"]: _mean(r, "score_tp") for r in stats.iter_rows(named=True)}
+    scale = ", ".join(f"{a} {'n/a (no true positives)' if s is None else f'{s:.3f}'}" for a, s in tp.items())
     out += [
-        f"\nMean TP score per arm: {scale}. Losses put scores on different scales, so counts at a fixed threshold "
-        "compare different operating points; at equal recall every arm has found the same number of objects.\n",
+        f"\nMean TP score per arm: {scale}. Scores differ in scale across losses; at equal recall every arm has found "
+        "the same number of objects.\n",
         f"## Detections {_POINTS[_OP]}\n",
         *_kind_table(stats, _OP),
         f"\n## Detections at equal recall ({_fmt(recall, 2, 'n/a')})\n",
-    ]
-    if recall is None:
-        out.append("No recall level that every run reaches.")
-    else:
-        out.append(
-            f"Each run's highest threshold at which its recall (all classes pooled) reaches {recall:.2f}, the "
-            f"`{baseline}` runs' mean recall at their F1-optimal thresholds (capped at what every run reaches).\n"
-        )
-        out += _kind_table(stats, "eq")
-    out += [
+        *(["No recall level that every run reaches."] if recall is None else []),
+        *(
+            []
+            if recall is None
+            else [f"Each run's highest threshold reaching recall {recall:.2f}.\n", *_kind_table(stats, "eq")]
+        ),
         "\n## Detections at each run's F1-optimal threshold\n",
-        "The threshold with the highest F1, all classes pooled (Ultralytics maximizes the F1 averaged over classes, "
-        "so its numbers differ a little).\n",
+        "The threshold with the highest F1, all classes pooled.\n",
         *_kind_table(stats, "f1"),
         *_scores_section(stats),
         *_diagnosis_runs(runs),
-        "\n## Plots\n\n![FP kinds and score distributions](fp_scores.png)\n\n"
-        "![precision and recall per epoch](pr_curves.png)\n",
+        "\n## Plots\n\n![FP kinds and scores](fp_scores.png)\n\n![precision and recall per epoch](pr_curves.png)\n",
     ]
     return "\n".join(out)
 
