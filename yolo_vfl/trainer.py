@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -173,14 +174,9 @@ def _record_settings(path: Path, settings: dict[str, Any]) -> None:
     if not isinstance(train_args, dict) or all(train_args.get(k, object()) == v for k, v in settings.items()):
         return
     ckpt["train_args"] = {**train_args, **settings}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 class _FinalValidationSkipped(Exception):
