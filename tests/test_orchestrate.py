@@ -315,3 +315,28 @@ def test_plan_command_on_a_fixed_pilot(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs >= 2 seeds paired with bce per arm; paired seeds: vfl (1)" in err
     assert main(["ab", "plan", f"out={out}", "margin=0"]) == 2
+
+
+def test_one2one_arm_needs_an_end_to_end_head(det_data, tmp_path):
+    """An arm with cls_branches=one2one on yolov8n (no one-to-one branch) is refused before anything is written."""
+    from yolo_vfl.ab import spec_from_dict
+
+    raw = {
+        "name": "o2o",
+        "out": str(tmp_path / "ab"),
+        "seeds": [0],
+        "device": "cpu",
+        "train": {"data": str(det_data), "imgsz": IMGSZ, "epochs": 1, "batch": 4, "workers": 0},
+        "arms": {"bce": {}, "vfl_o2o": {"loss": "vfl", "cls_branches": "one2one"}},
+    }
+    with pytest.raises(UserError, match=r"Arm 'vfl_o2o': Invalid cls_branches='one2one'.*no one-to-one branch"):
+        run_ab(spec_from_dict(raw), command="refused", dry_run=True)
+    assert not (tmp_path / "ab").exists()
+    from ultralytics.nn.tasks import yaml_model_load
+
+    try:
+        yaml_model_load("yolo26n.yaml")
+    except (FileNotFoundError, AssertionError) as e:  # YOLO26 configs exist in 8.4 only
+        pytest.skip(f"yolo26n.yaml not available in this Ultralytics version: {e}")
+    raw["train"]["model"] = "yolo26n.yaml"
+    run_ab(spec_from_dict(raw), command="dry", dry_run=True)  # an end-to-end head: accepted

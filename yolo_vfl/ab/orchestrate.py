@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from ..errors import UserError
+from ..errors import InvalidSettingError, UserError
 from ..fileio import atomic_write_json, atomic_write_text, file_lock, read_json
 from . import protocol, sequential
 from .backends import Failure, Progress, run_jobs
@@ -164,6 +164,16 @@ def _preflight(spec: ABSpec, data: str) -> None:
             f"Invalid model={model!r}: its task is {task!r}; the A/B runner trains tasks {', '.join(TASK_TRAINERS)} "
             "(their criteria have the classification branch the losses replace)."
         )
+    one2one = [arm.name for arm in spec.arms if arm.overrides.get("cls_branches") == "one2one"]
+    if one2one:  # the loss on the one-to-one branch only needs an end-to-end head
+        from ultralytics import YOLO
+
+        from ..criterion import ClsLossSettings, check_branches
+
+        try:
+            check_branches(ClsLossSettings(branches="one2one"), YOLO(model).model)
+        except UserError as e:
+            raise InvalidSettingError(f"Arm {one2one[0]!r}: {e} (model={model})") from e
     if spec.train.get("data") is not None:  # class ids >= nc are fine only with single_cls
         check_data(data, single_cls=all({**spec.train, **arm.overrides}.get("single_cls") for arm in spec.arms))
     check_devices(spec.device)
