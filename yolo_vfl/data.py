@@ -127,6 +127,7 @@ class _Variant(NamedTuple):
     min_diameter: float  # smallest object diameter (circumscribed circle), fraction of the image side ...
     max_diameter: float  # ... and the largest
     text: bool = False  # objects are characters drawn with a font (their names), not polygons
+    clutter: bool = True  # textured background, unlabelled distractors and occluding lines; else a plain gradient
 
 
 _VARIANTS: dict[str, _Variant] = {
@@ -140,8 +141,9 @@ _VARIANTS: dict[str, _Variant] = {
     # +-20 degrees drawn at random: made by a font renderer, not from polygons), 0-7 objects whose height is 12-35%
     # of the side, partial outlines of the shapes and stray letters as clutter, 5% empty images
     "digits": _Variant(DIGIT_NAMES, empty_p=0.05, max_objects=7, min_diameter=0.12, max_diameter=0.35, text=True),
-    # the first-run demo: three clearly different shapes, 1-3 large objects (25-60% of the side), 3% empty images
-    "quick": _Variant(QUICK_NAMES, empty_p=0.03, max_objects=3, min_diameter=0.25, max_diameter=0.6),
+    # the first-run demo: three clearly different shapes, 1-3 large objects (30-60% of the side), 3% empty images,
+    # on a plain smooth gradient without distractors (an easy problem that a few minutes of CPU training learns)
+    "quick": _Variant(QUICK_NAMES, empty_p=0.03, max_objects=3, min_diameter=0.3, max_diameter=0.6, clutter=False),
 }
 VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
 """Dataset variants: ``shapes`` (the default, the embedded dataset), ``glyphs`` and ``digits`` (made differently)."""
@@ -154,7 +156,7 @@ EMBEDDED_NAMES: dict[str, tuple[str, int]] = {
 }
 """``data=`` names of the generated datasets: name -> (variant, generator seed)."""
 
-_EMBEDDED_SIZES: dict[str, tuple[int, int]] = {"embedded-quick": (300, 96)}
+_EMBEDDED_SIZES: dict[str, tuple[int, int]] = {"embedded-quick": (200, 96)}
 """``(n, imgsz)`` of the generated datasets in :data:`EMBEDDED_NAMES` that are not 600 images of 192 px."""
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -488,8 +490,13 @@ def _render(
     names = variant.names
     dmin, dmax = max(6.0, variant.min_diameter * s), variant.max_diameter * s  # diameter of the circumscribed circle
     rmin, rmax = dmin / 2, dmax / 2
-    img = _background(rng, s)
-    _distractors(img, rng, s, rmin, rmax, names)
+    if variant.clutter:
+        img = _background(rng, s)
+        _distractors(img, rng, s, rmin, rmax, names)
+    else:  # plain: a smooth two-colour gradient
+        c1, c2 = rng.uniform(0, 255, (2, 1, 1, 3))
+        m = rng.uniform(0, 1, (2, 2, 1))
+        img = cv2.resize((c1 * (1 - m) + c2 * m).astype(np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
 
     n_obj = 0 if rng.random() < variant.empty_p else int(rng.integers(1, variant.max_objects + 1))
     owner = np.full((s, s), -1, np.int16)  # which object owns each pixel (the last one drawn there)
@@ -544,13 +551,13 @@ def _render(
             areas.append(int(m.sum()))
             break
 
-    return _finish(img, rng), boxes
+    return _finish(img, rng, variant.clutter), boxes
 
 
-def _finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Occluding lines, blur, global contrast/brightness and pixel noise over a drawn float image; uint8 out."""
+def _finish(img: np.ndarray, rng: np.random.Generator, lines: bool = True) -> np.ndarray:
+    """Occluding lines (if ``lines``), blur, global contrast/brightness and pixel noise over a float image; uint8."""
     s = img.shape[0]
-    if rng.random() < 0.35:  # thin occluding lines across everything
+    if lines and rng.random() < 0.35:  # thin occluding lines across everything
         for _ in range(int(rng.integers(1, 3))):
             p = _fixed(rng.uniform(0, s, (2, 2)))
             cv2.line(img, tuple(p[0, 0]), tuple(p[1, 0]), _colour(rng), 1, cv2.LINE_AA, _SHIFT)
