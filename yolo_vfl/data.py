@@ -472,6 +472,108 @@ def _distractors(
                 cv2.circle(img, (int(c[0]), int(c[1])), r, colour, -1, cv2.LINE_AA)
 
 
+def _draw_object(
+    img: np.ndarray,
+    owner: np.ndarray,
+    boxes: list[tuple[int, float, float, float, float]],
+    areas: list[int],
+    rng: np.random.Generator,
+    cls: int,
+    placed: tuple[np.ndarray, np.ndarray, float],
+) -> bool:
+    """Draw a placed object (filled, filled with an outline, or hollow) unless it would hide another one.
+
+    Args:
+        img: The (s, s, 3) uint8 image, drawn into in place.
+        owner: (s, s) int16 pixel owners, updated in place.
+        boxes: The objects drawn so far; the new one is appended.
+        areas: Their visible areas; the new one is appended.
+        rng: The image's random generator.
+        cls: Class index.
+        placed: ``(poly, centre, radius)``: the (K, 2) polygon around the origin, its centre and circumscribed radius.
+
+    Returns:
+        True when drawn (``boxes`` and ``areas`` grew by one), False when nothing was drawn.
+    """
+    poly, centre, radius = placed
+    s = img.shape[0]
+    pts = poly + centre
+    x0, y0 = pts.min(0)
+    x1, y1 = pts.max(0)
+    style = rng.random()  # < 0.5 filled, < 0.8 filled + outline, else hollow
+    # strokes are drawn on a polygon shrunk by half their width, so that they stay inside the labelled box
+    thick = max(2, int(round(radius * rng.uniform(0.15, 0.3)))) if style >= 0.8 else 0
+    edge_w = max(1, round(radius / 12)) if 0.5 <= style < 0.8 else 0
+    shape = _fixed(pts)
+    stroke = _fixed(poly * (1 - max(thick, edge_w) / (2 * radius)) + centre)
+    mask = np.zeros((s, s), np.uint8)
+    if thick:
+        cv2.polylines(mask, [stroke], True, 1, thick, cv2.LINE_8, _SHIFT)
+    else:
+        cv2.fillPoly(mask, [shape], 1, cv2.LINE_8, _SHIFT)
+    m = mask.astype(bool)
+    if not m.any() or not _still_visible(owner, m, boxes, areas):
+        return False
+    ix0, iy0, ix1, iy1 = (int(v) for v in (x0, y0, math.ceil(x1) + 1, math.ceil(y1) + 1))
+    colour = _contrasting(rng, img[max(iy0, 0) : iy1, max(ix0, 0) : ix1].reshape(-1, 3).mean(0))
+    if thick:
+        cv2.polylines(img, [stroke], True, colour, thick, cv2.LINE_AA, _SHIFT)
+    else:
+        cv2.fillPoly(img, [shape], colour, cv2.LINE_AA, _SHIFT)
+        if edge_w:
+            edge = _contrasting(rng, np.asarray(colour, np.float64), 60.0)
+            cv2.polylines(img, [stroke], True, edge, edge_w, cv2.LINE_AA, _SHIFT)
+    owner[m] = len(boxes)
+    boxes.append((cls, float(x0), float(y0), float(x1), float(y1)))
+    areas.append(int(m.sum()))
+    return True
+
+
+def _place_object(
+    img: np.ndarray,
+    owner: np.ndarray,
+    boxes: list[tuple[int, float, float, float, float]],
+    areas: list[int],
+    rng: np.random.Generator,
+    cls: int,
+    name: str,
+    radius_range: tuple[float, float],
+) -> bool:
+    """One attempt to draw an object of class ``cls`` into ``img``; False when it did not fit (nothing drawn).
+
+    Args:
+        img: The (s, s, 3) uint8 image, drawn into in place.
+        owner: (s, s) int16: which object owns each pixel (the last one drawn there), updated in place.
+        boxes: ``(cls, x0, y0, x1, y1)`` of the objects drawn so far; the new one is appended.
+        areas: Visible pixel areas of those objects; the new one is appended.
+        rng: The image's random generator (the draws happen in the generator's fixed order).
+        cls: Class index.
+        name: Class name (its unit shape).
+        radius_range: Smallest and largest circumscribed radius in pixels.
+    """
+    s = img.shape[0]
+    rmin, rmax = radius_range
+    radius = math.exp(rng.uniform(math.log(rmin), math.log(rmax)))
+    poly = _transform(_unit_shape(name, rng), rng, radius)
+    lo, hi = poly.min(0), poly.max(0)
+    if np.any(hi - lo > s - 2):
+        return False
+    if boxes and rng.random() < 0.35:  # next to an existing object, to make overlaps common
+        o = boxes[int(rng.integers(len(boxes)))]
+        oc = np.array([(o[1] + o[3]) / 2, (o[2] + o[4]) / 2])
+        d = rng.uniform(0.5, 0.9) * (radius + max(o[3] - o[1], o[4] - o[2]) / 2)
+        a = rng.uniform(0, 2 * np.pi)
+        centre = np.clip(oc + d * np.array([math.cos(a), math.sin(a)]), 1 - lo, s - 1 - hi)
+    else:
+        centre = rng.uniform(1 - lo, s - 1 - hi)
+    pts = poly + centre
+    x0, y0 = pts.min(0)
+    x1, y1 = pts.max(0)
+    if any(_iou((x0, y0, x1, y1), b[1:]) > _MAX_IOU for b in boxes):
+        return False
+    return _draw_object(img, owner, boxes, areas, rng, cls, (poly, centre, radius))
+
+
 def _render(
     rng: np.random.Generator, s: int, variant: _Variant = _VARIANTS["shapes"]
 ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
@@ -505,51 +607,8 @@ def _render(
     for _ in range(n_obj):
         cls = int(rng.integers(len(names)))
         for _attempt in range(20):
-            radius = math.exp(rng.uniform(math.log(rmin), math.log(rmax)))
-            poly = _transform(_unit_shape(names[cls], rng), rng, radius)
-            lo, hi = poly.min(0), poly.max(0)
-            if np.any(hi - lo > s - 2):
-                continue
-            if boxes and rng.random() < 0.35:  # next to an existing object, to make overlaps common
-                o = boxes[int(rng.integers(len(boxes)))]
-                oc = np.array([(o[1] + o[3]) / 2, (o[2] + o[4]) / 2])
-                d = rng.uniform(0.5, 0.9) * (radius + max(o[3] - o[1], o[4] - o[2]) / 2)
-                a = rng.uniform(0, 2 * np.pi)
-                centre = np.clip(oc + d * np.array([math.cos(a), math.sin(a)]), 1 - lo, s - 1 - hi)
-            else:
-                centre = rng.uniform(1 - lo, s - 1 - hi)
-            pts = poly + centre
-            x0, y0 = pts.min(0)
-            x1, y1 = pts.max(0)
-            if any(_iou((x0, y0, x1, y1), b[1:]) > _MAX_IOU for b in boxes):
-                continue
-            style = rng.random()  # < 0.5 filled, < 0.8 filled + outline, else hollow
-            # strokes are drawn on a polygon shrunk by half their width, so that they stay inside the labelled box
-            thick = max(2, int(round(radius * rng.uniform(0.15, 0.3)))) if style >= 0.8 else 0
-            edge_w = max(1, round(radius / 12)) if 0.5 <= style < 0.8 else 0
-            shape = _fixed(pts)
-            stroke = _fixed(poly * (1 - max(thick, edge_w) / (2 * radius)) + centre)
-            mask = np.zeros((s, s), np.uint8)
-            if thick:
-                cv2.polylines(mask, [stroke], True, 1, thick, cv2.LINE_8, _SHIFT)
-            else:
-                cv2.fillPoly(mask, [shape], 1, cv2.LINE_8, _SHIFT)
-            m = mask.astype(bool)
-            if not m.any() or not _still_visible(owner, m, boxes, areas):
-                continue
-            ix0, iy0, ix1, iy1 = (int(v) for v in (x0, y0, math.ceil(x1) + 1, math.ceil(y1) + 1))
-            colour = _contrasting(rng, img[max(iy0, 0) : iy1, max(ix0, 0) : ix1].reshape(-1, 3).mean(0))
-            if thick:
-                cv2.polylines(img, [stroke], True, colour, thick, cv2.LINE_AA, _SHIFT)
-            else:
-                cv2.fillPoly(img, [shape], colour, cv2.LINE_AA, _SHIFT)
-                if edge_w:
-                    edge = _contrasting(rng, np.asarray(colour, np.float64), 60.0)
-                    cv2.polylines(img, [stroke], True, edge, edge_w, cv2.LINE_AA, _SHIFT)
-            owner[m] = len(boxes)
-            boxes.append((cls, float(x0), float(y0), float(x1), float(y1)))
-            areas.append(int(m.sum()))
-            break
+            if _place_object(img, owner, boxes, areas, rng, cls, names[cls], (rmin, rmax)):
+                break
 
     return _finish(img, rng, variant.clutter), boxes
 
