@@ -210,8 +210,15 @@ def test_label_verdict_matches_ultralytics(tmp_path, kpt_shape, keypoint, single
 
     keypoint None (the task is not known): refused only when Ultralytics drops the file for a box task and for pose.
     """
+    import ultralytics
     from PIL import Image
     from ultralytics.data.utils import verify_image_label
+
+    if tuple(int(v) for v in ultralytics.__version__.split(".")[:2]) < (8, 4):
+        pytest.skip(
+            "the reader follows Ultralytics 8.4's verify_image_label; 8.3 also keeps non-integer class ids and sizes "
+            "down to -0.01 (the reader refuses them, as 8.4 does) and drops files that start with a BOM (kept here)"
+        )
 
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
@@ -275,7 +282,7 @@ def test_local_yaml_errors_say_what_is_wrong_not_offline(det_data, tmp_path):
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("train: [\n")
-    with pytest.raises(UserError, match=r"\(a local data YAML\) cannot be used: .*YAML") as e:
+    with pytest.raises(UserError, match=r"\(a local data YAML\) cannot be used: .*(YAML|parsing)") as e:
         check_data(str(broken))
     assert "offline" not in str(e.value)
 

@@ -10,6 +10,9 @@ This module applies the same rules to the text of the label files, without decod
 bad line of each file: :func:`label_problem` for one file, :func:`scan_labels` for the images of a split. It rejects
 exactly what Ultralytics rejects (a polygon is judged by its bounding box, as Ultralytics does), not more: an image
 without a label file, or with an empty one, is a background image; duplicate rows are fine (Ultralytics removes them).
+The rules are Ultralytics 8.4's. Ultralytics 8.3 keeps non-integer class ids and sizes down to -0.01, which are
+refused here too (a class 2.5 is a broken label whatever the version), and drops a label file that starts with a
+byte-order mark, which is read here as 8.4 reads it.
 """
 
 from __future__ import annotations
