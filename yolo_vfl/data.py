@@ -472,22 +472,29 @@ def _distractors(
                 cv2.circle(img, (int(c[0]), int(c[1])), r, colour, -1, cv2.LINE_AA)
 
 
+class _Canvas(NamedTuple):
+    """An image being drawn and its objects so far (all updated in place).
+
+    Attributes:
+        img: The (s, s, 3) uint8 image.
+        owner: (s, s) int16: which object owns each pixel (the last one drawn there), -1 for none.
+        boxes: ``(cls, x0, y0, x1, y1)`` pixel boxes of the objects drawn.
+        areas: Their visible pixel areas.
+    """
+
+    img: np.ndarray
+    owner: np.ndarray
+    boxes: list[tuple[int, float, float, float, float]]
+    areas: list[int]
+
+
 def _draw_object(
-    img: np.ndarray,
-    owner: np.ndarray,
-    boxes: list[tuple[int, float, float, float, float]],
-    areas: list[int],
-    rng: np.random.Generator,
-    cls: int,
-    placed: tuple[np.ndarray, np.ndarray, float],
+    canvas: _Canvas, rng: np.random.Generator, cls: int, placed: tuple[np.ndarray, np.ndarray, float]
 ) -> bool:
     """Draw a placed object (filled, filled with an outline, or hollow) unless it would hide another one.
 
     Args:
-        img: The (s, s, 3) uint8 image, drawn into in place.
-        owner: (s, s) int16 pixel owners, updated in place.
-        boxes: The objects drawn so far; the new one is appended.
-        areas: Their visible areas; the new one is appended.
+        canvas: The image and its objects; the new one is appended when drawn.
         rng: The image's random generator.
         cls: Class index.
         placed: ``(poly, centre, radius)``: the (K, 2) polygon around the origin, its centre and circumscribed radius.
@@ -496,6 +503,7 @@ def _draw_object(
         True when drawn (``boxes`` and ``areas`` grew by one), False when nothing was drawn.
     """
     poly, centre, radius = placed
+    img, owner, boxes, areas = canvas
     s = img.shape[0]
     pts = poly + centre
     x0, y0 = pts.min(0)
@@ -530,28 +538,18 @@ def _draw_object(
 
 
 def _place_object(
-    img: np.ndarray,
-    owner: np.ndarray,
-    boxes: list[tuple[int, float, float, float, float]],
-    areas: list[int],
-    rng: np.random.Generator,
-    cls: int,
-    name: str,
-    radius_range: tuple[float, float],
+    canvas: _Canvas, rng: np.random.Generator, cls: int, name: str, radius_range: tuple[float, float]
 ) -> bool:
-    """One attempt to draw an object of class ``cls`` into ``img``; False when it did not fit (nothing drawn).
+    """One attempt to draw an object of class ``cls`` on ``canvas``; False when it did not fit (nothing drawn).
 
     Args:
-        img: The (s, s, 3) uint8 image, drawn into in place.
-        owner: (s, s) int16: which object owns each pixel (the last one drawn there), updated in place.
-        boxes: ``(cls, x0, y0, x1, y1)`` of the objects drawn so far; the new one is appended.
-        areas: Visible pixel areas of those objects; the new one is appended.
+        canvas: The image and its objects; the new one is appended when drawn.
         rng: The image's random generator (the draws happen in the generator's fixed order).
         cls: Class index.
         name: Class name (its unit shape).
         radius_range: Smallest and largest circumscribed radius in pixels.
     """
-    s = img.shape[0]
+    boxes, s = canvas.boxes, canvas.img.shape[0]
     rmin, rmax = radius_range
     radius = math.exp(rng.uniform(math.log(rmin), math.log(rmax)))
     poly = _transform(_unit_shape(name, rng), rng, radius)
@@ -571,7 +569,7 @@ def _place_object(
     x1, y1 = pts.max(0)
     if any(_iou((x0, y0, x1, y1), b[1:]) > _MAX_IOU for b in boxes):
         return False
-    return _draw_object(img, owner, boxes, areas, rng, cls, (poly, centre, radius))
+    return _draw_object(canvas, rng, cls, (poly, centre, radius))
 
 
 def _render(
@@ -601,16 +599,14 @@ def _render(
         img = cv2.resize((c1 * (1 - m) + c2 * m).astype(np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
 
     n_obj = 0 if rng.random() < variant.empty_p else int(rng.integers(1, variant.max_objects + 1))
-    owner = np.full((s, s), -1, np.int16)  # which object owns each pixel (the last one drawn there)
-    boxes: list[tuple[int, float, float, float, float]] = []
-    areas: list[int] = []
+    canvas = _Canvas(img, np.full((s, s), -1, np.int16), [], [])
     for _ in range(n_obj):
         cls = int(rng.integers(len(names)))
         for _attempt in range(20):
-            if _place_object(img, owner, boxes, areas, rng, cls, names[cls], (rmin, rmax)):
+            if _place_object(canvas, rng, cls, names[cls], (rmin, rmax)):
                 break
 
-    return _finish(img, rng, variant.clutter), boxes
+    return _finish(img, rng, variant.clutter), canvas.boxes
 
 
 def _finish(img: np.ndarray, rng: np.random.Generator, lines: bool = True) -> np.ndarray:
