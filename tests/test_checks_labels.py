@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_cli import _corrupt_dataset
 
 from yolo_vfl.checks import check_data
 from yolo_vfl.cli import main
@@ -298,16 +299,7 @@ def test_local_yaml_with_a_download_is_offline(det_data, tmp_path):
 
 def test_unreadable_images_are_not_blamed_on_pi_heif(tmp_path):
     """A file with an image suffix that is no image: 'Pillow cannot identify it', not "No module named 'pi_heif'"."""
-    for split in ("train", "val"):
-        (tmp_path / "images" / split).mkdir(parents=True)
-        (tmp_path / "labels" / split).mkdir(parents=True)
-        for i in range(2):
-            (tmp_path / "images" / split / f"{i}.jpg").write_bytes(b"not an image at all" * 10)
-            (tmp_path / "labels" / split / f"{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
-    data = tmp_path / "bad.yaml"
-    data.write_text(
-        yaml.safe_dump({"path": str(tmp_path), "train": "images/train", "val": "images/val", "names": ["a"]})
-    )
+    data = _corrupt_dataset(tmp_path)
     with pytest.raises(UserError) as info:
         check_data(str(data))
     assert "0.jpg: not an image file that can be read (Pillow cannot identify it)" in str(info.value)

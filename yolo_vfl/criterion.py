@@ -473,11 +473,15 @@ def _gets_loss(name: str, settings: ClsLossSettings | ClsLoss, named: list[tuple
     if isinstance(settings, ClsLoss) or settings.branches == "both":
         return True
     if all(n != "one2one" for n, _ in named):
-        raise InvalidSettingError(
-            "Invalid cls_branches='one2one': this model's head has no one-to-one branch (an end-to-end head such as "
-            "YOLO26's or YOLOv10's has one); valid here: 'both'"
-        )
+        raise _no_one2one_error()
     return name == "one2one"
+
+
+def _no_one2one_error() -> InvalidSettingError:
+    return InvalidSettingError(
+        "Invalid cls_branches='one2one': this model's head has no one-to-one branch (an end-to-end head such as "
+        "YOLO26's or YOLOv10's has one); valid here: 'both'"
+    )
 
 
 def check_branches(settings: ClsLossSettings, model: nn.Module) -> None:
@@ -493,7 +497,7 @@ def check_branches(settings: ClsLossSettings, model: nn.Module) -> None:
     head = model.model[-1] if hasattr(model, "model") and len(model.model) else None
     end_to_end = getattr(head, "end2end", False) or getattr(head, "one2one_cv2", None) is not None
     if settings.branches == "one2one" and not end_to_end:
-        _gets_loss("", settings, [("", None)])  # raises the one error message
+        raise _no_one2one_error()
 
 
 def installed_loss(criterion: Any) -> str | None:
