@@ -9,16 +9,17 @@ import warnings
 import numpy as np
 import pytest
 
-from yolo_vfl.ab.stats import (
-    PairedDifference,
-    correlations,
-    finite,
-    mean_std,
-    paired_difference,
-    pearson,
-    spearman,
-    verdict,
-)
+from yolo_vfl.ab.stats import PairedDifference, correlations, finite, mean_std, paired_difference, verdict
+
+
+def pearson(x: list[float], y: list[float]) -> float | None:
+    """``correlations``' Pearson correlation over all points."""
+    return correlations(x, y)["pearson"]
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """``correlations``' Spearman correlation over all points."""
+    return correlations(x, y)["spearman"]
 
 
 def _half_width_in_se(diffs: list[float], level: float = 0.95) -> float:

@@ -336,10 +336,12 @@ def test_best_same_class_iou_by_hand():
         {"det": [[0, 0, 4, 4]], "conf": [0.2], "cls": [0]},
     ]
     r = build(images, names={0: "a", 1: "b", 2: "c"})
-    assert ev.best_same_class_iou(r) == pytest.approx([1.0, 0.5, 1 / 3, 1.0, 0.0, 0.5, 0.0, 0.0], abs=1e-6)
     q = ev.ranking_quality(r)
+    assert q["points"]["iou"] == pytest.approx([1.0, 0.5, 1 / 3, 1.0, 0.0, 0.5, 0.0, 0.0], abs=1e-5)
     assert q["n"] == 8 and q["n_matched"] == 5 and q["n_gt"] == 3 and q["n_images"] == 3
-    assert ev.best_same_class_iou(build([{"gt": [[0, 0, 4, 4]], "gt_cls": [0]}])).size == 0
+    assert ev.ranking_quality(build([{"gt": [[0, 0, 4, 4]], "gt_cls": [0]}]))["points"]["iou"] == []
+    no_gt = ev.ranking_quality(build([{"det": [[0, 0, 4, 4]], "conf": [0.2], "cls": [0]}]))
+    assert no_gt["points"]["iou"] == [0.0] and no_gt["n_matched"] == 0
 
 
 # ------------------------------------------------------------------------------------------------ AP
@@ -379,14 +381,20 @@ def test_average_precision_edges():
     Ultralytics' 101-point trapezoid reads precision 0 at recall 1 exactly (the sentinel), so a perfect ranking
     scores 0.995, not 1.
     """
-    assert ev.average_precision(np.zeros(0), 3) == 0.0
-    assert math.isnan(ev.average_precision(np.ones(2), 0))
-    perfect = ev.average_precision(np.ones(1), 1)
+
+    def ap50(scores: list[float], kinds_: list[int], cls: list[int], gt_counts: dict[int, int]) -> float | None:
+        frame = ev.summarize_detections(
+            np.array(scores), np.array(kinds_), np.array(cls), np.ones(len(scores)), gt_counts
+        )
+        return values(frame)["ap50"]
+
+    assert ap50([], [], [], {0: 3}) == 0.0
+    assert ap50([0.9, 0.8], [0, 0], [0, 0], {}) is None and ap50([0.9], [0], [0], {0: 0}) is None  # NaN: no GT
+    perfect = ap50([0.9], [0], [0], {0: 1})
     assert perfect == pytest.approx(0.995, abs=0.005)
-    assert ev.average_precision(np.array([1.0, 1.0, 0.0]), 2) == pytest.approx(perfect)
-    scores, kinds_, cls = np.array([0.9, 0.8]), np.array([0, 4]), np.array([0, 1])
-    assert ev.map50(scores, kinds_, cls, {0: 1}) == pytest.approx(perfect)  # class 1 has no GT: not averaged
-    assert ev.map50(scores, kinds_, cls, {0: 1, 2: 1}) == pytest.approx(perfect / 2)  # class 2: GT, no detection
+    assert ap50([0.9, 0.8, 0.7], [0, 0, 4], [0, 0, 0], {0: 2}) == pytest.approx(perfect)
+    assert ap50([0.9, 0.8], [0, 4], [0, 1], {0: 1}) == pytest.approx(perfect)  # class 1 has no GT: not averaged
+    assert ap50([0.9, 0.8], [0, 4], [0, 1], {0: 1, 2: 1}) == pytest.approx(perfect / 2)  # class 2: GT, no detection
 
 
 # ------------------------------------------------------------------------------------------------ diagnosis

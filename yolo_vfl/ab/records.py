@@ -27,12 +27,9 @@ __all__ = ["RECORDS_VERSION", "Records", "RecordsFormatError", "record_detection
 
 #: Format version of ``detections.npz``; a file of another version is refused by ``load_records``.
 RECORDS_VERSION = 1
-#: Tasks whose validators score axis-aligned boxes (segment and pose: their box part).
-BOX_TASKS: tuple[str, ...] = ("detect", "segment", "pose")
-
 _ARRAYS = ("det_boxes", "det_conf", "det_cls", "det_image", "gt_boxes", "gt_cls", "gt_image", "det_gt_iou")
 _ARRAYS += ("orig_shapes", "input_shapes")
-_FLOATS = ("det_boxes", "det_conf", "gt_boxes")
+_META = ("names", "n_images", "params", "metrics", "versions", "image_files")
 
 
 class RecordsFormatError(ValueError):
@@ -53,6 +50,9 @@ class Records:
         params, metrics, versions: the pass's arguments (JSON values), box metrics and package versions.
         image_files, orig_shapes, input_shapes: (n_images,) paths (or empty), (n_images, 2) int (height, width) on
             disk and as validated (zeros when unknown).
+
+    Raises:
+        ValueError: arrays of inconsistent lengths, image indices out of range, too few ``det_gt_iou`` columns.
     """
 
     det_boxes: np.ndarray
@@ -79,7 +79,7 @@ class Records:
         for key in _ARRAYS:
             a = np.asarray(np.zeros((n_images, 2)) if (v := getattr(self, key)) is None else v)
             dtype = np.float32 if key == "det_gt_iou" else np.int64
-            if key in _FLOATS:
+            if key in ("det_boxes", "det_conf", "gt_boxes"):  # floats keep their precision
                 dtype = a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64
             a = np.ascontiguousarray(a if key == "det_gt_iou" else a.reshape(shape.get(key, (n,))), dtype=dtype)
             a.setflags(write=False)
@@ -113,80 +113,58 @@ class Records:
 
     def gt_columns(self) -> np.ndarray:
         """(N, K) int64: the index into ``gt_*`` of each column of ``det_gt_iou`` (-1 for the padding)."""
-        n, k = self.det_gt_iou.shape
-        if self.n_gt == 0:
-            return np.full((n, k), -1, dtype=np.int64)
         counts = np.bincount(self.gt_image, minlength=self.n_images)
-        starts = np.cumsum(counts) - counts
-        order = np.argsort(self.gt_image, kind="stable")
-        col = np.arange(k)[None, :]
+        col = np.arange(self.det_gt_iou.shape[1])[None, :]
         valid = col < counts[self.det_image][:, None]
-        pos = np.where(valid, starts[self.det_image][:, None] + col, 0)
-        return np.where(valid, order[pos], -1).astype(np.int64)
-
-    def to_bytes(self) -> bytes:
-        """The ``detections.npz`` content (compressed npz; metadata as a JSON string array ``meta``)."""
-        meta = {
-            "version": RECORDS_VERSION,
-            "names": {str(k): v for k, v in self.names.items()},
-            "n_images": self.n_images,
-            "params": self.params,
-            "metrics": self.metrics,
-            "versions": self.versions,
-            "image_files": list(self.image_files),
-        }
-        buf = io.BytesIO()
-        arrays = {k: getattr(self, k) for k in _ARRAYS}
-        np.savez_compressed(buf, meta=np.array([json.dumps(json_safe(meta), sort_keys=True)]), **arrays)
-        return buf.getvalue()
+        pos = np.where(valid, (np.cumsum(counts) - counts)[self.det_image][:, None] + col, 0)
+        return np.where(valid, np.argsort(self.gt_image, kind="stable")[pos] if self.n_gt else -1, -1)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the records to ``path`` (``detections.npz``) atomically; returns the path."""
-        return atomic_write_bytes(path, self.to_bytes())
+        """Write the records to ``path`` (``detections.npz``) atomically.
+
+        Returns:
+            The path written.
+        """
+        meta = json.dumps(
+            json_safe({k: getattr(self, k) for k in _META} | {"version": RECORDS_VERSION}), sort_keys=True
+        )
+        buf = io.BytesIO()
+        np.savez_compressed(buf, meta=np.array([meta]), **{k: getattr(self, k) for k in _ARRAYS})
+        return atomic_write_bytes(path, buf.getvalue())
 
 
 def load_records(path: str | os.PathLike[str]) -> Records:
     """Read a ``detections.npz`` (numpy only).
 
     Raises:
-        FileNotFoundError: no such file. RecordsFormatError: not a records file, another version, inconsistent arrays.
+        FileNotFoundError: no such file.
+        RecordsFormatError: not a records file, another version, missing or inconsistent arrays.
     """
-    path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if "meta" not in npz.files:
-                raise RecordsFormatError(f"{path}: not a detections file (no 'meta' entry)")
-            meta = json.loads(str(npz["meta"].reshape(-1)[0]))
-            version = meta.get("version") if isinstance(meta, dict) else None
-            if version != RECORDS_VERSION:
-                raise RecordsFormatError(
-                    f"{path}: detections format version {version!r}, this yolo_vfl reads version {RECORDS_VERSION}; "
-                    "re-record the run (delete the file and evaluate again)"
-                )
-            if missing := [k for k in _ARRAYS if k not in npz.files]:
-                raise RecordsFormatError(f"{path}: missing arrays {', '.join(missing)}")
-            arrays = {k: npz[k] for k in _ARRAYS}
-    except (FileNotFoundError, RecordsFormatError):
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(str(arrays["meta"].reshape(-1)[0])) if "meta" in arrays else None
+    except FileNotFoundError:
         raise
-    except (OSError, ValueError, KeyError, IndexError) as e:
+    except (OSError, ValueError, IndexError) as e:
         raise RecordsFormatError(f"{path}: unreadable detections file ({type(e).__name__}: {e})") from e
-    try:
-        return Records(
-            **arrays,
-            names={int(k): v for k, v in (meta.get("names") or {}).items()},
-            n_images=int(meta["n_images"]),
-            image_files=tuple(meta.get("image_files") or ()),
-            **{key: meta.get(key) or {} for key in ("params", "metrics", "versions")},
+    if meta is None:
+        raise RecordsFormatError(f"{path}: not a detections file (no 'meta' entry)")
+    if (version := meta.get("version") if isinstance(meta, dict) else None) != RECORDS_VERSION:
+        raise RecordsFormatError(
+            f"{path}: detections format version {version!r}, this yolo_vfl reads version {RECORDS_VERSION}; "
+            "re-record the run (delete the file and evaluate again)"
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise RecordsFormatError(f"{path}: inconsistent detections file ({e})") from e
+    if missing := [k for k in _ARRAYS if k not in arrays]:
+        raise RecordsFormatError(f"{path}: missing arrays {', '.join(missing)}")
+    try:
+        meta["names"] = {int(k): v for k, v in meta["names"].items()}
+        return Records(**{k: arrays[k] for k in _ARRAYS}, **{k: meta[k] for k in _META})
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise RecordsFormatError(f"{path}: inconsistent detections file ({e!r})") from e
 
 
 # ---------------------------------------------------------------------------------------------- recording
-def _numpy(t: Any, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-    return t.detach().cpu().numpy().astype(dtype).reshape(shape)
-
-
 def _recording_validator(base: type, sink: list[dict[str, Any]]) -> type:
     """A subclass of the task's validator ``base`` that appends each image's boxes to ``sink``.
 
@@ -199,23 +177,14 @@ def _recording_validator(base: type, sink: list[dict[str, Any]]) -> type:
         """The task's validator, recording each image's detections, ground truth and their IoUs."""
 
         def _process_batch(self, preds: dict[str, Any], batch: dict[str, Any]) -> Any:
-            pred_boxes, gt_boxes = preds["bboxes"], batch["bboxes"]
-            n, m = int(pred_boxes.shape[0]), int(gt_boxes.shape[0])
-            iou = box_iou(pred_boxes[:, :4], gt_boxes[:, :4]) if n and m else None
-            sink.append(
-                {
-                    "image": self.seen - 1,
-                    "det_boxes": _numpy(pred_boxes[:, :4], np.float32, (n, 4)),
-                    "det_conf": _numpy(preds["conf"], np.float32, (n,)),
-                    "det_cls": _numpy(preds["cls"], np.int64, (n,)),
-                    "gt_boxes": _numpy(gt_boxes[:, :4], np.float32, (m, 4)),
-                    "gt_cls": _numpy(batch["cls"], np.int64, (m,)),
-                    "iou": np.zeros((n, m), np.float32) if iou is None else _numpy(iou, np.float32, (n, m)),
-                    "im_file": str(batch.get("im_file", "")),
-                    "orig_shape": tuple(int(v) for v in batch.get("ori_shape", (0, 0)))[:2],
-                    "input_shape": tuple(int(v) for v in batch.get("imgsz", (0, 0)))[:2],
-                }
-            )
+            det, gt, image = preds["bboxes"][:, :4], batch["bboxes"][:, :4], self.seen - 1
+            iou = box_iou(det, gt) if len(det) and len(gt) else det.new_zeros((len(det), len(gt)))
+            arrays = {"det_boxes": det, "det_conf": preds["conf"], "det_cls": preds["cls"], "det_gt_iou": iou}
+            arrays |= {"gt_boxes": gt, "gt_cls": batch["cls"]}
+            entry = {k: v.detach().float().cpu().numpy() for k, v in arrays.items()}
+            entry |= {"det_image": np.full(len(det), image), "gt_image": np.full(len(gt), image), "image": image}
+            shapes = {"orig_shapes": batch.get("ori_shape", (0, 0)), "input_shapes": batch.get("imgsz", (0, 0))}
+            sink.append(entry | {k: [v[:2]] for k, v in shapes.items()} | {"im_file": str(batch.get("im_file", ""))})
             return super()._process_batch(preds, batch)
 
     RecordingValidator.__name__ = RecordingValidator.__qualname__ = f"Recording{base.__name__}"
@@ -223,55 +192,29 @@ def _recording_validator(base: type, sink: list[dict[str, Any]]) -> type:
 
 
 def _assemble(sink: Sequence[dict[str, Any]], **meta: Any) -> Records:
-    """Records from the per-image entries of ``_recording_validator`` (in validation order)."""
-    sink = sorted(sink, key=lambda e: e["image"])
-    images = [e["image"] for e in sink]
-    if images != list(range(len(sink))):
-        raise RuntimeError(f"the validator reported images {images[:10]} ...; expected each image once, in order")
+    """Records from the per-image entries of ``_recording_validator``."""
+    if not sink or [e["image"] for e in sink] != list(range(len(sink))):
+        raise RuntimeError(f"the validator reported images {[e['image'] for e in sink][:10]} ...; expected each once")
     k = max([1, *(e["gt_cls"].size for e in sink)])
-    ious = [np.pad(e["iou"], ((0, 0), (0, k - e["iou"].shape[1])), constant_values=-1.0) for e in sink]
-
-    def cat(key: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-        return np.concatenate([e[key] for e in sink]).astype(dtype) if sink else np.zeros(shape, dtype=dtype)
-
-    def image_index(key: str) -> np.ndarray:
-        return np.repeat(np.arange(len(sink)), [e[key].size for e in sink]).astype(np.int64)
-
-    return Records(
-        det_boxes=cat("det_boxes", np.float32, (0, 4)),
-        det_conf=cat("det_conf", np.float32, (0,)),
-        det_cls=cat("det_cls", np.int64, (0,)),
-        det_image=image_index("det_conf"),
-        gt_boxes=cat("gt_boxes", np.float32, (0, 4)),
-        gt_cls=cat("gt_cls", np.int64, (0,)),
-        gt_image=image_index("gt_cls"),
-        det_gt_iou=np.concatenate(ious) if ious else np.zeros((0, k), dtype=np.float32),
-        n_images=len(sink),
-        image_files=tuple(e["im_file"] for e in sink) if all(e["im_file"] for e in sink) else (),
-        orig_shapes=np.asarray([e["orig_shape"] for e in sink], dtype=np.int64).reshape(-1, 2),
-        input_shapes=np.asarray([e["input_shape"] for e in sink], dtype=np.int64).reshape(-1, 2),
-        **meta,
-    )
+    for e in sink:
+        e["det_gt_iou"] = np.pad(e["det_gt_iou"], ((0, 0), (0, k - e["gt_cls"].size)), constant_values=-1.0)
+    files = tuple(e["im_file"] for e in sink)
+    arrays = {key: np.concatenate([e[key] for e in sink]) for key in _ARRAYS}
+    return Records(**arrays, n_images=len(sink), image_files=files if all(files) else (), **meta)
 
 
 def record_detections(
-    weights: str | os.PathLike[str],
-    data_yaml: str | os.PathLike[str],
-    *,
-    imgsz: int | Sequence[int],
-    batch: int = 16,
-    device: Any = None,
-    workers: int = 0,
-    conf: float = protocol.CONF,
-    iou: float = protocol.NMS_IOU,
-    max_det: int = protocol.MAX_DET,
-    **val_args: Any,
+    weights: str | os.PathLike[str], data_yaml: str | os.PathLike[str], *, imgsz: int | Sequence[int], **val_args: Any
 ) -> Records:
     """Validate ``weights`` with Ultralytics' own validator and record every detection it scores.
 
     The detections are the validation's (dataloader, letterboxing, multi-label NMS with ``conf``, ``iou``,
     ``max_det``), so the recorded ``metrics`` describe the same detections. ``data_yaml``: its ``val`` split unless
-    ``split=`` is given; ``**val_args``: ``model.val``'s other arguments. ``params`` holds the arguments and ``task``.
+    ``split=`` is given; ``**val_args``: ``model.val``'s other arguments (defaults: ``batch`` 16, ``workers`` 0,
+    ``conf``, ``iou`` and ``max_det`` of ``protocol``).
+
+    Returns:
+        The records; ``params`` holds the arguments (but ``batch``, ``device``, ``workers``) and ``task``.
 
     Raises:
         ValueError: an OBB model (rotated boxes) or a task without boxes (classify).
@@ -280,29 +223,32 @@ def record_detections(
     from ultralytics.utils import LOGGER
 
     model = YOLO(str(weights))
-    task = model.task
-    if task not in BOX_TASKS:
+    if (task := model.task) not in ("detect", "segment", "pose"):  # segment and pose: their box part
         what = "an OBB model (rotated boxes)" if task == "obb" else f"task {task!r} has no boxes"
         raise ValueError(f"{weights}: {what}; only detect, segment and pose models are recorded")
+    val_args = {"conf": protocol.CONF, "iou": protocol.NMS_IOU, "max_det": protocol.MAX_DET, **val_args}
+    params = {"weights": str(weights), "data": str(data_yaml), "imgsz": imgsz, "task": task}
+    scalar = (bool, int, float, str, type(None))
+    params |= {
+        k: v if isinstance(v, scalar) else str(v)
+        for k, v in val_args.items()
+        if k not in ("batch", "device", "workers")
+    }
     sink: list[dict[str, Any]] = []
-    validator = _recording_validator(model.task_map[task]["validator"], sink)
-    shared = {"imgsz": imgsz, "conf": conf, "iou": iou, "max_det": max_det}
-    extra = {k: v if isinstance(v, (bool, int, float, str, type(None))) else str(v) for k, v in val_args.items()}
-    params = {"weights": str(weights), "data": str(data_yaml), **shared, "task": task, **extra}
     level = LOGGER.level
     LOGGER.setLevel(max(level, 30))  # WARNING: no validation table in the middle of the caller's output
     try:
         with tempfile.TemporaryDirectory(prefix="yolo_vfl_records_") as tmp:
             args = {"split": "val", "plots": False, "save_json": False, "verbose": False, "exist_ok": True}
-            args |= {"project": tmp, "name": "val", "batch": batch, "device": device, "workers": workers, **val_args}
-            metrics = model.val(validator=validator, data=str(data_yaml), **shared, **args)
+            args |= {"project": tmp, "name": "val", "batch": 16, "workers": 0, **val_args}
+            validator = _recording_validator(model.task_map[task]["validator"], sink)
+            rd = model.val(validator=validator, data=str(data_yaml), imgsz=imgsz, **args).results_dict
     finally:
         LOGGER.setLevel(level)
-    rd = getattr(metrics, "results_dict", {}) or {}
     return _assemble(
         sink,
-        names=dict(getattr(model, "names", None) or {}),
+        names=dict(model.names),
         params=json.loads(json.dumps(json_safe(params))),
-        metrics={m: float(rd[key]) for m, key in protocol.ULTRALYTICS_KEYS.items() if key in rd},
+        metrics={m: float(rd[key]) for m, key in protocol.ULTRALYTICS_KEYS.items()},
         versions=versions(numpy=np.__version__),
     )

@@ -1,13 +1,10 @@
 """The result of one A/B run: ``result.json`` (``RunResult``, provenance) and the long results table (the numbers).
 
 The results table is the contract between running and reporting, one row per observation: ``run`` (``<arm>-s<seed>``),
-``arm``, ``seed``, ``epoch`` (1-based; null for the run's final values), ``metric`` and ``value`` (null: not measured
-or undefined). Per epoch it holds every column of Ultralytics' ``results.csv``; final, ``FINAL_METRICS``. Each run's is
-``runs/<run>/results_long.csv`` (``TABLE_FILE``); a whole experiment loads in one line::
-
-    pl.read_csv("runs/ab/NAME/runs/*/results_long.csv", schema=results.SCHEMA)
-
-A metric that a report needs and a run lacks (no row) raises ``MissingMetricError``.
+``arm``, ``seed``, ``epoch`` (1-based; null for final values), ``metric`` and ``value`` (null: not measured or
+undefined); per epoch every column of Ultralytics' ``results.csv``, final ``FINAL_METRICS``. Each run writes
+``runs/<run>/results_long.csv``; an experiment loads in one line: ``pl.read_csv("runs/ab/NAME/runs/*/results_long.csv",
+schema=results.SCHEMA)``. A metric that a report needs and a run lacks (no row) raises ``MissingMetricError``.
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ from .protocol import LOSS_KEYS, METRICS
 __all__ = ["Curve", "RunResult", "TABLE_FILE", "SCHEMA", "RANK_KEYS", "FINAL_METRICS", "MissingMetricError"]
 __all__ += ["check_metrics", "epoch_table", "run_table", "table_of", "final_rows", "write_table", "read_table"]
 __all__ += ["final_values"]
+_EPOCH_SCHEMA = {"epoch": pl.Int64, "metric": pl.Utf8, "value": pl.Float64}
 
 #: The results table of a run, in its directory.
 TABLE_FILE = "results_long.csv"
@@ -159,17 +157,14 @@ def _frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
 
 
 def epoch_table(path: str | os.PathLike[str]) -> pl.DataFrame:
-    """Ultralytics' ``results.csv`` in long form (``epoch``, ``metric``, ``value``); a re-run epoch keeps its last row.
+    """Ultralytics' ``results.csv`` in long form (``epoch``, ``metric``, ``value``; names stripped, empty if missing).
 
-    Column names are stripped; a missing file gives an empty table.
+    A re-run epoch (after a resume) keeps its last row.
     """
-    empty = pl.DataFrame(schema={k: SCHEMA[k] for k in ("epoch", "metric", "value")})
-    if not Path(path).is_file():
-        return empty
-    wide = pl.read_csv(path, infer_schema=False)
-    wide = wide.rename({c: c.strip() for c in wide.columns}).with_columns(pl.all().str.strip_chars().cast(pl.Float64))
+    wide = pl.read_csv(path, infer_schema=False) if Path(path).is_file() else pl.DataFrame()
+    wide = wide.select(pl.all().str.strip_chars().cast(pl.Float64).name.map(str.strip))
     if "epoch" not in wide.columns or wide.height == 0:
-        return empty
+        return pl.DataFrame(schema=_EPOCH_SCHEMA)
     wide = wide.filter(pl.col("epoch").is_finite()).unique("epoch", keep="last", maintain_order=True).sort("epoch")
     long = wide.with_columns(pl.col("epoch").cast(pl.Int64)).unpivot(index="epoch", variable_name="metric")
     return long.with_columns(pl.col("value").fill_nan(None))
@@ -185,7 +180,7 @@ def run_table(
     if epochs is None:
         curve = {"metrics/mAP50-95(B)": result.curve.map50_95, "metrics/mAP50(B)": result.curve.map50}
         rows = [(e, k, v) for k, vs in curve.items() for e, v in zip(result.curve.epoch, vs)]
-        epochs = pl.DataFrame(rows, schema={k: SCHEMA[k] for k in ("epoch", "metric", "value")}, orient="row")
+        epochs = pl.DataFrame(rows, schema=_EPOCH_SCHEMA, orient="row")
     last = epochs.filter(pl.col("epoch") == pl.col("epoch").max())
     losses = {**result.final_losses, **dict(zip(last["metric"], last["value"]))}
     ranking = (result.ranking if ranking is None else ranking) or {}
