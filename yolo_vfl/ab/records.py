@@ -125,11 +125,11 @@ class Records:
         Returns:
             The path written.
         """
-        meta = json.dumps(
-            json_safe({k: getattr(self, k) for k in _META} | {"version": RECORDS_VERSION}), sort_keys=True
-        )
+        meta = json_safe({k: getattr(self, k) for k in _META} | {"version": RECORDS_VERSION})
         buf = io.BytesIO()
-        np.savez_compressed(buf, meta=np.array([meta]), **{k: getattr(self, k) for k in _ARRAYS})
+        np.savez_compressed(
+            buf, meta=np.array([json.dumps(meta, sort_keys=True)]), **{k: getattr(self, k) for k in _ARRAYS}
+        )
         return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -227,13 +227,9 @@ def record_detections(
         what = "an OBB model (rotated boxes)" if task == "obb" else f"task {task!r} has no boxes"
         raise ValueError(f"{weights}: {what}; only detect, segment and pose models are recorded")
     val_args = {"conf": protocol.CONF, "iou": protocol.NMS_IOU, "max_det": protocol.MAX_DET, **val_args}
-    params = {"weights": str(weights), "data": str(data_yaml), "imgsz": imgsz, "task": task}
-    scalar = (bool, int, float, str, type(None))
-    params |= {
-        k: v if isinstance(v, scalar) else str(v)
-        for k, v in val_args.items()
-        if k not in ("batch", "device", "workers")
-    }
+    params = {"weights": str(weights), "data": str(data_yaml), "imgsz": imgsz, "task": task, **val_args}
+    for key in ("batch", "device", "workers"):
+        params.pop(key, None)
     sink: list[dict[str, Any]] = []
     level = LOGGER.level
     LOGGER.setLevel(max(level, 30))  # WARNING: no validation table in the middle of the caller's output
@@ -248,7 +244,7 @@ def record_detections(
     return _assemble(
         sink,
         names=dict(model.names),
-        params=json.loads(json.dumps(json_safe(params))),
+        params=json.loads(json.dumps(json_safe(params), default=str)),  # JSON values
         metrics={m: float(rd[key]) for m, key in protocol.ULTRALYTICS_KEYS.items()},
         versions=versions(numpy=np.__version__),
     )
