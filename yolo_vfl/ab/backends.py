@@ -76,10 +76,10 @@ class LocalBackend:
 
     def wait(self) -> Outcome:
         """Block until a run ends: its ``result.json``, or why it failed (with the end of its log)."""
-        while not (ended := [(s, rc) for s, (p, _) in self.running.items() if (rc := p.poll()) is not None]):
+        while not (ended := [slot for slot, (proc, _) in self.running.items() if proc.poll() is not None]):
             time.sleep(0.5)
-        job, rc = self.running.pop(ended[0][0])[1], ended[0][1]
-        if rc == 0 and (result := read_json(job.result)) is not None:
+        proc, job = self.running.pop(ended[0])
+        if (rc := proc.returncode) == 0 and (result := read_json(job.result)) is not None:
             return job, result, ""
         text = job.log.read_bytes()[-20000:].decode(errors="replace").replace("\r", "\n") if job.log.is_file() else ""
         tail = "\n".join("    " + ln for ln in [ln for ln in text.splitlines() if ln.strip()][-15:])
@@ -88,16 +88,15 @@ class LocalBackend:
 
     def cancel(self, timeout: float = 15.0) -> None:
         """Stop every running job: SIGINT (Ultralytics and torch stop cleanly), SIGKILL after ``timeout`` seconds."""
-        procs = [p for p, _ in self.running.values() if p.poll() is None]
-        for p in procs:
-            p.send_signal(signal.SIGINT)
+        for proc, _ in self.running.values():
+            proc.send_signal(signal.SIGINT)  # nothing for an ended one
         deadline = time.time() + timeout
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(max(0.0, deadline - time.time()))
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        for proc, _ in self.running.values():
+            try:
+                proc.wait(max(0.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def close(self) -> None:
         """Nothing to release."""

@@ -28,6 +28,7 @@ from .backends import Failure, Progress, run_jobs
 from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, start_model
 from .results import TABLE_FILE, RunResult, epoch_table, final_rows, run_table, write_table
 from .spec import DEFAULT_MODEL, ABSpec
+from .stats import paired_difference
 
 __all__ = ["ABRunError", "run_ab", "regenerate_report", "diagnose_experiment", "load_results", "check_devices", "plan"]
 __all__ += ["sequential_plan"]
@@ -59,12 +60,10 @@ def _meta(out: Path) -> dict[str, Any]:
     return meta if pre is None else {**meta, "pretrain": pre}
 
 
-def _experiment(out_dir: str | os.PathLike[str], what: str, arms: Sequence[str] | None = None) -> tuple:
-    """``(out, meta, results)``: an experiment directory (resolved), its ``_meta`` and the finished runs of ``arms``.
-
-    Raises:
-        UserError: the directory does not exist, has no finished runs (nothing to ``what``), or none of an arm.
-    """
+def _experiment(
+    out_dir: str | os.PathLike[str], what: str, arms: Sequence[str] | None = None
+) -> tuple[Path, dict[str, Any], list[RunResult]]:
+    """The directory (resolved), its ``_meta``, the finished runs of ``arms``; a UserError if none (nothing to what)."""
     out = Path(out_dir).expanduser().resolve()
     if not out.is_dir():
         raise UserError(f"Experiment directory '{out_dir}' not found.")
@@ -122,11 +121,7 @@ def check_devices(slots: Sequence[str | None]) -> None:
 
 
 def _preflight(spec: ABSpec, data: str) -> None:
-    """Model (loadable, of a detection-family task), labels (read once) and devices, before anything is written.
-
-    Raises:
-        UserError: naming the model, dataset or device and what is valid.
-    """
+    """Model (loadable, of a detection-family task), labels (read once), devices: a UserError naming what is wrong."""
     from ultralytics import YOLO
 
     from ..checks import check_data, check_model
@@ -165,9 +160,6 @@ def _same_start(out: Path, pre: dict[str, Any]) -> None:
 
     Two builds of one spec (on other machines) have differed: compared by sha256 where both records have one, else by
     the checkpoint's metrics.
-
-    Raises:
-        UserError: ``out`` holds finished runs and its ``pretrain.json`` names another checkpoint.
     """
     old = read_json(out / "pretrain.json")
     if old is None or not load_results(out):
@@ -208,10 +200,7 @@ def _record_experiment(spec: ABSpec, out: Path, command: str) -> None:
 
 
 def _tables(out: Path, results: Sequence[RunResult]) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """The results table (each run's ``results_long.csv`` rewritten) and the ranking scatter points by run.
-
-    Ranking quality and points come from each run's ``detections.npz`` (none without it).
-    """
+    """The results table (each run's ``results_long.csv`` rewritten), ranking points by run (``detections.npz``)."""
     from .evaluation import ranking_quality
     from .records import load_records
 
@@ -247,16 +236,17 @@ def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log
 
 
 def _todo(spec: ABSpec, jobs: list[Job], out: Path) -> list[Job]:
-    """The runs to train next: every unfinished one (grid), the next round's (sequential: its open arms and baseline).
+    """The runs to train next: every unfinished one (grid), or the next round's (its open arms and the baseline).
 
-    Raises:
-        UserError: finished runs of other settings; a round's runs finished but without a finite paired mAP50-95.
+    A UserError for another sequential rule than experiment.json's, or a round finished without a finite difference.
     """
     todo = plan(jobs, out)[1]
     if spec.decide == "grid":
         return todo
+    rule = sequential.spec_rule(spec)
+    sequential.recorded_rule(read_json(out / "experiment.json") or {}, rule)  # another rule is refused
     diffs = sequential.paired_diffs(load_results(out), spec.arm_names, spec.baseline, spec.seeds)
-    if (nxt := sequential.next_round(diffs, sequential.spec_rule(spec))) is None:
+    if (nxt := sequential.next_round(diffs, rule)) is None:
         return []
     seed, arms = spec.seeds[nxt[0]], [spec.baseline, *nxt[1]]
     if todo := [j for j in todo if j.seed == seed and j.arm in arms]:
@@ -268,11 +258,7 @@ def _todo(spec: ABSpec, jobs: list[Job], out: Path) -> list[Job]:
 
 
 def _checked_plan(spec: ABSpec, out: Path, log: Log) -> tuple[list[Job], list[Job]]:
-    """Check all a run needs (``out``, model, data, devices), log the plan, write nothing; ``(jobs, todo)``.
-
-    Raises:
-        UserError: ``out`` (or a parent) is a file or not writable, or as ``_todo``, ``_preflight``.
-    """
+    """Check all a run needs (``out``, model, data, devices), log the plan, write nothing; ``(jobs, todo)``."""
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir():
         what = "is a file" if existing == out else f"is inside '{existing}', a file"
@@ -280,8 +266,6 @@ def _checked_plan(spec: ABSpec, out: Path, log: Log) -> tuple[list[Job], list[Jo
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"out={out} is not writable ('{existing}' is read-only to this user): give another out=.")
     jobs = make_jobs(spec, out, data := resolve_data(spec))
-    if spec.decide == "sequential":
-        sequential.recorded_rule(read_json(out / "experiment.json") or {}, sequential.spec_rule(spec))
     if todo := _todo(spec, jobs, out):
         _preflight(spec, data)
     runs = f"{len(jobs)} runs" + (" at most (decide=sequential)" if spec.decide == "sequential" else "")
@@ -375,27 +359,39 @@ def regenerate_report(out_dir: str | os.PathLike[str], baseline: str | None = No
 
 
 def sequential_plan(out_dir: str | os.PathLike[str], margin: float) -> list[str]:
-    """``yolo-vfl ab plan``: per arm the seeds that resolve ``margin``, from the pilot experiment in ``out_dir``.
+    """``yolo-vfl ab plan``: per arm the seeds that resolve ``margin`` (``sequential.plan_seeds``), and a total.
+
+    Args:
+        out_dir: a pilot experiment (>= 2 seeds per arm, paired with the baseline).
+        margin: the equivalence margin on mAP50-95.
+
+    Returns:
+        The lines to print.
 
     Raises:
         UserError: no experiment or finished runs, or an arm with fewer than 2 paired seeds.
     """
     _, meta, results = _experiment(out_dir, "plan from")
-    arms = meta.get("arms") or sorted({r.arm for r in results})
+    baseline, arms = meta.get("baseline", protocol.BASELINE), meta.get("arms") or sorted({r.arm for r in results})
+    value = {arm: {r.seed: r.metric(protocol.PRIMARY_METRIC) for r in results if r.arm == arm} for arm in arms}
+    diffs = {a: paired_difference(value[a], value.get(baseline, {})) for a in arms if a != baseline}
+    if short := [f"{a} ({d.n})" for a, d in diffs.items() if d.std is None] or ([] if diffs else ["none"]):
+        raise UserError(f"The pilot needs >= 2 seeds paired with {baseline} per arm; paired seeds: {', '.join(short)}.")
     rule = sequential.Rule(margin=margin, alpha=round(1.0 - protocol.LEVEL, 10))
-    return sequential.plan_lines(results, arms, meta.get("baseline", protocol.BASELINE), rule)
+    need = sequential.plan_seeds({a: float(d.std) for a, d in diffs.items()}, rule)
+    lines = [
+        f"{a}: paired sd {diffs[a].std:.4f} over {diffs[a].n} seeds -> {n or '> 50'} seeds" for a, n in need.items()
+    ]
+    total = "n/a" if None in need.values() else sum(need.values()) + max(need.values())  # baseline: as the last arm
+    return [*lines, f"total: {total} runs, {baseline} included, to resolve ±{margin:g}"]
 
 
 def _records(
     run_dir: Path, result: RunResult, settings: dict[str, Any], force: bool, record_dir: Path | None, log: Log
 ) -> Any:
-    """The run's records: its ``detections.npz`` if of these thresholds and newer than the weights, else recorded now.
+    """The run's ``detections.npz`` if of these thresholds and newer than the weights, else recorded now.
 
-    A new recording validates the final weights on the dataset and imgsz of args.yaml (else result.json) and is saved
-    next to the run's result, or under ``record_dir``.
-
-    Raises:
-        UserError: no weights, or no dataset to record on.
+    A new recording uses the data and imgsz of args.yaml (else result.json) and goes next to it, or into ``record_dir``.
     """
     import yaml
 

@@ -1,23 +1,19 @@
 """Sequential A/B decisions (issue 26): stop each arm once its paired difference to the baseline is decided.
 
-The rule: seeds run in rounds; after round ``n`` (the planned looks ``n = min_seeds .. max_seeds``) each open arm's
-paired differences ``arm - baseline`` (mAP50-95, same seed) get a Student-t interval on the arm's own variance
-(``n - 1`` df) at level ``1 - alpha / L``, ``L`` the number of looks: Bonferroni over looks fixed in advance, so an arm
-whose true difference is 0 is called better or worse with probability at most ``alpha``, whatever the other arms'
-variances and however they share the baseline's runs. An arm stops as ``better`` / ``worse`` (interval excludes 0),
-``equivalent`` (interval inside ``+-margin``: a TOST at the same level, Schuirmann 1987), ``futile`` or ``budget``
-(undecided at ``max_seeds``). Futility is non-binding (stopping only removes looks): an arm stops when the predictive
-probability (Spiegelhalter, Freedman & Blackburn, Controlled Clin. Trials 7, 8-17, 1986) of a verdict at
-``max_seeds`` is below ``futility``, predicted from the larger of its own variance and the open arms' pooled one.
-
-Why this rule (measured by ``experiments/sequential_replay.py`` on the committed reports' sds): an anytime-valid
-confidence sequence (Howard, Ramdas, McAuliffe & Sekhon, Ann. Statist. 49, 1055-1080, 2021) is wider at n <= 10,
-O'Brien-Fleming spending (Lan & DeMets, Biometrika 70, 659-663, 1983) spends almost nothing at n = 2, and a variance
-pooled over the arms for the verdicts (the previous rule, ``pooled=True``, removed; limma-style moderation did worse)
-let a noisy arm's false verdicts reach 6.7%, against at most 4.2% on the arm's own variance.
+Seeds run in rounds; after round ``n`` (the planned looks ``n = min_seeds .. max_seeds``) each open arm's paired
+differences ``arm - baseline`` (mAP50-95, same seed) get a Student-t interval on the arm's own variance (``n - 1`` df)
+at level ``1 - alpha / L`` over the ``L`` looks (Bonferroni: an arm whose true difference is 0 is called better or
+worse with probability at most ``alpha``, whatever the other arms do). An arm stops as ``better`` / ``worse``
+(interval excludes 0), ``equivalent`` (interval inside ``+-margin``, a TOST; Schuirmann 1987), ``budget`` (undecided
+at ``max_seeds``) or ``futile``: the predictive probability of a verdict at ``max_seeds`` (Spiegelhalter, Freedman &
+Blackburn, Controlled Clin. Trials 7, 8-17, 1986; from the larger of the arm's and the open arms' pooled variance) is
+below ``futility`` (non-binding: stopping only removes looks, the bound holds). ``experiments/sequential_replay.py``
+compares it on the committed reports with a confidence sequence (Howard et al., Ann. Statist. 49, 1055-1080, 2021),
+O'Brien-Fleming spending (Lan & DeMets, Biometrika 70, 659-663, 1983) and verdicts on the pooled variance (the
+previous rule, removed: up to 6.7% false verdicts for a noisy arm, against at most 4.2% here).
 
 Decisions are a pure function of the per-seed differences (``decide`` replays the looks), so a restarted experiment
-re-derives them from the runs' ``result.json``; ``plan_seeds`` sizes an experiment from a pilot's paired sds.
+re-derives them from the runs' ``result.json``.
 """
 
 from __future__ import annotations
@@ -34,10 +30,9 @@ from scipy.special import ndtr
 
 from ..errors import InvalidSettingError, UserError
 from . import protocol
-from .stats import paired_difference
 
 __all__ = ["Rule", "Decision", "decide", "next_round", "runs_used", "plan_seeds", "spec_rule", "recorded_rule"]
-__all__ += ["paired_diffs", "section", "plan_lines"]
+__all__ += ["paired_diffs", "section"]
 
 
 @dataclass(frozen=True)
@@ -247,21 +242,3 @@ def section(results: Sequence[Any], meta: Mapping[str, Any], rule: Rule) -> str:
     trained, grid = len({r.run for r in results if r.arm in arms}), len(arms) * len(seeds)
     lines += ["", f"Runs trained: {trained} of the full grid's {grid} ({len(arms)} arms x {len(seeds)} seeds)."]
     return "\n".join(lines) + "\n"
-
-
-def plan_lines(results: Sequence[Any], arms: Sequence[str], baseline: str, rule: Rule) -> list[str]:
-    """``yolo-vfl ab plan``: per arm the seeds that resolve ``rule.margin`` from a pilot's paired sds, and a total.
-
-    Raises:
-        UserError: an arm with fewer than 2 paired seeds in the pilot.
-    """
-    value = {arm: {r.seed: r.metric(protocol.PRIMARY_METRIC) for r in results if r.arm == arm} for arm in arms}
-    diffs = {a: paired_difference(value[a], value.get(baseline, {})) for a in arms if a != baseline}
-    if short := [f"{a} ({d.n})" for a, d in diffs.items() if d.std is None] or ([] if diffs else ["none"]):
-        raise UserError(f"The pilot needs >= 2 seeds paired with {baseline} per arm; paired seeds: {', '.join(short)}.")
-    need = plan_seeds({a: float(d.std) for a, d in diffs.items()}, rule)
-    lines = [
-        f"{a}: paired sd {diffs[a].std:.4f} over {diffs[a].n} seeds -> {n or '> 50'} seeds" for a, n in need.items()
-    ]
-    total = "n/a" if None in need.values() else sum(need.values()) + max(need.values())  # baseline: as the last arm
-    return [*lines, f"total: {total} runs, {baseline} included, to resolve ±{rule.margin:g}"]
