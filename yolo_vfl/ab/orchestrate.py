@@ -224,9 +224,8 @@ def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log
     table, points = _tables(out, results)
     paths = write_report(out, results, meta, table, points)
     log(f"yolo-vfl ab: report: {paths['summary.md']}")
-    for line in verdict_lines(
-        summarize(results, meta.get("baseline", protocol.BASELINE), meta.get("arms"), meta["level"], table)
-    ):
+    summary = summarize(results, meta.get("baseline", protocol.BASELINE), meta.get("arms"), meta["level"], table)
+    for line in verdict_lines(summary):
         log(line)
     if rule := sequential.recorded_rule(meta):
         text = sequential.section(results, meta, rule)
