@@ -1,10 +1,9 @@
-"""The one run lifecycle of everything that trains: lock, finished check, fresh start, training, publish.
+"""The one run lifecycle of everything that trains (A/B runs, the pretrained-checkpoint build).
 
-An A/B run and the pretrained-checkpoint build both go through it. A run is finished when its own check says so (a
-``result.json``, a published checkpoint) and is then never trained again. Anything else starts from zero: the
-directory of an interrupted run is moved aside (or removed) first, never resumed, since Ultralytics' resume does not
-restore the data order and augmentation state (a resumed run's numbers would differ from an uninterrupted run's).
-Only one process trains a run at a time (a lock file per run).
+A finished run (its own check: a ``result.json``, a published checkpoint) is never trained again. Anything else starts
+from zero: an interrupted run's directory is set aside first, never resumed (Ultralytics' resume does not restore the
+data order and augmentation state). One process trains a run at a time (a lock file per run); the build publishes
+its result atomically (``yolo_vfl.fileio``).
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from .fileio import file_lock, remove_path
 __all__ = ["RunBusyError", "execute", "set_aside", "train", "final_weights"]
 
 T = TypeVar("T")
-Log = Callable[[str], None]
 
 
 class RunBusyError(RuntimeError):
@@ -29,15 +27,15 @@ class RunBusyError(RuntimeError):
 
 
 def set_aside(path: Path, aside: Path | None) -> str:
-    """Move ``path`` into the folder ``aside`` as ``<name>.<time>`` (removed when ``aside`` is None); says where."""
+    """Move ``path`` into the folder ``aside`` as ``<name>.<time>[.k]`` (removed when ``aside`` is None); says where."""
     if aside is None:
         remove_path(path)
         return f"removed {path}"
     aside.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    target, k = aside / f"{path.name}.{stamp}", 1
+    stamp = f"{path.name}.{datetime.now():%Y%m%d-%H%M%S}"
+    target, k = aside / stamp, 0
     while target.exists():
-        target, k = aside / f"{path.name}.{stamp}.{k}", k + 1
+        target, k = aside / f"{stamp}.{k + 1}", k + 1
     shutil.move(str(path), str(target))
     return f"moved {path} to {target}"
 
@@ -49,7 +47,7 @@ def execute(
     finished: Callable[[], T | None],
     build: Callable[[], T],
     *,
-    log: Log,
+    log: Callable[[str], None],
     wait: bool = False,
     aside: Path | None = None,
 ) -> T:
@@ -65,21 +63,19 @@ def execute(
         wait: wait for another process holding the lock (then take its result), instead of raising.
         aside: where an interrupted run's directory goes (None: removed).
 
+    Returns:
+        The finished run's result, or ``build``'s.
+
     Raises:
         RunBusyError: another process holds the lock and ``wait`` is False.
     """
-    found = finished()
-    if found is not None:
+    if (found := finished()) is not None:
         return found
-
-    def waiting(pid: str) -> None:
-        log(f"{name}: another process (pid {pid}) is training it; waiting for it")
-
-    with file_lock(lock, wait=wait, on_wait=waiting) as locked:
+    on_wait = lambda pid: log(f"{name}: another process (pid {pid}) is training it; waiting for it")  # noqa: E731
+    with file_lock(lock, wait=wait, on_wait=on_wait) as locked:
         if not locked:
             raise RunBusyError(f"{name} is being trained by another process (lock {lock})")
-        found = finished()  # the process waited for may have finished it
-        if found is not None:
+        if (found := finished()) is not None:  # the process waited for may have finished it
             return found
         if work.exists() or work.is_symlink():
             log(f"{name}: interrupted earlier, restarts from zero ({set_aside(work, aside)})")
@@ -92,9 +88,9 @@ def train(
     args: Mapping[str, Any],
     *,
     trainer: Any = None,
-    callbacks: Mapping[str, Callable[[Any], None]] | None = None,
+    callbacks: Mapping[str, Callable] | None = None,
 ) -> Any:
-    """Train ``YOLO(model)`` from scratch into the directory ``work`` (Ultralytics' project/name); returns the trainer.
+    """Train ``YOLO(model)`` from scratch into the directory ``work`` (Ultralytics' project/name).
 
     Args:
         model: model YAML or checkpoint.
@@ -102,14 +98,18 @@ def train(
         args: Ultralytics train arguments (with ``data``; any loss settings of ``trainer``).
         trainer: the trainer class (default: Ultralytics' own for the task).
         callbacks: Ultralytics callbacks (event -> function) added to the model.
+
+    Returns:
+        The Ultralytics trainer (``metrics``, ``save_dir``).
     """
     from ultralytics import YOLO
 
     yolo = YOLO(model)
     for event, fn in (callbacks or {}).items():
         yolo.add_callback(event, fn)
-    given = {"trainer": trainer} if trainer is not None else {}
-    yolo.train(**given, **args, project=str(work.parent), name=work.name, exist_ok=True)
+    yolo.train(
+        **({"trainer": trainer} if trainer else {}), **args, project=str(work.parent), name=work.name, exist_ok=True
+    )
     return yolo.trainer
 
 
@@ -119,8 +119,7 @@ def final_weights(work: str | os.PathLike[str]) -> Path:
     Raises:
         FileNotFoundError: the run directory holds neither.
     """
-    weights = Path(work) / "weights"
-    for name in ("best.pt", "last.pt"):
-        if (weights / name).is_file():
-            return weights / name
-    raise FileNotFoundError(f"{weights} holds no best.pt or last.pt: training saved no checkpoint")
+    found = [Path(work) / "weights" / n for n in ("best.pt", "last.pt") if (Path(work) / "weights" / n).is_file()]
+    if not found:
+        raise FileNotFoundError(f"{Path(work) / 'weights'} holds no best.pt or last.pt: training saved no checkpoint")
+    return found[0]

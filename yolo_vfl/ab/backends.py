@@ -1,7 +1,7 @@
-"""Where jobs run: one subprocess per device slot, or Ray tasks, behind one submit/wait interface.
+"""Where jobs run: one subprocess per device slot, or Ray tasks, behind one submit/wait/cancel/close interface.
 
-Every job runs in its own process (``python -m yolo_vfl.ab.run JOB.json``); a killed runner takes its runs with it
-(Linux: ``PR_SET_PDEATHSIG``). ``run_jobs``, the one loop above the backends, fills the free slots, reports progress
+Every job runs in its own process (``python -m yolo_vfl.ab.run JOB.json``); on Linux a killed runner takes its runs
+with it (``PR_SET_PDEATHSIG``). ``run_jobs``, the one loop above the backends, fills the free slots, reports progress
 and an ETA, and starts no run after a failure unless ``keep_going``.
 """
 
@@ -36,7 +36,7 @@ Outcome = tuple[Job, "dict[str, Any] | None", str]
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: end the run when the runner dies (a killed runner leaves no orphan training)."""
+    """Linux: the run gets SIGTERM when the runner dies (a killed runner leaves no orphan training)."""
     with contextlib.suppress(Exception):
         import ctypes
 
@@ -50,19 +50,8 @@ def _child_env(extra: Mapping[str, str] | None = None, drop: Sequence[str] = ())
     return {"PYTHONUNBUFFERED": "1", **env, "PYTHONPATH": os.pathsep.join(path), **(extra or {})}
 
 
-def _outcome(job: Job, rc: int) -> Outcome:
-    """A finished subprocess's outcome: its ``result.json``, or why it failed (with the end of its log)."""
-    result = read_json(job.result)
-    if rc == 0 and result is not None:
-        return job, result, ""
-    text = job.log.read_bytes()[-20000:].decode(errors="replace").replace("\r", "\n") if job.log.is_file() else ""
-    tail = "\n".join("    " + ln for ln in [ln for ln in text.splitlines() if ln.strip()][-15:])
-    why = "another process holds its lock" if rc == EXIT_BUSY else f"exit code {rc}"
-    return job, None, f"{job.run} failed ({why}); log {job.log}:\n{tail}"
-
-
 class LocalBackend:
-    """One subprocess per device slot."""
+    """One subprocess per device slot (``env``: the children's environment, default ``_child_env()``)."""
 
     def __init__(self, devices: Sequence[str | None], env: Mapping[str, str] | None = None) -> None:
         self.devices, self.slots, self.env = list(devices), len(devices), dict(env or _child_env())
@@ -74,11 +63,11 @@ class LocalBackend:
         job = replace(job, device=self.devices[slot])
         atomic_write_json(path := Path(job.out_dir) / "jobs" / f"{job.run}.json", asdict(job))
         job.log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "yolo_vfl.ab.run", str(path)]
         linux = {"preexec_fn": _die_with_parent} if sys.platform.startswith("linux") else {}
         with open(job.log, "ab") as log:  # the child keeps its own copy of the file descriptor
             log.write(f"\n===== {datetime.now():%Y-%m-%dT%H:%M:%S} {job.run} on {job.device} =====\n".encode())
             log.flush()
+            cmd = [sys.executable, "-m", "yolo_vfl.ab.run", str(path)]
             proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, **linux
             )
@@ -86,26 +75,28 @@ class LocalBackend:
         return f"device {job.device or 'default'}"
 
     def wait(self) -> Outcome:
-        """Block until a run ends."""
-        while True:
-            for slot, (proc, job) in list(self.running.items()):
-                if (rc := proc.poll()) is not None:
-                    del self.running[slot]
-                    return _outcome(job, rc)
+        """Block until a run ends: its ``result.json``, or why it failed (with the end of its log)."""
+        while not (ended := [slot for slot, (proc, _) in self.running.items() if proc.poll() is not None]):
             time.sleep(0.5)
+        proc, job = self.running.pop(ended[0])
+        if (rc := proc.returncode) == 0 and (result := read_json(job.result)) is not None:
+            return job, result, ""
+        text = job.log.read_bytes()[-20000:].decode(errors="replace").replace("\r", "\n") if job.log.is_file() else ""
+        tail = "\n".join("    " + ln for ln in [ln for ln in text.splitlines() if ln.strip()][-15:])
+        why = "another process holds its lock" if rc == EXIT_BUSY else f"exit code {rc}"
+        return job, None, f"{job.run} failed ({why}); log {job.log}:\n{tail}"
 
     def cancel(self, timeout: float = 15.0) -> None:
         """Stop every running job: SIGINT (Ultralytics and torch stop cleanly), SIGKILL after ``timeout`` seconds."""
-        procs = [p for p, _ in self.running.values() if p.poll() is None]
-        for p in procs:
-            p.send_signal(signal.SIGINT)
+        for proc, _ in self.running.values():
+            proc.send_signal(signal.SIGINT)  # nothing for an ended one
         deadline = time.time() + timeout
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(max(0.0, deadline - time.time()))
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        for proc, _ in self.running.values():
+            try:
+                proc.wait(max(0.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def close(self) -> None:
         """Nothing to release."""
@@ -132,7 +123,11 @@ def _ray_task(job: Job, num_gpus: float) -> dict[str, Any]:  # pragma: no cover 
 
 
 class RayBackend:
-    """Ray tasks with the spec's resource request, as many at once as the cluster has room for."""
+    """Ray tasks with the spec's resource request, as many at once as the cluster has room for.
+
+    Raises:
+        UserError: Ray is not installed.
+    """
 
     def __init__(self, spec: ABSpec) -> None:
         try:
@@ -180,6 +175,7 @@ class RayBackend:
 
 
 def _duration(seconds: float | None) -> str:
+    """``45s``, ``2m30s``, ``1h02m``; ``?`` when unknown."""
     if seconds is None or not math.isfinite(seconds):
         return "?"
     s = round(seconds)
@@ -187,7 +183,11 @@ def _duration(seconds: float | None) -> str:
 
 
 class Progress:
-    """Counts runs and estimates the time left from the durations of the runs finished so far."""
+    """Counts runs and estimates the time left from the durations of the runs finished so far.
+
+    Args:
+        total: runs of the experiment; done: finished before; slots: runs side by side; log: line printer.
+    """
 
     def __init__(self, total: int, done: int, slots: int, log: Callable[[str], None]) -> None:
         self.total, self.done, self.slots, self.log = total, done, max(1, slots), log
@@ -224,7 +224,11 @@ class Progress:
 
 
 def run_jobs(jobs: list[Job], spec: ABSpec, progress: Progress) -> list[Failure]:
-    """Run the jobs on the spec's backend; returns the failed runs (the others have their ``result.json``)."""
+    """Run the jobs on the spec's backend (``backend``, ``device`` slots, ``keep_going``).
+
+    Returns:
+        The failed runs (the others have their ``result.json``).
+    """
     backend = RayBackend(spec) if spec.backend == "ray" else LocalBackend(spec.device)
     pending, failed, running = deque(jobs), [], 0
     progress.slots = backend.slots

@@ -1,8 +1,8 @@
-"""An A/B experiment from spec to report: check, plan, run the missing runs, write the report.
+"""An A/B experiment from spec to report (``run_ab``), and ``ab report``, ``ab plan``, ``ab diagnose`` on its directory.
 
-The runner can be killed at any moment and started again with the same command: runs with a ``result.json`` are kept
-(after checking they were trained with the same settings), the others train again from zero. Everything a refused
-command would need is checked before anything is written.
+The runner can be killed at any moment and started again with the same command: runs with a ``result.json`` of the
+same settings are kept, the others train again from zero; decide=sequential re-derives its rounds from the
+``result.json`` files. Everything a refused command would need is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -21,15 +21,17 @@ from typing import Any
 import polars as pl
 
 from ..errors import InvalidSettingError, UserError
+from ..executor import final_weights
 from ..fileio import atomic_write_json, atomic_write_text, file_lock, read_json
 from . import protocol, sequential
 from .backends import Failure, Progress, run_jobs
 from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, start_model
 from .results import TABLE_FILE, RunResult, epoch_table, final_rows, run_table, write_table
 from .spec import DEFAULT_MODEL, ABSpec
+from .stats import paired_difference
 
 __all__ = ["ABRunError", "run_ab", "regenerate_report", "diagnose_experiment", "load_results", "check_devices", "plan"]
-__all__ += ["check_out_dir", "model_task", "sequential_plan"]
+__all__ += ["sequential_plan"]
 
 Log = Callable[[str], None]
 
@@ -51,26 +53,33 @@ def load_results(out_dir: str | os.PathLike[str]) -> list[RunResult]:
     return results
 
 
-def _finished(out_dir: str | os.PathLike[str], what: str) -> tuple[Path, dict[str, Any], list[RunResult]]:
-    """An experiment directory (resolved), its ``experiment.json`` and its finished runs.
+def _meta(out: Path) -> dict[str, Any]:
+    """``experiment.json`` as the report reads it (without spec and history), ``pretrain.json`` as ``pretrain``."""
+    meta = {k: v for k, v in (read_json(out / "experiment.json") or {}).items() if k not in ("spec", "history")}
+    pre = read_json(out / "pretrain.json")
+    return meta if pre is None else {**meta, "pretrain": pre}
 
-    Raises:
-        UserError: the directory does not exist, or has no finished runs (nothing to ``what``).
-    """
+
+def _experiment(
+    out_dir: str | os.PathLike[str], what: str, arms: Sequence[str] | None = None
+) -> tuple[Path, dict[str, Any], list[RunResult]]:
+    """The directory (resolved), its ``_meta``, the finished runs of ``arms``; a UserError if none (nothing to what)."""
     out = Path(out_dir).expanduser().resolve()
     if not out.is_dir():
         raise UserError(f"Experiment directory '{out_dir}' not found.")
-    meta = read_json(out / "experiment.json") or {}
-    results = load_results(out)
-    if not results:
+    if not (results := load_results(out)):
         raise UserError(f"No finished runs (runs/*/result.json) in {out}: nothing to {what}.")
-    return out, meta, results
+    have = sorted({r.arm for r in results})
+    if unknown := [a for a in arms or () if a not in have]:
+        raise UserError(
+            f"No finished runs of arm(s) {', '.join(unknown)} in {out}. Arms with finished runs: {', '.join(have)}."
+        )
+    return out, _meta(out), [r for r in results if not arms or r.arm in arms]
 
 
 def _missing(runs: Sequence[str], results: Sequence[RunResult]) -> list[str]:
     """The ``runs`` without a finished result."""
-    have = {r.run for r in results}
-    return [r for r in runs if r not in have]
+    return [run for run in runs if run not in {r.run for r in results}]
 
 
 def plan(jobs: list[Job], out: Path) -> tuple[list[Job], list[Job]]:
@@ -104,83 +113,40 @@ def check_devices(slots: Sequence[str | None]) -> None:
             name = "0" if dev.strip() == "cuda" else dev.strip().removeprefix("cuda:")
             if name in ("", *have):
                 continue
-            if name == "mps":
-                what = "MPS is not available"
-            elif not name.isdigit():
+            if name != "mps" and not name.isdigit():
                 raise UserError(f"Invalid device={slot!r}: unknown device '{dev}'. Valid here: {', '.join(have)}.")
-            else:
-                what = f"only {n_cuda} GPU(s)" if n_cuda else f"CUDA is not available (torch {torch.__version__})"
+            what = f"only {n_cuda} GPU(s)" if n_cuda else f"CUDA is not available (torch {torch.__version__})"
+            what = "MPS is not available" if name == "mps" else what
             raise UserError(f"Invalid device={slot!r}: {what} on this machine. Valid here: {', '.join(have)}.")
 
 
-def model_task(model: str) -> str:
-    """The Ultralytics task of a model: a checkpoint's own, a YAML's head, else its file name (a weights download).
-
-    Raises:
-        UserError: a checkpoint or YAML that cannot be read (``yolo_vfl.checks.check_model``).
-    """
-    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
-
-    from ..checks import check_model, load_checkpoint_dict
-
-    path = Path(model).expanduser()
-    if path.suffix == ".pt" and path.is_file():
-        ckpt = load_checkpoint_dict(path)
-        net = ckpt.get("ema") or ckpt.get("model")
-        return str(getattr(net, "task", None) or guess_model_task(net))
-    check_model(model)
-    if path.suffix in (".yaml", ".yml"):
-        return str(guess_model_task(yaml_model_load(model)))
-    return str(guess_model_task(model))
-
-
-def check_out_dir(out: Path) -> None:
-    """``out`` is a directory this process can write, or can be created in one (nothing is written here).
-
-    Raises:
-        UserError: ``out`` (or a parent) is a file, or the nearest existing directory is not writable.
-    """
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir():
-        what = "is a file" if existing == out else f"is inside '{existing}', a file"
-        raise UserError(f"out={out} {what}: give a directory (created if missing).")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"out={out} is not writable ('{existing}' is read-only to this user): give another out=.")
-
-
 def _preflight(spec: ABSpec, data: str) -> None:
-    """Model (loadable, of a detection-family task), labels (read once) and devices, before anything is written.
+    """Model (loadable, of a detection-family task), labels (read once), devices: a UserError naming what is wrong."""
+    from ultralytics import YOLO
 
-    Raises:
-        UserError: naming the model, dataset or device and what is valid.
-    """
-    from ..checks import check_data
+    from ..checks import check_data, check_model
+    from ..criterion import ClsLossSettings, check_branches
     from ..trainer import TASK_TRAINERS
 
     model = str(spec.pretrain.model if spec.pretrain is not None else spec.train.get("model", DEFAULT_MODEL))
-    task = model_task(model)
-    if task not in TASK_TRAINERS:
+    check_model(model)  # a missing model or a file that is no checkpoint: named
+    if (net := YOLO(model)).task not in TASK_TRAINERS:
         raise UserError(
-            f"Invalid model={model!r}: its task is {task!r}; the A/B runner trains tasks {', '.join(TASK_TRAINERS)} "
-            "(their criteria have the classification branch the losses replace)."
+            f"Invalid model={model!r}: its task is {net.task!r}; the A/B runner trains tasks "
+            f"{', '.join(TASK_TRAINERS)} (their criteria have the classification branch the losses replace)."
         )
-    one2one = [arm.name for arm in spec.arms if arm.overrides.get("cls_branches") == "one2one"]
-    if one2one:  # the loss on the one-to-one branch only needs an end-to-end head
-        from ultralytics import YOLO
-
-        from ..criterion import ClsLossSettings, check_branches
-
+    for arm in (a for a in spec.arms if a.overrides.get("cls_branches") == "one2one"):  # needs an end-to-end head
         try:
-            check_branches(ClsLossSettings(branches="one2one"), YOLO(model).model)
+            check_branches(ClsLossSettings(branches="one2one"), net.model)
         except UserError as e:
-            raise InvalidSettingError(f"Arm {one2one[0]!r}: {e} (model={model})") from e
+            raise InvalidSettingError(f"Arm {arm.name!r}: {e} (model={model})") from e
     if spec.train.get("data") is not None:  # class ids >= nc are fine only with single_cls
         check_data(data, single_cls=all({**spec.train, **arm.overrides}.get("single_cls") for arm in spec.arms))
     check_devices(spec.device)
 
 
 def _pretrained(spec: ABSpec, log: Log) -> dict[str, Any]:
-    """Build (or find) the pretrained checkpoint of ``pretrain:``; its record for the report."""
+    """Build (or find) the pretrained checkpoint of ``pretrain:``; its record (``pretrain.json``)."""
     from ..pretrain import pretrained_checkpoint
 
     device = next((d for d in spec.device if d is not None), None)
@@ -190,21 +156,16 @@ def _pretrained(spec: ABSpec, log: Log) -> dict[str, Any]:
 
 
 def _same_start(out: Path, pre: dict[str, Any]) -> None:
-    """Refuse to add runs to an experiment whose finished runs fine-tuned other weights under the same fingerprint.
+    """Refuse to add runs to finished ones that fine-tuned other weights under the same fingerprint.
 
-    Two builds of one spec (on other machines) have differed: the weights are compared by sha256 where both records
-    have one, else by the checkpoint's own metrics. Mixed start models would silently break the pairing.
-
-    Raises:
-        UserError: ``out`` holds finished runs and its ``pretrain.json`` names another checkpoint.
+    Two builds of one spec (on other machines) have differed: compared by sha256 where both records have one, else by
+    the checkpoint's metrics.
     """
     old = read_json(out / "pretrain.json")
     if old is None or not load_results(out):
         return
-    if old.get("sha256") and pre["sha256"]:
-        if old["sha256"] == pre["sha256"]:
-            return
-    elif old.get("fingerprint") == pre["fingerprint"] and old.get("metrics") == pre["metrics"]:
+    keys = ("sha256",) if old.get("sha256") and pre.get("sha256") else ("fingerprint", "metrics")
+    if all(old.get(k) == pre.get(k) for k in keys):
         return
 
     def what(rec: dict[str, Any]) -> str:
@@ -221,35 +182,25 @@ def _same_start(out: Path, pre: dict[str, Any]) -> None:
     )
 
 
-def _record_experiment(spec: ABSpec, out: Path, command: str) -> dict[str, Any]:
-    """Write ``experiment.json`` (spec, commands so far) and ``spec.yaml`` (the resolved spec) atomically."""
+def _record_experiment(spec: ABSpec, out: Path, command: str) -> None:
+    """Write ``experiment.json`` (spec, rule, commands so far) and ``spec.yaml`` (the resolved spec) atomically."""
     import yaml
 
     history = list((read_json(out / "experiment.json") or {}).get("history") or [])
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     history.append({"command": command, "started_at": now, "host": platform.node()})
-    meta = {
-        "name": spec.name,
-        "baseline": spec.baseline,
-        "arms": spec.arm_names,
-        "seeds": spec.seeds,
-        "data": spec.data_token,
-        "train": {k: v for k, v in spec.train.items() if k != "data"},
-        "commands": list(dict.fromkeys(h["command"] for h in history)),
-        "runs": [f"{a}-s{s}" for s in spec.seeds for a in spec.arm_names],
-    }
+    meta = {"name": spec.name, "baseline": spec.baseline, "arms": spec.arm_names, "seeds": spec.seeds}
+    meta |= {"data": spec.data_token, "train": {k: v for k, v in spec.train.items() if k != "data"}}
+    meta |= {"commands": list(dict.fromkeys(h["command"] for h in history))}
+    meta |= {"runs": [f"{a}-s{s}" for s in spec.seeds for a in spec.arm_names]}
     if spec.decide == "sequential":
         meta["sequential"] = asdict(sequential.spec_rule(spec))
     atomic_write_json(out / "experiment.json", {**meta, "spec": spec.to_dict(), "history": history})
     atomic_write_text(out / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    return meta
 
 
 def _tables(out: Path, results: Sequence[RunResult]) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """The experiment's results table (each run's ``results_long.csv`` rewritten) and the ranking scatter points.
-
-    Ranking quality and points come from each run's ``detections.npz`` (none without it).
-    """
+    """The results table (each run's ``results_long.csv`` rewritten), ranking points by run (``detections.npz``)."""
     from .evaluation import ranking_quality
     from .records import load_records
 
@@ -265,14 +216,16 @@ def _tables(out: Path, results: Sequence[RunResult]) -> tuple[pl.DataFrame, dict
 
 
 def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log: Log) -> dict[str, Path]:
+    """Write the report of ``results`` (``meta``: ``_meta``'s), with the sequential decisions; log the verdicts."""
     from .plots import write_report
     from .report import summarize, verdict_lines
 
+    meta = {**meta, "missing": _missing(meta.get("runs") or [], results), "level": meta.get("level", protocol.LEVEL)}
     table, points = _tables(out, results)
     paths = write_report(out, results, meta, table, points)
     log(f"yolo-vfl ab: report: {paths['summary.md']}")
-    baseline, level = meta.get("baseline", protocol.BASELINE), meta["level"]
-    for line in verdict_lines(summarize(results, baseline, meta.get("arms"), level, table)):
+    summary = summarize(results, meta.get("baseline", protocol.BASELINE), meta.get("arms"), meta["level"], table)
+    for line in verdict_lines(summary):
         log(line)
     if rule := sequential.recorded_rule(meta):
         text = sequential.section(results, meta, rule)
@@ -281,17 +234,21 @@ def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log
     return paths
 
 
-def _round(spec: ABSpec, jobs: list[Job], out: Path) -> list[Job]:
-    """decide=sequential: the next round's unfinished runs (its open arms and the baseline); [] when all stopped.
+def _todo(spec: ABSpec, jobs: list[Job], out: Path) -> list[Job]:
+    """The runs to train next: every unfinished one (grid), or the next round's (its open arms and the baseline).
 
-    Raises:
-        UserError: the round's runs are finished but give no paired mAP50-95 (not finite): nothing left to train.
+    A UserError for another sequential rule than experiment.json's, or a round finished without a finite difference.
     """
+    todo = plan(jobs, out)[1]
+    if spec.decide == "grid":
+        return todo
+    rule = sequential.spec_rule(spec)
+    sequential.recorded_rule(read_json(out / "experiment.json") or {}, rule)  # another rule is refused
     diffs = sequential.paired_diffs(load_results(out), spec.arm_names, spec.baseline, spec.seeds)
-    if (nxt := sequential.next_round(diffs, sequential.spec_rule(spec))) is None:
+    if (nxt := sequential.next_round(diffs, rule)) is None:
         return []
     seed, arms = spec.seeds[nxt[0]], [spec.baseline, *nxt[1]]
-    if todo := [j for j in jobs if j.seed == seed and j.arm in arms and j.state() != "done"]:
+    if todo := [j for j in todo if j.seed == seed and j.arm in arms]:
         return todo
     raise UserError(
         f"The runs of seed {seed} ({', '.join(arms)}) are finished but give no finite mAP50-95 difference: "
@@ -301,19 +258,19 @@ def _round(spec: ABSpec, jobs: list[Job], out: Path) -> list[Job]:
 
 def _checked_plan(spec: ABSpec, out: Path, log: Log) -> tuple[list[Job], list[Job]]:
     """Check all a run needs (``out``, model, data, devices), log the plan, write nothing; ``(jobs, todo)``."""
-    check_out_dir(out)
-    data = resolve_data(spec)
-    jobs = make_jobs(spec, out, data)
-    done, todo = plan(jobs, out)
-    if spec.decide == "sequential":
-        sequential.recorded_rule(read_json(out / "experiment.json") or {}, sequential.spec_rule(spec))
-        todo = _round(spec, jobs, out)
-    if todo:
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == out else f"is inside '{existing}', a file"
+        raise UserError(f"out={out} {what}: give a directory (created if missing).")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"out={out} is not writable ('{existing}' is read-only to this user): give another out=.")
+    jobs = make_jobs(spec, out, data := resolve_data(spec))
+    if todo := _todo(spec, jobs, out):
         _preflight(spec, data)
     runs = f"{len(jobs)} runs" + (" at most (decide=sequential)" if spec.decide == "sequential" else "")
     log(f"yolo-vfl ab: {spec.name}: {len(spec.arms)} arms x {len(spec.seeds)} seeds = {runs} in {out}")
-    if done:
-        log(f"  finished, kept: {', '.join(j.run for j in done)}")
+    if done := [j.run for j in jobs if j.state() == "done"]:
+        log(f"  finished, kept: {', '.join(done)}")
     for job in todo:
         if job.state() == "restart":
             log(f"  {job.run}: restart (interrupted earlier, no result.json; restarts from zero)")
@@ -331,7 +288,7 @@ def run_ab(
     log: Log | None = None,
     dry_run: bool = False,
 ) -> Path:
-    """Run every arm x seed that has no ``result.json`` yet, write the report, return the experiment directory.
+    """Run every arm x seed that has no ``result.json`` yet (decide=sequential: in rounds), write the report.
 
     Args:
         spec: the experiment (``load_spec``).
@@ -340,9 +297,13 @@ def run_ab(
         log: progress printer (default ``print``).
         dry_run: only print the plan (runs to do, to keep, to restart); writes nothing.
 
+    Returns:
+        The experiment directory.
+
     Raises:
         UserError: invalid settings, an unwritable out=, a missing or non-detection model, missing data or device,
-            finished runs trained with other settings, another runner on the directory: before anything is written.
+            finished runs trained with other settings or another sequential rule, another runner on the directory:
+            before anything is written.
         ABRunError: some runs failed (the report is written for the finished ones).
     """
     log = log or (lambda msg: print(msg, flush=True))
@@ -355,27 +316,21 @@ def run_ab(
     with file_lock(out / ".ab.lock") as locked:
         if not locked:
             raise UserError(f"Another 'yolo-vfl ab' is running on {out} (lock {out / '.ab.lock'}).")
-        done, todo = plan(jobs, out)  # again under the lock: another runner may have finished some
-        pre = _pretrained(spec, log) if spec.pretrain is not None else None
-        if pre is not None:
-            _same_start(out, pre)
-        meta = _record_experiment(spec, out, command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
-        if pre is not None:
-            meta["pretrain"] = pre
+        if spec.pretrain is not None:
+            _same_start(out, pre := _pretrained(spec, log))
             atomic_write_json(out / "pretrain.json", pre)
-        progress = Progress(len(jobs), len(done), len(spec.device), log)
+        _record_experiment(spec, out, command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+        todo, failed = _todo(spec, jobs, out), []  # again under the lock: another runner may have finished some
+        progress = Progress(len(jobs), len(plan(jobs, out)[0]), len(spec.device), log)
         try:
-            failed = run_jobs(todo, spec, progress) if todo and spec.decide == "grid" else []
-            while spec.decide == "sequential" and not failed and (todo := _round(spec, jobs, out)):
-                failed = run_jobs(todo, spec, progress)  # a round's runs side by side on the device slots
+            while todo and not failed:  # sequential: a round's runs side by side on the device slots
+                failed = run_jobs(todo, spec, progress)
+                todo = _todo(spec, jobs, out) if spec.decide == "sequential" else []
         except KeyboardInterrupt:
             log("yolo-vfl ab: interrupted; finished runs are kept. Run the same command again to resume.")
             raise
-        runs = [j.run for j in jobs]
-        results = [r for r in load_results(out) if r.run in runs]
-        meta.update(missing=_missing(runs, results), level=0.95)
-        if results:
-            _write_report(out, results, meta, log)
+        if results := [r for r in load_results(out) if r.run in {j.run for j in jobs}]:
+            _write_report(out, results, _meta(out), log)
     if failed:
         raise ABRunError(
             f"{len(failed)} run(s) failed: {', '.join(r for r, _, _ in failed)}. Logs: {out / 'logs'}. Fix the cause "
@@ -386,59 +341,65 @@ def run_ab(
 
 
 def regenerate_report(out_dir: str | os.PathLike[str], baseline: str | None = None) -> dict[str, Path]:
-    """Rewrite the report of an experiment directory, and each run's results table, from the runs' files.
+    """``yolo-vfl ab report``: rewrite an experiment's report, and each run's results table, from the runs' files.
 
-    The numbers come from each run's ``results.csv``, ``result.json`` and records (ranking quality recomputed from
-    ``detections.npz`` where it is there); ``runs/<run>/results_long.csv`` is rewritten from them.
+    Args:
+        out_dir: the experiment directory.
+        baseline: the arm to compare with (default: experiment.json's).
+
+    Returns:
+        The written paths by name.
+
+    Raises:
+        UserError: no such directory, or no finished runs.
     """
-    out, meta, results = _finished(out_dir, "report")
-    meta = {k: v for k, v in meta.items() if k not in ("spec", "history")}
-    if (out / "pretrain.json").is_file():
-        meta["pretrain"] = read_json(out / "pretrain.json")
-    if baseline:
-        meta["baseline"] = baseline
-    meta["missing"] = _missing(meta.get("runs") or [], results)
-    meta.setdefault("level", protocol.LEVEL)
-    return _write_report(out, results, meta, lambda msg: None)
+    out, meta, results = _experiment(out_dir, "report")
+    return _write_report(out, results, {**meta, **({"baseline": baseline} if baseline else {})}, lambda msg: None)
 
 
 def sequential_plan(out_dir: str | os.PathLike[str], margin: float) -> list[str]:
-    """``yolo-vfl ab plan``: per arm the seeds that resolve ``margin``, from the pilot experiment in ``out_dir``.
+    """``yolo-vfl ab plan``: per arm the seeds that resolve ``margin`` (``sequential.plan_seeds``), and a total.
+
+    Args:
+        out_dir: a pilot experiment (>= 2 seeds per arm, paired with the baseline).
+        margin: the equivalence margin on mAP50-95.
+
+    Returns:
+        The lines to print.
 
     Raises:
         UserError: no experiment or finished runs, or an arm with fewer than 2 paired seeds.
     """
-    _, meta, results = _finished(out_dir, "plan from")
-    arms = meta.get("arms") or sorted({r.arm for r in results})
+    _, meta, results = _experiment(out_dir, "plan from")
+    baseline, arms = meta.get("baseline", protocol.BASELINE), meta.get("arms") or sorted({r.arm for r in results})
+    value = {arm: {r.seed: r.metric(protocol.PRIMARY_METRIC) for r in results if r.arm == arm} for arm in arms}
+    diffs = {a: paired_difference(value[a], value.get(baseline, {})) for a in arms if a != baseline}
+    if short := [f"{a} ({d.n})" for a, d in diffs.items() if d.std is None] or ([] if diffs else ["none"]):
+        raise UserError(f"The pilot needs >= 2 seeds paired with {baseline} per arm; paired seeds: {', '.join(short)}.")
     rule = sequential.Rule(margin=margin, alpha=round(1.0 - protocol.LEVEL, 10))
-    return sequential.plan_lines(results, arms, meta.get("baseline", protocol.BASELINE), rule)
+    need = sequential.plan_seeds({a: float(d.std) for a, d in diffs.items()}, rule)
+    lines = [
+        f"{a}: paired sd {diffs[a].std:.4f} over {diffs[a].n} seeds -> {n or '> 50'} seeds" for a, n in need.items()
+    ]
+    total = "n/a" if None in need.values() else sum(need.values()) + max(need.values())  # baseline: as the last arm
+    return [*lines, f"total: {total} runs, {baseline} included, to resolve ±{margin:g}"]
 
 
 def _records(
     run_dir: Path, result: RunResult, settings: dict[str, Any], force: bool, record_dir: Path | None, log: Log
 ) -> Any:
-    """The run's records: its ``detections.npz`` if made with these thresholds after the weights, else recorded now.
+    """The run's ``detections.npz`` if of these thresholds and newer than the weights, else recorded now.
 
-    A new recording validates best.pt (last.pt if none) on the dataset and imgsz of args.yaml (else result.json),
-    and is saved next to the run's result, or under ``record_dir``.
+    A new recording uses the data and imgsz of args.yaml (else result.json) and goes next to it, or into ``record_dir``.
     """
     import yaml
 
     from .records import RecordsFormatError, load_records, record_detections
 
-    weights = run_dir / "weights" / "best.pt"
-    if not weights.is_file():
-        weights = run_dir / "weights" / "last.pt"
-    if not weights.is_file():
-        raise UserError(f"{run_dir.name}: no weights/best.pt or weights/last.pt to record detections from.")
     try:
-        args = yaml.safe_load((run_dir / "args.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        args = {}
-    data = args.get("data") or result.data
-    if not data:
-        raise UserError(f"{run_dir.name}: no dataset in args.yaml or result.json.")
-    imgsz = args.get("imgsz") or result.train.get("imgsz") or 640
+        weights = final_weights(run_dir)
+    except FileNotFoundError as e:
+        raise UserError(f"{run_dir.name}: no weights/best.pt or weights/last.pt to record detections from.") from e
     path = (record_dir / run_dir.name if record_dir else run_dir) / protocol.RECORDS_FILE
     for found in dict.fromkeys([run_dir / protocol.RECORDS_FILE, path]):  # the runner's records, then earlier ones
         if force or not found.is_file() or found.stat().st_mtime < weights.stat().st_mtime:
@@ -448,27 +409,16 @@ def _records(
         except RecordsFormatError as e:
             log(f"{run_dir.name}: {found} unusable ({e}); recording again")
             continue
-        if all(records.params.get(k) == v for k, v in settings.items() if k in ("conf", "iou", "max_det")):
+        if all(records.params.get(k) == settings[k] for k in ("conf", "iou", "max_det")):
             return records
+    args = yaml.safe_load((run_dir / "args.yaml").read_text()) if (run_dir / "args.yaml").is_file() else {}
+    if not (data := (args or {}).get("data") or result.data):
+        raise UserError(f"{run_dir.name}: no dataset in args.yaml or result.json.")
     log(f"{run_dir.name}: recording the detections of {weights}")
+    imgsz = (args or {}).get("imgsz") or result.train.get("imgsz") or 640
     records = record_detections(weights, str(data), imgsz=imgsz, **settings)
     records.save(path)
     return records
-
-
-def _of_arms(results: list[RunResult], arms: Sequence[str] | None, out: Path) -> list[RunResult]:
-    """The runs of ``arms`` (all without).
-
-    Raises:
-        UserError: an arm without finished runs (names the arms that have some).
-    """
-    have = sorted({r.arm for r in results})
-    unknown = [a for a in arms or () if a not in have]
-    if unknown:
-        raise UserError(
-            f"No finished runs of arm(s) {', '.join(unknown)} in {out}. Arms with finished runs: {', '.join(have)}."
-        )
-    return [r for r in results if not arms or r.arm in arms]
 
 
 def diagnose_experiment(
@@ -487,34 +437,32 @@ def diagnose_experiment(
     force: bool = False,
     log: Log | None = None,
 ) -> dict[str, Path]:
-    """Diagnose the finished runs of an experiment: ``diagnosis.md/.csv``, ``fp_scores.png``, ``pr_curves.png``.
+    """``yolo-vfl ab diagnose``: ``diagnosis.md/.csv``, ``fp_scores.png``, ``pr_curves.png`` of the finished runs.
 
-    The detections are each run's records (``detections.npz``, from the runner's recording pass, which also gave the
-    run's metrics); a run without them, or with records of other thresholds, is recorded once now with ``conf``,
-    ``iou``, ``max_det``, ``device``, ``batch``, ``workers`` (into ``cache_dir``, default each run's directory;
-    ``force``: record again even where records exist). ``dest``: where the report goes (default ``out_dir``);
-    ``arms``: only these (default all with finished runs); ``baseline``: default experiment.json's.
+    The detections are each run's records (``detections.npz``, from the runner's recording pass); a run without them,
+    or with records of other thresholds, is recorded once now with ``conf``, ``iou``, ``max_det``, ``device``,
+    ``batch``, ``workers`` into ``cache_dir`` (default: each run's directory; ``force``: record again anyway).
+    ``dest``: where the report goes (default ``out_dir``); ``arms``: only these (default all with finished runs);
+    ``baseline``: default experiment.json's; ``log``: one line per recording.
 
     Returns:
-        the written paths by name.
+        The written paths by name.
 
     Raises:
-        UserError: missing directory, no finished runs, unknown arms.
+        UserError: missing directory, no finished runs, unknown arms, a run without weights or dataset to record.
         MissingMetricError: a run whose diagnosis lacks a metric of the report.
     """
     from .evaluation import detection_kinds, diagnose
     from .plots import write_diagnosis
 
-    log = log or (lambda msg: None)
-    out, meta, results = _finished(out_dir, "diagnose")
+    out, meta, results = _experiment(out_dir, "diagnose", arms)
     dest_dir = Path(dest).expanduser().resolve() if dest else out
-    results = _of_arms(results, arms, out)
     settings = {"conf": conf, "iou": iou, "max_det": max_det, "device": device, "batch": batch, "workers": workers}
     record_dir = Path(cache_dir).expanduser().resolve() if cache_dir else None
     tables, detections, params = [], [], {}
     for res in results:
         run_dir = out / "runs" / res.run
-        records = _records(run_dir, res, settings, force, record_dir, log)
+        records = _records(run_dir, res, settings, force, record_dir, log or (lambda msg: None))
         params = params or records.params
         tables += [run_table(res, epoch_table(run_dir / "results.csv")), final_rows(res, diagnose(records))]
         detections.append(detection_kinds(records).with_columns(run=pl.lit(res.run), arm=pl.lit(res.arm)))
