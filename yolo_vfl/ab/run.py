@@ -8,7 +8,6 @@ Ultralytics validation. Then ``results_long.csv`` and, last (it marks the run fi
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import platform
@@ -34,22 +33,10 @@ _JOB_FIELDS = ("run", "arm", "seed", "loss", "overrides", "settings", "model", "
 Log = Callable[[str], None]
 
 
-def _float(value: Any) -> float:
-    """``value`` as a float, NaN where it is none."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def read_results_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
-    """Rows of an Ultralytics ``results.csv`` (stripped keys, floats), one per epoch; a re-run epoch keeps its last."""
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as f:
-        order = [{k.strip(): _float(v) for k, v in raw.items() if k is not None} for raw in csv.DictReader(f)]
-    rows = {int(r["epoch"]): r for r in order if math.isfinite(r.get("epoch", math.nan))}
-    return [rows[e] for e in sorted(rows)] if rows else order
+    """Rows of an Ultralytics ``results.csv`` (via ``epoch_table``: stripped keys, floats, a re-run epoch's last)."""
+    epochs = epoch_table(path)
+    return epochs.pivot("metric", index="epoch", values="value").fill_null(math.nan).to_dicts() if epochs.height else []
 
 
 def _evaluate(job: Job, weights: Path, log: Log) -> dict[str, Any]:
@@ -66,7 +53,7 @@ def _evaluate(job: Job, weights: Path, log: Log) -> dict[str, Any]:
         log(f"validating {weights}")
         val |= {"split": "val", "plots": False, "verbose": False, "project": str(job.run_dir), "name": "final_val"}
         rd = YOLO(str(weights)).val(data=job.data, exist_ok=True, **val).results_dict
-        metrics = {m: _float(rd.get(k)) for m, k in protocol.ULTRALYTICS_KEYS.items()}
+        metrics = {m: float(rd.get(k, math.nan)) for m, k in protocol.ULTRALYTICS_KEYS.items()}
         return {"metrics": metrics, "metrics_source": "yolo-vfl ab validation", "metrics_model": weights.name}
     from .evaluation import ranking_quality
     from .records import record_detections
