@@ -12,7 +12,7 @@ from typing import Any
 from . import protocol
 from .spec import DEFAULT_MODEL, ABSpec
 
-__all__ = ["Job", "make_jobs", "start_model", "resolve_data", "fingerprint", "fingerprint_diff"]
+__all__ = ["Job", "make_jobs", "start_model", "resolve_data", "fingerprint_diff"]
 
 #: Train arguments that do not change what is trained (left out of the fingerprint).
 NON_SEMANTIC = frozenset("device workers verbose plots save_period cache project name exist_ok resume".split())
@@ -78,12 +78,6 @@ def _json(d: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 
-def fingerprint(train: Mapping[str, Any], settings: Mapping[str, Any], model: str, data: str) -> dict[str, Any]:
-    """What defines a run's training: its semantic train arguments, loss settings, model and dataset name."""
-    semantic = {k: v for k, v in train.items() if k not in NON_SEMANTIC}
-    return _json({**semantic, **settings, "model": model, "data": data})
-
-
 def fingerprint_diff(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
     """How two fingerprints differ, ``key: old -> new`` (at most six; empty: the same training).
 
@@ -121,7 +115,8 @@ def make_jobs(spec: ABSpec, out_dir: str | os.PathLike[str], data: str | None = 
         for arm in spec.arms:
             train = {**shared, **arm.ultralytics_overrides(), "seed": seed, "deterministic": True}
             settings = arm.loss_settings().to_args()
-            fp = fingerprint(train, settings, model, spec.data_token)
+            semantic = {k: v for k, v in train.items() if k not in NON_SEMANTIC}  # what defines the training
+            fp = _json({**semantic, **settings, "model": model, "data": spec.data_token})
             what = (dict(arm.overrides), model, data, train, settings, fp, out, dict(spec.ranking), spec.device[0])
             jobs.append(Job(f"{arm.name}-s{seed}", arm.name, seed, arm.loss, *what))
     return jobs

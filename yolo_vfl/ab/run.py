@@ -36,7 +36,9 @@ Log = Callable[[str], None]
 def read_results_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
     """Rows of an Ultralytics ``results.csv`` (via ``epoch_table``: stripped keys, floats, a re-run epoch's last)."""
     epochs = epoch_table(path)
-    return epochs.pivot("metric", index="epoch", values="value").fill_null(math.nan).to_dicts() if epochs.height else []
+    return (
+        epochs.pivot(on="metric", index="epoch", values="value").fill_null(math.nan).to_dicts() if epochs.height else []
+    )
 
 
 def _evaluate(job: Job, weights: Path, log: Log) -> dict[str, Any]:

@@ -44,7 +44,6 @@ def suggest(word: Any, choices: Sequence[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-# ----------------------------------------------------------------------------------------------------- value checks
 def _rule(
     ok: Callable[[Any], bool], want: str, cast: Callable[[Any], Any] = lambda v: v, choices: Sequence = ()
 ) -> Check:
@@ -122,7 +121,6 @@ def _devices(value: Any, label: str) -> list[str | None]:
     return slots or [None]
 
 
-# ----------------------------------------------------------------------------------------------------- the schema
 @dataclass(frozen=True)
 class Key:
     """One key the runner reads: its default, its check (``check(value, label) -> value``) and its help."""
@@ -215,7 +213,6 @@ def keys_help() -> str:
     return "\n".join(textwrap.fill(text, 118, subsequent_indent=" " * 6) for text in lines)
 
 
-# ----------------------------------------------------------------------------------------------------- arms and spec
 @dataclass
 class Arm:
     """One arm: its name (runs are ``<name>-s<seed>``), loss, and ``overrides`` (loss settings, Ultralytics args)."""
@@ -286,7 +283,6 @@ class ABSpec:
         return {k: v for k, v in d.items() if v is not None}
 
 
-# ----------------------------------------------------------------------------------------------------- parsing
 def _parse_arms(value: Any) -> list[Arm]:
     """The arms of an ``arms:`` mapping (name -> body), or of a list of names / ``{name: ..., loss: ...}`` mappings."""
     from ..losses import list_losses
@@ -413,10 +409,19 @@ def _check_arm(arm: Arm, train: Mapping[str, Any]) -> None:
 def spec_from_dict(
     raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, source: str | None = None
 ) -> ABSpec:
-    """The validated ``ABSpec`` of a spec mapping (it must name its arms) and ``key=value`` overrides.
+    """The validated ``ABSpec`` of a spec mapping and ``key=value`` overrides.
 
-    Overrides: runner keys, ``<section>.<key>`` (``ray.num_gpus``, ``train.epochs``, ``<arm>.cls``), ``arms=`` (a
-    subset, or plain losses), any Ultralytics train argument (all arms). Raises a one-line ``UserError``.
+    Args:
+        raw: the spec (``SPEC_KEYS``); it must name its arms, or the overrides must (``arms=``).
+        overrides: runner keys, ``<section>.<key>`` (``ray.num_gpus``, ``train.epochs``, ``<arm>.cls``), ``arms=``
+            (a subset, or plain losses), any Ultralytics train argument (all arms).
+        source: the spec file, named by errors and giving the default ``name``.
+
+    Returns:
+        The spec, every value checked and every default filled in.
+
+    Raises:
+        UserError: one line naming the bad value and the valid ones.
     """
     if not isinstance(raw, Mapping):
         raise UserError(f"A spec must be a mapping of {', '.join(SPEC_KEYS)}; got {type(raw).__name__}.")
@@ -453,7 +458,11 @@ def spec_from_dict(
 
 
 def load_spec(path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None) -> ABSpec:
-    """The spec of a YAML file (None: ``DEFAULT_SPEC``) with ``key=value`` overrides (UserError: missing, empty...)."""
+    """The spec of a YAML file (None: ``DEFAULT_SPEC``) with ``key=value`` overrides (see ``spec_from_dict``).
+
+    Raises:
+        UserError: the file is missing, not YAML or empty, or the spec is invalid.
+    """
     import yaml
 
     if path is None:
