@@ -44,9 +44,7 @@ def suggest(word: Any, choices: Sequence[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def _rule(
-    ok: Callable[[Any], bool], want: str, cast: Callable[[Any], Any] = lambda v: v, choices: Sequence = ()
-) -> Check:
+def _rule(ok: Callable[[Any], bool], want: str, cast: Callable = lambda v: v, choices: Sequence = ()) -> Check:
     """A check returning ``cast(value)``; it refuses a value failing ``ok`` as ``Invalid <label>=<value>: <want>``."""
 
     def check(value: Any, label: str) -> Any:
