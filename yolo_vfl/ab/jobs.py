@@ -12,7 +12,7 @@ from typing import Any
 from . import protocol
 from .spec import DEFAULT_MODEL, ABSpec
 
-__all__ = ["Job", "make_jobs", "start_model", "resolve_data", "fingerprint", "fingerprint_diff"]
+__all__ = ["Job", "make_jobs", "start_model", "resolve_data", "fingerprint_diff"]
 
 #: Train arguments that do not change what is trained (left out of the fingerprint).
 NON_SEMANTIC = frozenset("device workers verbose plots save_period cache project name exist_ok resume".split())
@@ -62,45 +62,37 @@ class Job:
 
     def state(self) -> str:
         """``done`` (a ``result.json``), ``restart`` (an interrupted run, trained again from zero) or ``fresh``."""
-        if self.result.is_file():
-            return "done"
-        return "restart" if self.run_dir.exists() else "fresh"
+        return "done" if self.result.is_file() else "restart" if self.run_dir.exists() else "fresh"
 
 
 def resolve_data(spec: ABSpec) -> str:
-    """The dataset YAML every run trains on (a generated dataset is generated once, cached)."""
+    """The dataset YAML every run trains on (a generated dataset, ``embedded`` or ``embedded-glyphs``: made once)."""
     from ..data import embedded_dataset, resolve_embedded
 
     data = spec.train.get("data")
-    if data is None:
-        return str(embedded_dataset())
-    return str(resolve_embedded(data) or data)  # data: embedded-glyphs names a generated dataset
+    return str(embedded_dataset() if data is None else resolve_embedded(data) or data)
 
 
 def _json(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` as it reads back from JSON (sorted keys, non-JSON values as text)."""
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 
-def fingerprint(train: Mapping[str, Any], settings: Mapping[str, Any], model: str, data: str) -> dict[str, Any]:
-    """What defines a run's training: its semantic train arguments, loss settings, model and dataset name."""
-    return _json(
-        {**{k: v for k, v in train.items() if k not in NON_SEMANTIC}, **settings, "model": model, "data": data}
-    )
+def fingerprint_diff(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
+    """How two fingerprints differ, ``key: old -> new`` (at most six; empty: the same training).
 
-
-def _normalized(fp: Mapping[str, Any]) -> dict[str, Any]:
-    """A fingerprint with its loss settings completed by their defaults (a run recorded before a setting existed)."""
+    Loss settings are completed by their defaults first (a run recorded before a setting existed); invalid recorded
+    settings are compared as recorded (they differ).
+    """
     from ..criterion import SETTING_KEYS, ClsLossSettings
 
-    try:
-        return _json({**fp, **ClsLossSettings.from_args({k: v for k, v in fp.items() if k in SETTING_KEYS}).to_args()})
-    except (KeyError, TypeError, ValueError):
-        return _json(fp)  # invalid recorded settings: compared as recorded (they differ)
+    def normalized(fp: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return _json({**fp, **ClsLossSettings.from_args({k: fp[k] for k in fp if k in SETTING_KEYS}).to_args()})
+        except (KeyError, TypeError, ValueError):
+            return _json(fp)
 
-
-def fingerprint_diff(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
-    """How two fingerprints differ, ``key: old -> new`` (at most six; empty: the same training)."""
-    a, b = _normalized(old or {}), _normalized(new)
+    a, b = normalized(old or {}), normalized(new)
     diffs = [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in sorted(a | b) if a.get(k) != b.get(k)]
     return ", ".join(diffs[:6]) + (" ..." if len(diffs) > 6 else "")
 
@@ -123,8 +115,8 @@ def make_jobs(spec: ABSpec, out_dir: str | os.PathLike[str], data: str | None = 
         for arm in spec.arms:
             train = {**shared, **arm.ultralytics_overrides(), "seed": seed, "deterministic": True}
             settings = arm.loss_settings().to_args()
-            fp = fingerprint(train, settings, model, spec.data_token)
-            run = f"{arm.name}-s{seed}"
+            semantic = {k: v for k, v in train.items() if k not in NON_SEMANTIC}  # what defines the training
+            fp = _json({**semantic, **settings, "model": model, "data": spec.data_token})
             what = (dict(arm.overrides), model, data, train, settings, fp, out, dict(spec.ranking), spec.device[0])
-            jobs.append(Job(run, arm.name, seed, arm.loss, *what))
+            jobs.append(Job(f"{arm.name}-s{seed}", arm.name, seed, arm.loss, *what))
     return jobs

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-#: Validation confidence threshold (Ultralytics' validation default: mAP integrates over all scores).
+#: Ultralytics' validation defaults: confidence (mAP integrates over all scores), NMS IoU, detections per image.
 CONF = 0.001
-#: NMS IoU threshold of the validation (Ultralytics' default).
 NMS_IOU = 0.7
-#: Detections kept per image (Ultralytics' default).
 MAX_DET = 300
 #: IoU at which a detection matches a ground-truth box (true positive, duplicate, wrong class).
 IOU_MATCH = 0.5
@@ -15,9 +13,8 @@ IOU_BACKGROUND = 0.1
 #: Correlation points kept per run for the ranking plot (a deterministic subsample).
 MAX_POINTS = 2000
 
-#: Accuracy metrics of the final validation, in report order.
+#: Accuracy metrics of the final validation, in report order; the primary one gives the headline verdict.
 METRICS: tuple[str, ...] = ("mAP50", "mAP50-95", "precision", "recall")
-#: The metric whose paired difference gives the headline verdict.
 PRIMARY_METRIC = "mAP50-95"
 #: Final-epoch losses shown in the report (``results.csv`` columns).
 LOSS_KEYS: tuple[str, ...] = ("train/box_loss", "train/cls_loss", "train/dfl_loss")
@@ -27,11 +24,9 @@ ULTRALYTICS_KEYS = {m: f"metrics/{m}(B)" for m in METRICS}
 RESULT_FILE = "result.json"
 RECORDS_FILE = "detections.npz"
 
-#: The arm every other arm is compared with, unless a spec says ``baseline:``.
+#: Without a spec's own: the baseline arm (every other arm is compared with it), the arms and the seeds.
 BASELINE = "bce"
-#: The arms of an experiment run without a spec file.
 DEFAULT_ARMS: tuple[str, ...] = ("bce", "vfl", "qfl")
-#: The seeds of an experiment that names none.
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 #: The deployment-style confidence threshold at which detections are counted (Ultralytics' predict default).
 OPERATING_CONF = 0.25

@@ -1,4 +1,4 @@
-"""Running one job in its own process: train it from zero (``yolo_vfl.executor``), validate it once, write its result.
+"""One job in its own process: train it from zero (``yolo_vfl.executor``), validate it once, write its result.
 
 ``python -m yolo_vfl.ab.run JOB.json`` (output in ``out/logs/<run>.log``): a crash or Ultralytics' global state cannot
 leak between runs. Training skips Ultralytics' final validation; the run's one validation pass of ``best.pt`` follows:
@@ -8,7 +8,6 @@ Ultralytics validation. Then ``results_long.csv`` and, last (it marks the run fi
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import platform
@@ -31,60 +30,45 @@ __all__ = ["read_results_csv", "run_one", "main", "EXIT_BUSY"]
 EXIT_BUSY = 75  # another process holds the run's lock
 #: What a run's result copies from its job.
 _JOB_FIELDS = ("run", "arm", "seed", "loss", "overrides", "settings", "model", "data", "train", "fingerprint", "device")
-
 Log = Callable[[str], None]
 
 
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def read_results_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
-    """Rows of an Ultralytics ``results.csv`` (stripped keys, floats), one per epoch; a re-run epoch keeps its last."""
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as f:
-        order = [{k.strip(): _float(v) for k, v in raw.items() if k is not None} for raw in csv.DictReader(f)]
-    rows = {int(r["epoch"]): r for r in order if math.isfinite(r.get("epoch", math.nan))}
-    return [rows[e] for e in sorted(rows)] if rows else order
-
-
-def _validation_args(job: Job) -> dict[str, Any]:
-    """Image size, batch (twice training's, as the trainer validates), device and the train arguments it uses."""
-    batch = job.train.get("batch", 16)
-    kept = {k: job.train[k] for k in ("single_cls", "classes", "workers") if k in job.train}
-    batch = batch * 2 if type(batch) is int and batch > 0 else 16
-    return {"imgsz": job.train.get("imgsz", 640), "batch": batch, "device": job.device, **kept}
+    """Rows of an Ultralytics ``results.csv`` (via ``epoch_table``: stripped keys, floats, a re-run epoch's last)."""
+    epochs = epoch_table(path)
+    return (
+        epochs.pivot(on="metric", index="epoch", values="value").fill_null(math.nan).to_dicts() if epochs.height else []
+    )
 
 
 def _evaluate(job: Job, weights: Path, log: Log) -> dict[str, Any]:
-    """The run's one validation pass of its final model: metrics, and with ranking on, records and ranking quality."""
-    from .evaluation import ranking_quality
-    from .records import record_detections
+    """The run's one validation pass of its final model: metrics, and with ranking on, records and ranking quality.
 
-    out: dict[str, Any] = {"metrics_model": weights.name, "ranking": None, "records": None}
-    rk = job.ranking or {}
+    It validates as the trainer would: twice training's batch, training's image size, device and data arguments.
+    """
+    batch, rk = job.train.get("batch", 16), job.ranking or {}
+    kept = {k: job.train[k] for k in ("imgsz", "single_cls", "classes", "workers") if k in job.train}
+    val = {"imgsz": 640, "batch": batch * 2 if type(batch) is int and batch > 0 else 16, "device": job.device, **kept}
     if not rk.get("enabled", True):
         from ultralytics import YOLO
 
         log(f"validating {weights}")
-        val = {"split": "val", "plots": False, "verbose": False, "project": str(job.run_dir), "name": "final_val"}
-        rd = YOLO(str(weights)).val(data=job.data, exist_ok=True, **val, **_validation_args(job)).results_dict
-        metrics = {m: _float(rd.get(k)) for m, k in protocol.ULTRALYTICS_KEYS.items()}
-        return {**out, "metrics": metrics, "metrics_source": "yolo-vfl ab validation"}
+        val |= {"split": "val", "plots": False, "verbose": False, "project": str(job.run_dir), "name": "final_val"}
+        rd = YOLO(str(weights)).val(data=job.data, exist_ok=True, **val).results_dict
+        metrics = {m: float(rd.get(k, math.nan)) for m, k in protocol.ULTRALYTICS_KEYS.items()}
+        return {"metrics": metrics, "metrics_source": "yolo-vfl ab validation", "metrics_model": weights.name}
+    from .evaluation import ranking_quality
+    from .records import record_detections
+
     conf, iou, max_det = rk.get("conf", protocol.CONF), rk.get("iou", protocol.NMS_IOU), rk.get("max_det")
     log(f"recording the detections of {weights} (conf {conf}, NMS IoU {iou}, max_det {max_det})")
-    max_det = max_det or protocol.MAX_DET
-    records = record_detections(weights, job.data, conf=conf, iou=iou, max_det=max_det, **_validation_args(job))
+    records = record_detections(weights, job.data, conf=conf, iou=iou, max_det=max_det or protocol.MAX_DET, **val)
     records.save(job.run_dir / protocol.RECORDS_FILE)
     return {
-        **out,
-        "records": protocol.RECORDS_FILE,
-        "metrics_source": "yolo-vfl ab recording pass (Ultralytics validator)",
         "metrics": {m: float(records.metrics.get(m, math.nan)) for m in protocol.METRICS},
+        "metrics_source": "yolo-vfl ab recording pass (Ultralytics validator)",
+        "metrics_model": weights.name,
+        "records": protocol.RECORDS_FILE,
         "ranking": ranking_quality(records, max_points=rk.get("max_points", protocol.MAX_POINTS), seed=job.seed),
     }
 
@@ -92,15 +76,12 @@ def _evaluate(job: Job, weights: Path, log: Log) -> dict[str, Any]:
 def _write_result(job: Job, evaluation: dict[str, Any], t0: float, started_with: dict[str, Any]) -> RunResult:
     """The run's ``results_long.csv``, then its ``result.json`` (last: it marks the run finished)."""
     rows = read_results_csv(job.run_dir / "results.csv")
-    last = rows[-1] if rows else {}
+    curves = (tuple(r.get(protocol.ULTRALYTICS_KEYS[m], math.nan) for r in rows) for m in ("mAP50-95", "mAP50"))
     result = RunResult(
         **{k: getattr(job, k) for k in _JOB_FIELDS},
         **evaluation,
-        final_losses={k: v for k, v in last.items() if k.startswith(("train/", "val/")) and "loss" in k},
-        curve=Curve(
-            tuple(int(r["epoch"]) for r in rows if "epoch" in r),
-            *(tuple(r.get(protocol.ULTRALYTICS_KEYS[m], math.nan) for r in rows) for m in ("mAP50-95", "mAP50")),
-        ),
+        final_losses={k: v for k, v in (rows or [{}])[-1].items() if k.startswith(("train/", "val/")) and "loss" in k},
+        curve=Curve(tuple(int(r["epoch"]) for r in rows if "epoch" in r), *curves),
         epochs_done=len(rows),
         train_time_s=next((r["time"] for r in reversed(rows) if math.isfinite(r.get("time", math.nan))), None),
         restarts=len(list((Path(job.out_dir) / "aside").glob(f"{job.run}.*"))),

@@ -1,16 +1,12 @@
-"""An A/B experiment spec: the schema (one key table), its arms, and the validated ``ABSpec``.
+"""An A/B experiment spec: one key table (defaults, checks, ``yolo-vfl ab help``), the arms, the validated ``ABSpec``.
 
-A spec (YAML, ``experiments/ab_*.yaml``)::
+A spec (YAML, ``experiments/ab_*.yaml``; without one the arms are ``protocol.DEFAULT_ARMS``)::
 
     name: embedded
     seeds: [0, 1, 2]
     device: cpu       # [0, 1]: two arms side by side, one per GPU; ["0,1", "2,3"]: two DDP slots
     train: {model: yolov8n.yaml, imgsz: 128, epochs: 12}   # shared Ultralytics arguments; no data: the embedded set
     arms: {bce: {}, vfl: {loss: vfl}, qfl_cls1: {loss: qfl, cls: 1.0}}   # a loss-named arm needs no loss:
-
-Every key the runner reads is a row of ``RUNNER_KEYS``, ``SECTION_KEYS`` or ``TRAIN_KEYS`` (default, check, help):
-the defaults, the validation, ``to_dict`` and ``yolo-vfl ab help`` are built from them. Without a spec file the arms
-are ``protocol.DEFAULT_ARMS``.
 """
 
 from __future__ import annotations
@@ -31,65 +27,78 @@ __all__ += ["spec_from_dict", "load_spec", "keys_help"]
 
 DEFAULT_MODEL = "yolov8n.yaml"
 EMBEDDED = "embedded"
+#: ``imgsz`` on the embedded dataset, unless set (other datasets: Ultralytics' 640).
+EMBEDDED_IMGSZ = 128
 #: Ultralytics arguments the runner sets itself.
 RUNNER_OWNED = ("project", "name", "exist_ok", "resume", "mode", "seed", "task")
 #: Arguments that must be identical for every arm (set them under ``train:``).
 SHARED_ONLY = ("data", "model", "epochs", "imgsz", "deterministic", "device", "time", "fraction", "split", "val")
 #: What to write when a spec file has no arms.
 ARMS_EXAMPLE = "arms: {bce: {}, vfl: {loss: vfl, vfl_gamma: 1.5}}"
+Check = Callable[[Any, str], Any]
 
 
-def suggest(word: str, choices: Sequence[str]) -> str:
+def suggest(word: Any, choices: Sequence[str]) -> str:
     """`` Did you mean 'x'?`` for the closest of ``choices``, or an empty string."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(word), choices, n=1)
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-# ----------------------------------------------------------------------------------------------------- value checks
+def _rule(ok: Callable[[Any], bool], want: str, cast: Callable = lambda v: v, choices: Sequence = ()) -> Check:
+    """A check returning ``cast(value)``; it refuses a value failing ``ok`` as ``Invalid <label>=<value>: <want>``."""
+
+    def check(value: Any, label: str) -> Any:
+        if not ok(value):
+            raise UserError(f"Invalid {label}={value!r}: {want}.{suggest(str(value).lower(), choices)}")
+        return cast(value)
+
+    return check
+
+
+def _number(low: float, high: float | None = None, *, open_high: bool = False, integer: bool = False) -> Check:
+    """A number (an integer with ``integer``) in ``[low, high]`` (``[low, high)`` with ``open_high``)."""
+    rng = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}{')' if open_high else ']'}"
+
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or not v >= low:
+            return False
+        return high is None or (v < high if open_high else v <= high)
+
+    return _rule(ok, f"{'an integer' if integer else 'a number'} {rng}", int if integer else float)
+
+
+def _choice(*choices: str) -> Check:
+    """One of ``choices``, in any case."""
+    return _rule(
+        lambda v: str(v).lower() in choices, " or ".join(map(repr, choices)), lambda v: str(v).lower(), choices
+    )
+
+
+_bool = _rule(lambda v: isinstance(v, bool), "true or false")
+_text = _rule(lambda v: True, "", lambda v: None if v in (None, "") else str(v))  # optional text
+_mapping = _rule(
+    lambda v: v in (None, "") or isinstance(v, Mapping), "a mapping", lambda v: None if v in (None, "") else dict(v)
+)
+_ultralytics = _rule(lambda v: True, "")  # a train argument as given: Ultralytics checks it
+
+
 def _as_list(value: Any) -> list[Any]:
+    """A list, tuple or one value as a list; text as its comma-separated items (``a,b`` or ``[a, b]``)."""
     if isinstance(value, str):
         return [v.strip() for v in value.strip("[]").split(",") if v.strip()]
     return list(value) if isinstance(value, (list, tuple)) else [] if value is None else [value]
 
 
-def _bool(value: Any, label: str) -> bool:
-    if not isinstance(value, bool):
-        raise UserError(f"Invalid {label}={value!r}: true or false.")
-    return value
-
-
-def _number(low: float, high: float | None = None, *, open_high: bool = False, integer: bool = False) -> Callable:
-    """A check of a number (an integer with ``integer``) in ``[low, high]`` (``[low, high)`` with ``open_high``)."""
-
-    def check(value: Any, label: str) -> float | int:
-        ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float)) and value >= low
-        if not ok or (high is not None and not (value < high if open_high else value <= high)):
-            rng = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}{')' if open_high else ']'}"
-            raise UserError(f"Invalid {label}={value!r}: {'an integer' if integer else 'a number'} {rng}.")
-        return value if integer else float(value)
-
-    return check
-
-
-def _optional(kind: type) -> Callable[[Any, str], Any]:
-    """A check of an optional ``str`` (anything, as text) or mapping; None or '' give None."""
-
-    def check(value: Any, label: str) -> Any:
-        if kind is dict and value not in (None, "") and not isinstance(value, Mapping):
-            raise UserError(f"Invalid {label}={value!r}: a mapping.")
-        return None if value in (None, "") else kind(value)
-
-    return check
-
-
-def _name(value: Any, label: str, allowed: str = "_.-") -> str:
-    if not isinstance(value, str) or not value or any(not (c.isalnum() or c in allowed) for c in value):
+def _name(value: str, label: str, allowed: str = "_.-") -> str:
+    """A name that can name a directory: letters, digits and ``allowed``."""
+    if not value or not all(c.isalnum() or c in allowed for c in value):
         chars = ", ".join(f"'{c}'" for c in allowed)
         raise UserError(f"Invalid {label} {value!r}: use letters, digits and {chars} (it names directories).")
     return value
 
 
 def _seeds(value: Any, label: str) -> list[int]:
+    """Distinct non-negative integers, at least one."""
     seeds = [int(s) if isinstance(s, str) and s.lstrip("-").isdigit() else s for s in _as_list(value)]
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise UserError(f"Invalid {label}={value!r}: give non-negative integers, e.g. seeds=[0,1,2].")
@@ -102,41 +111,28 @@ def _seeds(value: Any, label: str) -> list[int]:
 
 def _devices(value: Any, label: str) -> list[str | None]:
     """Device slots: ``0,1`` / ``[0, 1]`` -> ``["0", "1"]``; ``["0,1", "2,3"]`` -> two 2-GPU (DDP) slots."""
-    if value is None or value == "":
-        return [None]
-    if isinstance(value, (list, tuple)):
-        slots = [",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v).replace(" ", "") for v in value]
-    else:
-        slots = [s for s in str(value).replace(" ", "").strip("'\"").split(",") if s]
-    if any(not s for s in slots):
+    if not isinstance(value, (list, tuple)):
+        return [s for s in str("" if value is None else value).replace(" ", "").strip("'\"").split(",") if s] or [None]
+    slots = [",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v).replace(" ", "") for v in value]
+    if not all(slots):
         raise UserError(f"Invalid {label}={value!r}: empty device slot.")
     return slots or [None]
 
 
-def _choice(*choices: str) -> Callable[[Any, str], str]:
-    def check(value: Any, label: str) -> str:
-        if (v := str(value).lower()) not in choices:
-            raise UserError(f"Invalid {label}={value!r}: {' or '.join(repr(c) for c in choices)}.{suggest(v, choices)}")
-        return v
-
-    return check
-
-
-# ----------------------------------------------------------------------------------------------------- the schema
 @dataclass(frozen=True)
 class Key:
     """One key the runner reads: its default, its check (``check(value, label) -> value``) and its help."""
 
     name: str
     default: Any
-    check: Callable[[Any, str], Any]
+    check: Check
     help: str
 
 
 #: Top-level runner keys (also ``key=value`` on the command line).
 RUNNER_KEYS: tuple[Key, ...] = (
-    Key("name", None, lambda v, label: None if v in (None, "") else _name(str(v), label), "experiment name"),
-    Key("out", None, _optional(str), "experiment directory (default runs/ab/<name>)"),
+    Key("name", None, lambda v, label: _text(v, label) and _name(str(v), label), "experiment name"),
+    Key("out", None, _text, "experiment directory (default runs/ab/<name>)"),
     Key("baseline", protocol.BASELINE, lambda v, label: str(v), "arm every other arm is compared with"),
     Key("seeds", list(protocol.DEFAULT_SEEDS), _seeds, "seeds; every arm trains once per seed"),
     Key("device", None, _devices, 'device slots: 0,1 runs two at a time; ["0,1"] one DDP run on two GPUs'),
@@ -148,10 +144,10 @@ RUNNER_KEYS: tuple[Key, ...] = (
 #: Sections addressed as ``<section>.<key>=value``; ``train`` (Ultralytics arguments) and the arms are the others.
 SECTION_KEYS: dict[str, tuple[Key, ...]] = {
     "ray": (
-        Key("address", None, _optional(str), "Ray cluster address (default: a local Ray instance)"),
+        Key("address", None, _text, "Ray cluster address (default: a local Ray instance)"),
         Key("num_cpus", 1.0, _number(0), "CPUs per run"),
         Key("num_gpus", 0.0, _number(0), "GPUs per run"),
-        Key("runtime_env", None, _optional(dict), "Ray runtime environment"),
+        Key("runtime_env", None, _mapping, "Ray runtime environment"),
     ),
     "ranking": (
         Key("enabled", True, _bool, "record the final model's detections and measure ranking quality"),
@@ -163,13 +159,11 @@ SECTION_KEYS: dict[str, tuple[Key, ...]] = {
 }
 #: Shared Ultralytics train arguments every spec gets unless set (Ultralytics checks them); others keep its defaults.
 TRAIN_KEYS: tuple[Key, ...] = (
-    Key("model", DEFAULT_MODEL, lambda v, label: v, "start model of every arm (a .yaml trains from scratch, offline)"),
-    Key("data", None, lambda v, label: v, f"dataset YAML (default: the {EMBEDDED} synthetic dataset, generated once)"),
-    Key("epochs", 12, lambda v, label: v, "epochs of every run"),
-    Key("batch", 16, lambda v, label: v, "batch size"),
+    Key("model", DEFAULT_MODEL, _ultralytics, "start model of every arm (a .yaml trains from scratch, offline)"),
+    Key("data", None, _ultralytics, f"dataset YAML (default: the {EMBEDDED} synthetic dataset, generated once)"),
+    Key("epochs", 12, _ultralytics, "epochs of every run"),
+    Key("batch", 16, _ultralytics, "batch size"),
 )
-#: ``imgsz`` on the embedded dataset, unless set (other datasets: Ultralytics' 640).
-EMBEDDED_IMGSZ = 128
 _RUNNER = {k.name: k for k in RUNNER_KEYS}
 _MAPPINGS = ("train", "pretrain", *SECTION_KEYS)
 SPEC_KEYS = (*_RUNNER, *_MAPPINGS, "arms")
@@ -177,12 +171,17 @@ SPEC_KEYS = (*_RUNNER, *_MAPPINGS, "arms")
 DEFAULT_SPEC: dict[str, Any] = {"arms": list(protocol.DEFAULT_ARMS)}
 
 
-def _checked(keys: Sequence[Key], given: Mapping[str, Any], section: str = "") -> dict[str, Any]:
-    """Every key of ``keys``, checked: ``given``'s value, or the default where it gives none; unknown keys refused."""
-    valid, prefix = [k.name for k in keys], f"{section}." if section else ""
+def _known(given: Mapping[str, Any], valid: Sequence[str], what: str, prefix: str = "") -> None:
+    """Refuse a key of ``given`` not in ``valid`` (``what``: the message's name for it)."""
     for key in given:
         if key not in valid:
-            raise UserError(f"Unknown key '{prefix}{key}'.{suggest(key, valid)} Valid: {', '.join(valid)}.")
+            raise UserError(f"Unknown {what} '{prefix}{key}'.{suggest(key, valid)} Valid: {', '.join(valid)}.")
+
+
+def _checked(keys: Sequence[Key], given: Mapping[str, Any], section: str = "") -> dict[str, Any]:
+    """Every key of ``keys``, checked: ``given``'s value, or the default where it gives none; unknown keys refused."""
+    prefix = f"{section}." if section else ""
+    _known(given, [k.name for k in keys], "key", prefix)
     values = {k.name: copy.deepcopy(k.default if given.get(k.name) is None else given[k.name]) for k in keys}
     return {k.name: k.check(values[k.name], prefix + k.name) for k in keys}
 
@@ -195,15 +194,13 @@ def keys_help() -> str:
     from ..losses import list_losses
     from ..pretrain import PretrainSpec
 
-    def line(name: str, key: Key) -> str:
-        return f"  {name}=  {key.help}" + ("" if key.default is None else f" (default {key.default!r})")
-
+    keys = [(k.name, k) for k in RUNNER_KEYS] + [(f"{s}.{k.name}", k) for s, ks in SECTION_KEYS.items() for k in ks]
+    keys += [(f"train.{k.name}= or {k.name}", k) for k in TRAIN_KEYS]
+    lines = [f"  {n}=  {k.help}" + ("" if k.default is None else f" (default {k.default!r})") for n, k in keys]
     defaults = ClsLossSettings.from_args({}).to_args()
     settings = [f"{k} ({defaults[k]!r})" if k in defaults else f"{k} (the criterion's own)" for k in SETTING_KEYS[1:]]
     pretrain = [f"{k} ({v!r})" for k, v in PretrainSpec().to_dict().items() if k != "train_args"]
-    lines = [line(k.name, k) for k in RUNNER_KEYS]
-    lines += [line(f"{section}.{k.name}", k) for section, keys in SECTION_KEYS.items() for k in keys]
-    lines += [line(f"train.{k.name}= or {k.name}", k) for k in TRAIN_KEYS] + [
+    lines += [
         f"  train.imgsz= or imgsz=  image size (default {EMBEDDED_IMGSZ} on the {EMBEDDED} dataset, else 640)",
         "  pretrain.<key>=  fine-tune every arm from the project-made pretrained checkpoint: " + ", ".join(pretrain),
         f"  <arm>.loss=  {', '.join(s.name for s in list_losses())} (default: the arm's name)",
@@ -214,7 +211,6 @@ def keys_help() -> str:
     return "\n".join(textwrap.fill(text, 118, subsequent_indent=" " * 6) for text in lines)
 
 
-# ----------------------------------------------------------------------------------------------------- arms and spec
 @dataclass
 class Arm:
     """One arm: its name (runs are ``<name>-s<seed>``), loss, and ``overrides`` (loss settings, Ultralytics args)."""
@@ -223,28 +219,26 @@ class Arm:
     loss: str
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    def _overrides(self, loss_settings: bool) -> dict[str, Any]:
-        from ..criterion import SETTING_KEYS
-
-        return {k: v for k, v in self.overrides.items() if (k in SETTING_KEYS) == loss_settings}
-
     def loss_settings(self) -> Any:
         """The validated ``ClsLossSettings`` of this arm."""
-        from ..criterion import ClsLossSettings
+        from ..criterion import SETTING_KEYS, ClsLossSettings
 
-        return ClsLossSettings.from_args({"loss": self.loss, **self._overrides(True)})
+        ours = {k: v for k, v in self.overrides.items() if k in SETTING_KEYS}
+        return ClsLossSettings.from_args({"loss": self.loss, **ours})
 
     def ultralytics_overrides(self) -> dict[str, Any]:
         """The per-arm Ultralytics train arguments."""
-        return self._overrides(False)
+        from ..criterion import SETTING_KEYS
+
+        return {k: v for k, v in self.overrides.items() if k not in SETTING_KEYS}
 
 
 @dataclass
 class ABSpec:
-    """A validated A/B experiment (``spec_from_dict``): the keys of ``RUNNER_KEYS`` and ``SECTION_KEYS``, and more.
+    """A validated A/B experiment (``spec_from_dict``): the values of ``RUNNER_KEYS`` and ``SECTION_KEYS``, and more.
 
     The arms in report order, the shared ``train`` arguments (``data`` None: the embedded dataset), the
-    ``PretrainSpec`` every arm fine-tunes from (None: ``train.model``) and the spec file.
+    ``PretrainSpec`` every arm fine-tunes from (None: ``train.model``).
     """
 
     name: str
@@ -258,10 +252,9 @@ class ABSpec:
     ray: dict[str, Any]
     ranking: dict[str, Any]
     out: str | None
+    decide: str
+    margin: float
     pretrain: Any = None
-    source: str | None = None
-    decide: str = "grid"
-    margin: float = 0.005
 
     @property
     def arm_names(self) -> list[str]:
@@ -280,16 +273,12 @@ class ABSpec:
     def to_dict(self) -> dict[str, Any]:
         """The spec as a YAML-ready dict (the same form ``spec_from_dict`` reads)."""
         d: dict[str, Any] = {k: copy.deepcopy(getattr(self, k)) for k in _RUNNER if k != "out"}
-        if self.backend == "ray":
-            d["ray"] = {k: v for k, v in self.ray.items() if v is not None}
+        d["ray"] = {k: v for k, v in self.ray.items() if v is not None} if self.backend == "ray" else None
         d["ranking"] = dict(self.ranking)
-        if self.pretrain is not None:
-            d["pretrain"] = self.pretrain.to_dict()
-        if self.out:
-            d["out"] = self.out
-        d["train"] = dict(self.train)
+        d["pretrain"] = None if self.pretrain is None else self.pretrain.to_dict()
+        d |= {"out": self.out or None, "train": dict(self.train)}
         d["arms"] = {a.name: {"loss": a.loss, **a.overrides} for a in self.arms}
-        return d
+        return {k: v for k, v in d.items() if v is not None}
 
 
 def _parse_arms(value: Any) -> list[Arm]:
@@ -302,7 +291,7 @@ def _parse_arms(value: Any) -> list[Arm]:
     for entry in [] if isinstance(value, Mapping) else _as_list(value):
         if not isinstance(entry, str) and not (isinstance(entry, Mapping) and "name" in entry):
             raise UserError(f"Invalid arm {entry!r}: give a name, or a mapping with name: and loss:.")
-        items.append((entry, {}) if isinstance(entry, str) else (entry["name"], {**entry, "name": None}))
+        items.append((entry, {}) if isinstance(entry, str) else (entry["name"], entry))
     losses, arms = [s.name for s in list_losses()], []
     for name, body in items:
         name = _name(str(name), "arm name", "_-")  # no '.': <arm>.<key>=value addresses it
@@ -314,7 +303,7 @@ def _parse_arms(value: Any) -> list[Arm]:
         loss = body.pop("loss", None)
         if loss is None and name.lower() not in losses:
             raise UserError(f"Arm {name!r} needs loss=: one of {', '.join(losses)} (only a loss-named arm has one).")
-        arms.append(Arm(name, str(loss if loss is not None else name).lower(), body))
+        arms.append(Arm(name, str(name if loss is None else loss).lower(), body))
     return arms
 
 
@@ -342,8 +331,11 @@ def _check_train_keys(train: Mapping[str, Any], where: str = "") -> None:
         raise UserError("time= would train the arms for different numbers of epochs; use epochs= instead.")
 
 
-def _apply_overrides(overrides: Mapping[str, Any], raw: dict[str, Any], arms: list[Arm]) -> list[str] | None:
-    """Apply ``key=value`` overrides to ``raw`` and the arms in place; returns the ``arms=`` selection, if any."""
+def _apply_overrides(overrides: Mapping[str, Any], raw: dict[str, Any], arms: list[Arm]) -> list[Arm]:
+    """Apply ``key=value`` overrides to ``raw`` and the arms in place; returns the arms, or the ``arms=`` selection.
+
+    The selection names spec arms or plain losses; a ``device`` left under ``train`` moves to the top level.
+    """
     by_name, selected = {a.name: a for a in arms}, None
     for key, value in overrides.items():
         legacy = key.startswith("ray_") and key[4:] in ("address", "num_cpus", "num_gpus")  # the first spelling
@@ -368,26 +360,17 @@ def _apply_overrides(overrides: Mapping[str, Any], raw: dict[str, Any], arms: li
         elif key != "dry_run":  # dry_run is the caller's
             _check_train_keys({key: value})
             raw["train"][key] = value
-    return selected
+    if "device" in raw["train"]:  # accepted there too, as in an Ultralytics command
+        if raw.get("device") is not None:
+            raise UserError("device is given both at the top level and under train:; keep one.")
+        raw["device"] = raw["train"].pop("device")
+    if selected is None:
+        return arms
+    return [a for name in selected for a in ([by_name[name]] if name in by_name else _parse_arms([name]))]
 
 
-def _select_arms(arms: list[Arm], selected: list[str] | None, source: str | None) -> list[Arm]:
-    """The arms to run: the spec's, or the ``arms=`` subset (spec arms by name, or plain losses); never none."""
-    if selected is not None:
-        by_name = {a.name: a for a in arms}
-        arms = [a for name in selected for a in ([by_name[name]] if name in by_name else _parse_arms([name]))]
-    if not arms:
-        where = f"Spec file '{source}'" if source else "The spec"
-        raise UserError(f"{where} has no arms: write e.g. '{ARMS_EXAMPLE}', or give arms=bce,vfl.")
-    if len(set(names := [a.name for a in arms])) != len(names):
-        raise UserError(f"arms={names}: an arm is named twice.")
-    return arms
-
-
-def _pretrain(given: bool, values: dict[str, Any], train: Mapping[str, Any]) -> Any:
-    """The ``PretrainSpec`` of ``pretrain:`` and its ``pretrain.<key>=`` overrides (None: neither given)."""
-    if not given and not values:
-        return None
+def _pretrain(values: dict[str, Any], train: Mapping[str, Any]) -> Any:
+    """The ``PretrainSpec`` of ``pretrain:`` and its ``pretrain.<key>=`` overrides."""
     from ..pretrain import PretrainSpec
 
     if "model" in train:
@@ -424,36 +407,43 @@ def _check_arm(arm: Arm, train: Mapping[str, Any]) -> None:
 def spec_from_dict(
     raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, source: str | None = None
 ) -> ABSpec:
-    """The validated ``ABSpec`` of a spec mapping (it must name its arms) and ``key=value`` overrides.
+    """The validated ``ABSpec`` of a spec mapping and ``key=value`` overrides.
 
-    Overrides: runner keys, ``<section>.<key>`` (``ray.num_gpus``, ``train.epochs``, ``<arm>.cls``), ``arms=`` (a
-    subset, or plain losses), any Ultralytics train argument (all arms). Raises a one-line ``UserError``.
+    Args:
+        raw: the spec (``SPEC_KEYS``); it must name its arms, or the overrides must (``arms=``).
+        overrides: runner keys, ``<section>.<key>`` (``ray.num_gpus``, ``train.epochs``, ``<arm>.cls``), ``arms=``
+            (a subset, or plain losses), any Ultralytics train argument (all arms).
+        source: the spec file, named by errors and giving the default ``name``.
+
+    Returns:
+        The spec, every value checked and every default filled in.
+
+    Raises:
+        UserError: one line naming the bad value and the valid ones.
     """
     if not isinstance(raw, Mapping):
         raise UserError(f"A spec must be a mapping of {', '.join(SPEC_KEYS)}; got {type(raw).__name__}.")
+    _known(raw, SPEC_KEYS, "spec key")
     raw = copy.deepcopy(dict(raw))
-    for key in raw:
-        if key not in SPEC_KEYS:
-            raise UserError(f"Unknown spec key '{key}'.{suggest(key, SPEC_KEYS)} Valid: {', '.join(SPEC_KEYS)}.")
     given_pretrain = raw.get("pretrain") is not None
     for name in _MAPPINGS:
         if not isinstance(raw.get(name) or {}, Mapping):
             raise UserError(f"Invalid {name}: {raw[name]!r}: a mapping of {name} keys (see 'yolo-vfl ab help').")
         raw[name] = dict(raw.get(name) or {})
-    arms = _parse_arms(raw.get("arms") or {})
-    selected = _apply_overrides(overrides or {}, raw, arms)
-    if "device" in raw["train"]:  # accepted there too, as in an Ultralytics command
-        if raw.get("device") is not None:
-            raise UserError("device is given both at the top level and under train:; keep one.")
-        raw["device"] = raw["train"].pop("device")
-    train, pretrain = raw["train"], _pretrain(given_pretrain, raw["pretrain"], raw["train"])
-    arms = _select_arms(arms, selected, source)
+    arms = _apply_overrides(overrides or {}, raw, _parse_arms(raw.get("arms") or {}))
+    train = raw["train"]
+    pretrain = _pretrain(raw["pretrain"], train) if given_pretrain or raw["pretrain"] else None
+    if not arms:
+        where = f"Spec file '{source}'" if source else "The spec"
+        raise UserError(f"{where} has no arms: write e.g. '{ARMS_EXAMPLE}', or give arms=bce,vfl.")
+    if len(set(names := [a.name for a in arms])) != len(names):
+        raise UserError(f"arms={names}: an arm is named twice.")
     values = _checked(RUNNER_KEYS, {k: raw.get(k) for k in _RUNNER})
     values["name"] = values["name"] or _name(Path(source).stem if source else "ab", "name")
     if values["backend"] == "ray" and len(values["device"]) > 1:
         raise UserError("backend=ray places runs itself: request GPUs per run with ray.num_gpus= instead of devices.")
     sections = {name: _checked(keys, raw[name], name) for name, keys in SECTION_KEYS.items()}
-    if values["baseline"] not in (names := [a.name for a in arms]):
+    if values["baseline"] not in names:
         raise UserError(f"The baseline arm '{values['baseline']}' is not among the arms ({', '.join(names)}).")
     _check_train_keys(train, " in train")
     train = {**{k.name: k.default for k in TRAIN_KEYS}, **train}
@@ -462,11 +452,15 @@ def spec_from_dict(
         train.setdefault("imgsz", EMBEDDED_IMGSZ)
     for arm in arms:
         _check_arm(arm, train)
-    return ABSpec(arms=arms, train=train, source=source, pretrain=pretrain, **values, **sections)
+    return ABSpec(arms=arms, train=train, pretrain=pretrain, **values, **sections)
 
 
 def load_spec(path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None) -> ABSpec:
-    """The spec of a YAML file (None: ``DEFAULT_SPEC``) with ``key=value`` overrides (UserError: missing, empty...)."""
+    """The spec of a YAML file (None: ``DEFAULT_SPEC``) with ``key=value`` overrides (see ``spec_from_dict``).
+
+    Raises:
+        UserError: the file is missing, not YAML or empty, or the spec is invalid.
+    """
     import yaml
 
     if path is None:
