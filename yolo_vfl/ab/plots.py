@@ -23,15 +23,8 @@ from .protocol import BASELINE, LEVEL, OPERATING_CONF, PRIMARY_METRIC, ULTRALYTI
 from .report import arm_order
 from .results import RANK_KEYS, RunResult, table_of
 
-__all__ = [
-    "COLORS",
-    "plot_curves",
-    "plot_ranking",
-    "plot_fp_scores",
-    "plot_pr_curves",
-    "write_report",
-    "write_diagnosis",
-]
+__all__ = ["COLORS", "plot_curves", "plot_ranking", "plot_fp_scores", "plot_pr_curves", "write_report"]
+__all__ += ["write_diagnosis"]
 
 #: Plot colours per detection kind.
 COLORS = dict(zip(KINDS, ("tab:green", "tab:orange", "tab:purple", "tab:blue", "tab:red")))
@@ -99,11 +92,7 @@ def _epoch_band(ax: Any, table: pl.DataFrame, metric: str, arms: Sequence[str], 
 
 
 def plot_curves(
-    table: pl.DataFrame,
-    path: _Path,
-    metric: str = PRIMARY_METRIC,
-    order: _Order = None,
-    baseline: str = BASELINE,
+    table: pl.DataFrame, path: _Path, metric: str = PRIMARY_METRIC, order: _Order = None, baseline: str = BASELINE
 ) -> Path:
     """``curves.png``: ``metric`` (``mAP50-95`` or ``mAP50``) per epoch per arm, mean over seeds, ± 1 std band."""
     fig, (ax,) = _figure(7.5, 4.5)

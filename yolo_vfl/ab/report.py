@@ -81,19 +81,15 @@ def _convergence(table: pl.DataFrame) -> pl.DataFrame:
 
     From the latest epoch that far back (else the first) to the last: gain, relative gain, epochs, both values.
     """
-    key = ULTRALYTICS_KEYS[_P]
-    curve = table.filter(pl.col("epoch").is_not_null() & (pl.col("metric") == key) & pl.col("value").is_finite())
-    early = pl.col("epoch") <= pl.col("epoch").last() - CONVERGENCE_EPOCHS
+    is_curve = pl.col("epoch").is_not_null() & (pl.col("metric") == ULTRALYTICS_KEYS[_P]) & pl.col("value").is_finite()
+    e1 = pl.col("epoch").last()
+    early = pl.col("epoch") <= e1 - CONVERGENCE_EPOCHS
     e0, v0 = (pl.col(c).filter(early).last().fill_null(pl.col(c).first()) for c in ("epoch", "value"))
-    ends = curve.sort("epoch").group_by("run").agg(e0=e0, v0=v0, e1=pl.col("epoch").last(), v1=pl.col("value").last())
-    gain = pl.col("v1") - pl.col("v0")
-    return ends.filter(pl.col("e1") != pl.col("e0")).select(
-        "run",
-        gain.alias(_GAIN),
-        pl.when(pl.col("v0") > 0).then(gain / pl.col("v0")).alias(f"{_GAIN}_rel"),
-        gain_epochs=pl.col("e1") - pl.col("e0"),
-        curve_earlier="v0",
-        curve_last="v1",
+    curve = table.filter(is_curve).sort("epoch")
+    ends = curve.group_by("run").agg(curve_earlier=v0, curve_last=pl.col("value").last(), gain_epochs=e1 - e0)
+    start, gain = pl.col("curve_earlier"), pl.col("curve_last") - pl.col("curve_earlier")
+    return ends.filter(pl.col("gain_epochs") > 0).with_columns(
+        gain.alias(_GAIN), pl.when(start > 0).then(gain / start).alias(f"{_GAIN}_rel")
     )
 
 
