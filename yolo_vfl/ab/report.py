@@ -18,7 +18,7 @@ from .protocol import BASELINE, LEVEL, LOSS_KEYS, METRICS, OPERATING_CONF, PRIMA
 from .results import FINAL_METRICS, RANK_KEYS, MissingMetricError, RunResult, check_metrics, final_values, table_of
 from .stats import PairedDifference, paired_difference, verdict
 
-__all__ = ["NOTHING_LEARNED", "CONVERGED_MIN", "CONVERGED_RISE", "CONVERGENCE_EPOCHS", "POINTS", "arm_order"]
+__all__ = ["NOTHING_LEARNED", "CONVERGED_MIN", "CONVERGED_RISE", "CONVERGENCE_EPOCHS", "arm_order"]
 __all__ += ["summarize", "experiment_warnings", "source_warning", "resolution", "verdict_lines", "summary_csv_text"]
 __all__ += ["summary_markdown", "common_recall", "diagnosis_stats", "diagnosis_runs", "findings"]
 __all__ += ["diagnosis_csv_text", "diagnosis_markdown"]
@@ -36,7 +36,7 @@ _GAIN = f"{_P}_gain_last{CONVERGENCE_EPOCHS}"
 #: The fixed operating point of the diagnosis, as its metric names spell it (``tp@0.25``).
 _OP = f"{OPERATING_CONF:g}"
 #: The operating points of the diagnosis: key in the metric names, heading.
-POINTS = {_OP: f"at conf ≥ {_OP}", "eq": "at equal recall", "f1": "at each run's F1-optimal threshold"}
+_POINTS = {_OP: f"at conf ≥ {_OP}", "eq": "at equal recall", "f1": "at each run's F1-optimal threshold"}
 #: The per-run metrics of the diagnosis' Runs table.
 _RUN_METRICS = (*(f"{k}@{_OP}" for k in ("tp", "fp", *FP_KINDS, "missed")), "threshold@f1", "ap50", "ultralytics/mAP50")
 _DIAG_METRICS = (
@@ -480,7 +480,7 @@ def findings(stats: pl.DataFrame, runs: pl.DataFrame, baseline: str = BASELINE, 
         return [f"No baseline arm `{baseline}` among the diagnosed runs: no comparison."]
     base, recall = rows[baseline], rows[baseline]["eq_recall"]
     views = {"eq": f"at equal recall {recall:.2f} (≈{_fmt(base.get('tp@eq_mean'), 0)} TPs per run)" if recall else None}
-    views |= {"f1": POINTS["f1"], _OP: POINTS[_OP]}
+    views |= {"f1": _POINTS["f1"], _OP: _POINTS[_OP]}
     return [
         f"`{arm}` vs `{baseline}`:\n"
         + "\n".join(f"  - {label}: {_growth_text(row, base, t)}" for t, label in views.items() if label)
@@ -513,7 +513,7 @@ def _diagnosis_header(stats: pl.DataFrame, runs: pl.DataFrame, meta: Mapping[str
 def _detections(stats: pl.DataFrame, t: str) -> list[str]:
     """The section of TP and FP counts per kind and the precision at operating point ``t``, per arm."""
     recall, th = stats["eq_recall"][0], [f"threshold@{t}"] if t != _OP else []
-    title = f"Detections {POINTS[t]}" + (f" ({_fmt(recall, 2, 'n/a')})" if t == "eq" else "")
+    title = f"Detections {_POINTS[t]}" + (f" ({_fmt(recall, 2, 'n/a')})" if t == "eq" else "")
     if t == "eq" and recall is None:
         return [f"\n## {title}\n", "No recall level that every run reaches."]
     keys = [*th, *(f"{k}@{t}" for k in (*KINDS, "fp", "missed")), f"precision@{t}"]
@@ -547,7 +547,7 @@ def diagnosis_markdown(stats: pl.DataFrame, runs: pl.DataFrame, meta: Mapping[st
     run_head = f"run | arm | seed | TP@{_OP} | FP@{_OP} | {' | '.join(FP_KINDS)} | missed@{_OP} | F1 threshold | AP50"
     out = [
         *_diagnosis_header(stats, runs, meta),
-        *(line for t in POINTS for line in _detections(stats, t)),
+        *(line for t in _POINTS for line in _detections(stats, t)),
         *_table("Scores and AP50 cost per kind", head, body, _TEXT["scores"]),
         *_table("Runs", run_head + " | Ultralytics mAP50", per_run),
         "\n## Plots\n\n![FP kinds and scores](fp_scores.png)\n\n![precision and recall per epoch](pr_curves.png)\n",
