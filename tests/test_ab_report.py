@@ -17,8 +17,6 @@ import pytest
 from yolo_vfl.ab.evaluation import FP_KINDS, KINDS, summarize_detections
 from yolo_vfl.ab.report import (
     _ap50_text,
-    _gain,
-    _window,
     arm_order,
     common_recall,
     diagnosis_markdown,
@@ -269,16 +267,16 @@ def test_convergence_gain_by_hand():
     * NaN at epoch 2 of the first curve: epoch 5 vs epoch 1 (the latest with a value <= 2): 0.30, 3.0, 4 epochs.
     * earlier value 0: no relative gain; one value: nothing.
     """
-    epochs = (1, 2, 3, 4, 5)
 
-    def gain(e: tuple, v: tuple) -> tuple:
-        return _gain(_window(e, v, 3))
+    def gain(curve: list[float]) -> tuple:
+        bce = summarize([result("bce", 0, 0.3, curve)], baseline="bce")[0]
+        return bce["mAP50-95_gain_last3_mean"], bce["mAP50-95_gain_last3_rel_mean"], bce["gain_epochs"]
 
-    assert gain(epochs, (0.10, 0.20, 0.30, 0.36, 0.40)) == pytest.approx((0.20, 1.0, 3))
-    assert gain((1, 2, 3), (0.1, 0.2, 0.3)) == pytest.approx((0.2, 2.0, 2))
-    assert gain(epochs, (0.10, math.nan, 0.30, 0.36, 0.40)) == pytest.approx((0.30, 3.0, 4))
-    assert gain((1, 2, 3, 4), (0.0, 0.1, 0.2, 0.3)) == pytest.approx((0.3, None, 3))
-    assert gain((1,), (0.3,)) == (None, None, None) and gain((), ()) == (None, None, None)
+    assert gain([0.10, 0.20, 0.30, 0.36, 0.40]) == pytest.approx((0.20, 1.0, 3))
+    assert gain([0.1, 0.2, 0.3]) == pytest.approx((0.2, 2.0, 2))
+    assert gain([0.10, math.nan, 0.30, 0.36, 0.40]) == pytest.approx((0.30, 3.0, 4))
+    assert gain([0.0, 0.1, 0.2, 0.3]) == pytest.approx((0.3, None, 3))
+    assert gain([0.3]) == (None, None, None) and gain([]) == (None, None, None)
 
 
 def rising(final: float, rise: float) -> list[float]:

@@ -23,14 +23,13 @@ from .protocol import BASELINE, LEVEL, OPERATING_CONF, PRIMARY_METRIC, ULTRALYTI
 from .report import arm_order
 from .results import RANK_KEYS, RunResult, table_of
 
-__all__ = ["COLORS", "plot_epoch_band", "plot_curves", "plot_ranking", "plot_fp_scores", "plot_pr_curves"]
-__all__ += ["write_report", "write_diagnosis"]
+__all__ = ["COLORS", "plot_curves", "plot_ranking", "plot_fp_scores", "plot_pr_curves", "write_report"]
+__all__ += ["write_diagnosis"]
 
 #: Plot colours per detection kind.
 COLORS = dict(zip(KINDS, ("tab:green", "tab:orange", "tab:purple", "tab:blue", "tab:red")))
 _Path = Union[str, os.PathLike[str]]
 _Order = Optional[Sequence[str]]
-_Meta = Optional[Mapping[str, Any]]
 _OP = f"{OPERATING_CONF:g}"
 
 
@@ -52,19 +51,12 @@ def _save_figure(fig: Any, path: _Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_epoch_band(
-    ax: Any,
-    table: pl.DataFrame,
-    metric: str,
-    arms: Sequence[str],
-    title_size: float | None = None,
-    legend: bool = False,
-) -> None:
-    """Draw a metric per epoch for each arm on ``ax``: the mean over seeds with a ± 1 std band.
+def _epoch_band(ax: Any, table: pl.DataFrame, metric: str, arms: Sequence[str], legend: bool = False) -> None:
+    """Draw ``metric`` (Ultralytics' name) per epoch for each arm on ``ax``: the mean over seeds, a ± 1 std band.
 
-    ``metric``: Ultralytics' name; ``legend``: inside for up to 6 arms, else outside on the right. The first arm (the
-    baseline) is thick black; more than 11 arms use tab20 with alternating dashes. Epoch ticks are whole numbers;
-    runs of fewer than 5 epochs draw each arm a little to the side of the epoch, so arms with equal values stay visible.
+    The first arm (the baseline) is thick black; more than 11 arms use tab20 with alternating dashes; ``legend``:
+    inside for up to 6 arms, else outside on the right. Epoch ticks are whole numbers; runs of fewer than 5 epochs
+    draw each arm a little to the side of the epoch, so arms with equal values stay visible.
     """
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
@@ -74,12 +66,12 @@ def plot_epoch_band(
     seeds = dict(table.group_by("arm").agg(pl.col("run").n_unique()).iter_rows())
     rows = table.filter((pl.col("metric") == metric) & pl.col("epoch").is_not_null() & pl.col("value").is_not_null())
     band = rows.group_by("arm", "epoch").agg(m=pl.col("value").mean(), s=pl.col("value").std().fill_null(0.0))
+    ticks = sorted(band["epoch"].unique().to_list())
     for i, arm in enumerate(arms):
-        b = band.filter(pl.col("arm") == arm).sort("epoch")
-        if not b.height:
+        if not (b := band.filter(pl.col("arm") == arm).sort("epoch")).height:
             continue
         epochs, mean, std = b["epoch"].to_numpy(), b["m"].to_numpy(), b["s"].to_numpy()
-        if band["epoch"].n_unique() < 5:  # a short run: dodge the arms sideways so equal values stay visible
+        if len(ticks) < 5:  # a short run: dodge the arms sideways so equal values stay visible
             epochs = epochs + 0.12 * (i - (n - 1) / 2) / max(1, n - 1)
         color, lw, zorder = ("black", 2.2, 3) if i == 0 else (palette[(i - 1) % len(palette)], 1.3, 2)
         ls = "-" if i == 0 or n <= 11 or i % 2 else "--"
@@ -88,20 +80,15 @@ def plot_epoch_band(
         (line,) = ax.plot(epochs, mean, marker=marker, ms=3, color=color, lw=lw, ls=ls, zorder=zorder, label=label)
         ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2 if n <= 4 else 0.08, lw=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if 0 < band["epoch"].n_unique() < 5:  # a short run: every epoch a tick, half an epoch of room on each side
-        ticks = sorted(band["epoch"].unique().to_list())
+    if 0 < len(ticks) < 5:  # a short run: every epoch a tick, half an epoch of room on each side
         ax.set_xticks(ticks)
         ax.set_xlim(ticks[0] - 0.5, ticks[-1] + 0.5)
     ax.set(xlabel="epoch", ylabel=name)
-    ax.set_title(f"{name} per epoch (mean ± 1 std over seeds)", fontsize=title_size)
+    ax.set_title(f"{name} per epoch (mean ± 1 std over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     if legend and ax.get_legend_handles_labels()[0]:
         outside = {} if n <= 6 else {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
         ax.legend(fontsize=8 if n <= 6 else 7, **outside)
-
-
-def _arms(table: pl.DataFrame, order: _Order, baseline: str) -> list[str]:
-    return arm_order(table["arm"].unique(maintain_order=True), order, baseline)
 
 
 def plot_curves(
@@ -109,7 +96,7 @@ def plot_curves(
 ) -> Path:
     """``curves.png``: ``metric`` (``mAP50-95`` or ``mAP50``) per epoch per arm, mean over seeds, ± 1 std band."""
     fig, (ax,) = _figure(7.5, 4.5)
-    plot_epoch_band(ax, table, ULTRALYTICS_KEYS[metric], _arms(table, order, baseline), legend=True)
+    _epoch_band(ax, table, ULTRALYTICS_KEYS[metric], arm_order(table["arm"], order, baseline), legend=True)
     return _save_figure(fig, path)
 
 
@@ -125,7 +112,7 @@ def plot_ranking(
     ``points``: per run, ``ranking_quality``'s ``conf`` and ``iou``. Titles lead with the correlations over IoU > 0
     (the README's claim), then over all detections; IoU 0 points are grey; an ``n/a`` is explained under the figure.
     """
-    arms, points = _arms(table, order, baseline), points or {}
+    arms, points = arm_order(table["arm"], order, baseline), points or {}
     final = table.filter(pl.col("epoch").is_null() & pl.col("metric").str.starts_with("rank/"))
     means = {(a, m): v for a, m, v in final.group_by("arm", "metric").agg(pl.col("value").mean()).iter_rows()}
     runs = dict(table.group_by("arm").agg(pl.col("run").unique(maintain_order=True)).iter_rows())
@@ -217,10 +204,10 @@ def plot_fp_scores(stats: pl.DataFrame, detections: pl.DataFrame, path: _Path) -
 
 def plot_pr_curves(table: pl.DataFrame, path: _Path, order: _Order = None, baseline: str = BASELINE) -> Path:
     """``pr_curves.png``: validation precision and recall per epoch per arm, mean over seeds with a ± 1 std band."""
-    arms = _arms(table, order, baseline)
+    arms = arm_order(table["arm"], order, baseline)
     fig, axes = _figure(6.5, 4.8, 1, 2)
     for ax, metric in zip(axes, ("precision", "recall")):  # legend right of the second
-        plot_epoch_band(ax, table, ULTRALYTICS_KEYS[metric], arms, title_size=10, legend=metric == "recall")
+        _epoch_band(ax, table, ULTRALYTICS_KEYS[metric], arms, legend=metric == "recall")
     return _save_figure(fig, path)
 
 
@@ -228,7 +215,7 @@ def plot_pr_curves(table: pl.DataFrame, path: _Path, order: _Order = None, basel
 def write_report(
     out_dir: _Path,
     results: Sequence[RunResult],
-    meta: _Meta = None,
+    meta: Mapping[str, Any] | None = None,
     table: pl.DataFrame | None = None,
     points: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
