@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import math
 import sys
 from dataclasses import replace
@@ -39,13 +38,7 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-# the module by its path: the yolo_vfl.ab package imports the whole A/B stack, seconds this script need not spend
-_path = Path(__file__).resolve().parents[1] / "yolo_vfl" / "ab" / "sequential.py"
-_spec = importlib.util.spec_from_file_location("yolo_vfl_ab_sequential", _path)
-sequential = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = sequential
-_spec.loader.exec_module(sequential)
-Rule, decide, runs_used = sequential.Rule, sequential.decide, sequential.runs_used
+from yolo_vfl.ab.sequential import Decision, Rule, decide, runs_used
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPORTS = [
@@ -65,8 +58,72 @@ CHOSEN = Rule(margin=0.005, alpha=0.05, min_seeds=2, max_seeds=5, pooled=False, 
 RULES = {
     "chosen": CHOSEN,
     "no futility": replace(CHOSEN, futility=None),
-    "pooled (previous)": replace(CHOSEN, pooled=True),
+    "pooled (previous)": "pooled",  # the previous rule, kept here for the comparison (decide_pooled)
 }
+
+
+def _satterthwaite(x: np.ndarray, means: np.ndarray) -> tuple[float, float]:
+    """Pooled variance of the rows (arms x seeds) and its Satterthwaite df (Biometrics Bulletin 2, 110-114, 1946).
+
+    ``sum SS_i / (k (n - 1)) = ((k - 1) MS_int + MS_seed) / k``: the arm x seed interaction mean square (the arms' own
+    noise) and the seed mean square (the noise shared through the baseline's run); df floored to 0.1.
+    """
+    k, n = x.shape
+    resid = x - means[:, None]
+    seed = resid.mean(axis=0)
+    a = (float(((resid - seed) ** 2).sum()) / (n - 1) / k) if k > 1 else 0.0
+    b = k * float((seed**2).sum()) / (n - 1) / k
+    if a + b <= 0.0:
+        return 0.0, float(k * (n - 1))
+    den = (a * a / ((k - 1) * (n - 1)) if k > 1 else 0.0) + b * b / (n - 1)
+    return a + b, math.floor(10.0 * min((a + b) ** 2 / den, k * (n - 1))) / 10.0
+
+
+def _pooled_look(n: int, mean: float, var: float, df: float, rule: Rule) -> Decision:
+    """One arm's state at ``n`` seeds with verdicts on the pooled variance (futility predicted on ``df_final``)."""
+    half = float(scipy.stats.t.ppf(1 - rule.look_alpha / 2, df)) * math.sqrt(var / n)
+    lo, hi = mean - half, mean + half
+    if lo > 0 or hi < 0:
+        return Decision("better" if lo > 0 else "worse", n, mean, lo, hi)
+    if -rule.margin <= lo and hi <= rule.margin:
+        return Decision("equivalent", n, mean, lo, hi)
+    if n >= rule.max_seeds:
+        return Decision("budget", n, mean, lo, hi)
+    big_n, df_final = rule.max_seeds, df * (rule.max_seeds - 1) / (n - 1)
+    h = float(scipy.stats.t.ppf(1 - rule.look_alpha / 2, df_final)) * math.sqrt(var / big_n)
+    sd = math.sqrt(var * (big_n - n) / (big_n * n))
+    cdf = scipy.stats.norm.cdf
+    p = 1.0 if sd == 0 else cdf((-h - mean) / sd) + 1 - cdf((h - mean) / sd)
+    if sd and h < rule.margin:
+        p += cdf((rule.margin - h - mean) / sd) - cdf((h - rule.margin - mean) / sd)
+    return Decision("futile" if p < rule.futility else "open", n, mean, lo, hi)
+
+
+def decide_pooled(diffs: dict[str, np.ndarray], rule: Rule) -> dict[str, Decision]:
+    """The previous rule (removed from the package): the chosen rule's looks, verdicts on the open arms' pool."""
+    data = {arm: np.asarray(v, dtype=np.float64) for arm, v in diffs.items()}
+    out = {arm: Decision("open", min(x.size, rule.min_seeds - 1)) for arm, x in data.items()}
+    for n in range(rule.min_seeds, rule.max_seeds + 1):
+        arms = [a for a in data if out[a].state == "open"]
+        if not arms or any(data[a].size < n for a in arms):
+            break
+        x = np.stack([data[a][:n] for a in arms])
+        means = x.mean(axis=1)
+        own = ((x - means[:, None]) ** 2).sum(axis=1) / (n - 1)
+        pool, df = _satterthwaite(x, means)
+        for i, a in enumerate(arms):
+            out[a] = _pooled_look(n, float(means[i]), max(pool, float(own[i])), df, rule)
+    for a, d in out.items():
+        if d.state == "open":
+            out[a] = Decision("open", min(data[a].size, rule.max_seeds), d.mean, d.lo, d.hi)
+    return out
+
+
+def apply_rule(diffs: dict[str, np.ndarray], rule: Rule | str, max_seeds: int) -> dict[str, Decision]:
+    """Decide with a rule of ``RULES`` at ``max_seeds`` (``"pooled"``: the previous rule on the chosen settings)."""
+    if rule == "pooled":
+        return decide_pooled(diffs, replace(CHOSEN, max_seeds=max_seeds))
+    return decide(diffs, replace(rule, max_seeds=max_seeds))
 
 
 def read_runs(report: Path) -> tuple[str, dict[str, dict[int, float]]]:
@@ -147,15 +204,14 @@ def simulate(
     )
 
 
-def score(draws: np.ndarray, rule: Rule) -> dict[str, float]:
+def score(draws: np.ndarray, rule: Rule | str) -> dict[str, float]:
     """Mean fraction of runs saved, verdict changes and reversals against the full grid, false verdicts per arm."""
     reps, k, seeds = draws.shape
-    rule = replace(rule, max_seeds=seeds)
     saved, changed, reversed_, false = [], 0, 0, []
     mean, half = draws.mean(axis=2), t975(seeds - 1) * draws.std(axis=2, ddof=1) / math.sqrt(seeds)
     fulls = np.where(mean - half > 0, "better", np.where(mean + half < 0, "worse", "no clear difference"))
     for d, full in zip(draws, fulls.tolist()):
-        dec = decide({str(i): d[i] for i in range(k)}, rule)
+        dec = apply_rule({str(i): d[i] for i in range(k)}, rule, seeds)
         saved.append(1 - runs_used(dec) / ((k + 1) * seeds))
         seq = [seq_verdict(dec[str(i)].state) for i in range(k)]
         changed += sum(a != b for a, b in zip(seq, full))
@@ -187,7 +243,7 @@ def replay_real(name: str, diffs: dict[str, np.ndarray], detail: bool) -> None:
     full = {a: full_verdict(x) for a, x in diffs.items()}
     parts = []
     for label in RULES:
-        dec = decide(diffs, replace(RULES[label], max_seeds=seeds))
+        dec = apply_rule(diffs, RULES[label], seeds)
         used = runs_used(dec)
         changed = [a for a in diffs if seq_verdict(dec[a].state) != full[a]]
         rev = sum({seq_verdict(dec[a].state), full[a]} == {"better", "worse"} for a in diffs)

@@ -10,7 +10,7 @@ Blackburn, Controlled Clin. Trials 7, 8-17, 1986; from the larger of the arm's a
 below ``futility`` (non-binding: stopping only removes looks, the bound holds). ``experiments/sequential_replay.py``
 compares it on the committed reports with a confidence sequence (Howard et al., Ann. Statist. 49, 1055-1080, 2021),
 O'Brien-Fleming spending (Lan & DeMets, Biometrika 70, 659-663, 1983) and verdicts on the pooled variance (the
-previous rule, removed: up to 6.7% false verdicts for a noisy arm, against at most 4.2% here).
+previous rule; the replay keeps it for comparison).
 
 Decisions are a pure function of the per-seed differences (``decide`` replays the looks), so a restarted experiment
 re-derives them from the runs' ``result.json``.
