@@ -10,6 +10,8 @@ import pytest
 from conftest import IMGSZ
 
 from yolo_vfl.ab import run_ab, spec_from_dict
+from yolo_vfl.ab.orchestrate import load_results
+from yolo_vfl.ab.sequential import plan_section
 from yolo_vfl.cli import main
 from yolo_vfl.errors import UserError
 
@@ -309,12 +311,17 @@ def test_plan_command_on_a_fixed_pilot(tmp_path, capsys):
         "qfl: paired sd 0.0005 over 3 seeds -> 2 seeds",
         "total: 28 runs, bce included, to resolve ±0.005",
     ]
+    # the report's planning answer is the same, at the experiment's margin (the recorded rule's, else the default)
+    meta = json.loads((out / "experiment.json").read_text())
+    section = plan_section(load_results(out), meta, 0.005).splitlines()
+    assert section[0] == "## Planning" and section[-3:] == [f"- {line}" for line in lines]
     for seed in (1, 2):
         (out / "runs" / f"vfl-s{seed}" / "result.json").unlink()
     assert main(["ab", "plan", f"out={out}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs >= 2 seeds paired with bce per arm; paired seeds: vfl (1)" in err
     assert main(["ab", "plan", f"out={out}", "margin=0"]) == 2
+    assert plan_section(load_results(out), meta, 0.005) == ""  # an arm with 1 paired seed: no planning answer
 
 
 def test_one2one_arm_needs_an_end_to_end_head(det_data, tmp_path):

@@ -28,7 +28,6 @@ from .backends import Failure, Progress, run_jobs
 from .jobs import Job, fingerprint_diff, make_jobs, resolve_data, start_model
 from .results import TABLE_FILE, RunResult, epoch_table, final_rows, run_table, write_table
 from .spec import DEFAULT_MODEL, ABSpec
-from .stats import paired_difference
 
 __all__ = ["ABRunError", "run_ab", "regenerate_report", "diagnose_experiment", "load_results", "check_devices", "plan"]
 __all__ += ["sequential_plan"]
@@ -227,8 +226,11 @@ def _write_report(out: Path, results: list[RunResult], meta: dict[str, Any], log
     summary = summarize(results, meta.get("baseline", protocol.BASELINE), meta.get("arms"), meta["level"], table)
     for line in verdict_lines(summary):
         log(line)
-    if rule := sequential.recorded_rule(meta):
-        text = sequential.section(results, meta, rule)
+    rule = sequential.recorded_rule(meta)
+    text = sequential.section(results, meta, rule) if rule else ""
+    if plan := sequential.plan_section(results, meta, rule.margin if rule else protocol.MARGIN):
+        text = f"{text}\n{plan}" if text else plan
+    if text:
         atomic_write_text(paths["summary.md"], paths["summary.md"].read_text().rstrip("\n") + "\n\n" + text)
         log(text.rstrip("\n"))
     return paths
@@ -371,18 +373,11 @@ def sequential_plan(out_dir: str | os.PathLike[str], margin: float) -> list[str]
         UserError: no experiment or finished runs, or an arm with fewer than 2 paired seeds.
     """
     _, meta, results = _experiment(out_dir, "plan from")
-    baseline, arms = meta.get("baseline", protocol.BASELINE), meta.get("arms") or sorted({r.arm for r in results})
-    value = {arm: {r.seed: r.metric(protocol.PRIMARY_METRIC) for r in results if r.arm == arm} for arm in arms}
-    diffs = {a: paired_difference(value[a], value.get(baseline, {})) for a in arms if a != baseline}
+    baseline = meta.get("baseline", protocol.BASELINE)
+    diffs = sequential.pilot(results, meta.get("arms") or sorted({r.arm for r in results}), baseline)
     if short := [f"{a} ({d.n})" for a, d in diffs.items() if d.std is None] or ([] if diffs else ["none"]):
         raise UserError(f"The pilot needs >= 2 seeds paired with {baseline} per arm; paired seeds: {', '.join(short)}.")
-    rule = sequential.Rule(margin=margin, alpha=round(1.0 - protocol.LEVEL, 10))
-    need = sequential.plan_seeds({a: float(d.std) for a, d in diffs.items()}, rule)
-    lines = [
-        f"{a}: paired sd {diffs[a].std:.4f} over {diffs[a].n} seeds -> {n or '> 50'} seeds" for a, n in need.items()
-    ]
-    total = "n/a" if None in need.values() else sum(need.values()) + max(need.values())  # baseline: as the last arm
-    return [*lines, f"total: {total} runs, {baseline} included, to resolve ±{margin:g}"]
+    return sequential.plan_lines(diffs, baseline, margin)
 
 
 def _records(

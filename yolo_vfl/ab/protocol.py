@@ -32,3 +32,5 @@ DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 OPERATING_CONF = 0.25
 #: Confidence level of the paired intervals in the report.
 LEVEL = 0.95
+#: Equivalence margin on the primary metric: decide=sequential's default and the report's planning answer.
+MARGIN = 0.005

@@ -30,9 +30,10 @@ from scipy.special import ndtr
 
 from ..errors import InvalidSettingError, UserError
 from . import protocol
+from .stats import PairedDifference, paired_difference
 
 __all__ = ["Rule", "Decision", "decide", "next_round", "runs_used", "plan_seeds", "spec_rule", "recorded_rule"]
-__all__ += ["paired_diffs", "section"]
+__all__ += ["paired_diffs", "section", "pilot", "plan_lines", "plan_section"]
 
 
 @dataclass(frozen=True)
@@ -242,3 +243,43 @@ def section(results: Sequence[Any], meta: Mapping[str, Any], rule: Rule) -> str:
     trained, grid = len({r.run for r in results if r.arm in arms}), len(arms) * len(seeds)
     lines += ["", f"Runs trained: {trained} of the full grid's {grid} ({len(arms)} arms x {len(seeds)} seeds)."]
     return "\n".join(lines) + "\n"
+
+
+def pilot(results: Sequence[Any], arms: Sequence[str], baseline: str) -> dict[str, PairedDifference]:
+    """Per arm (not the baseline), its paired mAP50-95 difference to the baseline over every finished seed."""
+    value = {arm: {r.seed: r.metric(protocol.PRIMARY_METRIC) for r in results if r.arm == arm} for arm in arms}
+    return {a: paired_difference(value[a], value.get(baseline, {})) for a in arms if a != baseline}
+
+
+def plan_lines(diffs: Mapping[str, PairedDifference], baseline: str, margin: float) -> list[str]:
+    """Per arm its pilot's paired sd and the seeds that resolve ``margin`` (``plan_seeds``), then the total runs.
+
+    Args:
+        diffs: per arm, its pilot paired difference (each with >= 2 seeds: a ``std``).
+        baseline: the baseline arm's name (it trains as many seeds as the last arm).
+        margin: the equivalence margin on mAP50-95.
+
+    Returns:
+        One line per arm and a total line.
+    """
+    rule = Rule(margin=margin, alpha=round(1.0 - protocol.LEVEL, 10))
+    need = plan_seeds({a: float(d.std) for a, d in diffs.items()}, rule)
+    lines = [
+        f"{a}: paired sd {diffs[a].std:.4f} over {diffs[a].n} seeds -> {n or '> 50'} seeds" for a, n in need.items()
+    ]
+    total = "n/a" if None in need.values() else sum(need.values()) + max(need.values())
+    return [*lines, f"total: {total} runs, {baseline} included, to resolve ±{margin:g}"]
+
+
+def plan_section(results: Sequence[Any], meta: Mapping[str, Any], margin: float) -> str:
+    """The report's "Planning" section from this experiment as a pilot; empty when an arm has < 2 paired seeds."""
+    baseline = meta.get("baseline", protocol.BASELINE)
+    diffs = pilot(results, list(meta.get("arms") or sorted({r.arm for r in results})), baseline)
+    if not diffs or any(d.std is None for d in diffs.values()):
+        return ""
+    head = (
+        f"Seeds per arm for a sequential experiment (`decide=sequential margin={margin:g}`) to resolve ±{margin:g} "
+        f"on mAP50-95, from this experiment's paired sds (`yolo-vfl ab plan out=DIR margin=M` for another margin):"
+    )
+    lines = [f"- {line}" for line in plan_lines(diffs, baseline, margin)]
+    return "\n".join(["## Planning", "", head, "", *lines]) + "\n"

@@ -139,7 +139,7 @@ RUNNER_KEYS: tuple[Key, ...] = (
     Key("backend", "local", _choice("local", "ray"), "local process pool or ray"),
     Key("keep_going", False, _bool, "after a failed run, keep starting the others"),
     Key("decide", "grid", _choice("grid", "sequential"), "grid: every arm x seed; sequential: stop arms once decided"),
-    Key("margin", 0.005, _number(1e-6, 1), "decide=sequential: equivalence margin on mAP50-95"),
+    Key("margin", protocol.MARGIN, _number(1e-6, 1), "decide=sequential: equivalence margin on mAP50-95"),
 )
 #: Sections addressed as ``<section>.<key>=value``; ``train`` (Ultralytics arguments) and the arms are the others.
 SECTION_KEYS: dict[str, tuple[Key, ...]] = {
