@@ -9,11 +9,18 @@ import tempfile
 from pathlib import Path
 
 # Before anything imports ultralytics: no network, and a settings directory of our own (CI sets its own per env).
+# Under pytest-xdist (the default: -n 2) each worker gets its own settings directory and one torch thread.
 os.environ.setdefault("YOLO_OFFLINE", "1")
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 for _key, _prefix in (("YOLO_CONFIG_DIR", "yolo_vfl_cfg_"), ("YOLO_VFL_CACHE", "yolo_vfl_cache_")):
     if not os.environ.get(_key):  # made only when the caller has not set one, and removed when the tests end
         os.environ[_key] = tempfile.mkdtemp(prefix=_prefix)
         atexit.register(shutil.rmtree, os.environ[_key], ignore_errors=True)
+    elif _WORKER and _key == "YOLO_CONFIG_DIR":  # the caller's, one subdirectory per worker
+        os.environ[_key] = os.path.join(os.environ[_key], _WORKER)
+        os.makedirs(os.environ[_key], exist_ok=True)
+if _WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import logging  # noqa: E402
 
