@@ -19,7 +19,7 @@ for _key, _prefix in (("YOLO_CONFIG_DIR", "yolo_vfl_cfg_"), ("YOLO_VFL_CACHE", "
     elif _WORKER and _key == "YOLO_CONFIG_DIR":  # the caller's, one subdirectory per worker
         os.environ[_key] = os.path.join(os.environ[_key], _WORKER)
         os.makedirs(os.environ[_key], exist_ok=True)
-if _WORKER:
+if _WORKER:  # one torch thread per worker (the workers already use every core), also in the tests' subprocesses
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import logging  # noqa: E402
@@ -32,6 +32,15 @@ import yaml  # noqa: E402
 logging.raiseExceptions = False
 
 IMGSZ = 64
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that share a module-scoped fixture form one xdist group: the fixture is built once, on one worker."""
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        scopes = {d.scope for fixture in (defs.name2fixturedefs.values() if defs else ()) for d in fixture}
+        if "module" in scopes:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 KPT = 5  # keypoints per object in the generated pose data
 
 
