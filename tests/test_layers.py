@@ -108,3 +108,14 @@ def test_report_layer_needs_no_torch_or_ultralytics():
             if (n.module if isinstance(n, ast.ImportFrom) else a.name)
         }
         assert not heavy & {"torch", "ultralytics", *(["matplotlib"] if name == "ab.report" else [])}, name
+
+
+def test_every_function_fits_on_a_screen():
+    """No function or method of the package is longer than 60 lines (docstring included)."""
+    long = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60
+    ]
+    assert not long, long
