@@ -41,6 +41,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         scopes = {d.scope for fixture in (defs.name2fixturedefs.values() if defs else ()) for d in fixture}
         if "module" in scopes:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 KPT = 5  # keypoints per object in the generated pose data
 
 

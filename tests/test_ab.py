@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -239,13 +240,20 @@ def test_end_to_end_two_arms(ab_done):
 
 
 @pytest.mark.slow
-def test_report_regenerates_from_results(ab_done, capsys):
+def test_report_regenerates_from_results(ab_done, capsys, tmp_path):
     """'yolo-vfl ab report out=DIR' rewrites the report from result.json files alone."""
     _, out, _ = ab_done
     (out / "summary.md").unlink()
     before = (out / "summary.csv").read_text()
     assert cli_ab(["report", f"out={out}"]) == 0
     assert (out / "summary.md").exists() and (out / "summary.csv").read_text() == before
+    # a committed experiment keeps no detections.npz: the ranking comes from result.json, the report is the same
+    copy = tmp_path / "committed"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.npz", "weights"))
+    assert cli_ab(["report", f"out={copy}"]) == 0
+    assert (copy / "summary.csv").read_text() == before
+    table = read_table(copy / "runs" / "vfl-s0" / TABLE_FILE)
+    assert table.filter(pl.col("metric") == "rank/spearman")["value"].is_not_null().all()
 
 
 @pytest.mark.slow

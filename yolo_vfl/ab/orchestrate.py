@@ -199,7 +199,11 @@ def _record_experiment(spec: ABSpec, out: Path, command: str) -> None:
 
 
 def _tables(out: Path, results: Sequence[RunResult]) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """The results table (each run's ``results_long.csv`` rewritten), ranking points by run (``detections.npz``)."""
+    """The results table (each run's ``results_long.csv`` rewritten), ranking points by run.
+
+    The ranking is measured on the run's ``detections.npz``; without it (a committed experiment keeps no detections),
+    it is the one ``result.json`` recorded.
+    """
     from .evaluation import ranking_quality
     from .records import load_records
 
@@ -207,7 +211,7 @@ def _tables(out: Path, results: Sequence[RunResult]) -> tuple[pl.DataFrame, dict
     for r in results:
         run_dir = out / "runs" / r.run
         records = run_dir / protocol.RECORDS_FILE
-        ranking = ranking_quality(load_records(records), seed=r.seed) if records.is_file() else {}
+        ranking = ranking_quality(load_records(records), seed=r.seed) if records.is_file() else r.ranking or {}
         tables.append(run_table(r, epoch_table(run_dir / "results.csv"), ranking))
         write_table(tables[-1], run_dir / TABLE_FILE)
         points[r.run] = ranking.get("points")
