@@ -58,7 +58,7 @@ CHOSEN = Rule(margin=0.005, alpha=0.05, min_seeds=2, max_seeds=5, pooled=False, 
 RULES = {
     "chosen": CHOSEN,
     "no futility": replace(CHOSEN, futility=None),
-    "pooled (previous)": "pooled",  # the previous rule, kept here for the comparison (decide_pooled)
+    "pooled (previous)": "pooled",  # the previous rule, kept here for the comparison (pooled_verdicts)
 }
 
 
@@ -99,30 +99,18 @@ def _pooled_look(n: int, mean: float, var: float, df: float, rule: Rule) -> Deci
     return Decision("futile" if p < rule.futility else "open", n, mean, lo, hi)
 
 
-def decide_pooled(diffs: dict[str, np.ndarray], rule: Rule) -> dict[str, Decision]:
-    """The previous rule (removed from the package): the chosen rule's looks, verdicts on the open arms' pool."""
-    data = {arm: np.asarray(v, dtype=np.float64) for arm, v in diffs.items()}
-    out = {arm: Decision("open", min(x.size, rule.min_seeds - 1)) for arm, x in data.items()}
-    for n in range(rule.min_seeds, rule.max_seeds + 1):
-        arms = [a for a in data if out[a].state == "open"]
-        if not arms or any(data[a].size < n for a in arms):
-            break
-        x = np.stack([data[a][:n] for a in arms])
-        means = x.mean(axis=1)
-        own = ((x - means[:, None]) ** 2).sum(axis=1) / (n - 1)
-        pool, df = _satterthwaite(x, means)
-        for i, a in enumerate(arms):
-            out[a] = _pooled_look(n, float(means[i]), max(pool, float(own[i])), df, rule)
-    for a, d in out.items():
-        if d.state == "open":
-            out[a] = Decision("open", min(data[a].size, rule.max_seeds), d.mean, d.lo, d.hi)
-    return out
+def pooled_verdicts(n: int, x: np.ndarray, rule: Rule) -> list[Decision]:
+    """The previous rule's states at a look (removed from the package): verdicts on the open arms' pooled variance."""
+    means = x.mean(axis=1)
+    own = ((x - means[:, None]) ** 2).sum(axis=1) / (n - 1)
+    pool, df = _satterthwaite(x, means)
+    return [_pooled_look(n, float(m), max(pool, float(v)), df, rule) for m, v in zip(means, own)]
 
 
 def apply_rule(diffs: dict[str, np.ndarray], rule: Rule | str, max_seeds: int) -> dict[str, Decision]:
     """Decide with a rule of ``RULES`` at ``max_seeds`` (``"pooled"``: the previous rule on the chosen settings)."""
     if rule == "pooled":
-        return decide_pooled(diffs, replace(CHOSEN, max_seeds=max_seeds))
+        return decide(diffs, replace(CHOSEN, max_seeds=max_seeds), verdicts=pooled_verdicts)
     return decide(diffs, replace(rule, max_seeds=max_seeds))
 
 

@@ -19,7 +19,7 @@ re-derives them from the runs' ``result.json``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
@@ -119,13 +119,31 @@ def _look(n: int, mean: float, var: float, fvar: float, rule: Rule) -> Decision:
     return Decision(state, n, mean, lo, hi)
 
 
-def decide(diffs: Mapping[str, Sequence[float]], rule: Rule = Rule()) -> dict[str, Decision]:
+def _verdicts(n: int, x: np.ndarray, rule: Rule) -> list[Decision]:
+    """The open arms' states at ``n`` seeds from their differences ``x`` (open arms, n): each on its own variance.
+
+    Futility predicts from the larger of the arm's own variance and the open arms' pooled one, ``sum SS_i / (k (n-1))``.
+    """
+    means = x.mean(axis=1)
+    own = ((x - means[:, None]) ** 2).sum(axis=1) / (n - 1)
+    pool = float(own.mean())
+    return [_look(n, float(m), float(v), max(pool, float(v)), rule) for m, v in zip(means, own)]
+
+
+Verdicts = Callable[[int, np.ndarray, Rule], list[Decision]]
+
+
+def decide(
+    diffs: Mapping[str, Sequence[float]], rule: Rule = Rule(), verdicts: Verdicts = _verdicts
+) -> dict[str, Decision]:
     """Replay the looks on per-arm paired differences (``arm - baseline``, in seed-round order) and decide each arm.
 
     Args:
         diffs: per arm, its differences by round; an arm may hold more values than it used (they are ignored) or,
             mid-round, one fewer than the others (the round is not looked at until every open arm has it).
         rule: the settings.
+        verdicts: the states of the open arms at a look, ``verdicts(n, x, rule)`` with ``x`` (open arms, n); the
+            default is the rule above (``experiments/sequential_replay.py`` passes the ones it compares).
 
     Returns:
         Per arm, its decision after the last complete round.
@@ -136,13 +154,7 @@ def decide(diffs: Mapping[str, Sequence[float]], rule: Rule = Rule()) -> dict[st
         arms = [a for a in data if out[a].state == "open"]
         if not arms or any(data[a].size < n for a in arms):
             break
-        x = np.stack([data[a][:n] for a in arms])  # (arms, n)
-        means = x.mean(axis=1)
-        own = ((x - means[:, None]) ** 2).sum(axis=1) / (n - 1)
-        pool = float(own.mean())  # sum SS_i / (k (n - 1)): the open arms' pooled variance
-        for i, a in enumerate(arms):  # futility predicts from the larger of the arm's own variance and the pool's
-            var = float(own[i])
-            out[a] = _look(n, float(means[i]), var, max(pool, var), rule)
+        out.update(zip(arms, verdicts(n, np.stack([data[a][:n] for a in arms]), rule)))
     for a, d in out.items():  # an open arm counts the values it has, up to the budget
         if d.state == "open":
             out[a] = Decision("open", min(data[a].size, rule.max_seeds), d.mean, d.lo, d.hi)
