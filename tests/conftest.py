@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 # Before anything imports ultralytics: no network, and a settings directory of our own (CI sets its own per env).
-# Under pytest-xdist (the default: -n 2) each worker gets its own settings directory and one torch thread.
+# Under pytest-xdist (-n auto, at most 4 workers) each worker gets its own settings directory and one torch thread.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 for _key, _prefix in (("YOLO_CONFIG_DIR", "yolo_vfl_cfg_"), ("YOLO_VFL_CACHE", "yolo_vfl_cache_")):
