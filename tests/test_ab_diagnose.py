@@ -52,6 +52,10 @@ def tiny_experiment(det_data, tmp_path_factory):
     for run in ("bce-s0", "qfl-s0"):
         arm = run.split("-")[0]
         (out / "runs" / run / "result.json").write_text(json.dumps({"run": run, "arm": arm, "seed": 0}))
+    # qfl-s0's args.yaml is unreadable: its data and imgsz come from result.json instead
+    (out / "runs" / "qfl-s0" / "args.yaml").write_text("data: [unclosed\n")
+    result = {"run": "qfl-s0", "arm": "qfl", "seed": 0, "data": str(det_data), "train": {"imgsz": IMGSZ}}
+    (out / "runs" / "qfl-s0" / "result.json").write_text(json.dumps(result))
     (out / "experiment.json").write_text(
         json.dumps({"name": "tiny", "baseline": "bce", "arms": ["bce", "qfl"], "runs": ["bce-s0", "qfl-s0", "qfl-s1"]})
     )
@@ -59,7 +63,7 @@ def tiny_experiment(det_data, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_end_to_end_tiny_model(tiny_experiment, tmp_path, capsys):
+def test_end_to_end_tiny_model(tiny_experiment, det_data, tmp_path, capsys):
     """'yolo-vfl ab diagnose' on a tiny trained model: records made once per run, the four files, records reused."""
     out = tiny_experiment
     assert main(["ab", "diagnose", f"out={out}", "device=cpu"]) == 0
@@ -72,6 +76,7 @@ def test_end_to_end_tiny_model(tiny_experiment, tmp_path, capsys):
     records = load_records(cache)
     assert records.n_images > 0 and records.n_gt > 0
     assert records.params["imgsz"] == IMGSZ and records.params["conf"] == 0.001
+    assert load_records(out / "runs" / "qfl-s0" / RECORDS_FILE).params["data"] == str(det_data)
     d = dict(diagnose(records).iter_rows())
     assert d["tp"] <= d["n_det"] == records.n_det and d["n_gt"] == records.n_gt
     assert d["missed@0.25"] == d["n_gt"] - d["tp@0.25"]

@@ -410,7 +410,10 @@ def _records(
             continue
         if all(records.params.get(k) == settings[k] for k in ("conf", "iou", "max_det")):
             return records
-    args = yaml.safe_load((run_dir / "args.yaml").read_text()) if (run_dir / "args.yaml").is_file() else {}
+    try:  # a missing or unreadable args.yaml: result.json says the same
+        args = yaml.safe_load((run_dir / "args.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        args = {}
     if not (data := (args or {}).get("data") or result.data):
         raise UserError(f"{run_dir.name}: no dataset in args.yaml or result.json.")
     log(f"{run_dir.name}: recording the detections of {weights}")
