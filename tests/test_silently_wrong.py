@@ -102,3 +102,44 @@ def test_negative_gain_is_refused_through_the_python_api(det_data, tmp_path):
         train_tiny("yolov8n.yaml", det_data, tmp_path, name="neg", cls=-1.0)
     assert not (tmp_path / "neg").exists()
     assert issubclass(InvalidSettingError, (UserError, ValueError))
+
+
+# ------------------------------------------------------------------------------------ NMS time limit (load)
+def _slow_clock(monkeypatch) -> None:
+    """Ultralytics' NMS sees 1000 s pass between its clock reads: its time limit hits after the first image."""
+    import itertools
+    from types import SimpleNamespace
+
+    from ultralytics.utils import nms
+
+    ticks = itertools.count(0.0, 1000.0)
+    monkeypatch.setattr(nms, "time", SimpleNamespace(time=lambda: next(ticks)))
+
+
+def _raw_predictions(nc: int, bs: int = 3, n: int = 64) -> torch.Tensor:
+    """(bs, 4 + nc, n) raw head output: xywh boxes in a 64 px image and class scores in [0.1, 1)."""
+    gen = torch.Generator().manual_seed(0)
+    xywh = torch.cat([8 + 48 * torch.rand(bs, 2, n, generator=gen), 4 + 12 * torch.rand(bs, 2, n, generator=gen)], 1)
+    return torch.cat([xywh, 0.1 + 0.9 * torch.rand(bs, nc, n, generator=gen)], 1)
+
+
+def test_validation_nms_has_no_time_limit(det_data, tmp_path, monkeypatch):
+    """A slow NMS keeps every image's boxes in the trainer's validator and in the A/B's recording pass.
+
+    Ultralytics' NMS quits after ``2 + 0.05 * batch`` s and leaves the batch's other images empty (a warning only), so
+    on a loaded CPU mAP, best.pt and verdicts depended on load. The test first shows that plain NMS loses them.
+    """
+    from ultralytics.utils import nms
+
+    from yolo_vfl.ab.records import record_detections
+
+    model = train_tiny("yolov8n.yaml", det_data, tmp_path, loss="vfl")
+    preds = _raw_predictions(len(model.names))
+    reference = record_detections(model.trainer.best, det_data, imgsz=IMGSZ, batch=4)
+    _slow_clock(monkeypatch)
+    assert [len(x) for x in nms.non_max_suppression(preds.clone(), 0.001, 0.7)][1:] == [0, 0]  # the premise
+    outputs = model.trainer.validator.postprocess(preds.clone())
+    assert all(len(o["bboxes"]) for o in outputs), [len(o["bboxes"]) for o in outputs]
+    slow = record_detections(model.trainer.best, det_data, imgsz=IMGSZ, batch=4)
+    assert len(slow.det_conf) == len(reference.det_conf) > 0
+    assert slow.metrics == reference.metrics

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -56,6 +58,8 @@ __all__ = [
     "resume_conflicts",
     "conflict_error",
     "skip_final_validation",
+    "untimed_nms",
+    "untimed",
 ]
 
 #: The checkpoint record written next to the settings in ``train_args``: how many epochs had trained with ``loss``
@@ -202,6 +206,38 @@ def skip_final_validation(trainer: Any) -> None:
     trainer.final_validation = False
 
 
+@contextlib.contextmanager
+def untimed_nms() -> Iterator[None]:
+    """Ultralytics' NMS without its time limit while the block runs.
+
+    ``ultralytics.utils.nms.non_max_suppression`` stops after ``2 + 0.05 * batch`` seconds and leaves the batch's
+    remaining images without boxes, with a warning only. On a loaded CPU with many low scores (VFL early in training,
+    at ``conf`` 0.001) validation then scores those images as empty: mAP, ``best.pt`` and the A/B's verdicts would
+    depend on machine load. The validators of Ultralytics 8.3 and 8.4 call it through the module, so the patch holds.
+    """
+    from ultralytics.utils import nms
+
+    timed = nms.non_max_suppression
+    nms.non_max_suppression = functools.partial(timed, max_time_img=math.inf)
+    try:
+        yield
+    finally:
+        nms.non_max_suppression = timed
+
+
+def untimed(validator: Any) -> Any:
+    """``validator`` (an Ultralytics validator instance) with its ``postprocess`` run under :func:`untimed_nms`."""
+    postprocess = validator.postprocess
+
+    @functools.wraps(postprocess)
+    def untimed_postprocess(*args: Any, **kwargs: Any) -> Any:
+        with untimed_nms():
+            return postprocess(*args, **kwargs)
+
+    validator.postprocess = untimed_postprocess
+    return validator
+
+
 def _save_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write a YAML file through a temporary file in the same directory and an atomic rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -332,9 +368,9 @@ class VFLDetectionTrainer(DetectionTrainer):
             install_cls_loss(model.criterion, settings)
 
     def get_validator(self):
-        """Ultralytics' validator, built from args without our settings."""
+        """Ultralytics' validator, built from args without our settings, its NMS without time limit."""
         with self._plain_args():
-            return super().get_validator()
+            return untimed(super().get_validator())
 
     def _setup_train(self, *args: Any, **kwargs: Any) -> None:
         """Ultralytics' set-up (model, EMA, optimizer, resume), then install the loss."""

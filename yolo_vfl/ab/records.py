@@ -222,6 +222,8 @@ def record_detections(
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER
 
+    from ..trainer import untimed_nms
+
     model = YOLO(str(weights))
     if (task := model.task) not in ("detect", "segment", "pose"):  # segment and pose: their box part
         what = "an OBB model (rotated boxes)" if task == "obb" else f"task {task!r} has no boxes"
@@ -238,7 +240,8 @@ def record_detections(
             args = {"split": "val", "plots": False, "save_json": False, "verbose": False, "exist_ok": True}
             args |= {"project": tmp, "name": "val", "batch": 16, "workers": 0, **val_args}
             validator = _recording_validator(model.task_map[task]["validator"], sink)
-            rd = model.val(validator=validator, data=str(data_yaml), imgsz=imgsz, **args).results_dict
+            with untimed_nms():  # metrics must not depend on machine load
+                rd = model.val(validator=validator, data=str(data_yaml), imgsz=imgsz, **args).results_dict
     finally:
         LOGGER.setLevel(level)
     return _assemble(

@@ -52,9 +52,12 @@ def _evaluate(job: Job, weights: Path, log: Log) -> dict[str, Any]:
     if not rk.get("enabled", True):
         from ultralytics import YOLO
 
+        from ..trainer import untimed_nms
+
         log(f"validating {weights}")
         val |= {"split": "val", "plots": False, "verbose": False, "project": str(job.run_dir), "name": "final_val"}
-        rd = YOLO(str(weights)).val(data=job.data, exist_ok=True, **val).results_dict
+        with untimed_nms():  # metrics must not depend on machine load
+            rd = YOLO(str(weights)).val(data=job.data, exist_ok=True, **val).results_dict
         metrics = {m: float(rd.get(k, math.nan)) for m, k in protocol.ULTRALYTICS_KEYS.items()}
         return {"metrics": metrics, "metrics_source": "yolo-vfl ab validation", "metrics_model": weights.name}
     from .evaluation import ranking_quality
