@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -375,3 +376,32 @@ def test_ray_backend_local_instance(det_data, tmp_path):
     res = RunResult.from_dict(json.loads((out / "runs" / "bce-s0" / "result.json").read_text()))
     assert res.device == "cpu" and res.epochs_done == 1
     assert (out / "summary.md").exists()
+
+
+@pytest.mark.slow
+def test_end_to_end_head_validates_the_one_to_one_branch(det_data, tmp_path, capsys):
+    """yolo26n with ``nms: false``: each run's validation and recording pass score the one-to-one branch, NMS-free.
+
+    The recording pass used to drop ``nms`` and score the one-to-many branch through NMS (Ultralytics 8.4's default),
+    the branch an arm with ``cls_branches: one2one`` trains with BCE.
+    """
+    from ultralytics.nn.tasks import yaml_model_load
+
+    from yolo_vfl.ab.records import load_records
+
+    try:
+        yaml_model_load("yolo26n.yaml")
+    except (FileNotFoundError, AssertionError) as e:  # YOLO26 configs exist in 8.4 only
+        pytest.skip(f"yolo26n.yaml not available in this Ultralytics version: {e}")
+    out = tmp_path / "e2e"
+    raw = tiny_spec(det_data, out).to_dict()
+    raw["train"] |= {"model": "yolo26n.yaml", "nms": False}
+    raw["arms"] = {"bce": {"loss": "bce"}, "vfl_o2o": {"loss": "vfl", "cls_branches": "one2one"}}
+    run_ab(spec_from_dict(raw), command="e2e")
+    for run in ("bce-s0", "vfl_o2o-s0"):
+        assert yaml.safe_load((out / "runs" / run / "args.yaml").read_text())["nms"] is False
+        rec = load_records(out / "runs" / run / "detections.npz")
+        assert rec.params["nms"] is False
+        assert max(np.bincount(rec.det_image, minlength=rec.n_images)) <= rec.params["max_det"]
+    assert cli_ab(["diagnose", f"out={out}"]) == 0
+    assert "one-to-one branch, no NMS" in (out / "diagnosis.md").read_text()

@@ -345,5 +345,9 @@ def test_one2one_arm_needs_an_end_to_end_head(det_data, tmp_path):
         yaml_model_load("yolo26n.yaml")
     except (FileNotFoundError, AssertionError) as e:  # YOLO26 configs exist in 8.4 only
         pytest.skip(f"yolo26n.yaml not available in this Ultralytics version: {e}")
-    raw["train"]["model"] = "yolo26n.yaml"
-    run_ab(spec_from_dict(raw), command="dry", dry_run=True)  # an end-to-end head: accepted
+    raw["train"]["model"] = "yolo26n.yaml"  # an end-to-end head, validated through NMS: the one-to-many branch (BCE)
+    with pytest.raises(UserError, match=r"Arm 'vfl_o2o': Invalid nms=None with cls_branches='one2one'.*nms=False"):
+        run_ab(spec_from_dict(raw), command="refused", dry_run=True)
+    assert not (tmp_path / "ab").exists()
+    raw["train"]["nms"] = False
+    run_ab(spec_from_dict(raw), command="dry", dry_run=True)  # the one-to-one branch validated: accepted

@@ -110,6 +110,11 @@ def test_explicit_trainer_task_mismatch(det_data, tmp_path):
         ({"loss": "vfl", "cls_warmup": False}, TypeError, r"cls_warmup must be an integer.*False \(bool\)"),
         ({"loss": "vfl", "cls_target": ""}, ValueError, r"Invalid cls_target='': valid values are 'tal', 'iou'"),
         ({"loss": "vfl", "cls_target": None}, ValueError, r"Invalid cls_target=None"),
+        (
+            {"loss": "vfl", "cls_branches": "one2one", "nms": True},
+            ValueError,
+            r"Invalid nms=True with cls_branches='one2one'.*describe BCE.*Valid: nms=False",
+        ),
     ],
 )
 def test_bad_settings_fail_before_training(settings, error, message, det_data, tmp_path):
@@ -335,14 +340,18 @@ def test_bce_warmup_then_switch(det_data, tmp_path):
 
 
 def test_end_to_end_head_with_the_loss_on_one2one_only(det_data, tmp_path):
-    """yolo26n with cls_branches=one2one trains; one2many keeps stock BCE; args.yaml and the checkpoints record it."""
+    """yolo26n with cls_branches=one2one trains; one2many keeps stock BCE; args.yaml and the checkpoints record it.
+
+    ``nms=False`` (required with one2one): validation scores the one-to-one branch, the one the loss trains.
+    """
     try:
-        model = train_tiny("yolo26n.yaml", det_data, tmp_path, loss="vfl", cls_branches="one2one")
+        model = train_tiny("yolo26n.yaml", det_data, tmp_path, loss="vfl", cls_branches="one2one", nms=False)
     except (FileNotFoundError, KeyError, AttributeError) as e:  # YOLO26 configs exist in 8.4 only
         pytest.skip(f"yolo26n.yaml not available in this Ultralytics version: {e}")
     crit = model.trainer.model.criterion
     assert isinstance(crit.one2many.bce, torch.nn.BCEWithLogitsLoss)
     assert crit.one2one.bce.cls_loss.name == "vfl"
+    assert model.trainer.validator.end2end is True  # the one-to-one branch, NMS-free
     args = yaml.safe_load((model.trainer.save_dir / "args.yaml").read_text())
     assert args["cls_branches"] == "one2one"
     assert_settings_recorded(model.trainer.last, loss="vfl", cls_branches="one2one")

@@ -59,6 +59,7 @@ __all__ = [
     "conflict_error",
     "skip_final_validation",
     "untimed_nms",
+    "check_validated_branch",
     "untimed",
 ]
 
@@ -99,6 +100,23 @@ def _check_epochs(settings: ClsLossSettings, args: Any) -> None:
     """
     if not getattr(args, "time", None):
         settings.check_epochs(args.epochs)
+
+
+def check_validated_branch(settings: ClsLossSettings, nms: Any) -> None:
+    """Refuse ``cls_branches=one2one`` unless validation scores the one-to-one branch (``nms=False``).
+
+    Ultralytics 8.4 validates an end-to-end head's one-to-many branch with NMS unless ``nms=False``; with the loss on
+    the one-to-one branch only, that branch trains with stock BCE, so mAP and ``best.pt`` would describe BCE.
+
+    Raises:
+        InvalidSettingError: naming ``nms`` and the valid choices.
+    """
+    if settings.branches == "one2one" and nms is not False:
+        raise InvalidSettingError(
+            f"Invalid nms={nms!r} with cls_branches='one2one': validation would score the one-to-many branch through "
+            f"NMS, and that branch trains with stock BCE here, so mAP and best.pt would describe BCE, not "
+            f"loss={settings.loss}. Valid: nms=False (validate the one-to-one branch, NMS-free), or cls_branches='both'"
+        )
 
 
 def _check_gains(args: Any) -> None:
@@ -291,10 +309,12 @@ class VFLDetectionTrainer(DetectionTrainer):
         if not preview.resume:
             _check_epochs(settings, preview)
             _check_gains(preview)
+            check_validated_branch(settings, preview.nms)
         super().__init__(cfg, overrides, _callbacks)
         if self.resume:
             settings = self._resume_settings(given)
             _check_epochs(settings, self.args)
+            check_validated_branch(settings, self.args.nms)
         self.cls_loss_settings = settings
         #: :data:`RECORD_KEY` of ``last.pt`` and ``best.pt`` after the final evaluation (``{"best": 0, ...}``).
         self.cls_loss_record: dict[str, int] = {}

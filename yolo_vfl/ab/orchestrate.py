@@ -122,10 +122,11 @@ def check_devices(slots: Sequence[str | None]) -> None:
 def _preflight(spec: ABSpec, data: str) -> None:
     """Model (loadable, of a detection-family task), labels (read once), devices: a UserError naming what is wrong."""
     from ultralytics import YOLO
+    from ultralytics.utils import DEFAULT_CFG_DICT
 
     from ..checks import check_data, check_model
     from ..criterion import ClsLossSettings, check_branches
-    from ..trainer import TASK_TRAINERS
+    from ..trainer import TASK_TRAINERS, check_validated_branch
 
     model = str(spec.pretrain.model if spec.pretrain is not None else spec.train.get("model", DEFAULT_MODEL))
     check_model(model)  # a missing model or a file that is no checkpoint: named
@@ -136,7 +137,9 @@ def _preflight(spec: ABSpec, data: str) -> None:
         )
     for arm in (a for a in spec.arms if a.overrides.get("cls_branches") == "one2one"):  # needs an end-to-end head
         try:
-            check_branches(ClsLossSettings(branches="one2one"), net.model)
+            settings = ClsLossSettings(loss=arm.overrides.get("loss", "bce"), branches="one2one")
+            check_branches(settings, net.model)
+            check_validated_branch(settings, {**spec.train, **arm.overrides}.get("nms", DEFAULT_CFG_DICT.get("nms")))
         except UserError as e:
             raise InvalidSettingError(f"Arm {arm.name!r}: {e} (model={model})") from e
     if spec.train.get("data") is not None:  # class ids >= nc are fine only with single_cls

@@ -57,7 +57,7 @@ _TEXT = {
     'arXiv 2006.04388); "IoU>0": detections overlapping one. `ranking.png`.',
     "times": "Epoch times summed; wall time with validation. `cls_loss` is each arm's own loss: not comparable.",
     "detections": "- Detections of each run's `best.pt` as Ultralytics validation scores them ({} val images, {} "
-    "ground-truth boxes; {}; multi-label NMS).\n- In descending confidence: **tp** (IoU ≥ 0.5, unmatched same-class "
+    "ground-truth boxes; {}; {}).\n- In descending confidence: **tp** (IoU ≥ 0.5, unmatched same-class "
     "GT), **duplicate** (same-class GT already matched), **wrong_class** (IoU ≥ 0.5, other class), **localization** "
     "(best IoU in [0.1, 0.5)), **background**.\n- Counts per run, mean ± sample std over seeds. Baseline arm: `{}`.",
     "scale": "Scores differ in scale across losses; at equal recall every arm has found the same number of objects.",
@@ -502,7 +502,8 @@ def _diagnosis_header(stats: pl.DataFrame, runs: pl.DataFrame, meta: Mapping[str
     n = (_fmt(rows[0][f"{k}_mean"], 0, na) for k in ("n_images", "n_gt"))
     out = [f"# Diagnosis: {meta.get('name', 'ab')}", ""]
     out += [f"- {label}: `{meta[k]}`" for k, label in (("out", "Experiment"), ("command", "Command")) if meta.get(k)]
-    out += [_TEXT["detections"].format(*n, nms, meta["baseline"])]
+    how = "one-to-one branch, no NMS" if params.get("nms") is False else "multi-label NMS"
+    out += [_TEXT["detections"].format(*n, nms, how, meta["baseline"])]
     out += [f"- Not diagnosed (no finished run): {', '.join(meta['missing'])}."] if meta.get("missing") else []
     level, one = meta.get("level", LEVEL), ["Only one arm: no comparison."]
     found = findings(stats, runs, meta["baseline"], level) if len(rows) > 1 else one

@@ -44,10 +44,11 @@ def read_results_csv(path: str | os.PathLike[str]) -> list[dict[str, float]]:
 def _evaluate(job: Job, weights: Path, log: Log) -> dict[str, Any]:
     """The run's one validation pass of its final model: metrics, and with ranking on, records and ranking quality.
 
-    It validates as the trainer would: twice training's batch, training's image size, device and data arguments.
+    It validates as the trainer would: twice training's batch, training's image size, device, data and ``nms``
+    (``nms: false``: an end-to-end head's one-to-one branch) arguments.
     """
     batch, rk = job.train.get("batch", 16), job.ranking or {}
-    kept = {k: job.train[k] for k in ("imgsz", "single_cls", "classes", "workers") if k in job.train}
+    kept = {k: job.train[k] for k in ("imgsz", "single_cls", "classes", "workers", "nms") if k in job.train}
     val = {"imgsz": 640, "batch": batch * 2 if type(batch) is int and batch > 0 else 16, "device": job.device, **kept}
     if not rk.get("enabled", True):
         from ultralytics import YOLO
