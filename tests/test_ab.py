@@ -405,3 +405,24 @@ def test_end_to_end_head_validates_the_one_to_one_branch(det_data, tmp_path, cap
         assert max(np.bincount(rec.det_image, minlength=rec.n_images)) <= rec.params["max_det"]
     assert cli_ab(["diagnose", f"out={out}"]) == 0
     assert "one-to-one branch, no NMS" in (out / "diagnosis.md").read_text()
+
+
+@pytest.mark.slow
+def test_remeasure_script_repeats_the_recorded_metrics(ab_done, capsys):
+    """experiments/remeasure.py records a finished run again: the same metrics (exit 0); a changed one: exit 1."""
+    from conftest import load_experiment_script
+
+    _, out, _ = ab_done
+    script = load_experiment_script("remeasure")
+    run = out / "runs" / "vfl-s0"
+    assert script.main([str(run)]) == 0, capsys.readouterr().out
+    assert "vfl-s0: largest difference 0.00e+00 (same)" in capsys.readouterr().out
+    saved = (run / "result.json").read_text()
+    result = json.loads(saved)
+    result["metrics"]["mAP50"] += 0.01
+    try:
+        (run / "result.json").write_text(json.dumps(result))
+        assert script.main([str(run)]) == 1
+        assert "largest difference 1.00e-02 (differs)" in capsys.readouterr().out
+    finally:
+        (run / "result.json").write_text(saved)
