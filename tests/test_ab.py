@@ -426,3 +426,9 @@ def test_remeasure_script_repeats_the_recorded_metrics(ab_done, capsys):
         assert "largest difference 1.00e-02 (differs)" in capsys.readouterr().out
     finally:
         (run / "result.json").write_text(saved)
+    table = out / "remeasured.csv"  # Ultralytics' default nms (the runs' own here): a paired table against bce
+    assert script.main(["--nms", "default", "--csv", str(table), str(out / "runs" / "bce-s0"), str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "| bce | 1 | " in printed and "| vfl | 1 | " in printed and "no clear difference (1 seed)" in printed
+    rows = list(csv.DictReader(open(table)))
+    assert [r["run"] for r in rows] == ["bce-s0", "vfl-s0"] and rows[1]["now/mAP50-95"] == rows[1]["recorded/mAP50-95"]
