@@ -532,8 +532,12 @@ def test_markdown_names_the_pretrained_start():
             "sha256": "0123456789abcdef" * 4,
             "metrics": {"mAP50-95": 0.3671, "mAP50": 0.52},
             "train_time_s": 960,
+            "spec": {"model": "yolo26n.yaml"},
         },
+        "train": {"model": "yolov8n.yaml", "epochs": 15},  # the spec's default model: not what the runs start from
     }
     md = summary_markdown(summarize(results, baseline="bce"), table_of(results), meta)
     assert "`c34e3690d919792a`" in md and "mAP50-95 0.3671" in md and "16m00s" in md
     assert "(stock BCE; weights sha256 `0123456789ab`; mAP50-95 0.3671," in md  # the weights, not only the spec
+    assert "- Start model: the project-made pretrained `yolo26n.yaml` checkpoint `c34e3690d919792a`" in md
+    assert "- Shared training arguments: `epochs=15`" in md and "yolov8n" not in md

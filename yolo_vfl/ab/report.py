@@ -311,14 +311,17 @@ def _header(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> list[
     out = [f"# A/B experiment: {meta.get('name', 'ab')}", "", *(f"{w}\n" for w in _warnings(rows))]
     out += [f"- Command: `{cmd}`" for cmd in meta.get("commands") or []]
     out += [f"- Versions: {_pairs(meta['versions'])}"] if meta.get("versions") else []
+    pre = meta.get("pretrain")
+    shown = {**meta, "train": {k: v for k, v in (meta.get("train") or {}).items() if k != "model"}} if pre else meta
     for key, label in (("data", "Data"), ("train", "Shared training arguments"), ("seeds", "Seeds")):
-        if (value := meta.get(key)) not in (None, "", {}):
+        if (value := shown.get(key)) not in (None, "", {}):  # with pretrain: the start model is its own line
             out.append(f"- {label}: `{_pairs(value, '=', ' ') if isinstance(value, Mapping) else value}`")
     out.append(f"- Baseline arm: `{meta.get('baseline', BASELINE)}`; every arm x seed trains alike (deterministic).")
-    if isinstance(pre := meta.get("pretrain"), Mapping):
+    if isinstance(pre, Mapping):
         m, sha = pre.get("metrics") or {}, f"weights sha256 `{str(pre['sha256'])[:12]}`; " if pre.get("sha256") else ""
+        built = f" `{model}`" if (model := (pre.get("spec") or {}).get("model")) else ""
         out.append(
-            f"- Start model: the project-made pretrained checkpoint `{pre.get('fingerprint')}` (stock BCE; {sha}"
+            f"- Start model: the project-made pretrained{built} checkpoint `{pre.get('fingerprint')}` (stock BCE; {sha}"
             f"mAP50-95 {_fmt(m.get('mAP50-95'), none='n/a')}, mAP50 {_fmt(m.get('mAP50'), none='n/a')} on its own "
             f"val split; built in {_duration(pre.get('train_time_s'))}): every arm fine-tunes it."
         )
