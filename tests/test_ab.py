@@ -70,15 +70,16 @@ def test_ready_specs_load(name):
     assert {a.loss for a in spec.arms} <= {"bce", "vfl", "qfl"}
 
 
+@pytest.mark.parametrize("model", ["", "_yolo26"])
 @pytest.mark.parametrize("target", ["digits", "glyphs"])
-def test_finetune_specs_and_their_30_epoch_copies(target):
+def test_finetune_specs_and_their_30_epoch_copies(target, model):
     """The fine-tuning specs (issue 12): 5 seeds, the default pretrained start, BCE baseline, their target's data.
 
     Each ``_e30`` copy is its 15-epoch spec at 30 epochs: the same shared training arguments but ``epochs``, the
     same pretraining, and every arm defined exactly as in the 15-epoch spec.
     """
-    base = load_spec(EXPERIMENTS / f"ab_finetune_{target}.yaml")
-    long = load_spec(EXPERIMENTS / f"ab_finetune_{target}_e30.yaml")
+    base = load_spec(EXPERIMENTS / f"ab_finetune_{target}{model}.yaml")
+    long = load_spec(EXPERIMENTS / f"ab_finetune_{target}{model}_e30.yaml")
     for spec in (base, long):
         assert spec.baseline == "bce" and spec.seeds == [0, 1, 2, 3, 4] and spec.pretrain is not None
         assert spec.train["data"] == f"embedded-{target}" and spec.name == Path(spec.out).name
