@@ -137,7 +137,7 @@ def _preflight(spec: ABSpec, data: str) -> None:
         )
     for arm in (a for a in spec.arms if a.overrides.get("cls_branches") == "one2one"):  # needs an end-to-end head
         try:
-            settings = ClsLossSettings(loss=arm.overrides.get("loss", "bce"), branches="one2one")
+            settings = ClsLossSettings(loss=arm.loss, branches="one2one")
             check_branches(settings, net.model)
             check_validated_branch(settings, {**spec.train, **arm.overrides}.get("nms", DEFAULT_CFG_DICT.get("nms")))
         except UserError as e:
