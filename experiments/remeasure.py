@@ -31,7 +31,7 @@ import yaml
 
 from yolo_vfl.ab import protocol
 from yolo_vfl.ab.records import record_detections
-from yolo_vfl.ab.stats import paired_difference, verdict
+from yolo_vfl.ab.stats import mean_std, paired_difference, verdict
 
 
 def remeasure(run_dir: Path, nms: str = "run") -> tuple[dict[str, Any], dict[str, float]]:
@@ -67,7 +67,7 @@ def _paired_lines(rows: list[dict[str, Any]], baseline: str, metric: str = proto
     out = [f"| arm | seeds | {metric} mean | paired diff vs {baseline} [95%] | verdict |", "|---" * 5 + "|"]
     for arm, values in by_arm.items():
         d = paired_difference(values, by_arm[baseline])
-        mean = sum(values.values()) / len(values)
+        mean = mean_std(values.values())[0]
         diff = "-" if arm == baseline or d.mean is None else f"{d.mean:+.4f}"
         diff += f" [{d.lo:+.4f}, {d.hi:+.4f}]" if arm != baseline and d.lo is not None else ""
         out.append(f"| {arm} | {len(values)} | {mean:.4f} | {diff} | {'-' if arm == baseline else verdict(d)} |")
